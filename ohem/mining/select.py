@@ -1,0 +1,107 @@
+"""Hard-RoI selection: greedy by loss, with NMS among the kept RoIs, top-k per image.
+
+The result equals ``torchvision.ops.batched_nms(boxes, losses, group)`` followed by the
+``num_per_image`` highest-loss survivors of each image, where ``group`` is the image (and the
+label, when ``labels`` is given).
+
+Tie rule: RoIs with equal loss are visited in ascending RoI index. This is the order of
+torchvision's NMS kernels (a stable descending sort), so both the set that survives NMS and the
+top-k cut are defined for ties.
+
+Cost: a full NMS compares every RoI with every RoI it keeps, over all RoIs. Selection needs only
+the first ``num_per_image`` survivors, so candidates are visited in blocks in loss order and the
+walk stops once enough are kept: the IoUs computed are those of a few blocks, not of all RoIs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import box_iou
+
+
+def select_hard_examples(
+    losses: torch.Tensor,
+    boxes: torch.Tensor,
+    image_ids: torch.Tensor,
+    num_per_image: int,
+    nms_iou: float | None = 0.7,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Indices of the hard RoIs: per image (ascending id), descending loss, at most ``num_per_image``.
+
+    Args:
+        losses: (R,) per-RoI loss, the score to rank by.
+        boxes: (R, 4) RoI boxes ``x1, y1, x2, y2``.
+        image_ids: (R,) integer image of each RoI.
+        num_per_image: the most RoIs kept per image.
+        nms_iou: a RoI is skipped when its IoU with an already kept RoI of the same image (and
+            label) is above this; ``None`` turns NMS off.
+        labels: (R,) optional; when given, NMS only compares RoIs of the same label.
+    """
+    if losses.ndim != 1 or boxes.shape != (losses.numel(), 4) or image_ids.shape != losses.shape:
+        raise ValueError(
+            f"select_hard_examples: expected losses (R,), boxes (R, 4), image_ids (R,); got "
+            f"{tuple(losses.shape)}, {tuple(boxes.shape)}, {tuple(image_ids.shape)}"
+        )
+    if labels is not None and labels.shape != losses.shape:
+        raise ValueError(f"select_hard_examples: labels must be (R,), got {tuple(labels.shape)}")
+    if num_per_image < 0:
+        raise ValueError(f"select_hard_examples: num_per_image must be >= 0, got {num_per_image}")
+    device = losses.device
+    losses, boxes, image_ids = losses.detach().cpu(), boxes.detach().cpu(), image_ids.cpu()
+    labels = labels.cpu() if labels is not None else None
+    selected = []
+    for image_id in torch.unique(image_ids):  # sorted ascending
+        members = torch.nonzero(image_ids == image_id).squeeze(1)
+        # Stable descending sort: equal losses keep ascending RoI index (the tie rule).
+        order = members[torch.sort(losses[members], descending=True, stable=True).indices]
+        if nms_iou is None:
+            selected.append(order[:num_per_image])
+        else:
+            selected.append(_greedy_nms_topk(order, boxes, labels, num_per_image, nms_iou))
+    if not selected:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat(selected).to(device)
+
+
+def _greedy_nms_topk(
+    order: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor | None,
+    k: int,
+    nms_iou: float,
+) -> torch.Tensor:
+    """The first ``k`` RoIs of ``order`` that survive greedy NMS, visiting blocks of candidates."""
+    kept: list[int] = []
+    kept_boxes = boxes.new_zeros((0, 4))
+    kept_labels = labels.new_zeros(0) if labels is not None else None
+    block = max(2 * k, 64)
+    start = 0
+    while len(kept) < k and start < order.numel():
+        cand = order[start : start + block]
+        cand_boxes = boxes[cand]
+        # Compare in float64 as the NMS kernels do (float IoU against a double threshold).
+        over_kept = box_iou(cand_boxes, kept_boxes).double() > nms_iou
+        over_self = box_iou(cand_boxes, cand_boxes).double() > nms_iou
+        if labels is not None:
+            cand_labels = labels[cand]
+            over_kept &= cand_labels[:, None] == kept_labels[None, :]
+            over_self &= cand_labels[:, None] == cand_labels[None, :]
+        alive = (~over_kept.any(dim=1)).numpy()
+        over_self = over_self.numpy()
+        newly_kept = []
+        for i in range(cand.numel()):
+            if not alive[i]:
+                continue
+            newly_kept.append(i)
+            if len(kept) + len(newly_kept) == k:
+                break
+            alive[i + 1 :] &= ~over_self[i, i + 1 :]
+        new = cand[torch.as_tensor(newly_kept, dtype=torch.long)]
+        kept.extend(new.tolist())
+        kept_boxes = torch.cat([kept_boxes, boxes[new]])
+        if labels is not None:
+            kept_labels = torch.cat([kept_labels, labels[new]])
+        start += block
+        block *= 2  # few survivors per block means heavy overlap: look further ahead
+    return torch.as_tensor(kept, dtype=torch.long)
