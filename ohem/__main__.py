@@ -1,0 +1,3 @@
+from ohem.cli import main
+
+raise SystemExit(main())

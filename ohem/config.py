@@ -1,0 +1,187 @@
+"""One config system: dataclasses, loaded from YAML, changed by dotted ``key=value`` overrides.
+
+    cfg = load_config("configs/demo.yaml", ["solver.lr=0.01", "sampler.method=heuristic"])
+
+Unknown keys and values of the wrong type are errors that name the file (or override) and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # the built-in benchmark (ohem.data.synthetic)
+    num_train: int = 1000
+    num_test: int = 200
+    image_size: int = 160
+    seed: int = 0  # the data's seed, separate from the training seed
+
+
+@dataclass
+class ModelConfig:
+    # small | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 | fasterrcnn_mobilenet_v3_large_fpn
+    # | maskrcnn_resnet50_fpn
+    name: str = "small"
+    backbone_weights: str | None = None  # None (random init) | "imagenet" (torchvision) | path to a file
+    trainable_backbone_layers: int | None = None  # torchvision models only
+    min_size: int = 160
+    max_size: int = 160
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 400  # RoIs per image handed to the RoI heads (what OHEM mines)
+    rpn_pre_nms_top_n_test: int = 600
+    rpn_post_nms_top_n_test: int = 300
+    box_score_thresh: float = 0.01  # low, so AP sees the whole precision/recall curve
+    box_detections_per_img: int = 100
+
+
+@dataclass
+class SamplerConfig:
+    method: str = "ohem"  # ohem | heuristic (Fast R-CNN's fg-fraction rule; 512/0.25/bg 0 = torchvision's)
+    batch_size_per_image: int = 64  # B / N: RoIs trained on per image
+    fg_fraction: float = 0.25  # heuristic only
+    bg_iou_low: float | None = None  # None: 0.1 for heuristic, 0.0 for ohem (PAPER.md)
+    nms_iou: float | None = 0.7  # ohem: NMS among RoIs by loss; None = off
+    mining_loss: str = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
+    nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
+    max_rois_per_chunk: int = 1024  # ohem: read-only pass memory bound
+    readonly_dropout: bool = True  # ohem: dropout stays on in the read-only pass (authors' code)
+
+
+@dataclass
+class SolverConfig:
+    iterations: int = 1500
+    images_per_batch: int = 2  # N
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iterations: int = 100
+    warmup_factor: float = 0.001
+    steps: list[int] = field(default_factory=lambda: [1000, 1300])  # lr x gamma at each
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_every: int = 500  # 0: only at the end
+    checkpoint_every: int = 500
+    num_threads: int | None = None  # torch CPU threads; None = torch's default
+    vis_images: int = 4  # test images drawn in detections.png
+    vis_score_thresh: float = 0.5
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then each ``section.key=value`` override in order."""
+    cfg = Config()
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path}: not valid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+        cfg = merge(cfg, raw, source=f"config {path}")
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` with each dotted ``section.key=value`` (value parsed as YAML) applied in order."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        nested: dict[str, Any] = {}
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value) if value.strip() else None
+        cfg = merge(cfg, nested, source=f"override {item!r}")
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "checkpoint") -> Config:
+    return merge(Config(), raw, source=source)
+
+
+def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """A copy of dataclass ``obj`` with the values of ``raw`` checked against its field types."""
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"{source}: unknown key {name!r} (known here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {name!r} must be a mapping, got {value!r}")
+            changes[key] = merge(current, value, source, prefix=f"{name}.")
+        else:
+            changes[key] = _coerce(value, hints[key], source, name)
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, source, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {value!r}")
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {name!r} must be a list, got {value!r}")
+        return [_coerce(v, args[0], source, f"{name}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")

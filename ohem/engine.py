@@ -1,0 +1,247 @@
+"""Training and evaluation loops, checkpoints and logs.
+
+A run directory holds ``config.yaml``, ``log.jsonl`` (one JSON object per iteration with every loss
+and mining statistic, and one per evaluation), TensorBoard events under ``tb/``,
+``checkpoint_last.pt`` (written atomically), ``metrics.json`` and ``detections.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from ohem.config import Config, config_from_dict
+from ohem.data import batch_indices, build_dataset
+from ohem.evaluation import ImageAnnotations, ImageDetections, voc_evaluate
+from ohem.models import build_detector
+
+CHECKPOINT_FORMAT = "ohem-checkpoint-1"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(iteration: int, cfg: Config) -> float:
+    """Linear warmup from ``warmup_factor``, then x ``gamma`` at each step."""
+    s = cfg.solver
+    factor = s.gamma ** sum(iteration >= step for step in s.steps)
+    if iteration < s.warmup_iterations:
+        alpha = iteration / s.warmup_iterations
+        factor *= s.warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train as configured, evaluate on the test split, write the run directory; returns metrics."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    classes = list(train_set.classes)
+
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    model = build_detector(cfg.model, cfg.sampler, len(classes)).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=cfg.solver.lr, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
+    start = 0
+    checkpoint_path = out / "checkpoint_last.pt"
+    if resume:
+        if not checkpoint_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
+        state = load_checkpoint(checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(_to_python_random_state(state["rng"]["python"]))
+        start = state["iteration"]
+    else:
+        (out / "log.jsonl").unlink(missing_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
+
+    writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
+    log = (out / "log.jsonl").open("a")
+    iterations = cfg.solver.iterations
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", dynamic_ncols=True)
+    metrics: dict[str, Any] = {}
+    try:
+        for it in bar:
+            model.train()
+            indices = batch_indices(it, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
+            images, targets = _load_batch(train_set, indices, device)
+            tic = time.perf_counter()
+            loss_dict = model(images, targets)
+            loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss {loss.item()} at iteration {it + 1} on train images {indices}; "
+                    f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            record = {"iteration": it + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item()}
+            record.update({k: v.item() for k, v in loss_dict.items()})
+            record["time"] = time.perf_counter() - tic
+            log.write(json.dumps(record) + "\n")
+            for key, value in record.items():
+                if key != "iteration":
+                    writer.add_scalar(f"train/{key}", value, it + 1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+            done = it + 1 == iterations
+            if done or (cfg.train.eval_every and (it + 1) % cfg.train.eval_every == 0):
+                metrics = evaluate(model, test_set, device, cfg.solver.images_per_batch)
+                log.write(json.dumps({"iteration": it + 1, "eval": metrics}) + "\n")
+                writer.add_scalar("eval/mAP", metrics["mAP"], it + 1)
+                bar.write(f"iteration {it + 1}: test mAP@0.5 {metrics['mAP']:.4f}")
+            if done or (cfg.train.checkpoint_every and (it + 1) % cfg.train.checkpoint_every == 0):
+                save_checkpoint(checkpoint_path, model, cfg, classes, it + 1, optimizer, scheduler)
+            log.flush()
+    finally:
+        bar.close()
+        log.close()
+        writer.close()
+    if not metrics:  # resumed a finished run
+        metrics = evaluate(model, test_set, device, cfg.solver.images_per_batch)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def _load_batch(dataset, indices: list[int], device: torch.device):  # noqa: ANN001, ANN202
+    images, targets = [], []
+    for i in indices:
+        image, target = dataset[i]
+        images.append(image.to(device))
+        targets.append({k: v.to(device) for k, v in target.items()})
+    return images, targets
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset, device: torch.device, batch_size: int = 2) -> list[ImageDetections]:  # noqa: ANN001
+    model.eval()
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        images, _ = _load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))), device)
+        for det in model(images):
+            out.append(ImageDetections(det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
+    return out
+
+
+def evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int = 2) -> dict[str, Any]:  # noqa: ANN001
+    """VOC mAP@0.5 (area method) of ``model`` on ``dataset``."""
+    detections = predict(model, dataset, device, batch_size)
+    annotations = []
+    for i in range(len(dataset)):
+        target = dataset[i][1]
+        annotations.append(ImageAnnotations(target["boxes"], target["labels"], target.get("difficult")))
+    return voc_evaluate(detections, annotations, dataset.classes)
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    cfg: Config,
+    classes: list[str],
+    iteration: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "config": cfg.to_dict(),
+        "classes": classes,
+        "iteration": iteration,
+        "optimizer": optimizer.state_dict() if optimizer else None,
+        "scheduler": scheduler.state_dict() if scheduler else None,
+        "rng": {"torch": torch.get_rng_state(), "python": _from_python_random_state(random.getstate())},
+    }
+    _atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded tensors-only: a file that carries pickled code is refused."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - torch raises several types for truncated or unsafe files
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"checkpoint {path}: cannot be loaded safely (truncated, corrupt or not tensors-only): {reason}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path}: not an ohem checkpoint (no format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, Config, list[str]]:
+    state = load_checkpoint(path)
+    cfg = config_from_dict(state["config"], source=f"checkpoint {path}")
+    model = build_detector(cfg.model, cfg.sampler, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg, state["classes"]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, allow_nan=True) + "\n"), binary=False)
+
+
+def _atomic_write(path: Path, write, binary: bool) -> None:  # noqa: ANN001
+    """Write to a temporary file beside ``path`` and rename it over: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _from_python_random_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _to_python_random_state(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A per-class AP table."""
+    width = max([len(n) for n in metrics["AP"]] + [5])
+    lines = [f"{'class':<{width}}  AP@0.5"]
+    for name, ap in metrics["AP"].items():
+        lines.append(f"{name:<{width}}  {ap * 100:6.2f}" if not math.isnan(ap) else f"{name:<{width}}     n/a")
+    lines.append(f"{'mAP':<{width}}  {metrics['mAP'] * 100:6.2f}")
+    return "\n".join(lines)
