@@ -61,10 +61,14 @@ def main() -> None:
     ours = select_hard_examples(losses, boxes, image_ids, args.keep, nms_iou=args.nms_iou)
     theirs = full_nms_topk(losses, boxes, image_ids, args.keep, args.nms_iou)
     assert set(ours.tolist()) == set(theirs.tolist()), "selections differ"
-    t_ours = timed(lambda: select_hard_examples(losses, boxes, image_ids, args.keep, nms_iou=args.nms_iou), args.repeats)
+    t_ours = timed(
+        lambda: select_hard_examples(losses, boxes, image_ids, args.keep, nms_iou=args.nms_iou), args.repeats
+    )
     t_full = timed(lambda: full_nms_topk(losses, boxes, image_ids, args.keep, args.nms_iou), args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rois} RoIs, {args.images} images, "
-          f"keep {args.keep}/image, NMS IoU {args.nms_iou}; median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rois} RoIs, {args.images} images, "
+        f"keep {args.keep}/image, NMS IoU {args.nms_iou}; median of {args.repeats}"
+    )
     print(f"select_hard_examples      {t_ours:8.2f} ms")
     print(f"batched_nms + top-k       {t_full:8.2f} ms")
     print(f"speed-up                  {t_full / t_ours:8.1f} x   (target: select <= 5 ms)")

@@ -1,8 +1,8 @@
 """Command line: ``ohem train``, ``ohem eval``, ``ohem detect``.
 
-    ohem train  --config FILE [--set key=value ...] --out DIR [--resume]
-    ohem eval   --checkpoint CKPT --out DIR [--split test|train] [--set data.key=value ...]
-    ohem detect --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
+ohem train  --config FILE [--set key=value ...] --out DIR [--resume]
+ohem eval   --checkpoint CKPT --out DIR [--split test|train] [--set data.key=value ...]
+ohem detect --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
 """
 
 from __future__ import annotations
@@ -27,8 +27,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="train a detector, evaluate it, draw detections")
     p.add_argument("--config", required=True, help="YAML config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set solver.lr=0.01 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set solver.lr=0.01 (repeatable)",
+    )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
     p.set_defaults(func=cmd_train)
@@ -37,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="test", help="split of the checkpoint's dataset (default: test)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the checkpoint's data config, e.g. --set data.num_test=500")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the checkpoint's data config, e.g. --set data.num_test=500",
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -63,9 +75,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     metrics = engine.train(cfg, out, resume=args.resume)
     print(engine.format_metrics(metrics))
-    model, _, classes = engine.model_from_checkpoint(out / "checkpoint_last.pt", engine.resolve_device(cfg.train.device))
+    model, _, classes = engine.model_from_checkpoint(
+        out / "checkpoint_last.pt", engine.resolve_device(cfg.train.device)
+    )
     test_set = build_dataset(cfg.data, "test")
-    _draw_test_images(model, test_set, classes, cfg.train.vis_images, cfg.train.vis_score_thresh, out / "detections.png")
+    _draw_test_images(
+        model, test_set, classes, cfg.train.vis_images, cfg.train.vis_score_thresh, out / "detections.png"
+    )
     print(f"wrote {out / 'metrics.json'}, {out / 'detections.png'}, {out / 'checkpoint_last.pt'}")
     return 0
 
@@ -101,12 +117,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
         png = out / f"{Path(path).stem}.png"
         draw_detections([image], [det], classes, png, args.score_thresh, titles=[Path(path).name])
         keep = det.scores >= args.score_thresh
-        results.append({
-            "image": str(path),
-            "boxes": det.boxes[keep].tolist(),
-            "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
-            "scores": det.scores[keep].tolist(),
-        })
+        results.append(
+            {
+                "image": str(path),
+                "boxes": det.boxes[keep].tolist(),
+                "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
+                "scores": det.scores[keep].tolist(),
+            }
+        )
         print(f"{path}: {int(keep.sum())} detections -> {png}")
     engine.write_json_atomic(out / "detections.json", results)
     return 0
@@ -117,7 +135,11 @@ def _draw_test_images(model, dataset, classes, count, score_thresh, path) -> Non
     device = next(model.parameters()).device
     detections = engine.predict(model, subset, device, batch_size=2)
     draw_detections(
-        [image for image, _ in subset], detections, classes, path, score_thresh,
+        [image for image, _ in subset],
+        detections,
+        classes,
+        path,
+        score_thresh,
         titles=[dataset.image_name(i) for i in range(len(subset))],
         ground_truth=[target["boxes"] for _, target in subset],
     )
@@ -132,4 +154,3 @@ def _read_image(path: str) -> torch.Tensor:
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"image {path}: cannot be read as an image ({' '.join(str(e).split())})") from None
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-

@@ -194,7 +194,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - torch raises several types for truncated or unsafe files
         reason = " ".join(str(e).split())[:200]
-        raise ValueError(f"checkpoint {path}: cannot be loaded safely (truncated, corrupt or not tensors-only): {reason}") from None
+        raise ValueError(
+            f"checkpoint {path}: cannot be loaded safely (truncated, corrupt or not tensors-only): {reason}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path}: not an ohem checkpoint (no format {CHECKPOINT_FORMAT!r})")
     return state

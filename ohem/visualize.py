@@ -38,13 +38,22 @@ def draw_detections(
         if titles:
             ax.set_title(titles[i], fontsize=9)
         for box in ground_truth[i].tolist() if ground_truth else []:
-            ax.add_patch(plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, ec="white", ls="--", lw=1))
+            ax.add_patch(
+                plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, ec="white", ls="--", lw=1)
+            )
         keep = det.scores >= score_thresh
         for box, score, label in zip(det.boxes[keep].tolist(), det.scores[keep].tolist(), det.labels[keep].tolist()):
             colour = COLOURS[(label - 1) % len(COLOURS)]
             ax.add_patch(plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, ec=colour, lw=2))
-            ax.text(box[0], box[1], f"{class_names[label - 1]} {score:.2f}", fontsize=7, color="white",
-                    va="bottom", bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+            ax.text(
+                box[0],
+                box[1],
+                f"{class_names[label - 1]} {score:.2f}",
+                fontsize=7,
+                color="white",
+                va="bottom",
+                bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0),
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

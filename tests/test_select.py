@@ -28,7 +28,9 @@ def random_rois(generator, num, num_images, tie_levels=None, num_labels=3):
     boxes = torch.cat([xy, xy + wh], dim=1)
     # Cluster boxes around a few centres so that NMS has real overlaps to resolve.
     jitter = boxes[torch.randint(0, max(num // 8, 1), (num,), generator=generator)]
-    boxes = torch.where(torch.rand(num, 1, generator=generator) < 0.6, jitter + torch.rand(num, 4, generator=generator) * 3, boxes)
+    boxes = torch.where(
+        torch.rand(num, 1, generator=generator) < 0.6, jitter + torch.rand(num, 4, generator=generator) * 3, boxes
+    )
     boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 0.5)
     if tie_levels:
         losses = torch.randint(0, tie_levels, (num,), generator=generator).float()

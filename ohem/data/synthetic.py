@@ -60,7 +60,9 @@ class SyntheticShapes(torch.utils.data.Dataset):
         if not 0 <= index < self.num_images:
             raise IndexError(f"synthetic {self.split} index {index} out of range 0..{self.num_images - 1}")
         if index not in self._cache:
-            self._cache[index] = render_image(self.image_size, np.random.default_rng([self.seed, SPLITS[self.split], index]))
+            self._cache[index] = render_image(
+                self.image_size, np.random.default_rng([self.seed, SPLITS[self.split], index])
+            )
         pixels, boxes, labels = self._cache[index]
         image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
         target = {
@@ -108,7 +110,7 @@ def render_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     angle = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = np.cos(angle) * xx + np.sin(angle) * yy
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     start, end = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     pixels = start + t[..., None] * (end - start)
@@ -116,7 +118,9 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     draw = ImageDraw.Draw(canvas)
     for _ in range(rng.integers(8, 21)):
         x0, y0, x1, y1 = rng.uniform(0, size, 4)
-        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(c) for c in rng.integers(0, 256, 3)), width=int(rng.integers(1, 3)))
+        draw.line(
+            [(x0, y0), (x1, y1)], fill=tuple(int(c) for c in rng.integers(0, 256, 3)), width=int(rng.integers(1, 3))
+        )
     for _ in range(rng.integers(10, 31)):
         x, y, r = *rng.uniform(0, size, 2), rng.uniform(1, 3)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))

@@ -171,9 +171,7 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
         proposals = [p[k] for p, k in zip(proposals, kept)]
         matched_idxs = [m[k] for m, k in zip(matched_idxs, kept)]
         labels = [label[k] for label, k in zip(labels, kept)]
-        matched_gt = [
-            (g if g.numel() else g.new_zeros((1, 4)))[m] for g, m in zip(gt_boxes, matched_idxs)
-        ]
+        matched_gt = [(g if g.numel() else g.new_zeros((1, 4)))[m] for g, m in zip(gt_boxes, matched_idxs)]
         regression_targets = self.box_coder.encode(matched_gt, proposals)
 
         losses = self.readonly_losses(self._features, proposals, self._image_shapes, labels, regression_targets)
@@ -226,7 +224,9 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
                 x = self.box_head(self.box_roi_pool(features, pieces, image_shapes))
                 class_logits, box_regression = self.box_predictor(x)
                 chunks.append(
-                    per_roi_loss(class_logits, box_regression, labels_all[start:end], targets_all[start:end], self.mining_loss)
+                    per_roi_loss(
+                        class_logits, box_regression, labels_all[start:end], targets_all[start:end], self.mining_loss
+                    )
                 )
         return torch.cat(chunks) if chunks else rois.new_zeros(0)
 

@@ -53,7 +53,9 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             load_backbone_weights(model.backbone, cfg.backbone_weights)
         return model
     if cfg.name not in TORCHVISION_MODELS:
-        raise ValueError(f"model.name: unknown model {cfg.name!r}; choose small or one of {', '.join(TORCHVISION_MODELS)}")
+        raise ValueError(
+            f"model.name: unknown model {cfg.name!r}; choose small or one of {', '.join(TORCHVISION_MODELS)}"
+        )
     builder = getattr(detection, cfg.name)
     weights_backbone = "DEFAULT" if cfg.backbone_weights == "imagenet" else None
     # +1: torchvision counts the background class.
@@ -76,7 +78,9 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
     except FileNotFoundError:
         raise FileNotFoundError(f"backbone weights {path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
-        raise ValueError(f"backbone weights {path}: not a loadable tensors-only state dict ({type(e).__name__})") from None
+        raise ValueError(
+            f"backbone weights {path}: not a loadable tensors-only state dict ({type(e).__name__})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     missing, unexpected = module.load_state_dict(state, strict=False)

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from ohem.config import load_config
+
+TINY = [
+    "data.num_train=8",
+    "data.num_test=4",
+    "data.image_size=128",
+    "model.min_size=128",
+    "model.max_size=128",
+    "model.rpn_pre_nms_top_n_train=300",
+    "model.rpn_post_nms_top_n_train=100",
+    "model.rpn_pre_nms_top_n_test=200",
+    "model.rpn_post_nms_top_n_test=50",
+    "sampler.batch_size_per_image=16",
+    "solver.iterations=4",
+    "solver.warmup_iterations=2",
+    "solver.steps=[3]",
+    "train.eval_every=0",
+    "train.checkpoint_every=2",
+    "train.vis_images=2",
+    "train.device=cpu",
+]
+
+
+@pytest.fixture
+def tiny_overrides():
+    return list(TINY)
+
+
+@pytest.fixture
+def tiny_cfg():
+    return load_config(None, TINY)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

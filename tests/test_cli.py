@@ -1,0 +1,131 @@
+"""Each CLI command on a tiny config writes what it promises; bad input gives one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ohem.cli import main
+from ohem.engine import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from tests.conftest import TINY
+
+    out = tmp_path_factory.mktemp("run")
+    args = ["train", "--config", "configs/demo.yaml", "--out", str(out)]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    return out
+
+
+def test_train_writes_run_directory(trained_run):
+    for name in ("checkpoint_last.pt", "metrics.json", "detections.png", "log.jsonl", "config.yaml"):
+        assert (trained_run / name).is_file(), name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(metrics["AP"]) == {"circle", "square", "triangle", "plus", "ring"}
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    lines = [json.loads(line) for line in (trained_run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "eval" not in r]
+    assert [r["iteration"] for r in steps] == [1, 2, 3, 4]
+    assert {"loss_classifier", "loss_box_reg", "ohem_all_roi_loss", "ohem_mined_fg_fraction"} <= set(steps[0])
+    assert lines[-1]["eval"]["mAP"] == metrics["mAP"]
+    assert load_checkpoint(trained_run / "checkpoint_last.pt")["iteration"] == 4
+    with Image.open(trained_run / "detections.png") as im:
+        assert im.size[0] > 200
+
+
+def test_eval_writes_metrics_for_the_checkpoints_test_split(trained_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert (
+        main(["eval", "--checkpoint", str(trained_run / "checkpoint_last.pt"), "--out", str(out), "--device", "cpu"])
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads((trained_run / "metrics.json").read_text())
+    assert "mAP" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained_run / "checkpoint_last.pt"),
+                "--out",
+                str(out),
+                "--split",
+                "train",
+                "--set",
+                "data.num_train=3",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+
+
+def test_detect_draws_each_image(trained_run, tmp_path):
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    out = tmp_path / "det"
+    assert (
+        main(
+            [
+                "detect",
+                "--checkpoint",
+                str(trained_run / "checkpoint_last.pt"),
+                *paths,
+                "--out",
+                str(out),
+                "--score-thresh",
+                "0.0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (out / "img0.png").is_file() and (out / "img1.png").is_file()
+    results = json.loads((out / "detections.json").read_text())
+    assert [r["image"] for r in results] == paths
+    assert all(len(r["boxes"]) == len(r["scores"]) == len(r["labels"]) for r in results)
+
+
+def test_detect_rejects_a_corrupt_image_before_writing(trained_run, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "det"
+    assert main(["detect", "--checkpoint", str(trained_run / "checkpoint_last.pt"), str(bad), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ohem detect: error: image ") and "broken.jpg" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_bad_checkpoint_and_config_errors_are_one_line(tmp_path, capsys):
+    truncated = tmp_path / "ckpt.pt"
+    truncated.write_bytes(b"PK\x03\x04garbage")
+    assert main(["eval", "--checkpoint", str(truncated), "--out", str(tmp_path / "e")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "ckpt.pt" in err and "cannot be loaded safely" in err and "\n" not in err
+    assert main(["train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "t"), "--set", "solver.lrr=1"]) == 1
+    assert "unknown key 'solver.lrr'" in capsys.readouterr().err
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "ohem-checkpoint-1", "model": Payload()}, path)
+    assert main(["eval", "--checkpoint", str(path), "--out", str(tmp_path / "e")]) == 1
+    captured = capsys.readouterr()
+    assert "this ran" not in captured.out
+    assert "evil.pt" in captured.err and "not tensors-only" in captured.err

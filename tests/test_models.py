@@ -1,0 +1,87 @@
+"""Model builders: the small model, torchvision's family, backbone weights from a file or the API."""
+
+import pytest
+import torch
+from torchvision.models import detection
+
+from ohem.config import ModelConfig, SamplerConfig
+from ohem.data import SyntheticShapes
+from ohem.mining import FastRCNNRoIHeads, OHEMRoIHeads
+from ohem.models import build_detector, build_model
+
+
+def small_cfg(**kwargs):
+    return ModelConfig(min_size=128, max_size=128, rpn_post_nms_top_n_train=60, rpn_post_nms_top_n_test=30, **kwargs)
+
+
+def test_sampler_choice_sets_roi_heads():
+    ohem = build_detector(small_cfg(), SamplerConfig(method="ohem", batch_size_per_image=32), 5)
+    assert type(ohem.roi_heads) is OHEMRoIHeads and ohem.roi_heads.bg_iou_low == 0.0
+    heuristic = build_detector(small_cfg(), SamplerConfig(method="heuristic"), 5)
+    assert type(heuristic.roi_heads) is FastRCNNRoIHeads and heuristic.roi_heads.bg_iou_low == 0.1
+    assert heuristic.roi_heads.fg_bg_sampler.positive_fraction == 0.25
+    tv_default = build_detector(
+        small_cfg(), SamplerConfig(method="heuristic", batch_size_per_image=512, bg_iou_low=0.0), 5
+    )
+    assert tv_default.roi_heads.bg_iou_low == 0.0 and tv_default.roi_heads.fg_bg_sampler.batch_size_per_image == 512
+    with pytest.raises(ValueError, match="unknown method 'random'"):
+        build_detector(small_cfg(), SamplerConfig(method="random"), 5)
+
+
+def test_torchvision_model_trains_with_ohem():
+    cfg = small_cfg(name="fasterrcnn_mobilenet_v3_large_fpn")
+    model = build_detector(cfg, SamplerConfig(batch_size_per_image=16), 5).train()
+    assert model.roi_heads.box_predictor.cls_score.out_features == 6  # 5 classes + background
+    ds = SyntheticShapes("train", 2, image_size=128)
+    images, targets = zip(*[ds[i] for i in range(2)])
+    losses = model(list(images), list(targets))
+    assert torch.isfinite(sum(v for k, v in losses.items() if k.startswith("loss_")))
+    assert torch.bincount(model.roi_heads.last_mining["image_ids"]).tolist() == [16, 16]
+
+
+def test_backbone_weights_from_a_local_file(tmp_path):
+    torch.manual_seed(1)
+    source = build_model(small_cfg(name="fasterrcnn_mobilenet_v3_large_fpn"), 5)
+    path = tmp_path / "backbone.pth"
+    torch.save(source.backbone.body.state_dict(), path)
+    torch.manual_seed(2)
+    loaded = build_model(small_cfg(name="fasterrcnn_mobilenet_v3_large_fpn", backbone_weights=str(path)), 5)
+    for key, value in source.backbone.body.state_dict().items():
+        assert torch.equal(value, loaded.backbone.body.state_dict()[key]), key
+    small = build_model(small_cfg(), 5)
+    torch.save({"state_dict": small.backbone.state_dict()}, tmp_path / "small.pth")
+    again = build_model(small_cfg(backbone_weights=str(tmp_path / "small.pth")), 5)
+    assert torch.equal(again.backbone.stem[0].weight, small.backbone.stem[0].weight)
+
+
+def test_backbone_weights_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth: no such file"):
+        build_model(small_cfg(backbone_weights=str(tmp_path / "missing.pth")), 5)
+    torch.save({"unrelated.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth: no key matches"):
+        build_model(small_cfg(backbone_weights=str(tmp_path / "other.pth")), 5)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="evil.pth: not a loadable tensors-only state dict"):
+        build_model(small_cfg(backbone_weights=str(tmp_path / "evil.pth")), 5)
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        build_model(small_cfg(backbone_weights="imagenet"), 5)
+    with pytest.raises(ValueError, match="unknown model 'yolo'"):
+        build_model(small_cfg(name="yolo"), 5)
+
+
+def test_imagenet_backbone_goes_through_torchvision_weights_api(monkeypatch):
+    # The real call downloads; here we only check that torchvision is asked for its default weights.
+    seen = {}
+
+    def fake_builder(**kwargs):
+        seen.update(kwargs)
+        return "model"
+
+    monkeypatch.setattr(detection, "fasterrcnn_resnet50_fpn", fake_builder)
+    assert build_model(small_cfg(name="fasterrcnn_resnet50_fpn", backbone_weights="imagenet"), 20) == "model"
+    assert seen["weights_backbone"] == "DEFAULT" and seen["weights"] is None and seen["num_classes"] == 21

@@ -1,0 +1,257 @@
+"""OHEMRoIHeads / FastRCNNRoIHeads: labelling, the read-only pass, what gets gradients, drop-in use."""
+
+import copy
+
+import pytest
+import torch
+from torchvision.models import detection
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import MultiScaleRoIAlign, box_iou
+
+from ohem.data import SyntheticShapes
+from ohem.mining import FastRCNNRoIHeads, OHEMRoIHeads, enable_heuristic_sampling, enable_ohem, per_roi_loss
+from ohem.models import SmallBackbone, small_faster_rcnn
+
+
+def small_model(**kwargs):
+    torch.manual_seed(0)
+    model = small_faster_rcnn(
+        5,
+        min_size=128,
+        max_size=128,
+        rpn_post_nms_top_n_train=120,
+        rpn_post_nms_top_n_test=60,
+        box_score_thresh=0.0,
+        **kwargs,
+    )
+    return model
+
+
+def batch(n=2, size=128):
+    ds = SyntheticShapes("train", n, image_size=size)
+    images, targets = zip(*[ds[i] for i in range(n)])
+    return list(images), list(targets)
+
+
+def test_enable_ohem_keeps_modules_weights_and_settings():
+    model = small_model()
+    before = copy.deepcopy(model.state_dict())
+    old = model.roi_heads
+    assert enable_ohem(model, batch_size_per_image=32, nms_iou=0.5) is model
+    heads = model.roi_heads
+    assert isinstance(heads, OHEMRoIHeads) and isinstance(heads, RoIHeads)
+    assert heads.box_head is old.box_head and heads.box_predictor is old.box_predictor
+    assert heads.box_roi_pool is old.box_roi_pool
+    assert heads.num_per_image == 32 and heads.nms_iou == 0.5
+    assert heads.score_thresh == old.score_thresh and heads.nms_thresh == old.nms_thresh
+    assert heads.box_coder.weights == old.box_coder.weights
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_eval_outputs_identical_before_and_after_enable_ohem():
+    model = small_model().eval()
+    images, _ = batch(3)
+    with torch.no_grad():
+        want = model(images)
+        enable_ohem(model)
+        got = model(images)
+    assert sum(len(w["boxes"]) for w in want) > 0
+    for w, g in zip(want, got):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(w[key], g[key])
+
+
+def test_enable_ohem_rejects_non_detectors():
+    with pytest.raises(TypeError, match="RoIHeads"):
+        enable_ohem(torch.nn.Linear(2, 2))
+
+
+def make_heads(k=4, nms_iou=0.7, chunk=1024, mining_loss="cls+box", bg_iou_low=0.0):
+    torch.manual_seed(0)
+    model = small_model()
+    enable_ohem(
+        model,
+        batch_size_per_image=k,
+        nms_iou=nms_iou,
+        max_rois_per_chunk=chunk,
+        mining_loss=mining_loss,
+        bg_iou_low=bg_iou_low,
+    )
+    return model.roi_heads.train()
+
+
+def grid_proposals(size=128, step=16, box=20):
+    starts = torch.arange(0, size - box + 1, step, dtype=torch.float)
+    ys, xs = torch.meshgrid(starts, starts, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten(), xs.flatten() + box, ys.flatten() + box], 1)
+
+
+def heads_inputs(num_images=2):
+    features = {"0": torch.randn(num_images, SmallBackbone.out_channels, 16, 16, requires_grad=True)}
+    proposals = [grid_proposals() for _ in range(num_images)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 40.0, 44.0], [70.0, 60.0, 100.0, 90.0]]), "labels": torch.tensor([1, 3])},
+        {"boxes": torch.tensor([[50.0, 50.0, 80.0, 76.0]]), "labels": torch.tensor([2])},
+    ][:num_images]
+    return features, proposals, [(128, 128)] * num_images, targets
+
+
+def test_training_loss_is_the_mean_mined_loss_and_selection_is_top_loss():
+    heads = make_heads(k=5)
+    features, proposals, shapes, targets = heads_inputs()
+    _, losses = heads(features, proposals, shapes, targets)
+    assert set(losses) >= {
+        "loss_classifier",
+        "loss_box_reg",
+        "ohem_all_roi_loss",
+        "ohem_mined_loss",
+        "ohem_mined_fg_fraction",
+        "ohem_all_fg_fraction",
+    }
+    assert all(not v.requires_grad for k, v in losses.items() if k.startswith("ohem_"))
+    # The trainable pass optimises exactly the mean per-RoI loss of the mined RoIs.
+    total = losses["loss_classifier"] + losses["loss_box_reg"]
+    assert torch.allclose(total.detach(), losses["ohem_mined_loss"], rtol=1e-5)
+    assert losses["ohem_mined_loss"] > losses["ohem_all_roi_loss"]
+    mined = heads.last_mining
+    assert torch.bincount(mined["image_ids"]).tolist() == [5, 5]
+    for i in range(2):
+        mine = mined["losses"][mined["image_ids"] == i]
+        assert torch.equal(mine, mine.sort(descending=True).values)
+    # With NMS, no two mined RoIs of an image overlap above 0.7.
+    for i in range(2):
+        boxes = mined["boxes"][mined["image_ids"] == i]
+        iou = box_iou(boxes, boxes).fill_diagonal_(0)
+        assert iou.max() <= 0.7
+
+
+def test_gradient_reaches_only_the_selected_rois_and_readonly_pass_has_no_graph():
+    heads = make_heads(k=3, nms_iou=None, chunk=50)
+    features, proposals, shapes, targets = heads_inputs(num_images=1)
+    pooled = []
+    heads.box_roi_pool.register_forward_hook(lambda m, i, o: pooled.append((i[1], o)))
+    _, losses = heads(features, proposals, shapes, targets)
+    num_rois = proposals[0].shape[0] + 2  # + gt boxes
+    # Read-only pass: ceil(num_rois / 50) chunks, none with an autograd graph.
+    readonly, trained = pooled[:-1], pooled[-1]
+    assert len(readonly) == -(-num_rois // 50)
+    assert sum(o.shape[0] for _, o in readonly) == num_rois
+    assert all(o.grad_fn is None and not o.requires_grad for _, o in readonly)
+    # Trainable pass: exactly the mined RoIs.
+    assert trained[1].requires_grad and trained[1].shape[0] == 3
+    assert torch.equal(trained[0][0], heads.last_mining["boxes"])
+    sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    grad = features["0"].grad[0].abs().sum(0)  # (16, 16) at stride 8
+    covered = torch.zeros_like(grad, dtype=torch.bool)
+    for x1, y1, x2, y2 in heads.last_mining["boxes"].tolist():
+        # RoIAlign samples bilinearly inside the box: its gradient stays within one cell of it.
+        covered[max(int(y1 // 8) - 1, 0) : int(y2 // 8) + 2, max(int(x1 // 8) - 1, 0) : int(x2 // 8) + 2] = True
+    assert grad[covered].sum() > 0
+    assert torch.all(grad[~covered] == 0)
+    assert (~covered).sum() > 100  # most of the map belongs to unselected RoIs only
+
+
+def test_readonly_losses_do_not_depend_on_chunk_size():
+    features, proposals, shapes, targets = heads_inputs()
+    results = []
+    for chunk in (7, 100000):
+        heads = make_heads(k=8, chunk=chunk)
+        heads(features, proposals, shapes, targets)
+        results.append(heads.last_mining)
+    assert torch.equal(results[0]["boxes"], results[1]["boxes"])
+    assert torch.allclose(results[0]["losses"], results[1]["losses"], atol=1e-6)
+
+
+def test_per_roi_loss_cls_and_box_terms():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    regression = torch.zeros(2, 12)
+    regression[1, 4:8] = torch.tensor([0.1, 0.0, 0.0, 0.0])
+    labels = torch.tensor([0, 1])
+    targets = torch.zeros(2, 4)
+    cls = per_roi_loss(logits, regression, labels, targets, "cls")
+    both = per_roi_loss(logits, regression, labels, targets, "cls+box")
+    expected_cls = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert torch.allclose(cls, expected_cls)
+    # smooth-L1, beta 1/9: |0.1| >= 1/9? no -> 0.5 * 0.1^2 / (1/9) = 0.045, only on the fg RoI.
+    assert torch.allclose(both - cls, torch.tensor([0.0, 0.045]))
+
+
+def test_bg_iou_low_and_label_assignment():
+    heads = FastRCNNRoIHeads.from_roi_heads(small_model().roi_heads, bg_iou_low=0.1)
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    rois = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # IoU 1     -> class 4
+            [0.0, 0.0, 10.0, 6.0],  # IoU 0.6   -> class 4
+            [0.0, 0.0, 10.0, 3.0],  # IoU 0.3   -> bg
+            [0.0, 0.0, 10.0, 0.5],  # IoU 0.05  -> ignored
+            [50.0, 50.0, 60.0, 60.0],  # IoU 0    -> ignored
+        ]
+    )
+    matched, labels = heads.assign_targets_to_proposals([rois], [gt], [torch.tensor([4])])
+    assert labels[0].tolist() == [4, 4, 0, -1, -1]
+    heads.bg_iou_low = 0.0
+    _, labels = heads.assign_targets_to_proposals([rois], [gt], [torch.tensor([4])])
+    assert labels[0].tolist() == [4, 4, 0, 0, 0]
+    _, labels = heads.assign_targets_to_proposals([rois], [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)])
+    assert labels[0].tolist() == [0] * 5
+
+
+def test_heuristic_sampler_takes_fg_fraction_and_bg_from_the_band():
+    model = small_model()
+    enable_heuristic_sampling(model, batch_size_per_image=16, positive_fraction=0.25, bg_iou_low=0.1)
+    heads = model.roi_heads.train()
+    features, proposals, shapes, targets = heads_inputs()
+    rois, _, labels, _ = heads.select_training_samples([p.clone() for p in proposals], targets)
+    for r, lab, t in zip(rois, labels, targets):
+        assert 0 < len(lab) <= 16
+        assert (lab > 0).sum() <= 4
+        best = box_iou(r, t["boxes"]).max(dim=1).values
+        assert torch.all(best[lab == 0] >= 0.1) and torch.all(best[lab == 0] < 0.5)
+        assert torch.all(best[lab > 0] >= 0.5)
+
+
+def test_ohem_ignores_rois_below_bg_iou_low():
+    heads = make_heads(k=1000, nms_iou=None, bg_iou_low=0.1)
+    features, proposals, shapes, targets = heads_inputs()
+    heads(features, proposals, shapes, targets)
+    mined = heads.last_mining
+    assert torch.all(mined["iou"] >= 0.1)
+    assert torch.all(mined["iou"][mined["labels"] == 0] < 0.5)
+
+
+def test_mining_by_classification_loss_only_ranks_by_cross_entropy():
+    heads = make_heads(k=6, nms_iou=None, mining_loss="cls")
+    features, proposals, shapes, targets = heads_inputs()
+    _, losses = heads(features, proposals, shapes, targets)
+    assert torch.allclose(losses["loss_classifier"].detach(), losses["ohem_mined_loss"], rtol=1e-5)
+
+
+def test_ohem_on_mask_rcnn_trains_the_mask_branch_on_mined_positives():
+    torch.manual_seed(0)
+    backbone = SmallBackbone()
+    model = detection.MaskRCNN(
+        backbone,
+        num_classes=6,
+        min_size=128,
+        max_size=128,
+        rpn_post_nms_top_n_train=60,
+        box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
+        mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+        rpn_anchor_generator=detection.anchor_utils.AnchorGenerator(((16, 32, 64),), ((0.5, 1.0, 2.0),)),
+    )
+    enable_ohem(model, batch_size_per_image=16)
+    images, targets = batch(2)
+    for t in targets:
+        masks = torch.zeros(len(t["boxes"]), 128, 128, dtype=torch.uint8)
+        for m, (x1, y1, x2, y2) in zip(masks, t["boxes"].int().tolist()):
+            m[y1:y2, x1:x2] = 1
+        t["masks"] = masks
+    model.train()
+    losses = model(images, targets)
+    assert {"loss_mask", "loss_classifier", "ohem_mined_loss"} <= set(losses)
+    assert torch.isfinite(losses["loss_mask"])
+    sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    assert model.roi_heads.mask_head[0][0].weight.grad.abs().sum() > 0

@@ -1,0 +1,92 @@
+"""Training behaviour: learning on a handful of images, exact resume, the non-finite-loss stop."""
+
+import json
+
+import pytest
+import torch
+
+from ohem import engine
+from ohem.config import apply_overrides
+
+
+def test_small_model_overfits_a_few_images_with_ohem(tiny_cfg, tmp_path):
+    # Train and test on the same 4 images: a detector that learns must fit them.
+    cfg = apply_overrides(
+        tiny_cfg,
+        [
+            "data.num_train=4",
+            "data.num_test=4",
+            "data.seed=0",
+            "solver.iterations=250",
+            "solver.lr=0.02",
+            "solver.warmup_iterations=20",
+            "solver.steps=[200]",
+            "train.checkpoint_every=0",
+            "sampler.method=ohem",
+            "sampler.batch_size_per_image=32",
+        ],
+    )
+    # Same images in both splits: evaluate on the training split itself.
+    metrics = engine.train(cfg, tmp_path)
+    train_set = engine.build_dataset(cfg.data, "train")
+    model, _, _ = engine.model_from_checkpoint(tmp_path / "checkpoint_last.pt", torch.device("cpu"))
+    on_train = engine.evaluate(model, train_set, torch.device("cpu"))
+    assert on_train["mAP"] > 0.7, on_train
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if '"eval"' not in x]
+    first, last = log[:20], log[-20:]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    assert mean(last, "ohem_all_roi_loss") < 0.5 * mean(first, "ohem_all_roi_loss")
+    assert 0.0 <= metrics["mAP"] <= 1.0
+
+
+@pytest.mark.parametrize("method", ["ohem", "heuristic"])
+def test_resume_continues_exactly(tiny_cfg, tmp_path, method):
+    cfg = apply_overrides(tiny_cfg, [f"sampler.method={method}", "solver.iterations=4", "train.checkpoint_every=2"])
+    engine.train(cfg, tmp_path / "straight")
+    stopped = apply_overrides(cfg, ["solver.iterations=2"])
+    engine.train(stopped, tmp_path / "resumed")
+    engine.train(cfg, tmp_path / "resumed", resume=True)
+    a = engine.load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")
+    b = engine.load_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")
+    assert a["iteration"] == b["iteration"] == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    logged = [
+        json.loads(x)["iteration"]
+        for x in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+        if '"eval"' not in x
+    ]
+    assert logged == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_with_iteration_and_images(tiny_cfg, tmp_path, monkeypatch):
+    build = engine.build_detector
+
+    def build_with_nan_at_third_step(*args):
+        model = build(*args)
+        forward, calls = model.forward, []
+
+        def poisoned(images, targets=None):
+            out = forward(images, targets)
+            if model.training:
+                calls.append(1)
+                if len(calls) == 3:
+                    out["loss_classifier"] = out["loss_classifier"] * float("nan")
+            return out
+
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(engine, "build_detector", build_with_nan_at_third_step)
+    cfg = apply_overrides(tiny_cfg, ["solver.iterations=6", "train.checkpoint_every=1"])
+    images = engine.batch_indices(2, cfg.data.num_train, cfg.solver.images_per_batch, cfg.train.seed)
+    with pytest.raises(engine.NonFiniteLossError, match=rf"at iteration 3 on train images \{images}"):
+        engine.train(cfg, tmp_path)
+    # The last good checkpoint (iteration 2) is intact; nothing of iteration 3 was applied or logged.
+    assert engine.load_checkpoint(tmp_path / "checkpoint_last.pt")["iteration"] == 2
+    logged = [json.loads(x)["iteration"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]
+
+
+def test_float_config_accepts_exponent_strings(tiny_cfg):
+    assert apply_overrides(tiny_cfg, ["solver.lr=1e-3"]).solver.lr == 1e-3
