@@ -94,7 +94,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
         for it in bar:
             model.train()
             indices = batch_indices(it, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
-            images, targets = _load_batch(train_set, indices, device)
+            images, targets = load_batch(train_set, indices, device)
             tic = time.perf_counter()
             loss_dict = model(images, targets)
             loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
@@ -134,7 +134,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
     return metrics
 
 
-def _load_batch(dataset, indices: list[int], device: torch.device):  # noqa: ANN001, ANN202
+def load_batch(dataset, indices: list[int], device: torch.device):  # noqa: ANN001, ANN202
     images, targets = [], []
     for i in indices:
         image, target = dataset[i]
@@ -148,7 +148,7 @@ def predict(model: nn.Module, dataset, device: torch.device, batch_size: int = 2
     model.eval()
     out = []
     for start in range(0, len(dataset), batch_size):
-        images, _ = _load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))), device)
+        images, _ = load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))), device)
         for det in model(images):
             out.append(ImageDetections(det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
     return out
