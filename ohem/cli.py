@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_detect)
 
+    p = sub.add_parser("report", help="plots of what OHEM mined in a run, and its hardest RoIs")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -127,6 +132,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
         )
         print(f"{path}: {int(keep.sum())} detections -> {png}")
     engine.write_json_atomic(out / "detections.json", results)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ohem.report import write_report
+
+    for path in write_report(args.run_dir, args.out):
+        print(f"wrote {path}")
     return 0
 
 

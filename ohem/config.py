@@ -54,6 +54,7 @@ class SamplerConfig:
     nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
     max_rois_per_chunk: int = 1024  # ohem: read-only pass memory bound
     readonly_dropout: bool = True  # ohem: dropout stays on in the read-only pass (authors' code)
+    implementation: str = "two-pass"  # ohem: two-pass (paper) | loss-zeroing (the rejected one, for cost)
 
 
 @dataclass
@@ -76,6 +77,8 @@ class TrainConfig:
     eval_every: int = 500  # 0: only at the end
     checkpoint_every: int = 500
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    roi_loss_images: int = 0  # at each evaluation: mean loss over all RoIs of this many train images
+    mining_log_every: int = 50  # ohem: iterations per record of what was mined (mining.jsonl)
     vis_images: int = 4  # test images drawn in detections.png
     vis_score_thresh: float = 0.5
 

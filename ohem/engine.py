@@ -1,7 +1,8 @@
 """Training and evaluation loops, checkpoints and logs.
 
 A run directory holds ``config.yaml``, ``log.jsonl`` (one JSON object per iteration with every loss
-and mining statistic, and one per evaluation), TensorBoard events under ``tb/``,
+and mining statistic, and one per evaluation), ``mining.jsonl`` (OHEM: what was mined, per
+``train.mining_log_every`` iterations), TensorBoard events under ``tb/``,
 ``checkpoint_last.pt`` (written atomically), ``metrics.json`` and ``detections.png``.
 """
 
@@ -23,7 +24,9 @@ from tqdm import tqdm
 
 from ohem.config import Config, config_from_dict
 from ohem.data import batch_indices, build_dataset
-from ohem.evaluation import ImageAnnotations, ImageDetections, voc_evaluate
+from ohem.evaluation import ImageAnnotations, ImageDetections, mean_roi_loss, voc_evaluate
+from ohem.mining import OHEMRoIHeads
+from ohem.mining.record import MiningRecorder
 from ohem.models import build_detector
 
 CHECKPOINT_FORMAT = "ohem-checkpoint-1"
@@ -79,14 +82,21 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_to_python_random_state(state["rng"]["python"]))
         start = state["iteration"]
+        for name in ("log.jsonl", "mining.jsonl"):  # drop what was logged after the checkpoint
+            _truncate_jsonl(out / name, start)
     else:
         (out / "log.jsonl").unlink(missing_ok=True)
+        (out / "mining.jsonl").unlink(missing_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
 
     writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
     log = (out / "log.jsonl").open("a")
+    heads = model.roi_heads
+    recorder = MiningRecorder(len(classes)) if isinstance(heads, OHEMRoIHeads) else None
+    mining_log = (out / "mining.jsonl").open("a") if recorder else None
+    roi_loss_indices = list(range(min(cfg.train.roi_loss_images, len(train_set))))
     iterations = cfg.solver.iterations
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", dynamic_ncols=True)
     metrics: dict[str, Any] = {}
@@ -110,6 +120,16 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
             record = {"iteration": it + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item()}
             record.update({k: v.item() for k, v in loss_dict.items()})
             record["time"] = time.perf_counter() - tic
+            if recorder:
+                record["ohem_mining_time"] = heads.last_mining_seconds
+                sizes = [tuple(image.shape[-2:]) for image in images]
+                recorder.add(it + 1, heads.last_mining, indices, sizes, record["ohem_all_roi_loss"])
+                if (it + 1) % cfg.train.mining_log_every == 0 or it + 1 == iterations:
+                    mined = recorder.flush(it + 1)
+                    mining_log.write(json.dumps(mined) + "\n")
+                    mining_log.flush()
+                    for key in ("mined_fg_fraction", "mined_loss_mean", "all_roi_loss_mean"):
+                        writer.add_scalar(f"mining/{key}", mined[key], it + 1)
             log.write(json.dumps(record) + "\n")
             for key, value in record.items():
                 if key != "iteration":
@@ -117,10 +137,17 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
             bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
             done = it + 1 == iterations
             if done or (cfg.train.eval_every and (it + 1) % cfg.train.eval_every == 0):
-                metrics = evaluate(model, test_set, device, cfg.solver.images_per_batch)
-                log.write(json.dumps({"iteration": it + 1, "eval": metrics}) + "\n")
+                entry = {"iteration": it + 1, "eval": evaluate(model, test_set, device, cfg.solver.images_per_batch)}
+                if roi_loss_indices:
+                    entry["train_roi_loss"] = mean_roi_loss(model, train_set, roi_loss_indices, device)
+                log.write(json.dumps(entry) + "\n")
+                metrics = entry["eval"]
                 writer.add_scalar("eval/mAP", metrics["mAP"], it + 1)
-                bar.write(f"iteration {it + 1}: test mAP@0.5 {metrics['mAP']:.4f}")
+                message = f"iteration {it + 1}: test mAP@0.5 {metrics['mAP']:.4f}"
+                if "train_roi_loss" in entry:
+                    writer.add_scalar("eval/train_roi_loss", entry["train_roi_loss"], it + 1)
+                    message += f", mean loss over all RoIs of train images {entry['train_roi_loss']:.4f}"
+                bar.write(message)
             if done or (cfg.train.checkpoint_every and (it + 1) % cfg.train.checkpoint_every == 0):
                 save_checkpoint(checkpoint_path, model, cfg, classes, it + 1, optimizer, scheduler)
             log.flush()
@@ -128,6 +155,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
         bar.close()
         log.close()
         writer.close()
+        if mining_log:
+            mining_log.close()
     if not metrics:  # resumed a finished run
         metrics = evaluate(model, test_set, device, cfg.solver.images_per_batch)
     write_json_atomic(out / "metrics.json", metrics)
@@ -227,6 +256,14 @@ def _atomic_write(path: Path, write, binary: bool) -> None:  # noqa: ANN001
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _truncate_jsonl(path: Path, iteration: int) -> None:
+    """Keep the records of ``path`` up to ``iteration`` (those a resumed run will not repeat)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+    _atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept)), binary=False)
 
 
 def _from_python_random_state(state: tuple) -> list:

@@ -1,7 +1,11 @@
+import os
+
 import pytest
 import torch
 
 from ohem.config import load_config
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would flood the test output
 
 TINY = [
     "data.num_train=8",

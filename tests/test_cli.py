@@ -35,6 +35,22 @@ def test_train_writes_run_directory(trained_run):
     assert {"loss_classifier", "loss_box_reg", "ohem_all_roi_loss", "ohem_mined_fg_fraction"} <= set(steps[0])
     assert lines[-1]["eval"]["mAP"] == metrics["mAP"]
     assert load_checkpoint(trained_run / "checkpoint_last.pt")["iteration"] == 4
+    assert all(r["ohem_mining_time"] > 0 for r in steps)
+
+
+def test_train_records_what_ohem_mined(trained_run):
+    records = [json.loads(line) for line in (trained_run / "mining.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [4]  # mining_log_every 50 > 4 iterations: one at the end
+    r = records[0]
+    assert r["steps"] == 4 and r["num_mined"] == 4 * 2 * 16
+    assert sum(r["iou_hist"]) == sum(r["label_counts"]) == r["num_mined"]
+    assert r["mined_fg_fraction"] == pytest.approx(sum(r["label_counts"][1:]) / r["num_mined"])
+    assert r["mined_loss_mean"] > r["all_roi_loss_mean"]
+    losses = [h["loss"] for h in r["hardest"]]
+    assert len(losses) == 8 and losses == sorted(losses, reverse=True)
+    for h in r["hardest"]:
+        x1, y1, x2, y2 = h["box"]
+        assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128 and 0 <= h["image_index"] < 8
     with Image.open(trained_run / "detections.png") as im:
         assert im.size[0] > 200
 
@@ -129,3 +145,19 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "this ran" not in captured.out
     assert "evil.pt" in captured.err and "not tensors-only" in captured.err
+
+
+def test_report_writes_plots_and_gallery(trained_run, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(trained_run), "--out", str(out)]) == 0
+    names = {"losses.png", "mined_fg_fraction.png", "mined_iou.png", "mined_classes.png", "map.png", "hardest_rois.png"}
+    assert {p.name for p in out.iterdir()} == names
+    for name in names:
+        with Image.open(out / name) as im:
+            assert im.size[0] >= 300
+
+
+def test_report_on_a_non_run_directory_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "log.jsonl: no such file" in err and "\n" not in err

@@ -68,7 +68,7 @@ def test_enable_ohem_rejects_non_detectors():
         enable_ohem(torch.nn.Linear(2, 2))
 
 
-def make_heads(k=4, nms_iou=0.7, chunk=1024, mining_loss="cls+box", bg_iou_low=0.0):
+def make_heads(k=4, nms_iou=0.7, chunk=1024, mining_loss="cls+box", bg_iou_low=0.0, implementation="two-pass"):
     torch.manual_seed(0)
     model = small_model()
     enable_ohem(
@@ -78,6 +78,7 @@ def make_heads(k=4, nms_iou=0.7, chunk=1024, mining_loss="cls+box", bg_iou_low=0
         max_rois_per_chunk=chunk,
         mining_loss=mining_loss,
         bg_iou_low=bg_iou_low,
+        implementation=implementation,
     )
     return model.roi_heads.train()
 
@@ -255,3 +256,37 @@ def test_ohem_on_mask_rcnn_trains_the_mask_branch_on_mined_positives():
     assert torch.isfinite(losses["loss_mask"])
     sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
     assert model.roi_heads.mask_head[0][0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mining_loss", ["cls+box", "cls"])
+def test_loss_zeroing_selects_the_same_rois_and_gives_the_same_gradients(mining_loss):
+    features, proposals, shapes, targets = heads_inputs()
+    runs = []
+    for implementation in ("two-pass", "loss-zeroing"):
+        heads = make_heads(k=6, mining_loss=mining_loss, implementation=implementation)
+        feats = {"0": features["0"].detach().clone().requires_grad_()}
+        _, losses = heads(feats, proposals, shapes, targets)
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        grads = {n: p.grad.clone() for n, p in heads.named_parameters() if p.grad is not None}
+        runs.append((heads.last_mining, losses, grads, feats["0"].grad))
+    (mined_a, losses_a, grads_a, feat_a), (mined_b, losses_b, grads_b, feat_b) = runs
+    assert torch.equal(mined_a["boxes"], mined_b["boxes"]) and torch.equal(mined_a["labels"], mined_b["labels"])
+    for key in ("loss_classifier", "loss_box_reg", "ohem_all_roi_loss", "ohem_mined_loss"):
+        assert torch.allclose(losses_a[key], losses_b[key], rtol=1e-5, atol=1e-7), key
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-7), name
+    assert torch.allclose(feat_a, feat_b, rtol=1e-4, atol=1e-8)
+
+
+def test_mean_roi_loss_does_not_depend_on_the_sampler():
+    from ohem.evaluation import mean_roi_loss
+
+    ds = SyntheticShapes("train", 4, image_size=128)
+    ohem_model = enable_ohem(small_model())
+    heuristic_model = enable_heuristic_sampling(small_model())  # same seed: same weights
+    values = [mean_roi_loss(m, ds, [0, 1, 2], torch.device("cpu")) for m in (ohem_model, heuristic_model)]
+    assert values[0] == pytest.approx(values[1], rel=1e-6) and values[0] > 0
+    assert ohem_model.training  # mode restored
+    with pytest.raises(TypeError, match="FastRCNNRoIHeads"):
+        mean_roi_loss(small_model(), ds, [0], torch.device("cpu"))

@@ -10,7 +10,7 @@ from ohem.config import apply_overrides
 
 
 def test_small_model_overfits_a_few_images_with_ohem(tiny_cfg, tmp_path):
-    # Train and test on the same 4 images: a detector that learns must fit them.
+    # 4 training images, evaluated on themselves: a detector that learns must fit them.
     cfg = apply_overrides(
         tiny_cfg,
         [
@@ -24,9 +24,10 @@ def test_small_model_overfits_a_few_images_with_ohem(tiny_cfg, tmp_path):
             "train.checkpoint_every=0",
             "sampler.method=ohem",
             "sampler.batch_size_per_image=32",
+            "train.eval_every=125",
+            "train.roi_loss_images=4",
         ],
     )
-    # Same images in both splits: evaluate on the training split itself.
     metrics = engine.train(cfg, tmp_path)
     train_set = engine.build_dataset(cfg.data, "train")
     model, _, _ = engine.model_from_checkpoint(tmp_path / "checkpoint_last.pt", torch.device("cpu"))
@@ -36,6 +37,10 @@ def test_small_model_overfits_a_few_images_with_ohem(tiny_cfg, tmp_path):
     first, last = log[:20], log[-20:]
     mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     assert mean(last, "ohem_all_roi_loss") < 0.5 * mean(first, "ohem_all_roi_loss")
+    # The sampler-independent measure (all RoIs of the train images, eval mode) falls too.
+    evals = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["iteration"] for e in evals] == [125, 250]
+    assert evals[1]["train_roi_loss"] < evals[0]["train_roi_loss"]
     assert 0.0 <= metrics["mAP"] <= 1.0
 
 
@@ -57,6 +62,30 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path, method):
         if '"eval"' not in x
     ]
     assert logged == [1, 2, 3, 4]
+
+
+def test_resume_after_a_crash_drops_log_lines_past_the_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    cfg = apply_overrides(tiny_cfg, ["solver.iterations=4", "train.checkpoint_every=1", "train.mining_log_every=1"])
+    engine.train(cfg, tmp_path / "straight")
+    save = engine.save_checkpoint
+
+    def crash_at_third(path, model, cfg_, classes, iteration, *args):
+        if iteration == 3:
+            raise KeyboardInterrupt  # killed after logging iteration 3, before its checkpoint
+        save(path, model, cfg_, classes, iteration, *args)
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, tmp_path / "crashed")
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    engine.train(cfg, tmp_path / "crashed", resume=True)
+    for name in ("log.jsonl", "mining.jsonl"):
+        lines = (tmp_path / "crashed" / name).read_text().splitlines()
+        iterations = [json.loads(x)["iteration"] for x in lines if '"eval"' not in x]
+        assert iterations == [1, 2, 3, 4], name
+    a = engine.load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")["model"]
+    b = engine.load_checkpoint(tmp_path / "crashed" / "checkpoint_last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_non_finite_loss_stops_with_iteration_and_images(tiny_cfg, tmp_path, monkeypatch):

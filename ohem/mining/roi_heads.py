@@ -12,17 +12,39 @@ after NMS, and train on those. Evaluation is ``RoIHeads``' own code path, untouc
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import box_iou
+from torchvision.ops import box_area, box_iou
 
 from ohem.mining.select import select_hard_examples
 
 MINING_LOSSES = ("cls+box", "cls")
+IMPLEMENTATIONS = ("two-pass", "loss-zeroing")
+
+
+def per_roi_loss_terms(
+    class_logits: torch.Tensor,
+    box_regression: torch.Tensor,
+    labels: torch.Tensor,
+    regression_targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unreduced (cross-entropy, smooth-L1) of each RoI; the box term is 0 on background.
+
+    Same terms as torchvision's ``fastrcnn_loss`` (smooth-L1 with beta 1/9, summed over the four
+    coordinates), so their mean over some RoIs is the loss the trainable pass optimises on them.
+    """
+    cls_loss = F.cross_entropy(class_logits, labels, reduction="none")
+    fg = torch.nonzero(labels > 0).squeeze(1)
+    box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
+    fg_box_loss = F.smooth_l1_loss(
+        box_regression[fg, labels[fg]], regression_targets[fg], beta=1 / 9, reduction="none"
+    ).sum(dim=1)
+    return cls_loss, torch.zeros_like(cls_loss).index_add(0, fg, fg_box_loss)
 
 
 def per_roi_loss(
@@ -32,20 +54,9 @@ def per_roi_loss(
     regression_targets: torch.Tensor,
     mining_loss: str = "cls+box",
 ) -> torch.Tensor:
-    """Loss of each RoI, unreduced: cross-entropy, plus smooth-L1 on fg boxes for ``"cls+box"``.
-
-    Same terms as torchvision's ``fastrcnn_loss`` (smooth-L1 with beta 1/9, summed over the four
-    coordinates), so the mean over the selected RoIs is the loss the trainable pass optimises.
-    """
-    loss = F.cross_entropy(class_logits, labels, reduction="none")
-    if mining_loss == "cls":
-        return loss
-    fg = torch.nonzero(labels > 0).squeeze(1)
-    box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
-    box_loss = F.smooth_l1_loss(
-        box_regression[fg, labels[fg]], regression_targets[fg], beta=1 / 9, reduction="none"
-    ).sum(dim=1)
-    return loss.index_add(0, fg, box_loss)
+    """The mining loss of each RoI: cross-entropy, plus the box term for ``"cls+box"``."""
+    cls_loss, box_loss = per_roi_loss_terms(class_logits, box_regression, labels, regression_targets)
+    return cls_loss if mining_loss == "cls" else cls_loss + box_loss
 
 
 class FastRCNNRoIHeads(RoIHeads):
@@ -85,9 +96,15 @@ class FastRCNNRoIHeads(RoIHeads):
         return new.train(heads.training)
 
     def assign_targets_to_proposals(
-        self, proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor]
+        self,
+        proposals: list[torch.Tensor],
+        gt_boxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+        bg_iou_low: float | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per image: matched gt index and label (fg class, 0 = bg, -1 = ignored) of each RoI."""
+        """Per image: matched gt index and label (fg class, 0 = bg, -1 = ignored) of each RoI.
+        ``bg_iou_low`` overrides the head's own for this call."""
+        bg_iou_low = self.bg_iou_low if bg_iou_low is None else bg_iou_low
         fg_iou = self.proposal_matcher.high_threshold
         bg_iou_high = self.proposal_matcher.low_threshold
         matched_idxs, labels = [], []
@@ -101,10 +118,84 @@ class FastRCNNRoIHeads(RoIHeads):
                 label = classes[best_gt].to(torch.int64)
                 label[best_iou < fg_iou] = 0
             label[(best_iou >= bg_iou_high) & (best_iou < fg_iou)] = -1
-            label[best_iou < self.bg_iou_low] = -1
+            label[best_iou < bg_iou_low] = -1
             matched_idxs.append(best_gt)
             labels.append(label)
         return matched_idxs, labels
+
+    def label_rois(
+        self,
+        proposals: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        bg_iou_low: float | None = None,
+    ) -> tuple[list[torch.Tensor], ...]:
+        """All proposals plus the gt boxes, labelled, without sampling; ignored RoIs (IoU below
+        ``bg_iou_low``, the head's own unless given) are dropped. Returns per image: RoIs, matched
+        gt index, label, box target, matched gt box."""
+        self.check_targets(targets)
+        gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
+        proposals = self.add_gt_proposals(proposals, gt_boxes)
+        gt_labels = [t["labels"] for t in targets]
+        matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels, bg_iou_low)
+        kept = [torch.nonzero(label >= 0).squeeze(1) for label in labels]
+        proposals = [p[k] for p, k in zip(proposals, kept)]
+        matched_idxs = [m[k] for m, k in zip(matched_idxs, kept)]
+        labels = [label[k] for label, k in zip(labels, kept)]
+        matched_gt = [(g if g.numel() else g.new_zeros((1, 4)))[m] for g, m in zip(gt_boxes, matched_idxs)]
+        return proposals, matched_idxs, labels, self.box_coder.encode(matched_gt, proposals), matched_gt
+
+    def readonly_losses(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        labels: list[torch.Tensor],
+        regression_targets: list[torch.Tensor],
+        mining_loss: str = "cls+box",
+        max_rois_per_chunk: int = 1024,
+        dropout: bool = True,
+    ) -> torch.Tensor:
+        """Per-RoI loss of all RoIs (concatenated over images) through this head, under no_grad,
+        ``max_rois_per_chunk`` RoIs at a time. BatchNorm uses batch statistics but its running
+        statistics are left alone; dropout runs as in training unless ``dropout`` is False."""
+        rois = torch.cat(proposals)
+        image_of_roi = torch.repeat_interleave(
+            torch.arange(len(proposals), device=rois.device),
+            torch.tensor([p.shape[0] for p in proposals], device=rois.device),
+        )
+        labels_all, targets_all = torch.cat(labels), torch.cat(regression_targets)
+        chunks = []
+        with torch.no_grad(), self._readonly_mode(dropout):
+            for start in range(0, rois.shape[0], max_rois_per_chunk):
+                end = start + max_rois_per_chunk
+                in_chunk = image_of_roi[start:end]
+                # RoIs are grouped by image, so per-image pieces keep the concatenated order.
+                pieces = [rois[start:end][in_chunk == i] for i in range(len(proposals))]
+                x = self.box_head(self.box_roi_pool(features, pieces, image_shapes))
+                class_logits, box_regression = self.box_predictor(x)
+                chunks.append(
+                    per_roi_loss(
+                        class_logits, box_regression, labels_all[start:end], targets_all[start:end], mining_loss
+                    )
+                )
+        return torch.cat(chunks) if chunks else rois.new_zeros(0)
+
+    @contextlib.contextmanager
+    def _readonly_mode(self, dropout: bool) -> Iterator[None]:
+        changed: list[tuple[nn.Module, str, bool]] = []
+        for module in (self.box_roi_pool, self.box_head, self.box_predictor):
+            for m in module.modules():
+                if isinstance(m, nn.modules.dropout._DropoutNd) and not dropout and m.training:
+                    changed.append((m, "training", True))
+                    m.training = False
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                    changed.append((m, "track_running_stats", True))
+                    m.track_running_stats = False
+        try:
+            yield
+        finally:
+            for m, attr, value in changed:
+                setattr(m, attr, value)
 
 
 class OHEMRoIHeads(FastRCNNRoIHeads):
@@ -115,6 +206,9 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
     ``max_rois_per_chunk`` RoIs; (3) ``select_hard_examples`` keeps ``batch_size_per_image`` RoIs per
     image by loss after NMS at ``nms_iou``; (4) the usual forward and loss, with gradients, on those
     RoIs only. The loss dict gains detached ``ohem_*`` statistics next to torchvision's keys.
+
+    ``implementation="loss-zeroing"`` is the variant the paper rejects, kept to measure its cost:
+    one forward with gradients over all RoIs, the loss zeroed outside the same selection.
     """
 
     def __init__(
@@ -125,6 +219,7 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
         max_rois_per_chunk: int = 1024,
         nms_per_label: bool = False,
         readonly_dropout: bool = True,
+        implementation: str = "two-pass",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -132,12 +227,16 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
             raise ValueError(f"mining_loss must be one of {MINING_LOSSES}, got {mining_loss!r}")
         if max_rois_per_chunk < 1:
             raise ValueError(f"max_rois_per_chunk must be >= 1, got {max_rois_per_chunk}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         self.nms_iou = nms_iou
         self.mining_loss = mining_loss
         self.max_rois_per_chunk = max_rois_per_chunk
         self.nms_per_label = nms_per_label
         self.readonly_dropout = readonly_dropout
+        self.implementation = implementation
         self.last_mining: dict[str, torch.Tensor] = {}
+        self.last_mining_seconds = 0.0  # wall time of labelling + read-only pass + selection
         self._features: dict[str, torch.Tensor] | None = None
         self._image_shapes: list[tuple[int, int]] | None = None
 
@@ -148,6 +247,8 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
     def forward(self, features, proposals, image_shapes, targets=None):  # noqa: ANN001, ANN201
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
+        if self.implementation == "loss-zeroing":
+            return self._forward_loss_zeroing(features, proposals, image_shapes, targets)
         # RoIHeads.forward calls select_training_samples(proposals, targets); mining also needs
         # the features, so they are lent to it for the duration of the call.
         self._features, self._image_shapes = features, image_shapes
@@ -161,37 +262,14 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
     def select_training_samples(self, proposals, targets):  # noqa: ANN001, ANN201
         if self._features is None:
             raise RuntimeError("OHEMRoIHeads.select_training_samples is called from forward() only")
-        self.check_targets(targets)
-        dtype = proposals[0].dtype
-        gt_boxes = [t["boxes"].to(dtype) for t in targets]
-        proposals = self.add_gt_proposals(proposals, gt_boxes)
-        matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, [t["labels"] for t in targets])
-        # Ignored RoIs (IoU below bg_iou_low) take no part in mining.
-        kept = [torch.nonzero(label >= 0).squeeze(1) for label in labels]
-        proposals = [p[k] for p, k in zip(proposals, kept)]
-        matched_idxs = [m[k] for m, k in zip(matched_idxs, kept)]
-        labels = [label[k] for label, k in zip(labels, kept)]
-        matched_gt = [(g if g.numel() else g.new_zeros((1, 4)))[m] for g, m in zip(gt_boxes, matched_idxs)]
-        regression_targets = self.box_coder.encode(matched_gt, proposals)
-
-        losses = self.readonly_losses(self._features, proposals, self._image_shapes, labels, regression_targets)
-        counts = [p.shape[0] for p in proposals]
-        image_ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(losses.device)
-        all_labels = torch.cat(labels)
-        hard = select_hard_examples(
-            losses,
-            torch.cat(proposals),
-            image_ids,
-            self.num_per_image,
-            nms_iou=self.nms_iou,
-            labels=all_labels if self.nms_per_label else None,
-        )
-        self._record(losses, hard, all_labels, image_ids, proposals, matched_gt)
-
-        offsets = [0]
-        for c in counts:
-            offsets.append(offsets[-1] + c)
-        picked = [hard[(image_ids[hard] == i)] - offsets[i] for i in range(len(counts))]
+        tic = time.perf_counter()
+        proposals, matched_idxs, labels, regression_targets, matched_gt = self.label_rois(proposals, targets)
+        losses = self.readonly_losses(
+            self._features, proposals, self._image_shapes, labels, regression_targets,
+            self.mining_loss, self.max_rois_per_chunk, self.readonly_dropout,
+        )  # fmt: skip
+        picked = self._select(losses, proposals, labels, matched_gt)
+        self.last_mining_seconds = time.perf_counter() - tic  # on CUDA, without a sync: approximate
         return (
             [p[k] for p, k in zip(proposals, picked)],
             [m[k] for m, k in zip(matched_idxs, picked)],
@@ -199,78 +277,62 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
             [t[k] for t, k in zip(regression_targets, picked)],
         )
 
-    def readonly_losses(
-        self,
-        features: dict[str, torch.Tensor],
-        proposals: list[torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-        labels: list[torch.Tensor],
-        regression_targets: list[torch.Tensor],
-    ) -> torch.Tensor:
-        """Per-RoI mining loss of all RoIs (concatenated over images), without an autograd graph."""
-        rois = torch.cat(proposals)
-        image_of_roi = torch.repeat_interleave(
-            torch.arange(len(proposals), device=rois.device),
-            torch.tensor([p.shape[0] for p in proposals], device=rois.device),
-        )
-        labels_all, targets_all = torch.cat(labels), torch.cat(regression_targets)
-        chunks = []
-        with torch.no_grad(), self._readonly_mode():
-            for start in range(0, rois.shape[0], self.max_rois_per_chunk):
-                end = start + self.max_rois_per_chunk
-                in_chunk = image_of_roi[start:end]
-                # RoIs are grouped by image, so per-image pieces keep the concatenated order.
-                pieces = [rois[start:end][in_chunk == i] for i in range(len(proposals))]
-                x = self.box_head(self.box_roi_pool(features, pieces, image_shapes))
-                class_logits, box_regression = self.box_predictor(x)
-                chunks.append(
-                    per_roi_loss(
-                        class_logits, box_regression, labels_all[start:end], targets_all[start:end], self.mining_loss
-                    )
-                )
-        return torch.cat(chunks) if chunks else rois.new_zeros(0)
-
-    @contextlib.contextmanager
-    def _readonly_mode(self) -> Iterator[None]:
-        """Dropout as configured; BatchNorm on batch statistics without updating running ones."""
-        changed: list[tuple[nn.Module, str, bool]] = []
-        for module in (self.box_roi_pool, self.box_head, self.box_predictor):
-            for m in module.modules():
-                if isinstance(m, nn.modules.dropout._DropoutNd) and not self.readonly_dropout and m.training:
-                    changed.append((m, "training", True))
-                    m.training = False
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                    changed.append((m, "track_running_stats", True))
-                    m.track_running_stats = False
-        try:
-            yield
-        finally:
-            for m, attr, value in changed:
-                setattr(m, attr, value)
-
-    def _record(self, losses, hard, labels, image_ids, proposals, matched_gt) -> None:  # noqa: ANN001
-        """Detached statistics for the loss dict and ``last_mining`` for reports."""
-        hard_labels = labels[hard]
-        all_mean = losses.mean() if losses.numel() else losses.new_zeros(())
-        mined_mean = losses[hard].mean() if hard.numel() else losses.new_zeros(())
+    def _select(self, losses, proposals, labels, matched_gt) -> list[torch.Tensor]:  # noqa: ANN001
+        """Hard RoIs as per-image index tensors; records statistics and ``last_mining``."""
+        counts = [p.shape[0] for p in proposals]
+        image_ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(losses.device)
+        rois, all_labels = torch.cat(proposals), torch.cat(labels)
+        hard = select_hard_examples(
+            losses, rois, image_ids, self.num_per_image, nms_iou=self.nms_iou,
+            labels=all_labels if self.nms_per_label else None,
+        )  # fmt: skip
+        hard_labels = all_labels[hard]
+        zero = losses.new_zeros(())
         self._mining_stats = {
-            "ohem_all_roi_loss": all_mean.detach(),
-            "ohem_mined_loss": mined_mean.detach(),
-            "ohem_mined_fg_fraction": (hard_labels > 0).float().mean().detach()
-            if hard.numel()
-            else losses.new_zeros(()),
-            "ohem_all_fg_fraction": (labels > 0).float().mean().detach(),
+            "ohem_all_roi_loss": losses.mean().detach() if losses.numel() else zero,
+            "ohem_mined_loss": losses[hard].mean().detach() if hard.numel() else zero,
+            "ohem_mined_fg_fraction": (hard_labels > 0).float().mean() if hard.numel() else zero,
+            "ohem_all_fg_fraction": (all_labels > 0).float().mean() if all_labels.numel() else zero,
         }
-        rois = torch.cat(proposals)
-        gt = torch.cat(matched_gt)
-        iou = box_iou(rois[hard], gt[hard]).diagonal() if hard.numel() else rois.new_zeros(0)
+        hard_rois = rois[hard]
+        iou = _paired_iou(hard_rois, torch.cat(matched_gt)[hard])
         self.last_mining = {
-            "image_ids": image_ids[hard].detach().cpu(),
-            "boxes": rois[hard].detach().cpu(),
-            "labels": hard_labels.detach().cpu(),
+            "image_ids": image_ids[hard].cpu(),
+            "boxes": hard_rois.detach().cpu(),
+            "labels": hard_labels.cpu(),
             "losses": losses[hard].detach().cpu(),
             "iou": iou.detach().cpu(),
+            "image_shapes": list(self._image_shapes or []),  # boxes are in these (resized) frames
         }
+        offsets = torch.tensor([0, *counts], device=losses.device).cumsum(0)
+        return [hard[image_ids[hard] == i] - offsets[i] for i in range(len(counts))]
+
+    def _forward_loss_zeroing(self, features, proposals, image_shapes, targets):  # noqa: ANN001, ANN202
+        if self.has_mask() or self.has_keypoint():
+            raise NotImplementedError("implementation='loss-zeroing' supports box heads only")
+        tic = time.perf_counter()
+        self._image_shapes = image_shapes
+        proposals, _, labels, regression_targets, matched_gt = self.label_rois(proposals, targets)
+        x = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(x)
+        cls_loss, box_loss = per_roi_loss_terms(
+            class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets)
+        )
+        mining = cls_loss if self.mining_loss == "cls" else cls_loss + box_loss
+        picked = self._select(mining.detach(), proposals, labels, matched_gt)
+        self.last_mining_seconds = time.perf_counter() - tic
+        self._image_shapes = None
+        offsets = [0]
+        for p in proposals:
+            offsets.append(offsets[-1] + p.shape[0])
+        hard = torch.cat([k + offsets[i] for i, k in enumerate(picked)])
+        keep = torch.zeros_like(cls_loss)
+        keep[hard] = 1.0
+        # Every RoI's activations and graph are kept; the unselected ones only get zero gradient.
+        num = max(hard.numel(), 1)
+        losses = {"loss_classifier": (cls_loss * keep).sum() / num, "loss_box_reg": (box_loss * keep).sum() / num}
+        losses.update(self._mining_stats)
+        return [], losses
 
 
 def enable_ohem(
@@ -282,6 +344,7 @@ def enable_ohem(
     max_rois_per_chunk: int = 1024,
     nms_per_label: bool = False,
     readonly_dropout: bool = True,
+    implementation: str = "two-pass",
 ) -> nn.Module:
     """Swap ``OHEMRoIHeads`` into a torchvision two-stage detector in place; returns the model.
 
@@ -297,6 +360,7 @@ def enable_ohem(
         max_rois_per_chunk=max_rois_per_chunk,
         nms_per_label=nms_per_label,
         readonly_dropout=readonly_dropout,
+        implementation=implementation,
     )
     return model
 
@@ -324,3 +388,11 @@ def _roi_heads_of(model: nn.Module) -> RoIHeads:
             f"expected a torchvision two-stage detector with a RoIHeads at .roi_heads, got {type(model).__name__}"
         )
     return heads
+
+
+def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of ``a[i]`` with ``b[i]``."""
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    union = box_area(a) + box_area(b) - inter
+    return inter / union.clamp(min=1e-12)

@@ -101,6 +101,7 @@ def apply_sampler(model: nn.Module, cfg: SamplerConfig) -> nn.Module:
             max_rois_per_chunk=cfg.max_rois_per_chunk,
             nms_per_label=cfg.nms_per_label,
             readonly_dropout=cfg.readonly_dropout,
+            implementation=cfg.implementation,
         )
     if cfg.method == "heuristic":
         return enable_heuristic_sampling(

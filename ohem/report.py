@@ -1,0 +1,138 @@
+"""``ohem report RUN_DIR``: plots of what OHEM mined during a run, and a gallery of the hardest RoIs.
+
+Reads the run's ``log.jsonl``, ``mining.jsonl`` and ``config.yaml``; writes into ``RUN_DIR/report``:
+
+* ``losses.png``: loss on the mined RoIs vs mean loss over all RoIs, per iteration (smoothed),
+  and, where the run measured it, the mean loss over all RoIs of training images in eval mode;
+* ``mined_fg_fraction.png``: foreground fraction among mined RoIs vs among all RoIs;
+* ``mined_iou.png``: per interval, the distribution of the mined RoIs' IoU with their best gt box;
+* ``mined_classes.png``: per interval, the share of each class (and background) among mined RoIs;
+* ``map.png``: test mAP at each evaluation;
+* ``hardest_rois.png``: the hardest RoI of evenly spaced intervals, drawn on its training image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from ohem.config import config_from_dict  # noqa: E402
+from ohem.data import build_dataset  # noqa: E402
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (is this an ohem run directory?)")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+    return rows
+
+
+def smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
+    if len(values) < window:
+        return values
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery_size: int = 12) -> list[Path]:
+    """Write the report's PNGs; returns their paths."""
+    run = Path(run_dir)
+    out = Path(out_dir) if out_dir else run / "report"
+    log = read_jsonl(run / "log.jsonl")
+    mining = read_jsonl(run / "mining.jsonl")
+    if not mining:
+        raise ValueError(f"{run / 'mining.jsonl'}: empty (the run used no OHEM, or stopped before its first record)")
+    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()), source=str(run / "config.yaml"))
+    dataset = build_dataset(cfg.data, "train")
+    names = ["background", *dataset.classes]
+    steps = [r for r in log if "eval" not in r]
+    evals = [r for r in log if "eval" in r]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig: plt.Figure, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(out / name)
+
+    it = np.array([r["iteration"] for r in steps])
+    hard = np.array([r["loss_classifier"] + r["loss_box_reg"] for r in steps])
+    every = np.array([r["ohem_all_roi_loss"] for r in steps])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    k = len(it) - len(smooth(hard)) + 1
+    ax.plot(it[k - 1 :], smooth(hard), label="mined RoIs (what is trained on)")
+    ax.plot(it[k - 1 :], smooth(every), label="all RoIs of the batch")
+    measured = [(r["iteration"], r["train_roi_loss"]) for r in evals if "train_roi_loss" in r]
+    if measured:
+        ax.plot(*zip(*measured), "o-", label="all RoIs of train images (eval mode)")
+    ax.set(xlabel="iteration", ylabel="loss per RoI (cls + box)", yscale="log", title="Loss: mined vs all RoIs")
+    ax.legend()
+    save(fig, "losses.png")
+
+    mit = np.array([r["iteration"] for r in mining])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(mit, [r["mined_fg_fraction"] for r in mining], label="among mined RoIs")
+    all_fg = [(r["iteration"], r["ohem_all_fg_fraction"]) for r in steps if "ohem_all_fg_fraction" in r]
+    ax.plot(*zip(*all_fg), alpha=0.4, label="among all RoIs")
+    ax.set(xlabel="iteration", ylabel="foreground fraction", ylim=(0, 1), title="Foreground share of mined RoIs")
+    ax.legend()
+    save(fig, "mined_fg_fraction.png")
+
+    hist = np.array([r["iou_hist"] for r in mining], dtype=float)
+    hist /= np.maximum(hist.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    image = ax.imshow(hist.T, aspect="auto", origin="lower", extent=(mit[0], mit[-1], 0, 1), cmap="viridis")
+    ax.axhline(0.5, color="white", ls="--", lw=1)
+    ax.set(xlabel="iteration", ylabel="IoU with best gt box", title="IoU of mined RoIs (share per interval)")
+    fig.colorbar(image, ax=ax)
+    save(fig, "mined_iou.png")
+
+    counts = np.array([r["label_counts"] for r in mining], dtype=float)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.stackplot(mit, shares.T, labels=names[: shares.shape[1]])
+    ax.set(xlabel="iteration", ylabel="share of mined RoIs", ylim=(0, 1), title="Labels of mined RoIs")
+    ax.legend(loc="upper right", fontsize=7)
+    save(fig, "mined_classes.png")
+
+    if evals:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([r["iteration"] for r in evals], [r["eval"]["mAP"] * 100 for r in evals], "o-")
+        ax.set(xlabel="iteration", ylabel="test mAP@0.5 (%)", title="Test mAP")
+        save(fig, "map.png")
+
+    picks = [mining[i]["hardest"][0] for i in np.linspace(0, len(mining) - 1, gallery_size).round().astype(int)]
+    picks = [p for p in picks if p]
+    cols = min(len(picks), 4)
+    rows = -(-len(picks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, pick in zip(axes.flat, picks):
+        image, target = dataset[pick["image_index"]]
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        for x1, y1, x2, y2 in target["boxes"].tolist():
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", ls="--", lw=1))
+        x1, y1, x2, y2 = pick["box"]
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=2))
+        ax.set_title(
+            f"it {pick['iteration']}: {names[pick['label']]}\nIoU {pick['iou']:.2f}, loss {pick['loss']:.2f}",
+            fontsize=8,
+        )
+    fig.suptitle("Hardest mined RoI (red) per interval; ground truth dashed", fontsize=10)
+    save(fig, "hardest_rois.png")
+    return written
