@@ -7,12 +7,14 @@
 Every arm trains ``configs/bench.yaml`` (same model, data, seeds, iterations); only sampler keys
 differ. Two phases, both resumable (finished rows are kept in the CSVs and skipped on a rerun):
 
-* **cost**: each arm alone, in its own process, on all threads, for ``--cost-iters`` iterations
-  after a warm-up: s/iter, the read-only mining share of the OHEM step, and peak resident memory
-  (``ru_maxrss`` of that process, and its rise over the RSS before training).
 * **accuracy**: full training runs, ``--jobs`` at a time in separate processes with 1 thread each
   (their step times are not used): final and intermediate test mAP@0.5, and the mean loss over all
   RoIs of 100 training images at each evaluation (the paper's convergence measure).
+* **cost**: then each arm alone, in its own process, on all threads, for ``--cost-iters``
+  iterations after a warm-up, every arm starting from the same trained weights (OHEM seed 0), so
+  that the RPN gives its steady-state number of RoIs: s/iter, the read-only mining share of the
+  OHEM step, and peak resident memory (``ru_maxrss`` of that process, and its rise over the RSS
+  before training).
 
 Writes ``OUT/cost.csv``, ``OUT/accuracy.csv`` (a row per finished arm/seed), ``OUT/curves.csv``,
 ``OUT/map_curve.png``, ``OUT/roi_loss_curve.png`` and prints one table with ratios against arms 1
@@ -70,6 +72,8 @@ def worker(args: argparse.Namespace) -> None:
             f"solver.iterations={args.cost_iters + 20}", "train.eval_every=0", "train.checkpoint_every=0",
             "data.num_test=10", "train.roi_loss_images=0",
         ]  # fmt: skip
+        if args.init:  # a trained model: steady-state proposals, the same for every arm
+            overrides.append(f"model.init_weights={args.init}")
     cfg = load_config(ROOT / "configs" / "bench.yaml", overrides)
     rss_before = _rss_mib()
     resume = (run / "checkpoint_last.pt").exists() and args.phase == "accuracy"
@@ -129,6 +133,8 @@ def launch(args: argparse.Namespace, phase: str, arm: str, seed: int, threads: i
         sys.executable, __file__, "--worker", arm, "--seed", str(seed), "--phase", phase, "--run-dir", str(run_dir),
         "--threads", str(threads), "--cost-iters", str(args.cost_iters),
     ]  # fmt: skip
+    if phase == "cost" and args.cost_init:
+        cmd += ["--init", args.cost_init]
     for item in args.extra:
         cmd += ["--set", item]
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(threads))
@@ -275,11 +281,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="accuracy runs at a time (1 thread each)")
     parser.add_argument("--cost-iters", type=int, default=150)
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument(
+        "--cost-init",
+        help="start the cost runs from this checkpoint (default: the trained OHEM seed-0 run, once it exists)",
+    )
     parser.add_argument("--set", dest="extra", action="append", default=[], help="override for every arm")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--phase", default="accuracy", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--init", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -294,10 +305,13 @@ def main() -> None:
     else:
         arms = list(MAIN)
         plan = [(arm, seed) for seed in range(args.seeds) for arm, n in MAIN.items() if seed < min(n, args.seeds)]
+    run_phase(args, "accuracy", plan, jobs=args.jobs, threads=1)
+    # Cost after accuracy: timed from a trained model, whose RPN gives the steady-state RoI count.
+    trained = Path(args.out) / "runs" / "accuracy-ohem-seed0" / "checkpoint_last.pt"
+    args.cost_init = args.cost_init or (str(trained) if trained.exists() else None)
     cost_arms = arms if args.ablations else list(MAIN)
     if not args.skip_cost:
         run_phase(args, "cost", [(arm, 0) for arm in cost_arms], jobs=1, threads=os.cpu_count() or 1)
-    run_phase(args, "accuracy", plan, jobs=args.jobs, threads=1)
     summarize(args, arms)
 
 

@@ -33,6 +33,7 @@ class ModelConfig:
     name: str = "small"
     backbone_weights: str | None = None  # None (random init) | "imagenet" (torchvision) | path to a file
     trainable_backbone_layers: int | None = None  # torchvision models only
+    init_weights: str | None = None  # train: start from this ohem checkpoint's (or state dict's) weights
     min_size: int = 160
     max_size: int = 160
     rpn_pre_nms_top_n_train: int = 1000

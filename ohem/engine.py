@@ -64,7 +64,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
 
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    model = build_detector(cfg.model, cfg.sampler, len(classes)).to(device)
+    model = build_detector(cfg.model, cfg.sampler, len(classes))
+    if cfg.model.init_weights and not resume:
+        model.load_state_dict(load_weights(cfg.model.init_weights))
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=cfg.solver.lr, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay
@@ -228,6 +231,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path}: not an ohem checkpoint (no format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of an ohem checkpoint, or a plain state-dict file (tensors only)."""
+    try:
+        return load_checkpoint(path)["model"]
+    except ValueError as e:
+        if "not an ohem checkpoint" not in str(e):
+            raise
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights {path}: neither an ohem checkpoint nor a state dict of tensors")
     return state
 
 

@@ -119,3 +119,18 @@ def test_non_finite_loss_stops_with_iteration_and_images(tiny_cfg, tmp_path, mon
 
 def test_float_config_accepts_exponent_strings(tiny_cfg):
     assert apply_overrides(tiny_cfg, ["solver.lr=1e-3"]).solver.lr == 1e-3
+
+
+def test_init_weights_from_a_checkpoint_or_state_dict(tiny_cfg, tmp_path):
+    engine.train(tiny_cfg, tmp_path / "a")
+    trained = engine.load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["model"]
+    torch.save(trained, tmp_path / "plain.pth")
+    for source in (tmp_path / "a" / "checkpoint_last.pt", tmp_path / "plain.pth"):
+        # lr 0: the weights after one step are the initial ones.
+        cfg = apply_overrides(tiny_cfg, [f"model.init_weights={source}", "solver.lr=0", "solver.iterations=1"])
+        engine.train(cfg, tmp_path / "b")
+        started = engine.load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["model"]
+        assert all(torch.equal(trained[k], started[k]) for k in trained if trained[k].is_floating_point())
+    torch.save({"not": "weights"}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad.pth: neither an ohem checkpoint nor a state dict"):
+        engine.load_weights(tmp_path / "bad.pth")
