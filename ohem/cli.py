@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("eval", help="evaluate a checkpoint (mAP@0.5 per class)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--split", default="test", help="split of the checkpoint's dataset (default: test)")
+    p.add_argument("--data", help="dataset to evaluate on (default: the checkpoint's own; now: synthetic)")
+    p.add_argument("--split", default="test", help="split of that dataset (default: test)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -97,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for item in args.overrides:
         if not item.startswith("data."):
             raise ConfigError(f"override {item!r}: eval takes only data.key=value overrides")
-    cfg = apply_overrides(cfg, args.overrides)
+    cfg = apply_overrides(cfg, ([f"data.dataset={args.data}"] if args.data else []) + args.overrides)
     dataset = build_dataset(cfg.data, args.split)
     if list(dataset.classes) != classes:
         raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")

@@ -193,7 +193,9 @@ def evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int = 
     for i in range(len(dataset)):
         target = dataset[i][1]
         annotations.append(ImageAnnotations(target["boxes"], target["labels"], target.get("difficult")))
-    return voc_evaluate(detections, annotations, dataset.classes)
+    metrics = voc_evaluate(detections, annotations, dataset.classes)
+    metrics["num_images"] = len(dataset)
+    return metrics
 
 
 def save_checkpoint(

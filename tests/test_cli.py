@@ -64,24 +64,16 @@ def test_eval_writes_metrics_for_the_checkpoints_test_split(trained_run, tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads((trained_run / "metrics.json").read_text())
     assert "mAP" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(trained_run / "checkpoint_last.pt"),
-                "--out",
-                str(out),
-                "--split",
-                "train",
-                "--set",
-                "data.num_train=3",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    ckpt = str(trained_run / "checkpoint_last.pt")
+    args = ["eval", "--checkpoint", ckpt, "--out", str(out), "--data", "synthetic", "--split", "train"]
+    assert main([*args, "--set", "data.num_train=3", "--device", "cpu"]) == 0
+    on_train = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and on_train["num_images"] == 3
+    assert set(on_train["AP"]) == set(metrics["AP"])
+    assert main(["eval", "--checkpoint", ckpt, "--out", str(out), "--data", "coco"]) == 1
+    assert "unknown dataset 'coco'" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", ckpt, "--out", str(out), "--set", "solver.lr=1"]) == 1
+    assert "only data.key=value" in capsys.readouterr().err
 
 
 def test_detect_draws_each_image(trained_run, tmp_path):
