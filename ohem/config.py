@@ -56,6 +56,7 @@ class SamplerConfig:
     max_rois_per_chunk: int = 1024  # ohem: read-only pass memory bound
     readonly_dropout: bool = True  # ohem: dropout stays on in the read-only pass (authors' code)
     implementation: str = "two-pass"  # ohem: two-pass (paper) | loss-zeroing (the rejected one, for cost)
+    readonly_dtype: str | None = None  # ohem: bfloat16 | float16 runs only the read-only pass in low precision
 
 
 @dataclass
@@ -75,6 +76,7 @@ class SolverConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "none"  # none | bf16 | fp16 (CUDA, with a grad scaler): mixed precision for the whole step
     eval_every: int = 500  # 0: only at the end
     checkpoint_every: int = 500
     num_threads: int | None = None  # torch CPU threads; None = torch's default

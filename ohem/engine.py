@@ -42,6 +42,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp``: none, bf16, or fp16 (CUDA only: it needs a grad scaler)."""
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"train.amp: fp16 needs CUDA (device is {device}); use bf16 on the CPU")
+        return torch.float16
+    raise ValueError(f"train.amp: expected none, bf16 or fp16, got {amp!r}")
+
+
 def lr_factor(iteration: int, cfg: Config) -> float:
     """Linear warmup from ``warmup_factor``, then x ``gamma`` at each step."""
     s = cfg.solver
@@ -73,6 +86,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
         params, lr=cfg.solver.lr, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
+    amp_dtype = autocast_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     start = 0
     checkpoint_path = out / "checkpoint_last.pt"
     if resume:
@@ -82,6 +97,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_to_python_random_state(state["rng"]["python"]))
         start = state["iteration"]
@@ -109,16 +126,18 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
             indices = batch_indices(it, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
             images, targets = load_batch(train_set, indices, device)
             tic = time.perf_counter()
-            loss_dict = model(images, targets)
-            loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss_dict = model(images, targets)
+            loss = sum(v.float() for k, v in loss_dict.items() if k.startswith("loss_"))
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"non-finite loss {loss.item()} at iteration {it + 1} on train images {indices}; "
                     f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none'}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             record = {"iteration": it + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item()}
             record.update({k: v.item() for k, v in loss_dict.items()})
@@ -152,7 +171,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
                     message += f", mean loss over all RoIs of train images {entry['train_roi_loss']:.4f}"
                 bar.write(message)
             if done or (cfg.train.checkpoint_every and (it + 1) % cfg.train.checkpoint_every == 0):
-                save_checkpoint(checkpoint_path, model, cfg, classes, it + 1, optimizer, scheduler)
+                save_checkpoint(checkpoint_path, model, cfg, classes, it + 1, optimizer, scheduler, scaler)
             log.flush()
     finally:
         bar.close()
@@ -206,6 +225,7 @@ def save_checkpoint(
     iteration: int,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -215,6 +235,7 @@ def save_checkpoint(
         "iteration": iteration,
         "optimizer": optimizer.state_dict() if optimizer else None,
         "scheduler": scheduler.state_dict() if scheduler else None,
+        "scaler": scaler.state_dict() if scaler and scaler.is_enabled() else None,
         "rng": {"torch": torch.get_rng_state(), "python": _from_python_random_state(random.getstate())},
     }
     _atomic_write(path, lambda f: torch.save(state, f), binary=True)

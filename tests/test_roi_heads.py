@@ -290,3 +290,20 @@ def test_mean_roi_loss_does_not_depend_on_the_sampler():
     assert ohem_model.training  # mode restored
     with pytest.raises(TypeError, match="FastRCNNRoIHeads"):
         mean_roi_loss(small_model(), ds, [0], torch.device("cpu"))
+
+
+def test_low_precision_readonly_pass_ranks_nearly_like_float32():
+    features, proposals, shapes, targets = heads_inputs()
+    mined = {}
+    for dtype in (None, torch.bfloat16):
+        heads = make_heads(k=16)
+        heads.readonly_dtype = dtype
+        seen = []
+        handle = heads.box_head.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        _, losses = heads(features, proposals, shapes, targets)
+        handle.remove()
+        # The read-only pass runs in the asked dtype; the trainable pass stays float32.
+        assert seen[0] == (dtype or torch.float32) and seen[-1] == torch.float32
+        assert losses["loss_classifier"].dtype == torch.float32
+        mined[dtype] = {tuple(b) for b in heads.last_mining["boxes"].tolist()}
+    assert len(mined[None] & mined[torch.bfloat16]) >= 0.75 * len(mined[None])

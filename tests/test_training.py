@@ -1,12 +1,14 @@
 """Training behaviour: learning on a handful of images, exact resume, the non-finite-loss stop."""
 
 import json
+import math
+import os
 
 import pytest
 import torch
 
 from ohem import engine
-from ohem.config import apply_overrides
+from ohem.config import apply_overrides, load_config
 
 
 def test_small_model_overfits_a_few_images_with_ohem(tiny_cfg, tmp_path):
@@ -134,3 +136,53 @@ def test_init_weights_from_a_checkpoint_or_state_dict(tiny_cfg, tmp_path):
     torch.save({"not": "weights"}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth: neither an ohem checkpoint nor a state dict"):
         engine.load_weights(tmp_path / "bad.pth")
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_overrides, tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = tiny_overrides + ["solver.iterations=12", "train.checkpoint_every=1", "solver.steps=[8]"]
+    cmd = [sys.executable, "-m", "ohem", "train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "killed")]
+    for item in overrides:
+        cmd += ["--set", item]
+    kill_after = random.Random().randint(2, 9)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"}
+    )
+    log = tmp_path / "killed" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= kill_after:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert engine.load_checkpoint(tmp_path / "killed" / "checkpoint_last.pt")["iteration"] < 12
+    assert (
+        subprocess.run(cmd + ["--resume"], capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"}).returncode == 0
+    )
+
+    engine.train(load_config("configs/demo.yaml", overrides), tmp_path / "straight")
+    a = engine.load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")
+    b = engine.load_checkpoint(tmp_path / "killed" / "checkpoint_last.pt")
+    assert a["iteration"] == b["iteration"] == 12
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), f"{key} differs after a kill at ~{kill_after}"
+    logged = [json.loads(x)["iteration"] for x in log.read_text().splitlines() if '"eval"' not in x]
+    assert logged == list(range(1, 13))
+
+
+def test_bf16_autocast_training_on_cpu(tiny_cfg, tmp_path):
+    cfg = apply_overrides(tiny_cfg, ["train.amp=bf16"])
+    engine.train(cfg, tmp_path)
+    steps = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if '"eval"' not in x]
+    assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
+    state = engine.load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        engine.train(apply_overrides(tiny_cfg, ["train.amp=fp16", "train.device=cpu"]), tmp_path / "fp16")

@@ -95,6 +95,10 @@ class FastRCNNRoIHeads(RoIHeads):
         )
         return new.train(heads.training)
 
+    def forward(self, features, proposals, image_shapes, targets=None):  # noqa: ANN001, ANN201
+        features, proposals = _poolable(features, proposals)
+        return super().forward(features, proposals, image_shapes, targets)
+
     def assign_targets_to_proposals(
         self,
         proposals: list[torch.Tensor],
@@ -154,10 +158,12 @@ class FastRCNNRoIHeads(RoIHeads):
         mining_loss: str = "cls+box",
         max_rois_per_chunk: int = 1024,
         dropout: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Per-RoI loss of all RoIs (concatenated over images) through this head, under no_grad,
         ``max_rois_per_chunk`` RoIs at a time. BatchNorm uses batch statistics but its running
-        statistics are left alone; dropout runs as in training unless ``dropout`` is False."""
+        statistics are left alone; dropout runs as in training unless ``dropout`` is False.
+        ``dtype`` (e.g. ``torch.bfloat16``) runs the pass under autocast: ranking needs little precision."""
         rois = torch.cat(proposals)
         image_of_roi = torch.repeat_interleave(
             torch.arange(len(proposals), device=rois.device),
@@ -165,7 +171,8 @@ class FastRCNNRoIHeads(RoIHeads):
         )
         labels_all, targets_all = torch.cat(labels), torch.cat(regression_targets)
         chunks = []
-        with torch.no_grad(), self._readonly_mode(dropout):
+        autocast = torch.autocast(rois.device.type, dtype=dtype, enabled=dtype is not None)
+        with torch.no_grad(), self._readonly_mode(dropout), autocast:
             for start in range(0, rois.shape[0], max_rois_per_chunk):
                 end = start + max_rois_per_chunk
                 in_chunk = image_of_roi[start:end]
@@ -220,6 +227,7 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
         nms_per_label: bool = False,
         readonly_dropout: bool = True,
         implementation: str = "two-pass",
+        readonly_dtype: torch.dtype | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -235,6 +243,7 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
         self.nms_per_label = nms_per_label
         self.readonly_dropout = readonly_dropout
         self.implementation = implementation
+        self.readonly_dtype = readonly_dtype
         self.last_mining: dict[str, torch.Tensor] = {}
         self.last_mining_seconds = 0.0  # wall time of labelling + read-only pass + selection
         self._features: dict[str, torch.Tensor] | None = None
@@ -245,6 +254,7 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
         return self.fg_bg_sampler.batch_size_per_image
 
     def forward(self, features, proposals, image_shapes, targets=None):  # noqa: ANN001, ANN201
+        features, proposals = _poolable(features, proposals)
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
         if self.implementation == "loss-zeroing":
@@ -266,7 +276,7 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
         proposals, matched_idxs, labels, regression_targets, matched_gt = self.label_rois(proposals, targets)
         losses = self.readonly_losses(
             self._features, proposals, self._image_shapes, labels, regression_targets,
-            self.mining_loss, self.max_rois_per_chunk, self.readonly_dropout,
+            self.mining_loss, self.max_rois_per_chunk, self.readonly_dropout, self.readonly_dtype,
         )  # fmt: skip
         picked = self._select(losses, proposals, labels, matched_gt)
         self.last_mining_seconds = time.perf_counter() - tic  # on CUDA, without a sync: approximate
@@ -345,6 +355,7 @@ def enable_ohem(
     nms_per_label: bool = False,
     readonly_dropout: bool = True,
     implementation: str = "two-pass",
+    readonly_dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Swap ``OHEMRoIHeads`` into a torchvision two-stage detector in place; returns the model.
 
@@ -361,6 +372,7 @@ def enable_ohem(
         nms_per_label=nms_per_label,
         readonly_dropout=readonly_dropout,
         implementation=implementation,
+        readonly_dtype=readonly_dtype,
     )
     return model
 
@@ -388,6 +400,16 @@ def _roi_heads_of(model: nn.Module) -> RoIHeads:
             f"expected a torchvision two-stage detector with a RoIHeads at .roi_heads, got {type(model).__name__}"
         )
     return heads
+
+
+def _poolable(
+    features: dict[str, torch.Tensor], proposals: list[torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Inputs roi_align can take: under CPU autocast, float32, since torchvision's CPU kernel has
+    no bfloat16 (on CUDA, torchvision's own autocast rule for roi_align makes this same cast)."""
+    if torch.is_autocast_enabled("cpu") and any(f.device.type == "cpu" for f in features.values()):
+        return {k: v.float() for k, v in features.items()}, [p.float() for p in proposals]
+    return features, proposals
 
 
 def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

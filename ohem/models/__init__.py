@@ -102,6 +102,7 @@ def apply_sampler(model: nn.Module, cfg: SamplerConfig) -> nn.Module:
             nms_per_label=cfg.nms_per_label,
             readonly_dropout=cfg.readonly_dropout,
             implementation=cfg.implementation,
+            readonly_dtype=_dtype(cfg.readonly_dtype),
         )
     if cfg.method == "heuristic":
         return enable_heuristic_sampling(
@@ -111,6 +112,14 @@ def apply_sampler(model: nn.Module, cfg: SamplerConfig) -> nn.Module:
             bg_iou_low=0.1 if cfg.bg_iou_low is None else cfg.bg_iou_low,
         )
     raise ValueError(f"sampler.method: unknown method {cfg.method!r}; choose ohem or heuristic")
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in ("bfloat16", "float16"):
+        raise ValueError(f"sampler.readonly_dtype: expected bfloat16, float16 or null, got {name!r}")
+    return getattr(torch, name)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
