@@ -2,11 +2,12 @@
 
     PYTHONPATH=. python benchmarks/gpu_check.py [--iters 20]
 
-Runs, side by side in one process: the small demo model (160 px synthetic images) and torchvision's
+Runs, side by side in one process, without and with autocast (bf16; fp16 with a grad scaler), the
+small demo model (160 px synthetic images) and torchvision's
 fasterrcnn_resnet50_fpn (random init, synthetic images resized to 600 px, 2000 RPN proposals per image,
 as many RoIs as the paper's selective search), each with the Fast R-CNN heuristic (64 RoIs/image),
-torchvision's default sampler (512/image) and OHEM (64/image mined from all). Then a short
-``engine.train`` on CUDA with evaluation, to exercise the whole path.
+torchvision's default sampler (512/image), OHEM (64/image mined from all) and OHEM with only its
+read-only pass in bf16. Then a short bf16 ``engine.train`` with evaluation, to exercise the whole path.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SAMPLERS = {
     "heuristic": ["sampler.method=heuristic"],
     "tv-default": ["sampler.method=heuristic", "sampler.batch_size_per_image=512", "sampler.bg_iou_low=0.0"],
     "ohem": ["sampler.method=ohem"],
+    "ohem-ro-bf16": ["sampler.method=ohem", "sampler.readonly_dtype=bfloat16"],
 }
 MODELS = {
     "small@160": [],
@@ -41,7 +43,7 @@ MODELS = {
 }
 
 
-def time_steps(overrides: list[str], iters: int, device: torch.device) -> tuple[float, float, float]:
+def time_steps(overrides: list[str], iters: int, device: torch.device, amp: str = "none") -> tuple[float, float, float]:
     cfg = load_config("configs/demo.yaml", overrides + ["data.num_train=16"])
     data = build_dataset(cfg.data, "train")
     torch.manual_seed(0)
@@ -49,6 +51,8 @@ def time_steps(overrides: list[str], iters: int, device: torch.device) -> tuple[
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     batches = [engine.load_batch(data, [2 * i % 16, (2 * i + 1) % 16], device) for i in range(iters + 3)]
     cuda = device.type == "cuda"
+    dtype = engine.autocast_dtype(amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     for i, (images, targets) in enumerate(batches):
@@ -56,11 +60,13 @@ def time_steps(overrides: list[str], iters: int, device: torch.device) -> tuple[
             if cuda:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-        losses = model(images, targets)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            losses = model(images, targets)
+        loss = sum(v.float() for k, v in losses.items() if k.startswith("loss_"))
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
     if cuda:
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / iters
@@ -77,22 +83,27 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, torchvision {torchvision.__version__}")
-    print(f"{'model':<12} {'sampler':<11} {'s/iter':>8} {'peak MiB':>9} {'x heur time':>12} {'x heur mem':>11}")
+    print(
+        f"{'model':<12} {'amp':<5} {'sampler':<13} {'s/iter':>8} {'peak MiB':>9} {'x heur time':>12} {'x heur mem':>11}"
+    )
+    amps = ["none", "bf16", "fp16"] if device.type == "cuda" else ["none", "bf16"]
     for model_name, model_overrides in MODELS.items():
-        base = None
-        for sampler, sampler_overrides in SAMPLERS.items():
-            sec, mem, loss = time_steps(model_overrides + sampler_overrides, args.iters, device)
-            base = base or (sec, mem)
-            print(
-                f"{model_name:<12} {sampler:<11} {sec:8.4f} {mem:9.0f} {sec / base[0]:12.2f} {mem / base[1]:11.2f}"
-                f"   (last loss {loss:.3f})",
-                flush=True,
-            )
+        for amp in amps:
+            base = None
+            for sampler, sampler_overrides in SAMPLERS.items():
+                sec, mem, loss = time_steps(model_overrides + sampler_overrides, args.iters, device, amp)
+                base = base or (sec, mem)
+                print(
+                    f"{model_name:<12} {amp:<5} {sampler:<13} {sec:8.4f} {mem:9.0f} {sec / base[0]:12.2f} "
+                    f"{mem / base[1]:11.2f}   (last loss {loss:.3f})",
+                    flush=True,
+                )
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(
             "configs/demo.yaml",
             [
                 f"train.device={args.device}",
+                "train.amp=bf16",
                 f"solver.iterations={args.train_iters}",
                 f"solver.steps=[{args.train_iters * 3 // 4}]",
                 "data.num_train=200",
@@ -104,7 +115,7 @@ def main() -> None:
         start = time.perf_counter()
         metrics = engine.train(cfg, out)
         seconds = time.perf_counter() - start
-        print(f"engine.train on {args.device}, {args.train_iters} OHEM iterations + 2 evaluations: {seconds:.1f} s")
+        print(f"engine.train on {args.device}, bf16, {args.train_iters} OHEM iterations + 2 evals: {seconds:.1f} s")
         print(f"test mAP@0.5 {metrics['mAP']:.3f}")
 
 

@@ -307,3 +307,19 @@ def test_low_precision_readonly_pass_ranks_nearly_like_float32():
         assert losses["loss_classifier"].dtype == torch.float32
         mined[dtype] = {tuple(b) for b in heads.last_mining["boxes"].tolist()}
     assert len(mined[None] & mined[torch.bfloat16]) >= 0.75 * len(mined[None])
+
+
+def test_readonly_dtype_inside_an_enclosing_autocast_of_another_dtype():
+    # A nested autocast of another dtype would poison the shared weight-cast cache of the outer one.
+    features, proposals, shapes, targets = heads_inputs()
+    heads = make_heads(k=8)
+    heads.readonly_dtype = torch.float16
+    seen = []
+    heads.box_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = heads(features, proposals, shapes, targets)
+    assert set(seen) == {torch.bfloat16}  # both passes stay under the enclosing autocast
+    assert torch.isfinite(losses["loss_classifier"]) and torch.bincount(heads.last_mining["image_ids"]).tolist() == [
+        8,
+        8,
+    ]

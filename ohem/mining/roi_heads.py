@@ -163,7 +163,8 @@ class FastRCNNRoIHeads(RoIHeads):
         """Per-RoI loss of all RoIs (concatenated over images) through this head, under no_grad,
         ``max_rois_per_chunk`` RoIs at a time. BatchNorm uses batch statistics but its running
         statistics are left alone; dropout runs as in training unless ``dropout`` is False.
-        ``dtype`` (e.g. ``torch.bfloat16``) runs the pass under autocast: ranking needs little precision."""
+        ``dtype`` (e.g. ``torch.bfloat16``) runs the pass under autocast, unless the caller already
+        does: ranking needs little precision."""
         rois = torch.cat(proposals)
         image_of_roi = torch.repeat_interleave(
             torch.arange(len(proposals), device=rois.device),
@@ -171,7 +172,12 @@ class FastRCNNRoIHeads(RoIHeads):
         )
         labels_all, targets_all = torch.cat(labels), torch.cat(regression_targets)
         chunks = []
-        autocast = torch.autocast(rois.device.type, dtype=dtype, enabled=dtype is not None)
+        # Not nested in an enclosing autocast: that one already runs the pass in low precision, and a
+        # nested one of another dtype would leave its weight casts in the shared autocast cache.
+        # (torch.autocast(enabled=False) would switch the enclosing one off: use no context at all.)
+        nested = torch.is_autocast_enabled(rois.device.type)
+        use = dtype is not None and not nested
+        autocast = torch.autocast(rois.device.type, dtype=dtype) if use else contextlib.nullcontext()
         with torch.no_grad(), self._readonly_mode(dropout), autocast:
             for start in range(0, rois.shape[0], max_rois_per_chunk):
                 end = start + max_rois_per_chunk
