@@ -27,14 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="train a detector, evaluate it, draw detections")
     p.add_argument("--config", required=True, help="YAML config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, e.g. --set solver.lr=0.01 (repeatable)",
-    )
+    _add_overrides(p, "dotted override, e.g. --set solver.lr=0.01 (repeatable)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
     p.set_defaults(func=cmd_train)
@@ -44,14 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--data", help="dataset to evaluate on (default: the checkpoint's own; now: synthetic)")
     p.add_argument("--split", default="test", help="split of that dataset (default: test)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the checkpoint's data config, e.g. --set data.num_test=500",
-    )
+    _add_overrides(p, "override the checkpoint's data config, e.g. --set data.num_test=500")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -74,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, engine.NonFiniteLossError) as e:
         print(f"ohem {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
