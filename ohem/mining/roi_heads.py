@@ -284,7 +284,7 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
             self._features, proposals, self._image_shapes, labels, regression_targets,
             self.mining_loss, self.max_rois_per_chunk, self.readonly_dropout, self.readonly_dtype,
         )  # fmt: skip
-        picked = self._select(losses, proposals, labels, matched_gt)
+        _, picked = self._select(losses, proposals, labels, matched_gt, self._image_shapes)
         self.last_mining_seconds = time.perf_counter() - tic  # on CUDA, without a sync: approximate
         return (
             [p[k] for p, k in zip(proposals, picked)],
@@ -293,8 +293,9 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
             [t[k] for t, k in zip(regression_targets, picked)],
         )
 
-    def _select(self, losses, proposals, labels, matched_gt) -> list[torch.Tensor]:  # noqa: ANN001
-        """Hard RoIs as per-image index tensors; records statistics and ``last_mining``."""
+    def _select(self, losses, proposals, labels, matched_gt, image_shapes):  # noqa: ANN001, ANN202
+        """Hard RoIs, as indices into the concatenated RoIs and per image; records statistics and
+        ``last_mining``."""
         counts = [p.shape[0] for p in proposals]
         image_ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(losses.device)
         rois, all_labels = torch.cat(proposals), torch.cat(labels)
@@ -318,16 +319,15 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
             "labels": hard_labels.cpu(),
             "losses": losses[hard].detach().cpu(),
             "iou": iou.detach().cpu(),
-            "image_shapes": list(self._image_shapes or []),  # boxes are in these (resized) frames
+            "image_shapes": list(image_shapes),  # boxes are in these (resized) frames
         }
         offsets = torch.tensor([0, *counts], device=losses.device).cumsum(0)
-        return [hard[image_ids[hard] == i] - offsets[i] for i in range(len(counts))]
+        return hard, [hard[image_ids[hard] == i] - offsets[i] for i in range(len(counts))]
 
     def _forward_loss_zeroing(self, features, proposals, image_shapes, targets):  # noqa: ANN001, ANN202
         if self.has_mask() or self.has_keypoint():
             raise NotImplementedError("implementation='loss-zeroing' supports box heads only")
         tic = time.perf_counter()
-        self._image_shapes = image_shapes
         proposals, _, labels, regression_targets, matched_gt = self.label_rois(proposals, targets)
         x = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(x)
@@ -335,13 +335,8 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
             class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets)
         )
         mining = cls_loss if self.mining_loss == "cls" else cls_loss + box_loss
-        picked = self._select(mining.detach(), proposals, labels, matched_gt)
+        hard, _ = self._select(mining.detach(), proposals, labels, matched_gt, image_shapes)
         self.last_mining_seconds = time.perf_counter() - tic
-        self._image_shapes = None
-        offsets = [0]
-        for p in proposals:
-            offsets.append(offsets[-1] + p.shape[0])
-        hard = torch.cat([k + offsets[i] for i, k in enumerate(picked)])
         keep = torch.zeros_like(cls_loss)
         keep[hard] = 1.0
         # Every RoI's activations and graph are kept; the unselected ones only get zero gradient.
