@@ -61,3 +61,19 @@ def test_batch_indices_cover_each_epoch_once_and_are_pure():
     assert batch_indices(5, 10, 2, seed=1) + batch_indices(6, 10, 2, seed=1) != seen[:4]
     with pytest.raises(ValueError, match="smaller than one batch"):
         batch_indices(0, 1, 2, seed=0)
+
+
+def test_distractor_boxes_are_reported_but_not_labelled():
+    ds = SyntheticShapes("train", 30)
+    counts = []
+    for i in range(len(ds)):
+        target = ds[i][1]
+        d = target["distractor_boxes"]
+        assert d.dtype == torch.float32 and d.shape[1] == 4
+        assert torch.all(d[:, 2:] > d[:, :2])
+        counts.append(len(d))
+        # A distractor is never one of the labelled boxes.
+        if len(d) and len(target["boxes"]):
+            same = (d[:, None, :] == target["boxes"][None, :, :]).all(-1)
+            assert not same.any()
+    assert 1 <= np.mean(counts) <= 3 and max(counts) <= 3

@@ -41,7 +41,8 @@ NOISE_SIGMA = 8.0
 
 class SyntheticShapes(torch.utils.data.Dataset):
     """``(image, target)`` pairs: image float (3, H, W) in [0, 1]; target ``boxes`` (n, 4) float32
-    ``x1, y1, x2, y2`` in pixels, ``labels`` (n,) int64 in 1..5, ``image_id`` int."""
+    ``x1, y1, x2, y2`` in pixels, ``labels`` (n,) int64 in 1..5, ``image_id`` int, and
+    ``distractor_boxes`` (m, 4), where the look-alikes are (for analysis; no model reads it)."""
 
     classes = CLASSES
 
@@ -63,12 +64,13 @@ class SyntheticShapes(torch.utils.data.Dataset):
             self._cache[index] = render_image(
                 self.image_size, np.random.default_rng([self.seed, SPLITS[self.split], index])
             )
-        pixels, boxes, labels = self._cache[index]
+        pixels, boxes, labels, distractor_boxes = self._cache[index]
         image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
         target = {
             "boxes": torch.from_numpy(boxes),
             "labels": torch.from_numpy(labels),
             "image_id": torch.tensor(index),
+            "distractor_boxes": torch.from_numpy(distractor_boxes),  # for analysis only, never trained on
         }
         return image, target
 
@@ -76,8 +78,9 @@ class SyntheticShapes(torch.utils.data.Dataset):
         return f"synthetic-{self.split}-{index:06d}"
 
 
-def render_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image: uint8 (size, size, 3) pixels, float32 (n, 4) boxes, int64 (n,) labels in 1..5."""
+def render_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """One image: uint8 (size, size, 3) pixels, float32 (n, 4) boxes, int64 (n,) labels in 1..5,
+    float32 (m, 4) boxes of the visible parts of the distractors."""
     pixels = _background(size, rng)
     mean_colour = pixels.reshape(-1, 3).mean(0)
     owner = np.full((size, size), -1, dtype=np.int32)  # which object each pixel shows
@@ -85,6 +88,7 @@ def render_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
     shapes += [(int(rng.integers(len(DISTRACTORS))), False) for _ in range(rng.integers(1, 4))]
     order = rng.permutation(len(shapes))
     labelled: list[tuple[int, int, int]] = []  # (object index, class, full pixel count)
+    distractors: list[int] = []  # object indices
     for obj, shape_index in enumerate(order):
         kind, is_object = shapes[shape_index]
         for _ in range(30):
@@ -97,14 +101,23 @@ def render_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
         pixels[mask] = _contrasting_colour(mean_colour, rng)
         if is_object:
             labelled.append((obj, kind + 1, int(mask.sum())))
-    boxes, labels = [], []
-    for obj, label, _ in labelled:
-        ys, xs = np.nonzero(owner == obj)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-        labels.append(label)
+        else:
+            distractors.append(obj)
+    boxes = _visible_boxes(owner, [obj for obj, _, _ in labelled])
+    labels = np.asarray([label for _, label, _ in labelled], dtype=np.int64)
     noise = rng.normal(0, NOISE_SIGMA, pixels.shape)
     pixels = np.clip(pixels + noise, 0, 255).astype(np.uint8)
-    return pixels, np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+    return pixels, boxes, labels, _visible_boxes(owner, distractors)
+
+
+def _visible_boxes(owner: np.ndarray, objects: list[int]) -> np.ndarray:
+    """float32 (n, 4) tight boxes of the visible pixels of these objects (fully hidden ones left out)."""
+    boxes = []
+    for obj in objects:
+        ys, xs = np.nonzero(owner == obj)
+        if len(xs):
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
