@@ -8,6 +8,7 @@ ohem detect --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
     metrics = engine.train(cfg, out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     print(engine.format_metrics(metrics))
     model, _, classes = engine.model_from_checkpoint(
         out / "checkpoint_last.pt", engine.resolve_device(cfg.train.device)

@@ -36,6 +36,7 @@ class ModelConfig:
     init_weights: str | None = None  # train: start from this ohem checkpoint's (or state dict's) weights
     min_size: int = 160
     max_size: int = 160
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
     rpn_pre_nms_top_n_train: int = 1000
     rpn_post_nms_top_n_train: int = 400  # RoIs per image handed to the RoI heads (what OHEM mines)
     rpn_pre_nms_top_n_test: int = 600
@@ -82,6 +83,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     roi_loss_images: int = 0  # at each evaluation: mean loss over all RoIs of this many train images
     mining_log_every: int = 50  # ohem: iterations per record of what was mined (mining.jsonl)
+    check_sync_every: int = 0  # torchrun: compare the processes' weights every N steps (0: never)
     vis_images: int = 4  # test images drawn in detections.png
     vis_score_thresh: float = 0.5
 

@@ -22,6 +22,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from ohem import distributed
 from ohem.config import Config, config_from_dict
 from ohem.data import batch_indices, build_dataset
 from ohem.evaluation import ImageAnnotations, ImageDetections, mean_roi_loss, voc_evaluate
@@ -36,9 +37,12 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA if there is one, else the CPU; under torchrun each process takes its GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local_rank:
+        name = f"cuda:{local_rank}"
     return torch.device(name)
 
 
@@ -71,7 +75,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
+    d = distributed.setup(cfg.train.device)
+    if cfg.solver.images_per_batch % d.world:
+        raise ValueError(
+            f"solver.images_per_batch {cfg.solver.images_per_batch} is not divisible by {d.world} processes"
+        )
+    device = resolve_device(cfg.train.device, d.local_rank)
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     classes = list(train_set.classes)
 
@@ -81,6 +90,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
     if cfg.model.init_weights and not resume:
         model.load_state_dict(load_weights(cfg.model.init_weights))
     model.to(device)
+    if d.active:  # same initial weights everywhere; then each rank samples with its own stream
+        torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=cfg.solver.lr, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay
@@ -99,39 +110,50 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
+        saved = state["rng"]["torch"]  # one state, or one per process of a torchrun run
+        torch.set_rng_state(saved[d.rank % len(saved)] if isinstance(saved, list) else saved)
         random.setstate(_to_python_random_state(state["rng"]["python"]))
         start = state["iteration"]
-        for name in ("log.jsonl", "mining.jsonl"):  # drop what was logged after the checkpoint
-            _truncate_jsonl(out / name, start)
-    else:
+        if d.main:
+            for name in ("log.jsonl", "mining.jsonl"):  # drop what was logged after the checkpoint
+                _truncate_jsonl(out / name, start)
+    elif d.main:
         (out / "log.jsonl").unlink(missing_ok=True)
         (out / "mining.jsonl").unlink(missing_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if d.main:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    heads = model.roi_heads
+    if d.active:
+        ddp_ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
+    core = model.module if d.active else model  # what is saved, evaluated and logged
 
     from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
 
-    writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
-    log = (out / "log.jsonl").open("a")
-    heads = model.roi_heads
-    recorder = MiningRecorder(len(classes)) if isinstance(heads, OHEMRoIHeads) else None
+    # Only rank 0 writes files; the other ranks log to nowhere.
+    writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None) if d.main else None
+    log = (out / "log.jsonl").open("a") if d.main else open(os.devnull, "w")  # noqa: SIM115
+    recorder = MiningRecorder(len(classes)) if isinstance(heads, OHEMRoIHeads) and d.main else None
     mining_log = (out / "mining.jsonl").open("a") if recorder else None
     roi_loss_indices = list(range(min(cfg.train.roi_loss_images, len(train_set))))
     iterations = cfg.solver.iterations
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        range(start, iterations), initial=start, total=iterations, desc="train", dynamic_ncols=True, disable=not d.main
+    )
     metrics: dict[str, Any] = {}
     try:
         for it in bar:
             model.train()
-            indices = batch_indices(it, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
+            batch = batch_indices(it, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
+            indices = batch[d.rank :: d.world]  # each process trains on its share of the batch
             images, targets = load_batch(train_set, indices, device)
             tic = time.perf_counter()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss_dict = model(images, targets)
             loss = sum(v.float() for k, v in loss_dict.items() if k.startswith("loss_"))
-            if not torch.isfinite(loss):
+            if not distributed.all_true(d, bool(torch.isfinite(loss))):
                 raise NonFiniteLossError(
-                    f"non-finite loss {loss.item()} at iteration {it + 1} on train images {indices}; "
+                    f"non-finite loss at iteration {it + 1} on train images {batch}; "
                     f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none'}"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -139,9 +161,11 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            record = {"iteration": it + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item()}
-            record.update({k: v.item() for k, v in loss_dict.items()})
+            values = {"loss": loss.item(), **{k: v.item() for k, v in loss_dict.items()}}
+            record = {"iteration": it + 1, "lr": optimizer.param_groups[0]["lr"], **distributed.mean(d, values)}
             record["time"] = time.perf_counter() - tic
+            if cfg.train.check_sync_every and (it + 1) % cfg.train.check_sync_every == 0:
+                _check_in_sync(d, core, it + 1)
             if recorder:
                 record["ohem_mining_time"] = heads.last_mining_seconds
                 sizes = [tuple(image.shape[-2:]) for image in images]
@@ -154,35 +178,55 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
                         writer.add_scalar(f"mining/{key}", mined[key], it + 1)
             log.write(json.dumps(record) + "\n")
             for key, value in record.items():
-                if key != "iteration":
+                if writer and key != "iteration":
                     writer.add_scalar(f"train/{key}", value, it + 1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
             done = it + 1 == iterations
             if done or (cfg.train.eval_every and (it + 1) % cfg.train.eval_every == 0):
-                entry = {"iteration": it + 1, "eval": evaluate(model, test_set, device, cfg.solver.images_per_batch)}
+                entry = {"iteration": it + 1, "eval": evaluate(core, test_set, device, cfg.solver.images_per_batch, d)}
                 if roi_loss_indices:
-                    entry["train_roi_loss"] = mean_roi_loss(model, train_set, roi_loss_indices, device)
+                    shard = roi_loss_indices[d.rank :: d.world]
+                    entry["train_roi_loss"] = distributed.mean(d, {"v": mean_roi_loss(core, train_set, shard, device)})[
+                        "v"
+                    ]
                 log.write(json.dumps(entry) + "\n")
                 metrics = entry["eval"]
-                writer.add_scalar("eval/mAP", metrics["mAP"], it + 1)
                 message = f"iteration {it + 1}: test mAP@0.5 {metrics['mAP']:.4f}"
-                if "train_roi_loss" in entry:
+                if writer:
+                    writer.add_scalar("eval/mAP", metrics["mAP"], it + 1)
+                if writer and "train_roi_loss" in entry:
                     writer.add_scalar("eval/train_roi_loss", entry["train_roi_loss"], it + 1)
                     message += f", mean loss over all RoIs of train images {entry['train_roi_loss']:.4f}"
                 bar.write(message)
             if done or (cfg.train.checkpoint_every and (it + 1) % cfg.train.checkpoint_every == 0):
-                save_checkpoint(checkpoint_path, model, cfg, classes, it + 1, optimizer, scheduler, scaler)
+                rng = distributed.gather(d, torch.get_rng_state())
+                if d.main:
+                    state = (core, cfg, classes, it + 1, optimizer, scheduler, scaler, rng if d.active else None)
+                    save_checkpoint(checkpoint_path, *state)
+                distributed.barrier(d)
             log.flush()
     finally:
         bar.close()
         log.close()
-        writer.close()
+        if writer:
+            writer.close()
         if mining_log:
             mining_log.close()
     if not metrics:  # resumed a finished run
-        metrics = evaluate(model, test_set, device, cfg.solver.images_per_batch)
-    write_json_atomic(out / "metrics.json", metrics)
+        metrics = evaluate(core, test_set, device, cfg.solver.images_per_batch, d)
+    if d.main:
+        write_json_atomic(out / "metrics.json", metrics)
     return metrics
+
+
+def _check_in_sync(d: distributed.Dist, model: nn.Module, iteration: int) -> None:
+    """Raise if the processes' weights have drifted apart (they must be equal after every step)."""
+    if not d.active:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    sums = distributed.gather(d, checksum)
+    if any(not torch.equal(sums[0], other) for other in sums[1:]):
+        raise RuntimeError(f"processes hold different weights after iteration {iteration}")
 
 
 def load_batch(dataset, indices: list[int], device: torch.device):  # noqa: ANN001, ANN202
@@ -195,26 +239,45 @@ def load_batch(dataset, indices: list[int], device: torch.device):  # noqa: ANN0
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, device: torch.device, batch_size: int = 2) -> list[ImageDetections]:  # noqa: ANN001
+def predict(
+    model: nn.Module,
+    dataset,  # noqa: ANN001
+    device: torch.device,
+    batch_size: int = 2,
+    indices: list[int] | None = None,
+) -> list[ImageDetections]:
+    """Detections of ``model`` on ``dataset`` (or on its images ``indices``), in that order."""
     model.eval()
+    indices = list(range(len(dataset))) if indices is None else indices
     out = []
-    for start in range(0, len(dataset), batch_size):
-        images, _ = load_batch(dataset, list(range(start, min(start + batch_size, len(dataset)))), device)
+    for start in range(0, len(indices), batch_size):
+        images, _ = load_batch(dataset, indices[start : start + batch_size], device)
         for det in model(images):
             out.append(ImageDetections(det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
     return out
 
 
-def evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int = 2) -> dict[str, Any]:  # noqa: ANN001
-    """VOC mAP@0.5 (area method) of ``model`` on ``dataset``."""
-    detections = predict(model, dataset, device, batch_size)
+def evaluate(
+    model: nn.Module,
+    dataset,  # noqa: ANN001
+    device: torch.device,
+    batch_size: int = 2,
+    d: distributed.Dist = distributed.Dist(),  # noqa: B008 - frozen dataclass
+) -> dict[str, Any]:
+    """VOC mAP@0.5 (area method) of ``model`` on ``dataset``; under torchrun each process predicts
+    a share of the images and rank 0 scores them all."""
+    mine = list(range(d.rank, len(dataset), d.world))
+    shares = distributed.gather(d, list(zip(mine, predict(model, dataset, device, batch_size, mine))))
+    if not d.main:
+        return distributed.broadcast(d, None)
+    detections = [det for _, det in sorted((pair for share in shares for pair in share), key=lambda p: p[0])]
     annotations = []
     for i in range(len(dataset)):
         target = dataset[i][1]
         annotations.append(ImageAnnotations(target["boxes"], target["labels"], target.get("difficult")))
     metrics = voc_evaluate(detections, annotations, dataset.classes)
     metrics["num_images"] = len(dataset)
-    return metrics
+    return distributed.broadcast(d, metrics)
 
 
 def save_checkpoint(
@@ -226,7 +289,9 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
+    rng_per_rank: list[torch.Tensor] | None = None,
 ) -> None:
+    """Atomically write a checkpoint; ``rng_per_rank``: every process's RNG state under torchrun."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
@@ -236,7 +301,10 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer else None,
         "scheduler": scheduler.state_dict() if scheduler else None,
         "scaler": scaler.state_dict() if scaler and scaler.is_enabled() else None,
-        "rng": {"torch": torch.get_rng_state(), "python": _from_python_random_state(random.getstate())},
+        "rng": {
+            "torch": rng_per_rank if rng_per_rank else torch.get_rng_state(),
+            "python": _from_python_random_state(random.getstate()),
+        },
     }
     _atomic_write(path, lambda f: torch.save(state, f), binary=True)
 

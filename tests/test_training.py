@@ -186,3 +186,41 @@ def test_bf16_autocast_training_on_cpu(tiny_cfg, tmp_path):
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         engine.train(apply_overrides(tiny_cfg, ["train.amp=fp16", "train.device=cpu"]), tmp_path / "fp16")
+
+
+def test_torchrun_with_two_cpu_processes_matches_one_process(tiny_overrides, tmp_path):
+    import subprocess
+    import sys
+
+    # Every anchor sampled for the RPN loss: no random sampling, so 2 processes x 1 image must
+    # give the gradients of 1 process x 2 images (OHEM and the RoI losses are per image).
+    overrides = tiny_overrides + [
+        "solver.iterations=3",
+        "train.checkpoint_every=3",
+        "train.check_sync_every=1",
+        "model.rpn_batch_size_per_image=100000",
+        "train.device=cpu",
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ohem"]
+    cmd += ["train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "ddp")]
+    for item in overrides:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Weights were compared across the processes after every step (check_sync_every=1), and the
+    # files were written once.
+    logged = [json.loads(x)["iteration"] for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 3]  # 3 steps, then the final evaluation
+    ddp = engine.load_checkpoint(tmp_path / "ddp" / "checkpoint_last.pt")
+    assert len(ddp["rng"]["torch"]) == 2
+    engine.train(load_config("configs/demo.yaml", overrides), tmp_path / "single")
+    single = engine.load_checkpoint(tmp_path / "single" / "checkpoint_last.pt")
+    cfg = load_config("configs/demo.yaml", overrides)
+    torch.manual_seed(cfg.train.seed)
+    initial = engine.build_detector(cfg.model, cfg.sampler, 5).state_dict()
+    update = sum((single["model"][k] - initial[k]).abs().sum() for k in initial)
+    gap = sum((single["model"][k] - ddp["model"][k]).abs().sum() for k in initial)
+    assert update > 0 and gap < 1e-3 * update, (float(gap), float(update))
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["num_images"] == 4

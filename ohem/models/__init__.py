@@ -36,6 +36,7 @@ def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_class
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     rpn_kwargs = dict(
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
