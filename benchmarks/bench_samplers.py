@@ -1,7 +1,7 @@
 """Equal-budget benchmark of OHEM against the heuristic baselines on the built-in synthetic data.
 
     python benchmarks/bench_samplers.py                # arms 1-3: heuristic and OHEM x 3 seeds, tv-default x 1
-    python benchmarks/bench_samplers.py --ablations    # arms 4-8, one seed each
+    python benchmarks/bench_samplers.py --ablations    # arms 4-9, one seed each
     python benchmarks/bench_samplers.py --quick        # a CI-sized smoke run; its numbers are not the claim
 
 Every arm trains ``configs/bench.yaml`` (same model, data, seeds, iterations); only sampler keys
@@ -48,9 +48,11 @@ ARMS = {  # name: (issue's arm number, overrides of configs/bench.yaml)
     "all-rois": (6, ["sampler.method=heuristic", "sampler.batch_size_per_image=1024", "sampler.bg_iou_low=0.0"]),
     "ohem-1img": (7, ["sampler.method=ohem", "solver.images_per_batch=1", "sampler.batch_size_per_image=128"]),
     "ohem-zeroing": (8, ["sampler.method=ohem", "sampler.implementation=loss-zeroing"]),
+    # Beyond the issue's list: the heuristic with the paper's other ablation, bg_lo = 0.
+    "heuristic-bg0": (9, HEURISTIC + ["sampler.batch_size_per_image=64", "sampler.bg_iou_low=0.0"]),
 }
 MAIN = {"heuristic": 3, "ohem": 3, "tv-default": 1}  # arm: number of seeds
-ABLATIONS = ["ohem-no-nms", "ohem-cls", "all-rois", "ohem-1img", "ohem-zeroing"]
+ABLATIONS = ["ohem-no-nms", "ohem-cls", "all-rois", "ohem-1img", "ohem-zeroing", "heuristic-bg0"]
 QUICK = [
     "solver.iterations=150", "solver.warmup_iterations=20", "solver.steps=[120]", "data.num_train=100",
     "data.num_test=40", "train.eval_every=75", "train.checkpoint_every=75", "train.roi_loss_images=20",
@@ -275,7 +277,7 @@ def plot_curves(out: Path, arms: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench")
-    parser.add_argument("--ablations", action="store_true", help="arms 4-8, one seed each")
+    parser.add_argument("--ablations", action="store_true", help="arms 4-9, one seed each")
     parser.add_argument("--quick", action="store_true", help="tiny budget smoke run")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="accuracy runs at a time (1 thread each)")
