@@ -17,8 +17,8 @@ differ. Two phases, both resumable (finished rows are kept in the CSVs and skipp
   before training).
 
 Writes ``OUT/cost.csv``, ``OUT/accuracy.csv`` (a row per finished arm/seed), ``OUT/curves.csv``,
-``OUT/map_curve.png``, ``OUT/roi_loss_curve.png`` and prints one table with ratios against arms 1
-and 2 and the targets of the benchmark issue.
+``OUT/map_curve.png``, ``OUT/roi_loss_curve.png`` (``*_ablations.png`` for ``--ablations``) and
+prints one table with ratios against arms 1 and 2 and the targets of the benchmark issue.
 """
 
 from __future__ import annotations
@@ -236,10 +236,10 @@ def summarize(args: argparse.Namespace, arms: list[str]) -> None:
         if arm in cost and base in cost:
             r = float(cost[arm][key]) / float(cost[base][key])
             print(f"target {label}: {r:.2f} -> {'MET' if r <= limit else 'MISSED'}")
-    plot_curves(out, arms)
+    plot_curves(out, arms, suffix="_ablations" if args.ablations else "")
 
 
-def plot_curves(out: Path, arms: list[str]) -> None:
+def plot_curves(out: Path, arms: list[str], suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,8 +247,8 @@ def plot_curves(out: Path, arms: list[str]) -> None:
 
     curves = read_rows(out / "curves.csv")
     for key, name, ylabel in [
-        ("mAP", "map_curve.png", "test mAP@0.5 (%)"),
-        ("train_roi_loss", "roi_loss_curve.png", "mean loss over all RoIs, 100 train images"),
+        ("mAP", f"map_curve{suffix}.png", "test mAP@0.5 (%)"),
+        ("train_roi_loss", f"roi_loss_curve{suffix}.png", "mean loss over all RoIs, 100 train images"),
     ]:
         fig, ax = plt.subplots(figsize=(8, 5))
         for i, arm in enumerate(arms):
