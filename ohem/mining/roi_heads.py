@@ -55,7 +55,10 @@ def per_roi_loss(
     mining_loss: str = "cls+box",
 ) -> torch.Tensor:
     """The mining loss of each RoI: cross-entropy, plus the box term for ``"cls+box"``."""
-    cls_loss, box_loss = per_roi_loss_terms(class_logits, box_regression, labels, regression_targets)
+    return _mining_loss(*per_roi_loss_terms(class_logits, box_regression, labels, regression_targets), mining_loss)
+
+
+def _mining_loss(cls_loss: torch.Tensor, box_loss: torch.Tensor, mining_loss: str) -> torch.Tensor:
     return cls_loss if mining_loss == "cls" else cls_loss + box_loss
 
 
@@ -334,8 +337,8 @@ class OHEMRoIHeads(FastRCNNRoIHeads):
         cls_loss, box_loss = per_roi_loss_terms(
             class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets)
         )
-        mining = cls_loss if self.mining_loss == "cls" else cls_loss + box_loss
-        hard, _ = self._select(mining.detach(), proposals, labels, matched_gt, image_shapes)
+        mining = _mining_loss(cls_loss, box_loss, self.mining_loss).detach()
+        hard, _ = self._select(mining, proposals, labels, matched_gt, image_shapes)
         self.last_mining_seconds = time.perf_counter() - tic
         keep = torch.zeros_like(cls_loss)
         keep[hard] = 1.0
