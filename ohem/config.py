@@ -19,11 +19,23 @@ import yaml
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # the built-in benchmark (ohem.data.synthetic)
-    num_train: int = 1000
-    num_test: int = 200
-    image_size: int = 160
-    seed: int = 0  # the data's seed, separate from the training seed
+    dataset: str = "synthetic"  # synthetic (the built-in benchmark) | voc | coco
+    root: str | None = None  # voc: the VOCdevkit folder (or one VOC-layout tree); coco: the folder of annotations/
+    # Splits. voc: "[YEAR:]NAME" parts joined by "+", e.g. "2007:trainval+2012:trainval";
+    # coco: a name (annotations/instances_NAME.json, images in NAME/) or a JSON path. null: the usual ones.
+    train_split: str | None = None  # null: train | 2007:trainval | train2017
+    test_split: str | None = None  # null: test | 2007:test | val2017
+    classes: list[str] | None = None  # voc: your own class list for a VOC-layout tree (default: the 20 VOC classes)
+    image_dir: str | None = None  # coco: image folder when a split is a JSON path (default: its folder)
+    use_difficult: bool = False  # voc: train on "difficult" objects too (evaluation always ignores them)
+    empty_images: str = "skip"  # training images without objects: skip | keep | error (evaluation keeps all)
+    invalid_boxes: str = "fix"  # boxes outside the image / empty: fix (clip or drop, counted, warned) | error
+    hflip: bool = False  # training: mirror each image with probability 0.5
+    aspect_grouping: bool = False  # training: batches of images of one orientation (wide or tall)
+    num_train: int = 1000  # synthetic only
+    num_test: int = 200  # synthetic only
+    image_size: int = 160  # synthetic only
+    seed: int = 0  # synthetic: the data's seed, separate from the training seed
 
 
 @dataclass

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ohem import distributed
 from ohem.config import Config, config_from_dict
-from ohem.data import batch_indices, build_dataset
+from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch_indices, hflip
 from ohem.evaluation import ImageAnnotations, ImageDetections, mean_roi_loss, voc_evaluate
 from ohem.mining import OHEMRoIHeads
 from ohem.mining.record import MiningRecorder
@@ -136,6 +136,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
     recorder = MiningRecorder(len(classes)) if isinstance(heads, OHEMRoIHeads) and d.main else None
     mining_log = (out / "mining.jsonl").open("a") if recorder else None
     roi_loss_indices = list(range(min(cfg.train.roi_loss_images, len(train_set))))
+    groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
     iterations = cfg.solver.iterations
     bar = tqdm(
         range(start, iterations), initial=start, total=iterations, desc="train", dynamic_ncols=True, disable=not d.main
@@ -144,9 +145,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
     try:
         for it in bar:
             model.train()
-            batch = batch_indices(it, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
+            if groups:
+                batch = grouped_batch_indices(it, groups, cfg.solver.images_per_batch, cfg.train.seed)
+            else:
+                batch = batch_indices(it, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
             indices = batch[d.rank :: d.world]  # each process trains on its share of the batch
-            images, targets = load_batch(train_set, indices, device)
+            images, targets = load_batch(train_set, indices, device, flip=cfg.data.hflip)
             tic = time.perf_counter()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss_dict = model(images, targets)
@@ -229,10 +233,14 @@ def _check_in_sync(d: distributed.Dist, model: nn.Module, iteration: int) -> Non
         raise RuntimeError(f"processes hold different weights after iteration {iteration}")
 
 
-def load_batch(dataset, indices: list[int], device: torch.device):  # noqa: ANN001, ANN202
+def load_batch(dataset, indices: list[int], device: torch.device, flip: bool = False):  # noqa: ANN001, ANN202
+    """Images and targets on ``device``; ``flip``: each mirrored with probability 0.5 (torch's RNG,
+    which checkpoints save, so a resumed run flips the same images)."""
     images, targets = [], []
     for i in indices:
         image, target = dataset[i]
+        if flip and torch.rand(()) < 0.5:
+            image, target = hflip(image, target)
         images.append(image.to(device))
         targets.append({k: v.to(device) for k, v in target.items()})
     return images, targets
@@ -273,7 +281,7 @@ def evaluate(
     detections = [det for _, det in sorted((pair for share in shares for pair in share), key=lambda p: p[0])]
     annotations = []
     for i in range(len(dataset)):
-        target = dataset[i][1]
+        target = dataset.annotations(i) if hasattr(dataset, "annotations") else dataset[i][1]
         annotations.append(ImageAnnotations(target["boxes"], target["labels"], target.get("difficult")))
     metrics = voc_evaluate(detections, annotations, dataset.classes)
     metrics["num_images"] = len(dataset)

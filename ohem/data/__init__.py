@@ -1,19 +1,59 @@
 """Datasets and batching. Every dataset yields ``(image (3, H, W) float in [0, 1], target dict)``
-with ``boxes`` (n, 4) ``x1, y1, x2, y2`` pixels, ``labels`` (n,) int64 in 1..C, ``image_id``."""
+with ``boxes`` (n, 4) ``x1, y1, x2, y2`` pixels, ``labels`` (n,) int64 in 1..C, ``image_id``, and
+has ``classes``, ``image_ids`` / ``category_ids`` (what detection files call images and labels),
+``image_name(i)``, ``image_size(i)`` -> (H, W) and ``annotations(i)`` (the target, no pixels)."""
 
 from __future__ import annotations
 
 import torch
 
 from ohem.config import DataConfig
+from ohem.data.coco import COCODetection
 from ohem.data.synthetic import SyntheticShapes
+from ohem.data.transforms import aspect_groups, grouped_batch_indices, hflip
+from ohem.data.voc import VOC_CLASSES, VOCDetection
+
+DATASETS = ("synthetic", "voc", "coco")
+DEFAULT_SPLITS = {
+    "synthetic": ("train", "test"),
+    "voc": ("2007:trainval", "2007:test"),
+    "coco": ("train2017", "val2017"),
+}
 
 
-def build_dataset(cfg: DataConfig, split: str) -> torch.utils.data.Dataset:
+def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> torch.utils.data.Dataset:
+    """The dataset for ``role`` "train" (difficult objects and empty images as configured) or
+    "test" (everything kept, difficult flagged); ``split`` overrides the configured split name."""
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
+    if role not in ("train", "test"):
+        raise ValueError(f"dataset role must be train or test, got {role!r}")
+    configured = cfg.train_split if role == "train" else cfg.test_split
+    split = split or configured or DEFAULT_SPLITS[cfg.dataset][role == "test"]
     if cfg.dataset == "synthetic":
         num = cfg.num_train if split == "train" else cfg.num_test
         return SyntheticShapes(split, num_images=num, image_size=cfg.image_size, seed=cfg.seed)
-    raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; available: synthetic")
+    if not cfg.root:
+        raise ValueError(f"data.root: the {cfg.dataset} dataset needs its folder (--data {cfg.dataset}:ROOT)")
+    training = role == "train"
+    if cfg.dataset == "voc":
+        return VOCDetection(
+            cfg.root,
+            split,
+            classes=cfg.classes,
+            keep_difficult=cfg.use_difficult or not training,
+            empty_images=cfg.empty_images if training else "keep",
+            invalid_boxes=cfg.invalid_boxes,
+        )
+    if cfg.classes:
+        raise ValueError("data.classes: a COCO file names its own categories; leave data.classes unset")
+    return COCODetection(
+        cfg.root,
+        split,
+        image_dir=cfg.image_dir,
+        empty_images=cfg.empty_images if training else "keep",
+        invalid_boxes=cfg.invalid_boxes,
+    )
 
 
 def batch_indices(iteration: int, dataset_size: int, batch_size: int, seed: int) -> list[int]:
@@ -27,4 +67,14 @@ def batch_indices(iteration: int, dataset_size: int, batch_size: int, seed: int)
     return order[position * batch_size : (position + 1) * batch_size].tolist()
 
 
-__all__ = ["SyntheticShapes", "batch_indices", "build_dataset"]
+__all__ = [
+    "COCODetection",
+    "SyntheticShapes",
+    "VOCDetection",
+    "VOC_CLASSES",
+    "aspect_groups",
+    "batch_indices",
+    "build_dataset",
+    "grouped_batch_indices",
+    "hflip",
+]

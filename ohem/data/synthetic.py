@@ -51,7 +51,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
             raise ValueError(f"synthetic split must be one of {sorted(SPLITS)}, got {split!r}")
         if image_size < 2 * MAX_SIZE:
             raise ValueError(f"synthetic image_size must be >= {2 * MAX_SIZE}, got {image_size}")
-        self.split, self.num_images, self.image_size, self.seed = split, num_images, image_size, seed
+        self.split, self.num_images, self.image_size_px, self.seed = split, num_images, image_size, seed
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -62,7 +62,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
             raise IndexError(f"synthetic {self.split} index {index} out of range 0..{self.num_images - 1}")
         if index not in self._cache:
             self._cache[index] = render_image(
-                self.image_size, np.random.default_rng([self.seed, SPLITS[self.split], index])
+                self.image_size_px, np.random.default_rng([self.seed, SPLITS[self.split], index])
             )
         pixels, boxes, labels, distractor_boxes = self._cache[index]
         image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
@@ -76,6 +76,20 @@ class SyntheticShapes(torch.utils.data.Dataset):
 
     def image_name(self, index: int) -> str:
         return f"synthetic-{self.split}-{index:06d}"
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.image_size_px, self.image_size_px
+
+    def annotations(self, index: int) -> dict[str, torch.Tensor]:
+        return self[index][1]
+
+    @property
+    def image_ids(self) -> list[str]:  # what detection files call the images
+        return [self.image_name(i) for i in range(self.num_images)]
+
+    @property
+    def category_ids(self) -> list[int]:
+        return list(range(1, len(CLASSES) + 1))
 
 
 def render_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
