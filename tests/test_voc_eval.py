@@ -1,4 +1,5 @@
-"""VOC AP against hand-computed cases and a straightforward devkit-style reference loop."""
+"""VOC AP against hand-computed cases and a straightforward devkit-style reference loop
+(``tests/voc_reference.py``)."""
 
 import math
 
@@ -7,67 +8,7 @@ import pytest
 import torch
 
 from ohem.evaluation import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
-
-
-def reference_ap(dets, gts, label, iou_thresh=0.5, use_07=False):
-    """Devkit voc_eval, written plainly: global score order, per-detection max-IoU match."""
-    records = []
-    for img, d in enumerate(dets):
-        for box, score, lab in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist()):
-            if lab == label:
-                records.append((score, img, box))
-    records.sort(key=lambda r: -r[0])  # stable: ties keep image order
-    gt = {}
-    npos = 0
-    for img, a in enumerate(gts):
-        boxes = [b for b, lab in zip(a.boxes.tolist(), a.labels.tolist()) if lab == label]
-        diff = (
-            [bool(x) for x, lab in zip(a.difficult.tolist(), a.labels.tolist()) if lab == label]
-            if a.difficult is not None
-            else [False] * len(boxes)
-        )
-        gt[img] = {"boxes": boxes, "difficult": diff, "det": [False] * len(boxes)}
-        npos += sum(not x for x in diff)
-    tp, fp = [], []
-    for _, img, (x1, y1, x2, y2) in records:
-        r = gt[img]
-        best, best_j = -1.0, -1
-        for j, (gx1, gy1, gx2, gy2) in enumerate(r["boxes"]):
-            iw, ih = min(x2, gx2) - max(x1, gx1), min(y2, gy2) - max(y1, gy1)
-            inter = max(iw, 0) * max(ih, 0)
-            union = (x2 - x1) * (y2 - y1) + (gx2 - gx1) * (gy2 - gy1) - inter
-            iou = inter / union
-            if iou > best:
-                best, best_j = iou, j
-        if best >= iou_thresh:
-            if r["difficult"][best_j]:
-                continue
-            if not r["det"][best_j]:
-                r["det"][best_j] = True
-                tp.append(1)
-                fp.append(0)
-            else:
-                tp.append(0)
-                fp.append(1)
-        else:
-            tp.append(0)
-            fp.append(1)
-    if npos == 0:
-        return float("nan")
-    tp, fp = np.cumsum(tp), np.cumsum(fp)
-    rec = tp / npos
-    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    if use_07:
-        ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
-            ap += (np.max(prec[rec >= t]) if np.sum(rec >= t) > 0 else 0) / 11.0
-        return ap
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    for i in range(mpre.size - 1, 0, -1):
-        mpre[i - 1] = max(mpre[i - 1], mpre[i])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+from tests.voc_reference import reference_ap, reference_voc_evaluate
 
 
 def random_case(seed, num_images=30, num_classes=3):
@@ -107,6 +48,93 @@ def test_matches_reference_on_random_detections(seed, use_07):
             assert math.isnan(got["AP"][name])
         else:
             assert got["AP"][name] == pytest.approx(want, abs=1e-6)
+
+
+def hard_case(seed, num_images=40, num_classes=4):
+    """Integer boxes (IoU ties and IoU exactly at thresholds), duplicated gt boxes, empty images,
+    scores with many ties, a class with detections but no ground truth, out-of-range labels."""
+    rng = np.random.default_rng(seed)
+    dets, gts = [], []
+    for _ in range(num_images):
+        m = int(rng.integers(0, 6))
+        xy = rng.integers(0, 40, (m, 2))
+        gt_boxes = np.concatenate([xy, xy + rng.integers(5, 25, (m, 2))], 1).astype(np.float32)
+        dup = rng.random(m) < 0.2
+        gt_boxes = np.concatenate([gt_boxes, gt_boxes[dup]])  # identical boxes: first one wins a tie
+        gt_labels = rng.integers(1, num_classes, gt_boxes.shape[0])  # class num_classes never has gt
+        gt_labels[len(gt_labels) - int(dup.sum()) :] = gt_labels[:m][dup]
+        difficult = rng.random(gt_boxes.shape[0]) < 0.2
+        n = int(rng.integers(0, 12)) if rng.random() > 0.15 else 0  # some images have no detections
+        if gt_boxes.shape[0]:
+            src = rng.integers(0, gt_boxes.shape[0], n)
+            boxes = gt_boxes[src] + rng.integers(-2, 3, (n, 4))
+            labels = np.where(rng.random(n) < 0.8, gt_labels[src], rng.integers(0, num_classes + 2, n))
+        else:
+            xy = rng.integers(0, 40, (n, 2))
+            boxes = np.concatenate([xy, xy + rng.integers(2, 20, (n, 2))], 1)
+            labels = rng.integers(1, num_classes + 1, n)
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+        scores = rng.integers(0, 5, n) / 4  # heavy ties, within and across images
+        dets.append(
+            ImageDetections(
+                torch.tensor(boxes, dtype=torch.float32),
+                torch.tensor(scores, dtype=torch.float32),
+                torch.tensor(labels),
+            )
+        )
+        gts.append(ImageAnnotations(torch.tensor(gt_boxes), torch.tensor(gt_labels), torch.tensor(difficult)))
+    return dets, gts
+
+
+def assert_same_result(got, want):
+    assert got["AP"].keys() == want["AP"].keys()
+    for name, value in want["AP"].items():
+        if math.isnan(value):
+            assert math.isnan(got["AP"][name]), name
+        else:
+            assert got["AP"][name] == pytest.approx(value, abs=1e-6), name
+    if math.isnan(want["mAP"]):
+        assert math.isnan(got["mAP"])
+    else:
+        assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("use_07", [False, True])
+@pytest.mark.parametrize("iou_thresh", [0.5, 0.3, 0.7])
+def test_matches_reference_on_tied_and_degenerate_cases(seed, use_07, iou_thresh):
+    dets, gts = hard_case(seed)
+    names = ["a", "b", "c", "no-gt"]
+    got = voc_evaluate(dets, gts, names, iou_thresh=iou_thresh, use_07_metric=use_07)
+    assert math.isnan(got["AP"]["no-gt"])
+    assert_same_result(got, reference_voc_evaluate(dets, gts, names, iou_thresh=iou_thresh, use_07=use_07))
+
+
+def test_matches_reference_without_difficult_flags():
+    dets, gts = hard_case(3)
+    gts = [ImageAnnotations(a.boxes, a.labels) for a in gts]
+    names = ["a", "b", "c", "no-gt"]
+    assert_same_result(voc_evaluate(dets, gts, names), reference_voc_evaluate(dets, gts, names))
+
+
+def test_empty_inputs():
+    empty_det = ImageDetections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    empty_gt = ImageAnnotations(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    result = voc_evaluate([], [], ["a"])
+    assert math.isnan(result["AP"]["a"]) and math.isnan(result["mAP"])
+    result = voc_evaluate([empty_det, empty_det], [empty_gt, empty_gt], ["a"])
+    assert math.isnan(result["mAP"])
+    # Ground truth but no detections at all: AP 0, not NaN.
+    gt = ImageAnnotations(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([1]))
+    assert voc_evaluate([empty_det, empty_det], [gt, empty_gt], ["a"])["AP"]["a"] == 0.0
+    # Detections only in images without ground truth: all false positives.
+    det = ImageDetections(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0.9]), torch.tensor([1]))
+    assert voc_evaluate([empty_det, det], [gt, empty_gt], ["a"])["AP"]["a"] == 0.0
+
+
+def test_mismatched_lengths_raise():
+    with pytest.raises(ValueError, match="2 detection lists for 1 images"):
+        voc_evaluate([None, None], [None], ["a"])
 
 
 def test_hand_computed_ap():

@@ -1,6 +1,18 @@
-"""Evaluation: score a detector (VOC AP; COCO metrics will join) and measure its loss over all RoIs."""
+"""Evaluation: score a detector (VOC AP, COCO AP), read and write detections files, and measure
+its loss over all RoIs."""
 
+from ohem.evaluation.coco import coco_evaluate
+from ohem.evaluation.detections_file import read_detections, write_detections
 from ohem.evaluation.roi_loss import mean_roi_loss
 from ohem.evaluation.voc import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
 
-__all__ = ["ImageAnnotations", "ImageDetections", "average_precision", "mean_roi_loss", "voc_evaluate"]
+__all__ = [
+    "ImageAnnotations",
+    "ImageDetections",
+    "average_precision",
+    "coco_evaluate",
+    "mean_roi_loss",
+    "read_detections",
+    "voc_evaluate",
+    "write_detections",
+]
