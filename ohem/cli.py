@@ -1,8 +1,12 @@
-"""Command line: ``ohem train``, ``ohem eval``, ``ohem detect``.
+"""Command line: ``ohem train | eval | detect | report | proposals | export``.
 
-ohem train  --config FILE [--set key=value ...] --out DIR [--resume]
-ohem eval   --checkpoint CKPT --out DIR [--split test|train] [--set data.key=value ...]
-ohem detect --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
+ohem train     --config FILE [--set key=value ...] --out DIR [--resume]
+ohem eval      (--checkpoint CKPT | --detections results.json) --out DIR [--data voc:ROOT] [--split NAME]
+               [--metric voc|voc07|coco] [--classes a,b,...] [--set data.key=value ...]
+ohem detect    --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
+ohem report    RUN_DIR [--out DIR]
+ohem proposals --data voc:ROOT --split trainval --method selective-search --mode fast --out FILE.npz
+ohem export    --layout voc|coco --out DIR [--split train] [--set data.key=value ...]  (the synthetic data)
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint (mAP@0.5 per class)")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("eval", help="score a checkpoint, or a detections file, on a dataset split (AP per class)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run the model; its detections are also written to OUT/results.json")
+    source.add_argument("--detections", help="a COCO-results JSON file (image_id, category_id, bbox x,y,w,h, score)")
     p.add_argument("--out", required=True)
-    p.add_argument("--data", help="dataset to evaluate on (default: the checkpoint's own; now: synthetic)")
-    p.add_argument("--split", default="test", help="split of that dataset (default: test)")
-    _add_overrides(p, "override the checkpoint's data config, e.g. --set data.num_test=500")
+    _add_data_arguments(p)
+    p.add_argument("--metric", default="voc", help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools)")
+    _add_overrides(p, "override the data config, e.g. --set data.num_test=500")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -54,6 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("proposals", help="compute selective-search proposals for a dataset split (.npz)")
+    _add_data_arguments(p)
+    p.add_argument("--method", default="selective-search", choices=["selective-search"])
+    p.add_argument("--mode", default="fast", choices=["fast", "quality"])
+    p.add_argument("--max-boxes", type=int, default=2000, help="boxes kept per image, in selective search's order")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    p.add_argument("--out", required=True, help="the .npz file; an interrupted run resumes from FILE.parts/")
+    _add_overrides(p, "override the data config")
+    p.set_defaults(func=cmd_proposals)
+
+    p = sub.add_parser("export", help="write the synthetic dataset in the VOC or COCO layout")
+    p.add_argument("--layout", required=True, choices=["voc", "coco"])
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--out", required=True)
+    _add_overrides(p, "synthetic data config, e.g. --set data.num_train=500")
+    p.set_defaults(func=cmd_export)
 
     args = parser.parse_args(argv)
     try:
@@ -86,22 +109,84 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    device = engine.resolve_device(args.device)
-    model, cfg, classes = engine.model_from_checkpoint(args.checkpoint, device)
-    for item in args.overrides:
-        if not item.startswith("data."):
-            raise ConfigError(f"override {item!r}: eval takes only data.key=value overrides")
-    cfg = apply_overrides(cfg, ([f"data.dataset={args.data}"] if args.data else []) + args.overrides)
-    dataset = build_dataset(cfg.data, args.split)
-    if list(dataset.classes) != classes:
-        raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
-    metrics = engine.evaluate(model, dataset, device, cfg.solver.images_per_batch)
+    from ohem.evaluation.detections_file import read_detections, write_detections
+
+    if args.metric not in engine.METRICS:
+        raise ValueError(f"--metric: expected one of {', '.join(engine.METRICS)}, got {args.metric!r}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint:
+        device = engine.resolve_device(args.device)
+        model, cfg, classes = engine.model_from_checkpoint(args.checkpoint, device)
+        dataset = build_dataset(_data_config(cfg, args).data, "test", args.split)
+        if list(dataset.classes) != classes:
+            raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
+        detections = engine.predict(model, dataset, device, cfg.solver.images_per_batch)
+        out.mkdir(parents=True, exist_ok=True)
+        write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
+    else:
+        dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
+        detections = read_detections(args.detections, dataset.image_ids, dataset.category_ids)
+        out.mkdir(parents=True, exist_ok=True)
+    metrics = engine.score_detections(dataset, detections, args.metric)
     engine.write_json_atomic(out / "metrics.json", metrics)
     print(engine.format_metrics(metrics))
-    print(f"wrote {out / 'metrics.json'}")
+    written = [out / "results.json"] if args.checkpoint else []
+    print(f"wrote {', '.join(str(p) for p in [*written, out / 'metrics.json'])}")
     return 0
+
+
+def cmd_proposals(args: argparse.Namespace) -> int:
+    from ohem.data.proposals import compute_proposals
+
+    dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
+    path = compute_proposals(dataset, args.out, mode=args.mode, max_boxes=args.max_boxes, workers=args.workers)
+    print(f"wrote {path} ({len(dataset)} images)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ohem.data.export import export_synthetic
+
+    _check_data_overrides(args.overrides)
+    cfg = apply_overrides(load_config(), args.overrides)
+    dataset = build_dataset(cfg.data, "test", args.split)
+    for path in export_synthetic(dataset, args.out, args.layout):
+        print(f"wrote {path}")
+    if args.layout == "voc":
+        classes = ",".join(dataset.classes)
+        print(f"read it with: --data voc:{args.out} --split {args.split} --classes {classes}")
+    else:
+        print(f"read it with: --data coco:{args.out} --split {args.split}")
+    return 0
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="synthetic | voc:ROOT | coco:ROOT (default: the checkpoint's own data)")
+    parser.add_argument("--split", help="split name, e.g. test, 2007:test, val2017 (default: the configured one)")
+    parser.add_argument("--classes", help="comma-separated class list of a VOC-layout tree (default: the 20 VOC ones)")
+
+
+def _data_config(cfg, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    """``cfg`` with --data, --classes and the data.* overrides applied."""
+    _check_data_overrides(args.overrides)
+    overrides = []
+    if args.data:
+        kind, _, root = args.data.partition(":")
+        if kind not in ("synthetic", "voc", "coco") or (kind != "synthetic" and not root):
+            raise ValueError(f"--data: expected synthetic, voc:ROOT or coco:ROOT, got {args.data!r}")
+        overrides += [f"data.dataset={kind}", f"data.root={root}" if root else "data.root=null"]
+        if kind != cfg.data.dataset:  # the checkpoint's split names mean nothing to another dataset
+            overrides += ["data.train_split=null", "data.test_split=null", "data.classes=null"]
+    cfg = apply_overrides(cfg, overrides + args.overrides)
+    if args.classes:
+        cfg.data.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    return cfg
+
+
+def _check_data_overrides(overrides: list[str]) -> None:
+    for item in overrides:
+        if not item.startswith("data."):
+            raise ConfigError(f"override {item!r}: this command takes only data.key=value overrides")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

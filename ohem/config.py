@@ -30,6 +30,9 @@ class DataConfig:
     use_difficult: bool = False  # voc: train on "difficult" objects too (evaluation always ignores them)
     empty_images: str = "skip"  # training images without objects: skip | keep | error (evaluation keeps all)
     invalid_boxes: str = "fix"  # boxes outside the image / empty: fix (clip or drop, counted, warned) | error
+    proposals: str | None = None  # Fast R-CNN: proposal file (.npz, docs/PROPOSALS.md) of the train split
+    test_proposals: str | None = None  # ... and of the test split
+    max_proposals: int = 2000  # first boxes of each image's proposals used (their file order = their rank)
     hflip: bool = False  # training: mirror each image with probability 0.5
     aspect_grouping: bool = False  # training: batches of images of one orientation (wide or tall)
     num_train: int = 1000  # synthetic only
@@ -40,14 +43,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # small | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 | fasterrcnn_mobilenet_v3_large_fpn
-    # | maskrcnn_resnet50_fpn
+    # With an RPN: small | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 | fasterrcnn_mobilenet_v3_large_fpn
+    # | maskrcnn_resnet50_fpn | faster_rcnn_vgg16 | faster_rcnn_vgg_cnn_m_1024.
+    # On external proposals (data.proposals): fast_rcnn_vgg16 | fast_rcnn_vgg_cnn_m_1024 | fast_rcnn_small.
     name: str = "small"
     backbone_weights: str | None = None  # None (random init) | "imagenet" (torchvision) | path to a file
     trainable_backbone_layers: int | None = None  # torchvision models only
     init_weights: str | None = None  # train: start from this ohem checkpoint's (or state dict's) weights
-    min_size: int = 160
+    min_size: int | list[int] = 160  # shorter side; a list: one drawn per training image (multi-scale, +M)
     max_size: int = 160
+    test_min_size: int | list[int] | None = None  # None: min_size (its last); a list: multi-scale testing (+M)
+    box_nms_thresh: float | None = None  # test NMS; None: the model's (torchvision 0.5, Fast R-CNN's VGG 0.3)
+    box_voting: bool = False  # +B: iterative box regression with weighted voting at test time
+    rpn_ohem: bool = False  # OHEM for the RPN: loss-ranked anchors with NMS instead of 256 random 1:1
+    rpn_ohem_nms_iou: float | None = 0.7
     rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
     rpn_pre_nms_top_n_train: int = 1000
     rpn_post_nms_top_n_train: int = 400  # RoIs per image handed to the RoI heads (what OHEM mines)
@@ -75,7 +84,8 @@ class SamplerConfig:
 @dataclass
 class SolverConfig:
     iterations: int = 1500
-    images_per_batch: int = 2  # N
+    images_per_batch: int = 2  # N: images per forward pass
+    accumulate_steps: int = 1  # forward/backward passes per SGD step (the authors' 1 image x 2 = N 2)
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -91,6 +101,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # none | bf16 | fp16 (CUDA, with a grad scaler): mixed precision for the whole step
     eval_every: int = 500  # 0: only at the end
+    eval_metric: str = "voc"  # voc (area AP@0.5) | voc07 (11-point, the paper's) | coco (AP@[.5:.95] by pycocotools)
     checkpoint_every: int = 500
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     roi_loss_images: int = 0  # at each evaluation: mean loss over all RoIs of this many train images

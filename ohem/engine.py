@@ -8,6 +8,7 @@ and mining statistic, and one per evaluation), ``mining.jsonl`` (OHEM: what was 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torchvision.ops import batched_nms
 from tqdm import tqdm
 
 from ohem import distributed
@@ -29,6 +31,7 @@ from ohem.evaluation import ImageAnnotations, ImageDetections, mean_roi_loss, vo
 from ohem.mining import OHEMRoIHeads
 from ohem.mining.record import MiningRecorder
 from ohem.models import build_detector
+from ohem.models.box_voting import iterative_box_regression_detect
 
 CHECKPOINT_FORMAT = "ohem-checkpoint-1"
 
@@ -80,6 +83,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
         raise ValueError(
             f"solver.images_per_batch {cfg.solver.images_per_batch} is not divisible by {d.world} processes"
         )
+    if cfg.train.eval_metric not in METRICS:  # checked now, not after hours of training
+        raise ValueError(f"train.eval_metric: expected one of {', '.join(METRICS)}, got {cfg.train.eval_metric!r}")
     device = resolve_device(cfg.train.device, d.local_rank)
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     classes = list(train_set.classes)
@@ -137,6 +142,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
     mining_log = (out / "mining.jsonl").open("a") if recorder else None
     roi_loss_indices = list(range(min(cfg.train.roi_loss_images, len(train_set))))
     groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
+    accumulate = cfg.solver.accumulate_steps
+    if accumulate < 1:
+        raise ValueError(f"solver.accumulate_steps must be >= 1, got {accumulate}")
     iterations = cfg.solver.iterations
     bar = tqdm(
         range(start, iterations), initial=start, total=iterations, desc="train", dynamic_ncols=True, disable=not d.main
@@ -145,35 +153,47 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
     try:
         for it in bar:
             model.train()
-            if groups:
-                batch = grouped_batch_indices(it, groups, cfg.solver.images_per_batch, cfg.train.seed)
-            else:
-                batch = batch_indices(it, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
-            indices = batch[d.rank :: d.world]  # each process trains on its share of the batch
-            images, targets = load_batch(train_set, indices, device, flip=cfg.data.hflip)
-            tic = time.perf_counter()
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss_dict = model(images, targets)
-            loss = sum(v.float() for k, v in loss_dict.items() if k.startswith("loss_"))
-            if not distributed.all_true(d, bool(torch.isfinite(loss))):
-                raise NonFiniteLossError(
-                    f"non-finite loss at iteration {it + 1} on train images {batch}; "
-                    f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none'}"
-                )
+            step_seconds = 0.0  # forward, backward and update; data loading excluded
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            sums: dict[str, float] = {}
+            for step in range(accumulate):  # accumulate > 1: several passes' gradients per SGD step
+                position = it * accumulate + step
+                if groups:
+                    part = grouped_batch_indices(position, groups, cfg.solver.images_per_batch, cfg.train.seed)
+                else:
+                    part = batch_indices(position, len(train_set), cfg.solver.images_per_batch, cfg.train.seed)
+                indices = part[d.rank :: d.world]  # each process trains on its share of the batch
+                images, targets = load_batch(train_set, indices, device, flip=cfg.data.hflip)
+                tic = time.perf_counter()
+                # DDP averages gradients across processes only on the last pass of the step.
+                sync = model.no_sync() if d.active and step < accumulate - 1 else contextlib.nullcontext()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        loss_dict = model(images, targets)
+                    loss = sum(v.float() for k, v in loss_dict.items() if k.startswith("loss_"))
+                    if not distributed.all_true(d, bool(torch.isfinite(loss))):
+                        raise NonFiniteLossError(
+                            f"non-finite loss at iteration {it + 1} on train images {part}; "
+                            f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none'}"
+                        )
+                    scaler.scale(loss / accumulate).backward()
+                step_seconds += time.perf_counter() - tic
+                for key, value in {"loss": loss.item(), **{k: v.item() for k, v in loss_dict.items()}}.items():
+                    sums[key] = sums.get(key, 0.0) + value / accumulate
+                if recorder:
+                    sizes = [tuple(image.shape[-2:]) for image in images]
+                    recorder.add(it + 1, heads.last_mining, indices, sizes, loss_dict["ohem_all_roi_loss"].item())
+            tic = time.perf_counter()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            values = {"loss": loss.item(), **{k: v.item() for k, v in loss_dict.items()}}
-            record = {"iteration": it + 1, "lr": optimizer.param_groups[0]["lr"], **distributed.mean(d, values)}
-            record["time"] = time.perf_counter() - tic
+            step_seconds += time.perf_counter() - tic
+            record = {"iteration": it + 1, "lr": optimizer.param_groups[0]["lr"], **distributed.mean(d, sums)}
+            record["time"] = step_seconds
             if cfg.train.check_sync_every and (it + 1) % cfg.train.check_sync_every == 0:
                 _check_in_sync(d, core, it + 1)
             if recorder:
                 record["ohem_mining_time"] = heads.last_mining_seconds
-                sizes = [tuple(image.shape[-2:]) for image in images]
-                recorder.add(it + 1, heads.last_mining, indices, sizes, record["ohem_all_roi_loss"])
                 if (it + 1) % cfg.train.mining_log_every == 0 or it + 1 == iterations:
                     mined = recorder.flush(it + 1)
                     mining_log.write(json.dumps(mined) + "\n")
@@ -187,7 +207,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
             bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
             done = it + 1 == iterations
             if done or (cfg.train.eval_every and (it + 1) % cfg.train.eval_every == 0):
-                entry = {"iteration": it + 1, "eval": evaluate(core, test_set, device, cfg.solver.images_per_batch, d)}
+                scores = evaluate(core, test_set, device, cfg.solver.images_per_batch, d, cfg.train.eval_metric)
+                entry = {"iteration": it + 1, "eval": scores}
                 if roi_loss_indices:
                     shard = roi_loss_indices[d.rank :: d.world]
                     entry["train_roi_loss"] = distributed.mean(d, {"v": mean_roi_loss(core, train_set, shard, device)})[
@@ -195,7 +216,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
                     ]
                 log.write(json.dumps(entry) + "\n")
                 metrics = entry["eval"]
-                message = f"iteration {it + 1}: test mAP@0.5 {metrics['mAP']:.4f}"
+                message = f"iteration {it + 1}: test {METRIC_NAMES[cfg.train.eval_metric]} {metrics['mAP']:.4f}"
                 if writer:
                     writer.add_scalar("eval/mAP", metrics["mAP"], it + 1)
                 if writer and "train_roi_loss" in entry:
@@ -217,7 +238,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
         if mining_log:
             mining_log.close()
     if not metrics:  # resumed a finished run
-        metrics = evaluate(core, test_set, device, cfg.solver.images_per_batch, d)
+        metrics = evaluate(core, test_set, device, cfg.solver.images_per_batch, d, cfg.train.eval_metric)
     if d.main:
         write_json_atomic(out / "metrics.json", metrics)
     return metrics
@@ -259,10 +280,49 @@ def predict(
     indices = list(range(len(dataset))) if indices is None else indices
     out = []
     for start in range(0, len(indices), batch_size):
-        images, _ = load_batch(dataset, indices[start : start + batch_size], device)
-        for det in model(images):
+        images, targets = load_batch(dataset, indices[start : start + batch_size], device)
+        for det in detect(model, images, targets):
             out.append(ImageDetections(det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
     return out
+
+
+def detect(model: nn.Module, images: list[torch.Tensor], targets: list[dict] | None = None) -> list[dict]:
+    """Eval-mode detections (torchvision dicts, original pixels), with the model's test options:
+    proposals from ``targets`` for Fast R-CNN, ``model.box_voting`` (+B) and
+    ``model.test_min_sizes`` (+M: each scale's detections pooled, then NMS per class)."""
+    proposals = None
+    if getattr(model, "needs_proposals", False):
+        if targets is None or any("proposals" not in t for t in targets):
+            raise ValueError(f"{type(model).__name__} reads proposals: set data.test_proposals (a proposal file)")
+        proposals = [t["proposals"] for t in targets]
+    sizes = getattr(model, "test_min_sizes", None)
+    if not sizes:
+        return _detect_once(model, images, proposals)
+    transform = model.transform
+    saved = transform.min_size
+    try:
+        per_scale = []
+        for size in sizes:
+            transform.min_size = (size,)
+            per_scale.append(_detect_once(model, images, proposals))
+    finally:
+        transform.min_size = saved
+    if len(per_scale) == 1:
+        return per_scale[0]
+    heads = model.roi_heads
+    merged = []
+    for dets in zip(*per_scale):
+        boxes = torch.cat([d["boxes"] for d in dets])
+        scores, labels = torch.cat([d["scores"] for d in dets]), torch.cat([d["labels"] for d in dets])
+        keep = batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
+        merged.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return merged
+
+
+def _detect_once(model: nn.Module, images: list[torch.Tensor], proposals: list[torch.Tensor] | None) -> list[dict]:
+    if getattr(model, "box_voting", False):
+        return iterative_box_regression_detect(model, images, proposals, nms_thresh=model.roi_heads.nms_thresh)
+    return model(images, proposals=proposals) if proposals is not None else model(images)
 
 
 def evaluate(
@@ -271,21 +331,75 @@ def evaluate(
     device: torch.device,
     batch_size: int = 2,
     d: distributed.Dist = distributed.Dist(),  # noqa: B008 - frozen dataclass
+    metric: str = "voc",
 ) -> dict[str, Any]:
-    """VOC mAP@0.5 (area method) of ``model`` on ``dataset``; under torchrun each process predicts
-    a share of the images and rank 0 scores them all."""
+    """``score_detections`` of ``model`` on ``dataset`` (default: VOC area mAP@0.5); under
+    torchrun each process predicts a share of the images and rank 0 scores them all."""
     mine = list(range(d.rank, len(dataset), d.world))
     shares = distributed.gather(d, list(zip(mine, predict(model, dataset, device, batch_size, mine))))
     if not d.main:
         return distributed.broadcast(d, None)
     detections = [det for _, det in sorted((pair for share in shares for pair in share), key=lambda p: p[0])]
-    annotations = []
-    for i in range(len(dataset)):
-        target = dataset.annotations(i) if hasattr(dataset, "annotations") else dataset[i][1]
-        annotations.append(ImageAnnotations(target["boxes"], target["labels"], target.get("difficult")))
-    metrics = voc_evaluate(detections, annotations, dataset.classes)
+    return distributed.broadcast(d, score_detections(dataset, detections, metric))
+
+
+METRICS = ("voc", "voc07", "coco")
+METRIC_NAMES = {"voc": "mAP@0.5", "voc07": "mAP@0.5 (VOC07 11-point)", "coco": "AP@[.5:.95]"}
+
+
+def score_detections(dataset, detections: list[ImageDetections], metric: str = "voc") -> dict[str, Any]:  # noqa: ANN001
+    """``{"mAP", "AP": {class: AP}, ...}`` of one detection list per image of ``dataset``.
+
+    voc: area AP at IoU 0.5 (VOC 2010+); voc07: the 11-point AP of VOC 2007; coco: pycocotools'
+    AP@[.5:.95] as mAP plus AP50/AP75/AP_small/... (on a VOC set, difficult boxes become crowd
+    regions: matched detections are ignored, as the devkit ignores them).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+    if len(detections) != len(dataset):
+        raise ValueError(f"{len(detections)} detection lists for {len(dataset)} images")
+    annotations = [_annotations(dataset, i) for i in range(len(dataset))]
+    if metric == "coco":
+        from ohem.evaluation.coco import coco_evaluate  # pycocotools: imported only when asked for
+
+        gt, image_ids = coco_ground_truth(dataset, annotations)
+        results = []
+        for image_id, det in zip(image_ids, detections):
+            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+                x1, y1, x2, y2 = box
+                category = dataset.category_ids[label - 1]
+                results.append({"image_id": image_id, "category_id": category, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                "score": score})  # fmt: skip
+        metrics = coco_evaluate(gt, results, list(dataset.classes))
+    else:
+        metrics = voc_evaluate(detections, annotations, dataset.classes, use_07_metric=metric == "voc07")
+    metrics["metric"] = metric
     metrics["num_images"] = len(dataset)
-    return distributed.broadcast(d, metrics)
+    return metrics
+
+
+def _annotations(dataset, index: int) -> ImageAnnotations:  # noqa: ANN001
+    target = dataset.annotations(index) if hasattr(dataset, "annotations") else dataset[index][1]
+    return ImageAnnotations(target["boxes"], target["labels"], target.get("difficult"))
+
+
+def coco_ground_truth(dataset, annotations: list[ImageAnnotations]) -> tuple[dict, list[int]]:  # noqa: ANN001
+    """A COCO-format ground truth of ``dataset`` and the integer image id of each image.
+    A COCO dataset's own file (crowd regions included) is used as it is."""
+    if hasattr(dataset, "coco_ground_truth"):
+        return dataset.coco_ground_truth(), list(dataset.image_ids)
+    images, anns = [], []
+    for i, a in enumerate(annotations):
+        h, w = dataset.image_size(i)
+        images.append({"id": i + 1, "width": w, "height": h})
+        difficult = a.difficult.tolist() if a.difficult is not None else [False] * len(a.labels)
+        for box, label, crowd in zip(a.boxes.tolist(), a.labels.tolist(), difficult):
+            x1, y1, x2, y2 = box
+            category = dataset.category_ids[label - 1]
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": category, "iscrowd": int(crowd),
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})  # fmt: skip
+    categories = [{"id": c, "name": n} for c, n in zip(dataset.category_ids, dataset.classes)]
+    return {"images": images, "annotations": anns, "categories": categories}, [i + 1 for i in range(len(images))]
 
 
 def save_checkpoint(
@@ -392,10 +506,14 @@ def _to_python_random_state(state: list) -> tuple:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """A per-class AP table."""
-    width = max([len(n) for n in metrics["AP"]] + [5])
-    lines = [f"{'class':<{width}}  AP@0.5"]
+    """A per-class AP table (then the COCO summary numbers, if there)."""
+    width = max([len(n) for n in metrics["AP"]] + [len("AP_medium")])
+    header = "AP" if metrics.get("metric") == "coco" else "AP@0.5"
+    lines = [f"{'class':<{width}}  {header}"]
     for name, ap in metrics["AP"].items():
         lines.append(f"{name:<{width}}  {ap * 100:6.2f}" if not math.isnan(ap) else f"{name:<{width}}     n/a")
     lines.append(f"{'mAP':<{width}}  {metrics['mAP'] * 100:6.2f}")
+    for key in ("AP50", "AP75", "AP_small", "AP_medium", "AP_large"):
+        if key in metrics:
+            lines.append(f"{key:<{width}}  {metrics[key] * 100:6.2f}")
     return "\n".join(lines)

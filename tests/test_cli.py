@@ -71,7 +71,7 @@ def test_eval_writes_metrics_for_the_checkpoints_test_split(trained_run, tmp_pat
     assert metrics["num_images"] == 4 and on_train["num_images"] == 3
     assert set(on_train["AP"]) == set(metrics["AP"])
     assert main(["eval", "--checkpoint", ckpt, "--out", str(out), "--data", "coco"]) == 1
-    assert "unknown dataset 'coco'" in capsys.readouterr().err
+    assert "--data: expected synthetic, voc:ROOT or coco:ROOT, got 'coco'" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", ckpt, "--out", str(out), "--set", "solver.lr=1"]) == 1
     assert "only data.key=value" in capsys.readouterr().err
 
@@ -153,3 +153,44 @@ def test_report_on_a_non_run_directory_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert "log.jsonl: no such file" in err and "\n" not in err
+
+
+def test_export_then_proposals_then_scoring_a_detections_file(tmp_path, capsys):
+    tree = tmp_path / "voc"
+    assert main(["export", "--layout", "voc", "--split", "test", "--out", str(tree), "--set", "data.num_test=3"]) == 0
+    hint = capsys.readouterr().out
+    assert "--classes circle,square,triangle,plus,ring" in hint
+    data = ["--data", f"voc:{tree}", "--split", "test", "--classes", "circle,square,triangle,plus,ring"]
+    npz = tmp_path / "ss.npz"
+    assert main(["proposals", *data, "--mode", "fast", "--max-boxes", "50", "--workers", "1", "--out", str(npz)]) == 0
+    from ohem.data.proposals import ProposalFile
+
+    proposals = ProposalFile(npz)
+    names = [f"synthetic-test-{i:06d}" for i in range(3)]
+    assert sorted(proposals.names()) == names
+    assert all(0 < len(proposals.boxes(n)[0]) <= 50 for n in names)
+    # a detections file: every gt box of image 0 found, nothing else -> AP 1 where image 0 has objects
+    from ohem.data import VOCDetection
+
+    ds = VOCDetection(tree, "test", classes="circle,square,triangle,plus,ring".split(","), keep_difficult=True)
+    results = [
+        {"image_id": names[0], "category_id": label, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 0.9}
+        for (x1, y1, x2, y2), label in zip(ds.annotations(0)["boxes"].tolist(), ds.annotations(0)["labels"].tolist())
+    ]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "scored"
+    scored = ["eval", "--detections", str(tmp_path / "results.json"), *data, "--out", str(out)]
+    assert main([*scored, "--metric", "voc07"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric"] == "voc07" and metrics["num_images"] == 3
+    labels = [ds.annotations(i)["labels"].tolist() for i in range(3)]
+    for label in set(labels[0]):  # precision 1 up to recall = found / all objects of the class
+        recall = labels[0].count(label) / sum(image.count(label) for image in labels)
+        eleven_point = sum(1 for t in range(11) if t / 10 <= recall + 1e-9) / 11
+        assert metrics["AP"][ds.classes[label - 1]] == pytest.approx(eleven_point, abs=1e-6)
+    results.append({"image_id": "000999", "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5})
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    assert main(scored) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "results.json" in err and "'000999'" in err

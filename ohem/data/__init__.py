@@ -9,6 +9,7 @@ import torch
 
 from ohem.config import DataConfig
 from ohem.data.coco import COCODetection
+from ohem.data.proposals import ProposalFile, compute_proposals
 from ohem.data.synthetic import SyntheticShapes
 from ohem.data.transforms import aspect_groups, grouped_batch_indices, hflip
 from ohem.data.voc import VOC_CLASSES, VOCDetection
@@ -21,9 +22,42 @@ DEFAULT_SPLITS = {
 }
 
 
+class WithProposals(torch.utils.data.Dataset):
+    """A dataset whose targets also carry ``proposals`` (n, 4) read from a proposal file: Fast
+    R-CNN's input. The file is checked against the dataset once, when this is built."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, path: str, max_proposals: int, allow_empty: bool) -> None:
+        self.dataset, self.max_proposals = dataset, max_proposals
+        self.file = ProposalFile(path)
+        self.check = self.file.check_against(dataset, allow_empty=allow_empty)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, target = self.dataset[index]
+        h, w = image.shape[-2:]
+        boxes = self.file.proposals_for(self.dataset.image_name(index), int(h), int(w))
+        return image, {**target, "proposals": boxes[: self.max_proposals]}
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - classes, image_name, annotations, ... of the dataset
+        if name == "dataset":  # not set yet (unpickling): avoid recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> torch.utils.data.Dataset:
     """The dataset for ``role`` "train" (difficult objects and empty images as configured) or
-    "test" (everything kept, difficult flagged); ``split`` overrides the configured split name."""
+    "test" (everything kept, difficult flagged); ``split`` overrides the configured split name.
+    With ``data.proposals`` / ``data.test_proposals`` set, targets carry their ``proposals``."""
+    dataset = _build_dataset(cfg, role, split)
+    proposals = cfg.proposals if role == "train" else cfg.test_proposals
+    if proposals:
+        return WithProposals(dataset, proposals, cfg.max_proposals, allow_empty=role == "test")
+    return dataset
+
+
+def _build_dataset(cfg: DataConfig, role: str, split: str | None) -> torch.utils.data.Dataset:
     if cfg.dataset not in DATASETS:
         raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
     if role not in ("train", "test"):
@@ -71,10 +105,13 @@ __all__ = [
     "COCODetection",
     "SyntheticShapes",
     "VOCDetection",
+    "ProposalFile",
     "VOC_CLASSES",
+    "WithProposals",
     "aspect_groups",
     "batch_indices",
     "build_dataset",
+    "compute_proposals",
     "grouped_batch_indices",
     "hflip",
 ]

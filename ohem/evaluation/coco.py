@@ -21,8 +21,6 @@ import io
 import math
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 _STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -43,6 +41,9 @@ def coco_evaluate(gt: dict, results: list[dict], class_names: list[str] | None =
         if key not in gt:
             raise ValueError(f"coco_evaluate: ground truth has no {key!r} list")
     gt.setdefault("info", {})
+    from pycocotools.coco import COCO  # imported when used: importing ohem needs no pycocotools
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -102,9 +103,9 @@ def _checked_results(results: list[dict], image_ids: set, cat_ids: set) -> list[
     return checked
 
 
-def _no_detections(coco_gt: COCO) -> COCO:
+def _no_detections(coco_gt):  # noqa: ANN001, ANN202 - pycocotools COCO objects
     """What loadRes would build from a results list with nothing in it."""
-    coco_dt = COCO()
+    coco_dt = type(coco_gt)()
     coco_dt.dataset = {
         "info": {},
         "images": list(coco_gt.dataset["images"]),

@@ -18,6 +18,9 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from ohem.config import ModelConfig, SamplerConfig
 from ohem.mining import enable_heuristic_sampling, enable_ohem
+from ohem.mining.rpn import enable_rpn_ohem
+from ohem.models import vgg
+from ohem.models.fast_rcnn import FastRCNN
 
 TORCHVISION_MODELS = (
     "fasterrcnn_resnet50_fpn",
@@ -31,21 +34,54 @@ def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_class
     """The configured detector for ``num_classes`` object classes (background excluded)."""
     model = build_model(model_cfg, num_classes)
     apply_sampler(model, sampler_cfg)
+    # Test-time options, read by ohem.engine.detect (plain attributes: not part of the weights).
+    sizes = model_cfg.test_min_size
+    model.test_min_sizes = None if sizes is None else list(sizes) if isinstance(sizes, list) else [sizes]
+    model.box_voting = model_cfg.box_voting
     return model
 
 
+VGG_MODELS = ("fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024", "faster_rcnn_vgg16", "faster_rcnn_vgg_cnn_m_1024")
+PROPOSAL_MODELS = ("fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024", "fast_rcnn_small")  # need data.proposals
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    model = _build_model(cfg, num_classes)
+    if cfg.rpn_ohem:
+        if cfg.name in PROPOSAL_MODELS:
+            raise ValueError(f"model.rpn_ohem: {cfg.name} has no RPN (it reads its proposals from a file)")
+        enable_rpn_ohem(model, nms_iou=cfg.rpn_ohem_nms_iou)
+    return model
+
+
+def _build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    box_kwargs = dict(
+        box_score_thresh=cfg.box_score_thresh,
+        box_detections_per_img=cfg.box_detections_per_img,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+    )
+    if cfg.box_nms_thresh is not None:
+        box_kwargs["box_nms_thresh"] = cfg.box_nms_thresh
+    if cfg.name in ("fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024"):
+        return getattr(vgg, cfg.name)(num_classes, weights=_vgg_weights(cfg), **box_kwargs)
+    if cfg.name == "fast_rcnn_small":
+        if cfg.backbone_weights == "imagenet":
+            raise ValueError("model.backbone_weights: the small model has no ImageNet weights; use a file or null")
+        model = small_fast_rcnn(num_classes, **box_kwargs)
+        if cfg.backbone_weights:
+            load_backbone_weights(model.backbone, cfg.backbone_weights)
+        return model
     rpn_kwargs = dict(
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_score_thresh=cfg.box_score_thresh,
-        box_detections_per_img=cfg.box_detections_per_img,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
+        **box_kwargs,
     )
+    if cfg.name in ("faster_rcnn_vgg16", "faster_rcnn_vgg_cnn_m_1024"):
+        return getattr(vgg, cfg.name)(num_classes, weights=_vgg_weights(cfg), **rpn_kwargs)
     if cfg.name == "small":
         if cfg.backbone_weights == "imagenet":
             raise ValueError("model.backbone_weights: the small model has no ImageNet weights; use a file or null")
@@ -54,9 +90,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             load_backbone_weights(model.backbone, cfg.backbone_weights)
         return model
     if cfg.name not in TORCHVISION_MODELS:
-        raise ValueError(
-            f"model.name: unknown model {cfg.name!r}; choose small or one of {', '.join(TORCHVISION_MODELS)}"
-        )
+        known = ", ".join(("small", "fast_rcnn_small", *TORCHVISION_MODELS, *VGG_MODELS))
+        raise ValueError(f"model.name: unknown model {cfg.name!r}; choose one of {known}")
     builder = getattr(detection, cfg.name)
     weights_backbone = "DEFAULT" if cfg.backbone_weights == "imagenet" else None
     # +1: torchvision counts the background class.
@@ -70,6 +105,17 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.backbone_weights not in (None, "imagenet"):
         load_backbone_weights(model.backbone.body, cfg.backbone_weights)
     return model
+
+
+def _vgg_weights(cfg: ModelConfig) -> str | None:
+    if cfg.trainable_backbone_layers is not None:
+        raise ValueError("model.trainable_backbone_layers: the VGG models freeze conv1-2 (VGG16) / conv1 as the paper")
+    if cfg.backbone_weights == "imagenet" and "vgg_cnn_m_1024" in cfg.name:
+        raise ValueError(
+            "model.backbone_weights: no maintained package ships VGG_CNN_M_1024's ImageNet weights; "
+            "give the path of a converted state dict (README: 'VGG_CNN_M_1024 weights')"
+        )
+    return cfg.backbone_weights
 
 
 def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
@@ -146,6 +192,20 @@ class SmallBackbone(nn.Sequential):
                 conv3=_conv(96, 96),
             )
         )
+
+
+def small_fast_rcnn(num_classes: int, **kwargs) -> FastRCNN:
+    """The small model's backbone and heads as a Fast R-CNN on external proposals (CPU tests, demos)."""
+    backbone = SmallBackbone()
+    return FastRCNN(
+        backbone,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=6, sampling_ratio=2),
+        box_head=TwoMLPHead(backbone.out_channels * 6 * 6, 256),
+        box_predictor=FastRCNNPredictor(256, num_classes + 1),
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.25, 0.25],
+        **kwargs,
+    )
 
 
 def small_faster_rcnn(num_classes: int, **kwargs) -> detection.FasterRCNN:
