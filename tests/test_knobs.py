@@ -1,0 +1,123 @@
+"""Every ablation knob of the paper is a config key that reaches the module it changes, and the
+ones with behaviour of their own (read-only dropout, rpn_ohem, test-time sizes) do what they say."""
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+
+from ohem.config import load_config
+from ohem.mining import OHEMRoIHeads, enable_ohem
+from ohem.mining.rpn import OHEMRegionProposalNetwork
+from ohem.models import SmallBackbone, build_detector
+from ohem.models.fast_rcnn import FastRCNN
+from ohem.models.vgg import VGGBoxHead
+
+SMALL = ["model.min_size=128", "model.max_size=128"]
+
+
+def _build(*overrides):
+    cfg = load_config(None, [*SMALL, *overrides])
+    return build_detector(cfg.model, cfg.sampler, 5)
+
+
+@pytest.mark.parametrize(
+    "overrides, attribute, expected",
+    [
+        (["sampler.method=ohem", "sampler.batch_size_per_image=32"], "num_per_image", 32),  # B / N
+        (["sampler.method=ohem", "sampler.bg_iou_low=0.1"], "bg_iou_low", 0.1),
+        (["sampler.method=ohem"], "bg_iou_low", 0.0),  # the paper's OHEM default
+        (["sampler.method=ohem", "sampler.nms_iou=null"], "nms_iou", None),  # NMS off
+        (["sampler.method=ohem", "sampler.nms_iou=0.5"], "nms_iou", 0.5),
+        (["sampler.method=ohem", "sampler.mining_loss=cls"], "mining_loss", "cls"),
+        (["sampler.method=ohem", "sampler.readonly_dropout=false"], "readonly_dropout", False),
+        (["sampler.method=ohem", "sampler.implementation=loss-zeroing"], "implementation", "loss-zeroing"),
+        (["sampler.method=ohem", "sampler.nms_per_label=true"], "nms_per_label", True),
+        (["sampler.method=heuristic"], "bg_iou_low", 0.1),  # Fast R-CNN's bg_lo
+        (["sampler.method=heuristic", "sampler.bg_iou_low=0"], "bg_iou_low", 0.0),
+    ],
+)
+def test_sampler_knob_reaches_the_roi_heads(overrides, attribute, expected):
+    assert getattr(_build(*overrides).roi_heads, attribute) == expected
+
+
+def test_heuristic_fg_fraction_and_all_rois():
+    heads = _build("sampler.method=heuristic", "sampler.fg_fraction=0.5").roi_heads
+    assert heads.fg_bg_sampler.positive_fraction == 0.5
+    all_rois = _build("sampler.method=heuristic", "sampler.batch_size_per_image=2048", "sampler.bg_iou_low=0").roi_heads
+    assert all_rois.fg_bg_sampler.batch_size_per_image == 2048 and all_rois.bg_iou_low == 0.0
+
+
+def test_images_per_batch_and_accumulation_are_solver_keys():
+    cfg = load_config(None, ["solver.images_per_batch=1", "solver.accumulate_steps=2"])
+    assert (cfg.solver.images_per_batch, cfg.solver.accumulate_steps) == (1, 2)
+
+
+def test_rpn_ohem_key():
+    model = _build("model.rpn_ohem=true", "model.rpn_ohem_nms_iou=0.5", "model.rpn_batch_size_per_image=128")
+    assert isinstance(model.rpn, OHEMRegionProposalNetwork)
+    assert model.rpn.nms_iou == 0.5 and model.rpn.num_per_image == 128
+    assert type(_build().rpn).__name__ == "RegionProposalNetwork"
+    with pytest.raises(ValueError, match="fast_rcnn_small has no RPN"):
+        _build("model.name=fast_rcnn_small", "model.rpn_ohem=true")
+
+
+def test_test_time_keys():
+    model = _build("model.test_min_size=[96, 128]", "model.box_voting=true", "model.box_nms_thresh=0.3")
+    assert model.test_min_sizes == [96, 128] and model.box_voting and model.roi_heads.nms_thresh == 0.3
+    assert _build("model.test_min_size=96").test_min_sizes == [96]
+    assert _build().test_min_sizes is None and not _build().box_voting
+    with pytest.raises(ValueError, match="VGG_CNN_M_1024's ImageNet weights"):
+        _build("model.name=fast_rcnn_vgg_cnn_m_1024", "model.backbone_weights=imagenet")
+
+
+def test_multi_scale_training_draws_the_shorter_side_per_image():
+    model = _build("model.min_size=[64, 96, 128]", "model.max_size=256").train()
+    sizes = set()
+    for _ in range(30):
+        images, _ = model.transform([torch.rand(3, 100, 100)])
+        sizes.add(images.tensors.shape[-1])
+    assert sizes == {64, 96, 128}
+    model.eval()
+    assert model.transform([torch.rand(3, 100, 100)])[0].tensors.shape[-1] == 128  # test: the last size
+
+
+def _dropout_model(readonly_dropout: bool) -> FastRCNN:
+    torch.manual_seed(0)
+    backbone = SmallBackbone()
+    head = VGGBoxHead(backbone.out_channels * 6 * 6, fc6_dim=64, fc7_dim=64, dropout=0.5)  # fc6/fc7 with dropout
+    model = FastRCNN(
+        backbone,
+        MultiScaleRoIAlign(["0"], 6, 2),
+        head,
+        FastRCNNPredictor(64, 6),
+        min_size=128,
+        max_size=128,
+        image_mean=[0.5] * 3,
+        image_std=[0.25] * 3,
+    )
+    return enable_ohem(model, batch_size_per_image=8, readonly_dropout=readonly_dropout)
+
+
+@pytest.mark.parametrize("readonly_dropout", [True, False])
+def test_readonly_dropout_on_or_off(readonly_dropout):
+    model = _dropout_model(readonly_dropout).train()
+    heads: OHEMRoIHeads = model.roi_heads
+    features = {"0": torch.rand(1, 96, 16, 16)}
+    rois = [torch.tensor([[0.0, 0.0, 60.0, 60.0], [20.0, 30.0, 90.0, 100.0], [5.0, 5.0, 40.0, 70.0]])]
+    labels = [torch.tensor([1, 0, 2])]
+    targets = [torch.zeros(3, 4)]
+
+    def losses():
+        return heads.readonly_losses(features, rois, [(128, 128)], labels, targets, dropout=heads.readonly_dropout)
+
+    first, second = losses(), losses()
+    head = heads.box_head
+    assert head.training and all(m.training for m in head.modules() if isinstance(m, nn.Dropout))  # restored
+    if readonly_dropout:  # dropout on: two passes rank with different masks, as the authors' Caffe net did
+        assert not torch.equal(first, second)
+    else:  # dropout off: deterministic, equal to the eval-mode head
+        assert torch.equal(first, second)
+        heads.eval()
+        torch.testing.assert_close(first, losses())
