@@ -52,7 +52,7 @@ class ModelConfig:
     init_weights: str | None = None  # train: start from this ohem checkpoint's (or state dict's) weights
     min_size: int | list[int] = 160  # shorter side; a list: one drawn per training image (multi-scale, +M)
     max_size: int = 160
-    test_min_size: int | list[int] | None = None  # None: min_size (its last); a list: multi-scale testing (+M)
+    test_min_size: int | list[int] | None = None  # None: min_size (its last); a list: image pyramid (+M)
     box_nms_thresh: float | None = None  # test NMS; None: the model's (torchvision 0.5, Fast R-CNN's VGG 0.3)
     box_voting: bool = False  # +B: iterative box regression with weighted voting at test time
     rpn_ohem: bool = False  # OHEM for the RPN: loss-ranked anchors with NMS instead of 256 random 1:1
@@ -89,6 +89,8 @@ class SolverConfig:
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    bias_lr_factor: float = 1.0  # biases train at lr x this (Caffe's Fast R-CNN: 2)
+    bias_weight_decay: float | None = None  # None: weight_decay (Caffe's Fast R-CNN: 0)
     warmup_iterations: int = 100
     warmup_factor: float = 0.001
     steps: list[int] = field(default_factory=lambda: [1000, 1300])  # lr x gamma at each

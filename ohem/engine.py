@@ -32,6 +32,7 @@ from ohem.mining import OHEMRoIHeads
 from ohem.mining.record import MiningRecorder
 from ohem.models import build_detector
 from ohem.models.box_voting import iterative_box_regression_detect
+from ohem.models.multiscale import pyramid_detect
 
 CHECKPOINT_FORMAT = "ohem-checkpoint-1"
 
@@ -72,6 +73,19 @@ def lr_factor(iteration: int, cfg: Config) -> float:
     return factor
 
 
+def param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """Trainable weights and biases; biases may get their own lr factor and weight decay (Caffe's
+    Fast R-CNN: 2x lr, no decay)."""
+    weights = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".bias")]
+    biases = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(".bias")]
+    s = cfg.solver
+    bias_decay = s.weight_decay if s.bias_weight_decay is None else s.bias_weight_decay
+    return [
+        {"params": weights, "lr": s.lr, "weight_decay": s.weight_decay},
+        {"params": biases, "lr": s.lr * s.bias_lr_factor, "weight_decay": bias_decay},
+    ]
+
+
 def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train as configured, evaluate on the test split, write the run directory; returns metrics."""
     out = Path(out_dir)
@@ -97,10 +111,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
     model.to(device)
     if d.active:  # same initial weights everywhere; then each rank samples with its own stream
         torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=cfg.solver.lr, momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay
-    )
+    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.solver.lr, momentum=cfg.solver.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
@@ -289,7 +300,9 @@ def predict(
 def detect(model: nn.Module, images: list[torch.Tensor], targets: list[dict] | None = None) -> list[dict]:
     """Eval-mode detections (torchvision dicts, original pixels), with the model's test options:
     proposals from ``targets`` for Fast R-CNN, ``model.box_voting`` (+B) and
-    ``model.test_min_sizes`` (+M: each scale's detections pooled, then NMS per class)."""
+    ``model.test_min_sizes`` (+M). With proposals, +M is Fast R-CNN's image pyramid (each RoI at the
+    scale where it is nearest 224 px square); with an RPN, each scale proposes and detects on its
+    own and the detections are pooled, then NMS per class."""
     proposals = None
     if getattr(model, "needs_proposals", False):
         if targets is None or any("proposals" not in t for t in targets):
@@ -298,6 +311,11 @@ def detect(model: nn.Module, images: list[torch.Tensor], targets: list[dict] | N
     sizes = getattr(model, "test_min_sizes", None)
     if not sizes:
         return _detect_once(model, images, proposals)
+    if proposals is not None:
+        if getattr(model, "box_voting", False):
+            nms = model.roi_heads.nms_thresh
+            return iterative_box_regression_detect(model, images, proposals, nms_thresh=nms, scales=sizes)
+        return pyramid_detect(model, images, proposals, sizes)
     transform = model.transform
     saved = transform.min_size
     try:

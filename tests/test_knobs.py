@@ -121,3 +121,18 @@ def test_readonly_dropout_on_or_off(readonly_dropout):
         assert torch.equal(first, second)
         heads.eval()
         torch.testing.assert_close(first, losses())
+
+
+def test_bias_lr_factor_and_weight_decay_groups():
+    from ohem.engine import param_groups
+
+    cfg = load_config(None, [*SMALL, "solver.lr=0.01", "solver.bias_lr_factor=2", "solver.bias_weight_decay=0"])
+    model = build_detector(cfg.model, cfg.sampler, 5)
+    weights, biases = param_groups(model, cfg)
+    assert (weights["lr"], weights["weight_decay"]) == (0.01, 5e-4)
+    assert (biases["lr"], biases["weight_decay"]) == (0.02, 0)
+    named = {id(p): n for n, p in model.named_parameters()}
+    assert biases["params"] and all(named[id(p)].endswith(".bias") for p in biases["params"])
+    assert len(weights["params"]) + len(biases["params"]) == sum(p.requires_grad for p in model.parameters())
+    default = param_groups(model, load_config(None, SMALL))
+    assert default[1]["lr"] == default[0]["lr"] and default[1]["weight_decay"] == default[0]["weight_decay"]

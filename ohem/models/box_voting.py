@@ -10,6 +10,7 @@ overlap it by IoU >= ``vote_iou`` (itself included); its score stays its own.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from ohem.models.fast_rcnn import FastRCNN
+from ohem.models.multiscale import ImagePyramid
 
 
 def box_voting(
@@ -52,13 +54,15 @@ def iterative_box_regression_detect(
     vote_iou: float = 0.5,
     score_thresh: float | None = None,
     detections_per_img: int | None = None,
+    scales: list[int] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """+B detections of a torchvision two-stage detector, torchvision-style dicts in original pixels.
 
     ``model`` is a ``FastRCNN`` (``proposals``, in original pixels, required) or a torchvision
     ``FasterRCNN`` (its RPN proposes unless ``proposals`` are given). Runs in eval mode and restores
     the mode after. ``score_thresh``/``detections_per_img`` default to the model's ``roi_heads``
-    settings; candidates below ``score_thresh`` after pass 1 are not re-scored.
+    settings; candidates below ``score_thresh`` after pass 1 are not re-scored. ``scales`` (with
+    proposals): both passes on an image pyramid, each box at its own scale (+M +B, ``multiscale``).
     """
     heads = model.roi_heads
     if not isinstance(heads, RoIHeads):
@@ -68,6 +72,11 @@ def iterative_box_regression_detect(
     was_training = model.training
     model.eval()
     try:
+        if scales:
+            if proposals is None:
+                raise ValueError("multi-scale +B needs proposals (in original pixels)")
+            score_and_regress = ImagePyramid(model, images, scales).score_and_regress
+            return _detect(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, _ = model.transform(images)
         features = model.backbone(image_list.tensors)
@@ -82,27 +91,29 @@ def iterative_box_regression_detect(
         else:
             proposals, _ = model.rpn(image_list, features)
         shapes = image_list.image_sizes
-        detections = _detect(heads, features, proposals, shapes, score_thresh, nms_thresh, vote_iou, detections_per_img)
+
+        def score_and_regress(boxes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            return _score_and_regress(heads, features, boxes, shapes)
+
+        detections = _detect(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
         return model.transform.postprocess(detections, shapes, original_sizes)
     finally:
         model.train(was_training)
 
 
 def _detect(
-    heads: RoIHeads,
-    features: dict[str, torch.Tensor],
+    score_and_regress: Callable[[list[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]],
     proposals: list[torch.Tensor],
-    shapes: list[tuple[int, int]],
     score_thresh: float,
     nms_thresh: float,
     vote_iou: float,
     detections_per_img: int,
 ) -> list[dict[str, torch.Tensor]]:
     # Pass 1: every (proposal, foreground class) pair above the threshold is a candidate.
-    scores, boxes = _score_and_regress(heads, features, proposals, shapes)
-    first = [_candidates(s, b, score_thresh) for s, b in zip(scores, boxes)]
+    scores, boxes = score_and_regress(proposals)
+    first = [candidates(s, b, score_thresh) for s, b in zip(scores, boxes)]
     # Pass 2: re-score and re-regress each candidate box, reading its own class only.
-    scores2, boxes2 = _score_and_regress(heads, features, [c[0] for c in first], shapes)
+    scores2, boxes2 = score_and_regress([c[0] for c in first])
     results = []
     for (b1, s1, l1), s2_all, b2_all in zip(first, scores2, boxes2):
         rows = torch.arange(l1.numel(), device=l1.device)
@@ -133,7 +144,7 @@ def _score_and_regress(
     return list(probs), regressed
 
 
-def _candidates(
+def candidates(
     scores: torch.Tensor, boxes: torch.Tensor, score_thresh: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(boxes, scores, labels) of the foreground (box, class) pairs scoring above ``score_thresh``,

@@ -1,0 +1,97 @@
+"""+M at test time, as Fast R-CNN does it: the image at several scales (an image pyramid), each RoI
+pooled from the one scale at which its area is closest to 224 x 224 pixels (the networks' ImageNet
+input size), one head pass over all RoIs, then the usual per-class NMS.
+
+Everything is in original image pixels: a box's regression deltas are relative to its own size, so
+they decode the same at any scale.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from ohem.models.fast_rcnn import FastRCNN
+
+TARGET_AREA = 224 * 224
+
+
+class ImagePyramid:
+    """The backbone features of a batch of images at each shorter side of ``scales``."""
+
+    def __init__(self, model: nn.Module, images: list[torch.Tensor], scales: list[int]) -> None:
+        self.heads = model.roi_heads
+        self.original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        self.levels = []
+        transform, saved = model.transform, model.transform.min_size
+        try:
+            for scale in scales:
+                transform.min_size = (scale,)
+                image_list, _ = transform(images)
+                features = model.backbone(image_list.tensors)
+                if isinstance(features, torch.Tensor):
+                    features = OrderedDict([("0", features)])
+                self.levels.append((image_list, features))
+        finally:
+            transform.min_size = saved
+
+    def scale_of(self, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per image, the pyramid level of each box: the one where its area is nearest 224^2."""
+        choices = []
+        for i, b in enumerate(boxes):
+            h, w = self.original_sizes[i]
+            growth = [lvl.image_sizes[i][0] * lvl.image_sizes[i][1] / (h * w) for lvl, _ in self.levels]
+            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            choices.append((area[:, None] * b.new_tensor(growth)[None, :] - TARGET_AREA).abs().argmin(dim=1))
+        return choices
+
+    def score_and_regress(self, boxes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per image: class probabilities (n, C) and per-class regressed boxes (n, C, 4) in original
+        pixels, clipped to the image, for ``boxes`` given in original pixels."""
+        heads = self.heads
+        counts = [b.shape[0] for b in boxes]
+        offsets = torch.tensor([0, *counts]).cumsum(0).tolist()
+        choices = self.scale_of(boxes)
+        pooled, rows = [], []
+        for level, (image_list, features) in enumerate(self.levels):
+            subsets = [b[c == level] for b, c in zip(boxes, choices)]
+            if not sum(s.shape[0] for s in subsets):
+                continue
+            resized = FastRCNN.resize_proposals(subsets, self.original_sizes, image_list)
+            pooled.append(heads.box_roi_pool(features, resized, image_list.image_sizes))
+            rows += [torch.nonzero(c == level).squeeze(1) + offsets[i] for i, c in enumerate(choices)]
+        num_classes = heads.box_predictor.cls_score.out_features
+        all_boxes = torch.cat(boxes) if boxes else torch.zeros(0, 4)
+        if not pooled:
+            empty = [b.new_zeros((0, num_classes)) for b in boxes]
+            return empty, [b.new_zeros((0, num_classes, 4)) for b in boxes]
+        x = torch.cat(pooled)
+        in_order = torch.empty_like(x)
+        in_order[torch.cat(rows).to(x.device)] = x  # back to the boxes' own order
+        logits, deltas = heads.box_predictor(heads.box_head(in_order))
+        regressed = heads.box_coder.decode_single(deltas, all_boxes.to(deltas.dtype)).reshape(-1, num_classes, 4)
+        probs = F.softmax(logits, -1).split(counts)
+        clipped = [clip_boxes_to_image(r, size) for r, size in zip(regressed.split(counts), self.original_sizes)]
+        return list(probs), clipped
+
+
+@torch.no_grad()
+def pyramid_detect(
+    model: nn.Module, images: list[torch.Tensor], proposals: list[torch.Tensor], scales: list[int]
+) -> list[dict[str, torch.Tensor]]:
+    """Fast R-CNN's multi-scale detections (torchvision dicts, original pixels) for proposals in
+    original pixels; score threshold, NMS and detections per image are the model's."""
+    from ohem.models.box_voting import candidates  # box_voting builds on this module
+
+    heads = model.roi_heads
+    probs, regressed = ImagePyramid(model, images, scales).score_and_regress(proposals)
+    detections = []
+    for p, r in zip(probs, regressed):
+        boxes, scores, labels = candidates(p, r, heads.score_thresh)
+        keep = batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
+        detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return detections
