@@ -176,7 +176,8 @@ def _data_config(cfg, args: argparse.Namespace):  # noqa: ANN001, ANN202
             raise ValueError(f"--data: expected synthetic, voc:ROOT or coco:ROOT, got {args.data!r}")
         overrides += [f"data.dataset={kind}", f"data.root={root}" if root else "data.root=null"]
         if kind != cfg.data.dataset:  # the checkpoint's split names mean nothing to another dataset
-            overrides += ["data.train_split=null", "data.test_split=null", "data.classes=null"]
+            overrides += ["data.train_split=null", "data.test_split=null", "data.classes=null", "data.proposals=null",
+                          "data.test_proposals=null"]  # fmt: skip
     cfg = apply_overrides(cfg, overrides + args.overrides)
     if args.classes:
         cfg.data.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
