@@ -1,16 +1,18 @@
 """The paper's setting end to end on the built-in data: Fast R-CNN on selective-search proposals,
 heuristic sampler vs OHEM, everything through the CLI and the file loaders.
 
-    python benchmarks/bench_fast_rcnn.py [--out runs/bench_fast_rcnn] [--iterations 1500]
+    python benchmarks/bench_fast_rcnn.py [--out runs/bench_fast_rcnn] [--iterations 3000] [--seeds 0 1 2]
 
 1. ``ohem export`` writes the synthetic train/test splits in the VOC layout (PNG images);
 2. ``ohem proposals`` computes selective-search boxes (fast mode) for both splits; their recall of
    the ground truth at IoU 0.5 and 0.7 is printed;
 3. ``ohem train`` trains ``fast_rcnn_small`` (the demo model's backbone and heads, no RPN) on the
-   proposal files with each sampler, both arms at once in separate processes, one thread each;
+   proposal files with each sampler and training seed, two runs at once in separate processes, one
+   thread each (same data, proposals, schedule and seeds for both arms);
 4. ``ohem eval`` scores each checkpoint with the VOC07 11-point and the area metric.
 
-Resumable: finished steps are skipped; ``OUT/results.csv`` gets one row per finished arm.
+Resumable: finished steps are skipped; ``OUT/results-ITERATIONS.csv`` gets one row per finished
+arm and seed.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def recall(tree: Path, split: str, proposals: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/bench_fast_rcnn")
-    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--num-train", type=int, default=1000)
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
@@ -80,8 +83,8 @@ def main() -> None:
             ohem("proposals", *data, "--mode", "fast", "--workers", str(args.workers), "--out", str(npz))
         print(f"selective search on {split}: {recall(tree, split, npz)}", flush=True)
 
-    results = out / "results.csv"
-    done = {row["arm"] for row in csv.DictReader(results.open())} if results.exists() else set()
+    results = out / f"results-{args.iterations}.csv"
+    done = {(r["arm"], int(r["seed"])) for r in csv.DictReader(results.open())} if results.exists() else set()
     common = [
         "model.name=fast_rcnn_small", "data.dataset=voc", f"data.root={tree}", "data.train_split=train",
         "data.test_split=test", f"data.classes=[{classes}]", f"data.proposals={out / 'ss_train.npz'}",
@@ -89,34 +92,34 @@ def main() -> None:
         f"solver.steps=[{args.iterations * 2 // 3}, {args.iterations * 13 // 15}]", "train.num_threads=1",
         f"train.eval_every={args.iterations // 3}", "train.checkpoint_every=250",
     ]  # fmt: skip
-    running = {}
-    for arm, overrides in ARMS.items():
-        if arm in done:
-            continue
-        run = out / arm
-        sets = [a for o in common + overrides for a in ("--set", o)]
-        resume = ["--resume"] if (run / "checkpoint_last.pt").exists() else []
-        command = [sys.executable, "-m", "ohem", "train", "--config", "configs/demo.yaml", "--out", str(run), *sets]
-        log = (out / f"{arm}.log").open("a")
-        running[arm] = subprocess.Popen([*command, *resume], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    for arm, process in running.items():
-        if process.wait() != 0:
-            raise SystemExit(f"{arm}: training failed, see {out / f'{arm}.log'}")
-        run = out / arm
-        row = {"arm": arm}
-        for metric in ("voc07", "voc"):
-            checkpoint = str(run / "checkpoint_last.pt")
-            ohem("eval", "--checkpoint", checkpoint, "--metric", metric, "--out", str(run / metric))
-            row[f"mAP_{metric}"] = round(json.loads((run / metric / "metrics.json").read_text())["mAP"] * 100, 2)
-        steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-        times = [r["time"] for r in steps if "time" in r][10:]
-        row["s_per_iter_1_thread"] = round(sum(times) / len(times), 4)
-        new = not results.exists()
-        with results.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+    todo = [(arm, seed) for seed in args.seeds for arm in ARMS if (arm, seed) not in done]
+    for start in range(0, len(todo), 2):  # two runs at a time: one per core
+        running = {}
+        for arm, seed in todo[start : start + 2]:
+            run = out / f"{arm}-seed{seed}-{args.iterations}"
+            sets = [a for o in [*common, *ARMS[arm], f"train.seed={seed}"] for a in ("--set", o)]
+            resume = ["--resume"] if (run / "checkpoint_last.pt").exists() else []
+            command = [sys.executable, "-m", "ohem", "train", "--config", "configs/demo.yaml", "--out", str(run)]
+            log = (run.parent / f"{run.name}.log").open("a")
+            process = subprocess.Popen([*command, *sets, *resume], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            running[(arm, seed, run)] = process
+        for (arm, seed, run), process in running.items():
+            if process.wait() != 0:
+                raise SystemExit(f"{arm} seed {seed}: training failed, see {run}.log")
+            row = {"arm": arm, "seed": seed}
+            for metric in ("voc07", "voc"):
+                checkpoint = str(run / "checkpoint_last.pt")
+                ohem("eval", "--checkpoint", checkpoint, "--metric", metric, "--out", str(run / metric))
+                row[f"mAP_{metric}"] = round(json.loads((run / metric / "metrics.json").read_text())["mAP"] * 100, 2)
+            steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            times = [r["time"] for r in steps if "time" in r][10:]
+            row["s_per_iter_1_thread"] = round(sum(times) / len(times), 4)
+            new = not results.exists()
+            with results.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
     print(results.read_text())
 
 
