@@ -177,3 +177,22 @@ def test_eval_writes_results_that_rescore_to_the_same_metrics(trees, tmp_path, c
             assert {"AP50", "AP75", "AP_small", "AP_medium", "AP_large"} <= set(again)
     printed = capsys.readouterr().out
     assert "AP50" in printed and "mAP" in printed
+
+
+def test_mean_roi_loss_reads_the_proposal_file_for_fast_rcnn(trees, tmp_path):
+    from ohem.evaluation import mean_roi_loss
+
+    cfg = load_config(None, _small_fast_rcnn_overrides(trees, tmp_path))
+    train_set = build_dataset(cfg.data, "train")
+    model = build_detector(cfg.model, cfg.sampler, 5)
+    loss = mean_roi_loss(model, train_set, [0], torch.device("cpu"))
+    # by hand: every proposal of the file plus the gt boxes, labelled with bg from IoU 0, mean loss
+    model.eval()
+    heads = model.roi_heads
+    images, targets = engine.load_batch(train_set, [0], torch.device("cpu"))  # 128 px: no resizing
+    with torch.no_grad():
+        features = {"0": model.backbone(model.transform(images)[0].tensors)}
+        rois, _, labels, regression, _ = heads.label_rois([targets[0]["proposals"]], targets, bg_iou_low=0.0)
+        by_hand = heads.readonly_losses(features, rois, [(128, 128)], labels, regression)
+    assert len(rois[0]) == len(targets[0]["proposals"]) + len(targets[0]["boxes"])
+    assert math.isfinite(loss) and loss == pytest.approx(by_hand.mean().item(), rel=1e-5)

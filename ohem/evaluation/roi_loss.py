@@ -29,11 +29,16 @@ def mean_roi_loss(model: nn.Module, dataset, indices: list[int], device: torch.d
             batch = [dataset[i] for i in indices[start : start + batch_size]]
             images = [image.to(device) for image, _ in batch]
             targets = [{k: v.to(device) for k, v in t.items()} for _, t in batch]
+            original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
             image_list, targets = model.transform(images, targets)
             features = model.backbone(image_list.tensors)
             if isinstance(features, torch.Tensor):
                 features = OrderedDict([("0", features)])
-            proposals, _ = model.rpn(image_list, features)
+            if getattr(model, "needs_proposals", False):  # Fast R-CNN: the proposal file's boxes
+                proposals = [t["proposals"] for t in targets]
+                proposals = model.resize_proposals(proposals, original_sizes, image_list)
+            else:
+                proposals, _ = model.rpn(image_list, features)
             rois, _, labels, regression_targets, _ = heads.label_rois(proposals, targets, bg_iou_low=0.0)
             losses = heads.readonly_losses(features, rois, image_list.image_sizes, labels, regression_targets)
             total += losses.sum().item()
