@@ -66,12 +66,7 @@ def _build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.name in ("fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024"):
         return getattr(vgg, cfg.name)(num_classes, weights=_vgg_weights(cfg), **box_kwargs)
     if cfg.name == "fast_rcnn_small":
-        if cfg.backbone_weights == "imagenet":
-            raise ValueError("model.backbone_weights: the small model has no ImageNet weights; use a file or null")
-        model = small_fast_rcnn(num_classes, **box_kwargs)
-        if cfg.backbone_weights:
-            load_backbone_weights(model.backbone, cfg.backbone_weights)
-        return model
+        return _small(small_fast_rcnn, cfg, num_classes, box_kwargs)
     rpn_kwargs = dict(
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
@@ -83,12 +78,7 @@ def _build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.name in ("faster_rcnn_vgg16", "faster_rcnn_vgg_cnn_m_1024"):
         return getattr(vgg, cfg.name)(num_classes, weights=_vgg_weights(cfg), **rpn_kwargs)
     if cfg.name == "small":
-        if cfg.backbone_weights == "imagenet":
-            raise ValueError("model.backbone_weights: the small model has no ImageNet weights; use a file or null")
-        model = small_faster_rcnn(num_classes, **rpn_kwargs)
-        if cfg.backbone_weights:
-            load_backbone_weights(model.backbone, cfg.backbone_weights)
-        return model
+        return _small(small_faster_rcnn, cfg, num_classes, rpn_kwargs)
     if cfg.name not in TORCHVISION_MODELS:
         known = ", ".join(("small", "fast_rcnn_small", *TORCHVISION_MODELS, *VGG_MODELS))
         raise ValueError(f"model.name: unknown model {cfg.name!r}; choose one of {known}")
@@ -104,6 +94,15 @@ def _build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     )
     if cfg.backbone_weights not in (None, "imagenet"):
         load_backbone_weights(model.backbone.body, cfg.backbone_weights)
+    return model
+
+
+def _small(builder, cfg: ModelConfig, num_classes: int, kwargs: dict) -> nn.Module:  # noqa: ANN001
+    if cfg.backbone_weights == "imagenet":
+        raise ValueError("model.backbone_weights: the small model has no ImageNet weights; use a file or null")
+    model = builder(num_classes, **kwargs)
+    if cfg.backbone_weights:
+        load_backbone_weights(model.backbone, cfg.backbone_weights)
     return model
 
 
