@@ -113,7 +113,8 @@ def test_coco_categories_crowd_and_empty_images(tmp_path):
     target = ds.annotations(0)
     assert target["boxes"].tolist() == [[1, 2, 11, 7]] and target["labels"].tolist() == [2]  # crowd left out
     assert ds.annotations(1)["boxes"].tolist() == [[25, 15, 30, 20]]
-    keep = COCODetection(tmp_path, "train.json", image_dir=tmp_path / "images", empty_images="keep")
+    with pytest.warns(UserWarning, match="1 clipped"):
+        keep = COCODetection(tmp_path, "train.json", image_dir=tmp_path / "images", empty_images="keep")
     assert keep.image_ids == [7, 9, 11] and keep.annotations(1)["boxes"].shape == (0, 4)
     assert {img["id"] for img in ds.coco_ground_truth()["images"]} == {7, 11}
 
