@@ -17,6 +17,7 @@ and checked when the dataset is built, so bad input stops a run before it starts
 
 from __future__ import annotations
 
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -68,8 +69,6 @@ class VOCDetection(torch.utils.data.Dataset):
             self.records.append(record)
         checker.report()
         if skipped:
-            import warnings
-
             warnings.warn(f"VOC {self.root} {split}: {skipped} images without objects skipped", stacklevel=2)
         names = [r["name"] for r in self.records]
         if len(set(names)) != len(names):
