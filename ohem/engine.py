@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ohem.mining.record import MiningRecorder
 from ohem.models import build_detector
 from ohem.models.box_voting import iterative_box_regression_detect
 from ohem.models.multiscale import pyramid_detect
+from ohem.util import atomic_open
 
 CHECKPOINT_FORMAT = "ohem-checkpoint-1"
 
@@ -446,7 +446,8 @@ def save_checkpoint(
             "python": _from_python_random_state(random.getstate()),
         },
     }
-    _atomic_write(path, lambda f: torch.save(state, f), binary=True)
+    with atomic_open(path, binary=True) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -487,22 +488,8 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Mo
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, allow_nan=True) + "\n"), binary=False)
-
-
-def _atomic_write(path: Path, write, binary: bool) -> None:  # noqa: ANN001
-    """Write to a temporary file beside ``path`` and rename it over: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 def _truncate_jsonl(path: Path, iteration: int) -> None:
@@ -510,7 +497,8 @@ def _truncate_jsonl(path: Path, iteration: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
-    _atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept)), binary=False)
+    with atomic_open(path) as f:
+        f.write("".join(line + "\n" for line in kept))
 
 
 def _from_python_random_state(state: tuple) -> list:

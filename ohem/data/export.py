@@ -8,7 +8,6 @@ COCO: OUT/annotations/instances_SPLIT.json, OUT/SPLIT/NAME.png
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ohem.data.synthetic import SyntheticShapes
+from ohem.util import atomic_open
 
 
 def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str) -> list[Path]:
@@ -90,6 +90,5 @@ def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        f.write(text)

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -41,6 +40,8 @@ from urllib.parse import quote, unquote
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from ohem.util import atomic_open
 
 FORMAT = "ohem-proposals-1"
 PARTS_FORMAT = "ohem-proposals-parts-1"
@@ -68,27 +69,12 @@ def _one_line(error: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Any]:
-    """A file object to a temporary sibling of ``path``, renamed over ``path`` only if the block succeeds, so an
-    interrupted write never leaves a truncated ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_npz(path: Path, items: Iterable[tuple[str, np.ndarray]]) -> None:
     """Stream (key, array) pairs into a compressed npz without holding them all in memory."""
-    with _atomic_path(path) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with (
+        atomic_open(path, binary=True, make_parents=True) as f,
+        zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf,
+    ):
         for key, array in items:
             with zf.open(key + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
@@ -442,7 +428,7 @@ def compute_proposals(
             )
     else:
         parts.mkdir(parents=True, exist_ok=True)
-        with _atomic_path(manifest) as f:
+        with atomic_open(manifest, binary=True, make_parents=True) as f:
             f.write(json.dumps(wanted, sort_keys=True).encode())
 
     chunks = [(s, min(s + chunk_size, len(names))) for s in range(0, len(names), chunk_size)]

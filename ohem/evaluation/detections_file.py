@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ohem.evaluation.voc import ImageDetections
+from ohem.util import atomic_open
 
 _KEYS = ("image_id", "category_id", "bbox", "score")
 
@@ -137,21 +137,8 @@ def write_detections(
             lines.append(json.dumps(entry))
     # One entry per line: diffable, and a JSON error's line number points at the entry.
     text = "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
-    _write_atomically(path, text)
-
-
-def _write_atomically(path: str | os.PathLike, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def _index(ids: Sequence, what: str) -> dict:
