@@ -16,13 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-
 from ohem import engine
 from ohem.config import ConfigError, apply_overrides, load_config
 from ohem.data import build_dataset
+from ohem.data.common import read_image
 from ohem.visualize import draw_detections
 
 
@@ -192,7 +189,7 @@ def _check_data_overrides(overrides: list[str]) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     device = engine.resolve_device(args.device)
-    images = [_read_image(path) for path in args.images]  # all read before any output is written
+    images = [read_image(path) for path in args.images]  # all read before any output is written
     model, _, classes = engine.model_from_checkpoint(args.checkpoint, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,14 +233,3 @@ def _draw_test_images(model, dataset, classes, count, score_thresh, path) -> Non
         titles=[dataset.image_name(i) for i in range(len(subset))],
         ground_truth=[target["boxes"] for _, target in subset],
     )
-
-
-def _read_image(path: str) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"image {path}: cannot be read as an image ({' '.join(str(e).split())})") from None
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
