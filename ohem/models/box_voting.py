@@ -13,13 +13,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou, remove_small_boxes
 
 from ohem.models.fast_rcnn import FastRCNN
-from ohem.models.multiscale import ImagePyramid
+from ohem.models.multiscale import ImagePyramid, classify_and_regress
 
 
 def box_voting(
@@ -132,16 +131,7 @@ def _score_and_regress(
     heads: RoIHeads, features: dict[str, torch.Tensor], boxes: list[torch.Tensor], shapes: list[tuple[int, int]]
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per image: class probabilities (n, C) and per-class regressed boxes (n, C, 4), clipped."""
-    x = heads.box_head(heads.box_roi_pool(features, boxes, shapes))
-    logits, deltas = heads.box_predictor(x)
-    n, num_classes = logits.shape
-    # decode_single + an explicit class count: BoxCoder.decode cannot reshape an empty batch.
-    rois = torch.cat(boxes) if boxes else deltas.new_zeros((0, 4))
-    regressed = heads.box_coder.decode_single(deltas, rois).reshape(n, num_classes, 4)
-    counts = [b.shape[0] for b in boxes]
-    probs = F.softmax(logits, -1).split(counts)
-    regressed = [clip_boxes_to_image(r, shape) for r, shape in zip(regressed.split(counts), shapes)]
-    return list(probs), regressed
+    return classify_and_regress(heads, heads.box_roi_pool(features, boxes, shapes), boxes, shapes)
 
 
 def candidates(

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from ohem.models.fast_rcnn import FastRCNN
@@ -64,19 +65,29 @@ class ImagePyramid:
             resized = FastRCNN.resize_proposals(subsets, self.original_sizes, image_list)
             pooled.append(heads.box_roi_pool(features, resized, image_list.image_sizes))
             rows += [torch.nonzero(c == level).squeeze(1) + offsets[i] for i, c in enumerate(choices)]
-        num_classes = heads.box_predictor.cls_score.out_features
-        all_boxes = torch.cat(boxes) if boxes else torch.zeros(0, 4)
         if not pooled:
+            num_classes = heads.box_predictor.cls_score.out_features
             empty = [b.new_zeros((0, num_classes)) for b in boxes]
             return empty, [b.new_zeros((0, num_classes, 4)) for b in boxes]
         x = torch.cat(pooled)
         in_order = torch.empty_like(x)
         in_order[torch.cat(rows).to(x.device)] = x  # back to the boxes' own order
-        logits, deltas = heads.box_predictor(heads.box_head(in_order))
-        regressed = heads.box_coder.decode_single(deltas, all_boxes.to(deltas.dtype)).reshape(-1, num_classes, 4)
-        probs = F.softmax(logits, -1).split(counts)
-        clipped = [clip_boxes_to_image(r, size) for r, size in zip(regressed.split(counts), self.original_sizes)]
-        return list(probs), clipped
+        return classify_and_regress(heads, in_order, boxes, self.original_sizes)
+
+
+def classify_and_regress(
+    heads: RoIHeads, pooled: torch.Tensor, boxes: list[torch.Tensor], sizes: list[tuple[int, int]]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per image: class probabilities (n, C) and per-class boxes (n, C, 4) regressed from ``boxes``
+    and clipped to ``sizes``, from the RoI features ``pooled`` (rows in the order of ``boxes``)."""
+    logits, deltas = heads.box_predictor(heads.box_head(pooled))
+    n, num_classes = logits.shape
+    rois = torch.cat(boxes).to(deltas.dtype) if boxes else deltas.new_zeros((0, 4))
+    # decode_single + an explicit class count: BoxCoder.decode cannot reshape an empty batch.
+    regressed = heads.box_coder.decode_single(deltas, rois).reshape(n, num_classes, 4)
+    counts = [b.shape[0] for b in boxes]
+    probs = F.softmax(logits, -1).split(counts)
+    return list(probs), [clip_boxes_to_image(r, size) for r, size in zip(regressed.split(counts), sizes)]
 
 
 @torch.no_grad()
