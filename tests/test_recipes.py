@@ -1,24 +1,39 @@
-"""The paper's recipes (configs/paper/*.yaml) smoke-tested on tiny images, and the Fast R-CNN path
-(proposal files, gradient accumulation, +M / +B at test time) through the engine and the CLI."""
+"""The paper's recipes (configs/paper/*.yaml, deltas over configs/paper/base/): their settings checked
+against docs/PAPER.md, each smoke-tested on tiny images, and the Fast R-CNN path (proposal files,
+gradient accumulation, +M / +B at test time) through the engine and the CLI."""
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from ohem import engine
+from ohem import train as training
+from ohem.checkpoint import load_checkpoint
 from ohem.cli import main
-from ohem.config import load_config
+from ohem.config import SamplerConfig, load_config
 from ohem.data import SyntheticShapes, build_dataset
 from ohem.data.export import export_synthetic
 from ohem.data.proposals import write_proposals
-from ohem.mining import OHEMRoIHeads
+from ohem.inference import TestTime, predict
+from ohem.mining import OHEMRoIHeads, label_rois, readonly_losses
 from ohem.models import build_detector
 
-PAPER_CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs", "paper").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+PAPER_CONFIGS = sorted(ROOT.joinpath("configs", "paper").glob("*.yaml"))  # the recipes; not base/
+BASES = sorted(ROOT.joinpath("configs", "paper", "base").glob("*.yaml"))
+# The dataset part of each recipe name: (data.dataset, train split, test split, iterations, lr steps, metric)
+DATASETS = {
+    "voc07": ("voc", "2007:trainval", "2007:test", 40000, [30000], "voc07"),
+    "voc0712": ("voc", "2007:trainval+2012:trainval", "2007:test", 80000, [30000], "voc07"),
+    "voc07pp12": ("voc", "2007:trainval+2007:test+2012:trainval", "2007:test", 80000, [30000], "voc"),
+    "voc12": ("voc", "2012:train", "2012:val", 40000, [30000], "voc"),
+    "coco": ("coco", "train2017", "val2017", 240000, [160000], "coco"),
+}
 CLASSES = list(SyntheticShapes.classes)
 
 
@@ -78,13 +93,87 @@ def _tiny(cfg_path, trees):
     return load_config(cfg_path, overrides)
 
 
+def _paper_table() -> dict[str, list[str]]:
+    """docs/PAPER.md's table of numbers to reach: row name -> cells (Fast R-CNN, + OHEM, recipes)."""
+    rows = {}
+    for line in ROOT.joinpath("docs", "PAPER.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4 and cells[0] not in ("setting", "---"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
 def test_there_is_a_config_for_every_row_of_the_paper_table():
     names = {p.stem for p in PAPER_CONFIGS}
     for row in ("voc07_vgg16", "voc0712_vgg16", "voc12_vgg16", "voc07pp12_vgg16", "voc07_vgg_cnn_m_1024", "coco_vgg16"):
         assert {f"{row}_fast_rcnn", f"{row}_ohem"} <= names
     assert {"voc07_vgg16_fast_rcnn_mb", "voc07_vgg16_ohem_mb", "voc0712_vgg16_ohem_mb", "coco_vgg16_ohem_m"} <= names
+    table = _paper_table()
+    assert len(table) == 9
     for path in PAPER_CONFIGS:
-        assert "PAPER.md row" in path.read_text().splitlines()[0]  # each names the number it targets
+        first = path.read_text().splitlines()[0]
+        match = re.search(r"docs/PAPER\.md row '([^']+)'(.*)", first)
+        assert match, path.name  # each names the number it targets ...
+        row, claim = match.groups()
+        assert row in table, (path.name, row)  # ... a row of docs/PAPER.md's table ...
+        fast_rcnn, ohem, recipes = table[row]
+        numbers = re.findall(r"\d+\.\d", claim)
+        assert numbers and all(n in (ohem if "OHEM" in claim else fast_rcnn) for n in numbers), (path.name, numbers)
+        assert f"`{path.stem}`" in recipes  # ... which lists the recipe
+
+
+def test_bases_are_shared_and_recipes_are_deltas():
+    used = set()
+    for path in PAPER_CONFIGS:
+        raw = yaml.safe_load(path.read_text())
+        base = (path.parent / raw.pop("base")).resolve()
+        assert base in {b.resolve() for b in BASES}, path.name
+        while base is not None:  # the base chain
+            used.add(base)
+            parent = yaml.safe_load(base.read_text()).get("base")
+            base = (base.parent / parent).resolve() if parent else None
+        cfg, base_cfg = load_config(path), load_config(path.parent / yaml.safe_load(path.read_text())["base"])
+        for section, keys in raw.items():  # every key a recipe sets changes what its base says
+            for key in keys:
+                assert getattr(getattr(cfg, section), key) != getattr(getattr(base_cfg, section), key), (path, key)
+    assert used == {b.resolve() for b in BASES}  # no base is left unused
+    for base in BASES:
+        assert "PAPER.md row" not in base.read_text()  # a base is not a recipe
+        assert load_config(base).model.name == "fast_rcnn_vgg16"  # each loads on its own
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
+def test_paper_config_has_the_papers_settings(path):
+    """Each recipe's values, from its name and docs/PAPER.md (the idea, one training step, defaults, +M +B)."""
+    cfg, name = load_config(path), path.stem
+    dataset, train_split, test_split, iterations, steps, metric = DATASETS[name.split("_")[0]]
+    ohem, multiscale, voting = "_ohem" in name, name.endswith(("_m", "_mb")), name.endswith("_mb")
+    d, m, s, o, t = cfg.data, cfg.model, cfg.sampler, cfg.solver, cfg.train
+    assert (d.dataset, d.train_split, d.test_split, o.iterations, o.steps, t.eval_metric) == (
+        dataset, train_split, test_split, iterations, steps, metric)  # fmt: skip
+    assert d.proposals and d.test_proposals and d.max_proposals == 2000 and d.hflip
+    # Fast R-CNN on VGG16 (or VGG_CNN_M_1024 from converted weights); no RPN, so no RPN mining
+    assert m.name == ("fast_rcnn_vgg_cnn_m_1024" if "vgg_cnn_m_1024" in name else "fast_rcnn_vgg16")
+    assert m.backbone_weights == ("weights/vgg_cnn_m_1024.pt" if "vgg_cnn_m_1024" in name else "imagenet")
+    assert not s.rpn_ohem
+    # the sampler: OHEM mines B/N = 64 per image from every RoI (bg_lo = 0), loss cls + box, NMS 0.7;
+    # the heuristic samples 64 per image, 25 % fg, bg from IoU [0.1, 0.5)
+    assert s.method == ("ohem" if ohem else "heuristic") and s.batch_size_per_image == 64
+    if ohem:
+        assert (s.bg_iou_floor, s.nms_iou, s.mining_loss, s.readonly_dropout) == (0.0, 0.7, "cls+box", True)
+        assert s.implementation == "two-pass"
+    else:
+        assert (s.bg_iou_floor, s.fg_fraction) == (0.1, 0.25)
+    # N = 2 images per SGD step (1 x 2 passes in the authors' code); SGD 0.001, momentum 0.9, wd 5e-4
+    assert (o.images_per_batch, o.accumulate_steps) == ((1, 2) if "accum2" in name else (2, 1))
+    assert (o.lr, o.momentum, o.weight_decay, o.gamma, o.warmup_iterations) == (0.001, 0.9, 5e-4, 0.1, 0)
+    assert (o.bias_lr_factor, o.bias_weight_decay) == (2.0, 0.0)
+    # scale 600 (max 1000) or +M's scales; test NMS 0.3; +B box voting
+    if multiscale:
+        assert (m.min_size, m.test_min_size) == ([480, 576, 688, 864, 900], [480, 576, 688, 864, 1000])
+    else:
+        assert (m.min_size, m.max_size, m.test_min_size) == (600, 1000, None)
+    assert m.box_nms_thresh == 0.3 and m.box_voting == voting
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
@@ -94,7 +183,7 @@ def test_paper_config_trains_a_step_and_detects(path, trees):
     train_set = build_dataset(cfg.data, "train")
     model = build_detector(cfg.model, cfg.sampler, len(train_set.classes))
     model.train()
-    images, targets = engine.load_batch(train_set, list(range(cfg.solver.images_per_batch)), torch.device("cpu"))
+    images, targets = training.load_batch(train_set, list(range(cfg.solver.images_per_batch)), torch.device("cpu"))
     losses = model(images, targets)
     loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
     assert math.isfinite(loss.item()) and loss.item() > 0
@@ -109,11 +198,12 @@ def test_paper_config_trains_a_step_and_detects(path, trees):
     assert not first_conv.weight.requires_grad
     assert model.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
     test_set = build_dataset(cfg.data, "test")
-    detections = engine.predict(model, test_set, torch.device("cpu"), batch_size=1, indices=[0])
+    test_time = TestTime.from_config(cfg.model)
+    detections = predict(model, test_set, torch.device("cpu"), batch_size=1, indices=[0], test_time=test_time)
     h, w = test_set.image_size(0)
     boxes = detections[0].boxes
     assert boxes.shape[1] == 4 and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all() and (boxes >= 0).all()
-    assert model.box_voting == cfg.model.box_voting
+    assert test_time.box_voting == cfg.model.box_voting
 
 
 def _small_fast_rcnn_overrides(trees, tmp_path):
@@ -134,12 +224,12 @@ def _small_fast_rcnn_overrides(trees, tmp_path):
 
 def test_gradient_accumulation_equals_a_bigger_batch(trees, tmp_path):
     base = _small_fast_rcnn_overrides(trees, tmp_path) + ["solver.iterations=2"]
-    one_pass = engine.train(load_config(None, base + ["solver.images_per_batch=2"]), tmp_path / "a")
-    two_passes = engine.train(
+    one_pass = training.train(load_config(None, base + ["solver.images_per_batch=2"]), tmp_path / "a")
+    two_passes = training.train(
         load_config(None, base + ["solver.images_per_batch=1", "solver.accumulate_steps=2"]), tmp_path / "b"
     )
-    a = engine.load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["model"]
-    b = engine.load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["model"]
+    a = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["model"]
     start = build_detector(load_config(None, base).model, load_config(None, base).sampler, 5).state_dict()
     floats = [k for k in a if a[k].is_floating_point()]
     update = max((a[k] - start[k]).abs().max().item() for k in floats)
@@ -189,10 +279,10 @@ def test_mean_roi_loss_reads_the_proposal_file_for_fast_rcnn(trees, tmp_path):
     # by hand: every proposal of the file plus the gt boxes, labelled with bg from IoU 0, mean loss
     model.eval()
     heads = model.roi_heads
-    images, targets = engine.load_batch(train_set, [0], torch.device("cpu"))  # 128 px: no resizing
+    images, targets = training.load_batch(train_set, [0], torch.device("cpu"))  # 128 px: no resizing
     with torch.no_grad():
         features = {"0": model.backbone(model.transform(images)[0].tensors)}
-        rois, _, labels, regression, _ = heads.label_rois([targets[0]["proposals"]], targets, bg_iou_low=0.0)
-        by_hand = heads.readonly_losses(features, rois, [(128, 128)], labels, regression)
-    assert len(rois[0]) == len(targets[0]["proposals"]) + len(targets[0]["boxes"])
+        rois = label_rois(heads, [targets[0]["proposals"]], targets, bg_iou_low=0.0)
+        by_hand = readonly_losses(heads, features, rois, [(128, 128)], SamplerConfig())
+    assert len(rois.boxes) == len(targets[0]["proposals"]) + len(targets[0]["boxes"])
     assert math.isfinite(loss) and loss == pytest.approx(by_hand.mean().item(), rel=1e-5)
