@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import yaml
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from ohem.config import config_from_dict  # noqa: E402
-from ohem.data import build_dataset  # noqa: E402
+from ohem.config import config_from_dict
+from ohem.data import build_dataset
+from ohem.visualize import draw_box, image_grid, save_figure
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -61,18 +61,35 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
     steps = [r for r in log if "eval" not in r]
     evals = [r for r in log if "eval" in r]
     out.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "losses.png": plot_losses(steps, evals),
+        "mined_fg_fraction.png": plot_fg_fraction(steps, mining),
+        "mined_iou.png": plot_mined_iou(mining),
+        "mined_classes.png": plot_mined_classes(mining, names),
+        "map.png": plot_map(evals) if evals else None,
+        "hardest_rois.png": plot_hardest_rois(mining, dataset, names, gallery_size),
+    }
     written = []
+    for name, fig in figures.items():
+        if fig is not None:
+            save_figure(fig, out / name)
+            written.append(out / name)
+    return written
 
-    def save(fig: plt.Figure, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        written.append(out / name)
 
+def _plot_figure() -> tuple[Figure, Axes]:
+    """A 7 x 4 inch figure with one plot."""
+    fig = Figure(figsize=(7, 4))
+    return fig, fig.subplots()
+
+
+def plot_losses(steps: list[dict], evals: list[dict]) -> Figure:
+    """Loss on the mined RoIs vs mean loss over all RoIs, per iteration (smoothed), and the mean loss
+    over all RoIs of training images in eval mode where the run measured it."""
     it = np.array([r["iteration"] for r in steps])
     hard = np.array([r["loss_classifier"] + r["loss_box_reg"] for r in steps])
     every = np.array([r["ohem_all_roi_loss"] for r in steps])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _plot_figure()
     k = len(it) - len(smooth(hard)) + 1
     ax.plot(it[k - 1 :], smooth(hard), label="mined RoIs (what is trained on)")
     ax.plot(it[k - 1 :], smooth(every), label="all RoIs of the batch")
@@ -81,59 +98,68 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
         ax.plot(*zip(*measured), "o-", label="all RoIs of train images (eval mode)")
     ax.set(xlabel="iteration", ylabel="loss per RoI (cls + box)", yscale="log", title="Loss: mined vs all RoIs")
     ax.legend()
-    save(fig, "losses.png")
+    return fig
 
-    mit = np.array([r["iteration"] for r in mining])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(mit, [r["mined_fg_fraction"] for r in mining], label="among mined RoIs")
+
+def plot_fg_fraction(steps: list[dict], mining: list[dict]) -> Figure:
+    """Foreground fraction among mined RoIs (per interval) vs among all RoIs (per iteration)."""
+    fig, ax = _plot_figure()
+    ax.plot([r["iteration"] for r in mining], [r["mined_fg_fraction"] for r in mining], label="among mined RoIs")
     all_fg = [(r["iteration"], r["ohem_all_fg_fraction"]) for r in steps if "ohem_all_fg_fraction" in r]
     ax.plot(*zip(*all_fg), alpha=0.4, label="among all RoIs")
     ax.set(xlabel="iteration", ylabel="foreground fraction", ylim=(0, 1), title="Foreground share of mined RoIs")
     ax.legend()
-    save(fig, "mined_fg_fraction.png")
+    return fig
 
+
+def plot_mined_iou(mining: list[dict]) -> Figure:
+    """Per interval, the distribution of the mined RoIs' IoU with their best gt box (a heat map)."""
+    mit = [r["iteration"] for r in mining]
     hist = np.array([r["iou_hist"] for r in mining], dtype=float)
     hist /= np.maximum(hist.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _plot_figure()
     span = (mit[0], mit[-1]) if len(mit) > 1 else (mit[0] - 0.5, mit[0] + 0.5)
     image = ax.imshow(hist.T, aspect="auto", origin="lower", extent=(*span, 0, 1), cmap="viridis")
     ax.axhline(0.5, color="white", ls="--", lw=1)
     ax.set(xlabel="iteration", ylabel="IoU with best gt box", title="IoU of mined RoIs (share per interval)")
     fig.colorbar(image, ax=ax)
-    save(fig, "mined_iou.png")
+    return fig
 
+
+def plot_mined_classes(mining: list[dict], names: list[str]) -> Figure:
+    """Per interval, the share of each class (and background) among mined RoIs (stacked)."""
     counts = np.array([r["label_counts"] for r in mining], dtype=float)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.stackplot(mit, shares.T, labels=names[: shares.shape[1]])
+    fig, ax = _plot_figure()
+    ax.stackplot([r["iteration"] for r in mining], shares.T, labels=names[: shares.shape[1]])
     ax.set(xlabel="iteration", ylabel="share of mined RoIs", ylim=(0, 1), title="Labels of mined RoIs")
     ax.legend(loc="upper right", fontsize=7)
-    save(fig, "mined_classes.png")
+    return fig
 
-    if evals:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([r["iteration"] for r in evals], [r["eval"]["mAP"] * 100 for r in evals], "o-")
-        ax.set(xlabel="iteration", ylabel="test mAP@0.5 (%)", title="Test mAP")
-        save(fig, "map.png")
 
+def plot_map(evals: list[dict]) -> Figure:
+    """Test mAP at each evaluation."""
+    fig, ax = _plot_figure()
+    ax.plot([r["iteration"] for r in evals], [r["eval"]["mAP"] * 100 for r in evals], "o-")
+    ax.set(xlabel="iteration", ylabel="test mAP@0.5 (%)", title="Test mAP")
+    return fig
+
+
+def plot_hardest_rois(mining: list[dict], dataset: Any, names: list[str], gallery_size: int) -> Figure:
+    """The hardest RoI (red) of ``gallery_size`` evenly spaced intervals, on its training image with the
+    image's ground truth boxes dashed."""
     picks = [mining[i]["hardest"][0] for i in np.linspace(0, len(mining) - 1, gallery_size).round().astype(int)]
     picks = [p for p in picks if p]
-    cols = min(len(picks), 4)
-    rows = -(-len(picks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = image_grid(len(picks), (3.2, 3.4))
     for ax, pick in zip(axes.flat, picks):
         image, target = dataset[pick["image_index"]]
         ax.imshow(image.permute(1, 2, 0).numpy())
-        for x1, y1, x2, y2 in target["boxes"].tolist():
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", ls="--", lw=1))
-        x1, y1, x2, y2 = pick["box"]
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=2))
+        for box in target["boxes"].tolist():
+            draw_box(ax, box, "white", dashed=True)
+        draw_box(ax, pick["box"], "red")
         ax.set_title(
             f"it {pick['iteration']}: {names[pick['label']]}\nIoU {pick['iou']:.2f}, loss {pick['loss']:.2f}",
             fontsize=8,
         )
     fig.suptitle("Hardest mined RoI (red) per interval; ground truth dashed", fontsize=10)
-    save(fig, "hardest_rois.png")
-    return written
+    return fig
