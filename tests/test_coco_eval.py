@@ -43,7 +43,9 @@ def test_perfect_detections_score_one():
     for key in ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"):
         assert result[key] == pytest.approx(1.0), key
     assert result["AP"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(1.0)}
-    assert "Average Precision" in result["summary"] and "maxDets=100" in result["summary"]
+    summary = result["summary"].splitlines()  # COCOeval's 12-line table: 6 AP, 6 AR rows
+    assert len(summary) == 12 and all(line.endswith("] = 1.000") for line in summary)
+    assert summary[0] == " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000"
 
 
 def test_one_of_two_boxes_found():

@@ -48,9 +48,11 @@ def test_objects_cover_a_small_part_of_the_image():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(ValueError, match=r"synthetic split must be one of \['test', 'train'\], got 'val'"):
         SyntheticShapes("val")
-    with pytest.raises(IndexError, match="out of range"):
+    with pytest.raises(ValueError, match="synthetic image_size must be >= 128, got 100"):
+        SyntheticShapes("train", image_size=100)
+    with pytest.raises(IndexError, match=r"synthetic train index 3 out of range 0\.\.2"):
         SyntheticShapes("train", 3)[3]
 
 

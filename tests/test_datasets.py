@@ -1,6 +1,7 @@
 """VOC and COCO loaders on small trees the tests write, their bad-input errors, augmentation and batching."""
 
 import json
+import pickle
 import warnings
 
 import numpy as np
@@ -14,11 +15,14 @@ from ohem.data import (
     COCODetection,
     SyntheticShapes,
     VOCDetection,
+    WithProposals,
+    aspect_groups,
     build_dataset,
     grouped_batch_indices,
     hflip,
 )
 from ohem.data.export import export_synthetic
+from ohem.data.proposals import write_proposals
 
 
 def write_voc_tree(tree, images, split="trainval", size=(40, 30)):
@@ -50,7 +54,7 @@ def test_voc_devkit_years_concatenation_coordinates_and_difficult(tmp_path):
     assert target["boxes"].tolist() == [[0, 0, 10, 20]]
     assert target["labels"].tolist() == [VOC_CLASSES.index("dog") + 1]
     test = VOCDetection(devkit, "trainval", keep_difficult=True)  # no year: default 2007
-    assert len(test) == 1
+    assert test.image_ids == ["000001"]
     target = test.annotations(0)
     assert target["difficult"].tolist() == [False, True]
     assert target["labels"].tolist() == [VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("cat") + 1]
@@ -67,6 +71,45 @@ def test_build_dataset_roles(tmp_path):
     cfg = load_config(None, ["data.dataset=voc"])
     with pytest.raises(ValueError, match="data.root"):
         build_dataset(cfg.data, "train")
+
+
+def test_build_dataset_attaches_proposals_clipped_and_cut(tmp_path):
+    names = ["synthetic-train-000000", "synthetic-train-000001"]
+    stored = np.array([[-5, -5, 10, 10], [3, 3, 3, 9], [20, 20, 30, 30], [40, 40, 50, 50]], np.float32)
+    path = write_proposals(tmp_path / "p.npz", {n: stored for n in names})
+    options = ["data.num_train=2", "data.image_size=128", f"data.proposals={path}", "data.max_proposals=2"]
+    train = build_dataset(load_config(None, options).data, "train")
+    assert isinstance(train, WithProposals) and len(train) == 2
+    image, target = train[1]
+    plain_image, plain = SyntheticShapes("train", num_images=2, image_size=128)[1]
+    assert torch.equal(image, plain_image) and torch.equal(target["boxes"], plain["boxes"])
+    # clipped to the image, the zero-width box dropped, then the first max_proposals kept
+    assert target["proposals"].tolist() == [[0, 0, 10, 10], [20, 20, 30, 30]]
+    assert train.classes == SyntheticShapes.classes and train.image_name(1) == names[1]  # the dataset's own
+    assert torch.equal(pickle.loads(pickle.dumps(train))[1][1]["proposals"], target["proposals"])
+
+
+def test_build_dataset_checks_the_proposal_file(tmp_path):
+    ok = np.array([[0, 0, 10, 10]], np.float32)
+    names = ["synthetic-test-000000", "synthetic-test-000001"]
+    only_degenerate = write_proposals(tmp_path / "d.npz", {names[0]: ok, names[1]: np.zeros((1, 4), np.float32)})
+    options = ["data.num_test=2", "data.train_split=test", f"data.proposals={only_degenerate}"]
+    cfg = load_config(None, [*options, f"data.test_proposals={only_degenerate}"])
+    with pytest.raises(ValueError, match=f"1 images have no valid boxes, e.g. image '{names[1]}'"):
+        build_dataset(cfg.data, "train")  # training refuses an image without proposals ...
+    assert build_dataset(cfg.data, "test")[1][1]["proposals"].shape == (0, 4)  # ... evaluation keeps it, with none
+    partial = write_proposals(tmp_path / "p.npz", {names[0]: ok})
+    cfg = load_config(None, ["data.num_test=2", f"data.test_proposals={partial}"])
+    with pytest.raises(ValueError, match=f"lacks 1 of the dataset's 2 images, e.g. '{names[1]}'"):
+        build_dataset(cfg.data, "test")
+
+
+def test_aspect_groups_from_annotated_sizes(tmp_path):
+    write_voc_tree(tmp_path / "VOC2007", {"wide": [("dog", 1, 1, 5, 5, 0)]}, size=(40, 30))
+    write_voc_tree(tmp_path / "VOC2012", {"tall": [("dog", 1, 1, 5, 5, 0)]}, size=(30, 40))
+    write_voc_tree(tmp_path / "VOC2008", {"square": [("dog", 1, 1, 5, 5, 0)]}, size=(30, 30))
+    voc = VOCDetection(tmp_path, "2007:trainval+2012:trainval+2008:trainval")
+    assert aspect_groups(voc) == [0, 1, 0]  # tall is 1; square counts as wide
 
 
 def test_synthetic_export_round_trips_through_both_loaders(tmp_path):
@@ -209,7 +252,32 @@ def test_voc_image_without_objects_policy(tmp_path):
     with pytest.raises(ValueError) as e:
         VOCDetection(tmp_path, "trainval", empty_images="error")
     assert "000001.xml: no objects" in _one_line(e)
-    assert len(VOCDetection(tmp_path, "trainval", empty_images="keep")) == 2
+    keep = VOCDetection(tmp_path, "trainval", empty_images="keep")
+    assert keep.image_ids == ["000001", "000002"] and keep.annotations(0)["boxes"].shape == (0, 4)
+    with pytest.warns(UserWarning, match=r"trainval: 1 images without objects skipped \(data.empty_images\)"):
+        skip = VOCDetection(tmp_path, "trainval")
+    assert skip.image_ids == ["000002"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: VOCDetection(root, "trainval", empty_images="drop"),
+         "data.empty_images: expected one of skip, keep, error, got 'drop'"),
+        (lambda root: VOCDetection(root, "trainval", invalid_boxes="clip"),
+         "data.invalid_boxes: expected one of fix, error, got 'clip'"),
+        (lambda root: COCODetection(root, "x", empty_images="drop"),
+         "data.empty_images: expected one of skip, keep, error, got 'drop'"),
+        (lambda root: COCODetection(root, "x", invalid_boxes="clip"),
+         "data.invalid_boxes: expected one of fix, error, got 'clip'"),
+    ],
+)  # fmt: skip
+def test_unknown_choices_are_refused(tmp_path, make, message):
+    write_voc_tree(tmp_path, {"000001": [("dog", 1, 1, 5, 5, 0)]})
+    _coco_file(tmp_path, json.dumps({**ONE_IMAGE, "annotations": []}))
+    with pytest.raises(ValueError) as e:
+        make(tmp_path)
+    assert _one_line(e) == message
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -251,8 +319,12 @@ def _coco_file(tmp_path, text):
         ('{"images": [', "instances_x.json: not valid JSON (Expecting value at line 1 column 13)"),
         ('{"images": []}', "instances_x.json: lacks the list 'categories'"),
         (
+            '{"images": [], "annotations": [], "categories": [7]}',
+            "instances_x.json: categories[0]: expected an object with id, name, got a JSON number",
+        ),
+        (
             {"images": [{"id": 1, "file_name": "a.png", "width": 9}], "annotations": [], "categories": []},
-            "instances_x.json: images[0] lacks 'height'",
+            "instances_x.json: images[0]: missing 'height'",
         ),
         (
             {**ONE_IMAGE, "annotations": [{"id": 5, "image_id": 1, "category_id": 2, "bbox": [0, 0, 1, 1]}]},
@@ -273,6 +345,14 @@ def test_coco_bad_json(tmp_path, gt, match):
     with pytest.raises(ValueError) as e:
         COCODetection(tmp_path, "x")
     assert match in _one_line(e)
+
+
+def test_coco_image_without_objects_refused(tmp_path):
+    _coco_file(tmp_path, json.dumps({**ONE_IMAGE, "annotations": []}))
+    with pytest.raises(ValueError) as e:
+        COCODetection(tmp_path, "x", empty_images="error")
+    assert "instances_x.json: image 1 (a.png): no objects to train on" in _one_line(e)
+    assert COCODetection(tmp_path, "x", empty_images="keep").image_ids == [1]
 
 
 def test_coco_missing_file_and_wrong_image_size(tmp_path):

@@ -65,12 +65,25 @@ def test_compute_workers_agree_and_boxes_are_valid(tmp_path):
         np.testing.assert_array_equal(a[name], b[name])
         boxes = a[name]
         assert boxes.dtype == np.float32 and boxes.shape[1] == 4
-        assert 10 <= len(boxes) <= 100  # selective search gives ~200 here, so max_boxes cut
+        assert len(boxes) == 100  # selective search gives 168-247 boxes here: max_boxes cuts
         assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= SIZE).all() and (boxes[:, [1, 3]] <= SIZE).all()
         assert (boxes[:, 2] - boxes[:, 0] >= 2).all() and (boxes[:, 3] - boxes[:, 1] >= 2).all()  # min_size 2
         assert len(np.unique(boxes, axis=0)) == len(boxes)
     assert not (tmp_path / "w1.npz.parts").exists() and not (tmp_path / "w2.npz.parts").exists()
-    assert ProposalFile(one).meta["mode"] == "fast" and ProposalFile(one).meta["max_boxes"] == 100
+    meta = ProposalFile(one).meta
+    assert {k: meta[k] for k in ("method", "mode", "max_boxes", "min_size", "seed", "num_images")} == {
+        "method": "selective-search", "mode": "fast", "max_boxes": 100, "min_size": 2, "seed": 0, "num_images": 4
+    }  # fmt: skip
+    assert ProposalFile(two).meta == meta  # the number of workers is not a setting of the result
+
+
+def test_unknown_mode_is_refused(tmp_path):
+    message = "selective search mode: expected one of fast, quality, got 'slow'"
+    with pytest.raises(ValueError, match=message):
+        selective_search(synthetic()[0][0], mode="slow")
+    with pytest.raises(ValueError, match=message):
+        compute_proposals(synthetic(), tmp_path / "p.npz", mode="slow")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_max_boxes_keeps_the_ranking_prefix():
@@ -150,8 +163,11 @@ def test_round_trip_with_scores_and_awkward_names(tmp_path):
                 assert s is None
     with np.load(path, allow_pickle=False) as raw:  # readable by plain numpy, no pickle
         assert str(raw["__format__"]) == FORMAT
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="image names must be non-empty strings, got ''"):
         write_proposals(tmp_path / "bad.npz", {"": np.zeros((1, 4))})
+    with pytest.raises(ValueError, match=r"scores of image 'a' must be a real \(1,\) array, got float64 \(2,\)"):
+        write_proposals(tmp_path / "bad.npz", {"a": np.zeros((1, 4))}, {"a": np.zeros(2)})
+    assert not (tmp_path / "bad.npz").exists()
 
 
 def test_opening_is_lazy_and_pickling_reopens(tmp_path, monkeypatch):
@@ -182,7 +198,7 @@ def test_missing_truncated_and_foreign_files(tmp_path):
     (tmp_path / "text.npz").write_text("x1 y1 x2 y2\n1 2 3 4\n")
     with pytest.raises(ValueError) as e:
         ProposalFile(tmp_path / "text.npz")
-    one_line_error(e, "text.npz")
+    one_line_error(e, "text.npz", "is not a readable .npz")
 
     np.savez(tmp_path / "plain.npz", a=np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError) as e:
@@ -206,10 +222,16 @@ def test_bad_arrays_name_the_file_and_image(tmp_path):
         **{"scored.scores": np.zeros(3, np.float32)},
     )
     f = ProposalFile(tmp_path / "bad.npz")
-    for name in ["shape", "text", "nan", "scored"]:
+    problems = {
+        "shape": "boxes of image 'shape' must be a real (n, 4) array, got float32 (5, 3)",
+        "text": "boxes of image 'text' must be a real (n, 4) array, got <U1 (1, 4)",
+        "nan": "boxes of image 'nan' contain NaN or infinity",
+        "scored": "scores of image 'scored' must be a real (2,) array, got float32 (3,)",
+    }
+    for name, problem in problems.items():
         with pytest.raises(ValueError) as e:
             f.boxes(name)
-        one_line_error(e, "bad.npz", repr(name))
+        one_line_error(e, "bad.npz: " + problem)
     with pytest.raises(ValueError) as e:
         f.proposals_for("absent", 10, 10)
     one_line_error(e, "bad.npz", "'absent'")

@@ -12,12 +12,15 @@ trainable object are skipped, kept or refused as ``empty_images`` says; evaluati
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
 
-from ohem.data.common import EMPTY_IMAGES, BoxChecker, check_choice, read_image, to_target
+from ohem.config import EmptyImages, InvalidBoxes
+from ohem.data.common import BoxChecker, EmptyImageFilter, read_image, to_target
+from ohem.util import is_coco_bbox, json_object, xywh_to_xyxy
+
+Objects = list[tuple[list[float], int]]  # one image's (box x1, y1, x2, y2, label 1..C)
 
 
 class COCODetection(torch.utils.data.Dataset):
@@ -28,10 +31,9 @@ class COCODetection(torch.utils.data.Dataset):
         root: str | Path,
         split: str = "train2017",
         image_dir: str | Path | None = None,
-        empty_images: str = "skip",
-        invalid_boxes: str = "fix",
+        empty_images: EmptyImages = "skip",
+        invalid_boxes: InvalidBoxes = "fix",
     ) -> None:
-        check_choice("data.empty_images", empty_images, EMPTY_IMAGES)
         root = Path(root)
         if split.endswith(".json"):
             ann_file = Path(split) if Path(split).is_absolute() else root / split
@@ -40,46 +42,21 @@ class COCODetection(torch.utils.data.Dataset):
             ann_file = root / "annotations" / f"instances_{split}.json"
             images = Path(image_dir) if image_dir else root / split
         self.ann_file, self.image_dir = ann_file, images
-        self.gt = _load_json(ann_file)
         where = f"COCO annotations {ann_file}"
+        empty = EmptyImageFilter(where, empty_images)
+        self.gt = _load_json(ann_file)
         categories = sorted(_entries(self.gt, "categories", where, ("id", "name")), key=lambda c: c["id"])
         self.classes = tuple(str(c["name"]) for c in categories)
         self.category_ids = [int(c["id"]) for c in categories]
-        label_of = {cid: i for i, cid in enumerate(self.category_ids, start=1)}
-        per_image: dict = {}
-        for img in _entries(self.gt, "images", where, ("id", "file_name", "width", "height")):
-            if img["id"] in per_image:
-                raise ValueError(f"{where}: image id {img['id']!r} appears twice")
-            per_image[img["id"]] = (img, [])
         checker = BoxChecker(f"COCO {ann_file}", invalid_boxes)
-        for k, ann in enumerate(_entries(self.gt, "annotations", where, ("image_id", "category_id", "bbox"))):
-            item = f"{where}: annotation {k} (id {ann.get('id', '?')})"
-            if ann["image_id"] not in per_image:
-                raise ValueError(f"{item}: image_id {ann['image_id']!r} is not in 'images'")
-            if ann["category_id"] not in label_of:
-                raise ValueError(f"{item}: category_id {ann['category_id']!r} is not in 'categories'")
-            if ann.get("iscrowd", 0):
-                continue
-            bbox = ann["bbox"]
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-                raise ValueError(f"{item}: bbox {bbox!r} is not 4 numbers [x, y, w, h]")
-            img = per_image[ann["image_id"]][0]
-            x, y, w, h = (float(v) for v in bbox)
-            box = checker.check([x, y, x + w, y + h], float(img["width"]), float(img["height"]), item)
-            if box is not None:
-                per_image[ann["image_id"]][1].append((box, label_of[ann["category_id"]]))
+        per_image = _objects_per_image(self.gt, where, self.category_ids, checker)
         checker.report()
-        self.records = []
-        skipped = 0
-        for img, objects in per_image.values():
-            if not objects and empty_images != "keep":
-                if empty_images == "error":
-                    raise ValueError(f"{where}: image {img['id']!r} ({img['file_name']}) has no object to train on")
-                skipped += 1
-                continue
-            self.records.append((img, objects))
-        if skipped:
-            warnings.warn(f"{where}: {skipped} images without objects skipped (data.empty_images)", stacklevel=2)
+        self.records = [
+            (img, objects)
+            for img, objects in per_image.values()
+            if empty.keeps(len(objects), f"{where}: image {img['id']!r} ({img['file_name']})")
+        ]
+        empty.report()
         self.image_ids = [img["id"] for img, _ in self.records]
 
     def __len__(self) -> int:
@@ -135,17 +112,36 @@ def _load_json(path: Path) -> dict:
     return data
 
 
+def _objects_per_image(
+    gt: dict, where: str, category_ids: list[int], checker: BoxChecker
+) -> dict[object, tuple[dict, Objects]]:
+    """``{image id: (image entry, its objects)}`` in file order; crowd regions left out, boxes
+    checked (and fixed or dropped) by ``checker``."""
+    label_of = {cid: i for i, cid in enumerate(category_ids, start=1)}
+    per_image: dict[object, tuple[dict, Objects]] = {}
+    for img in _entries(gt, "images", where, ("id", "file_name", "width", "height")):
+        if img["id"] in per_image:
+            raise ValueError(f"{where}: image id {img['id']!r} appears twice")
+        per_image[img["id"]] = (img, [])
+    for k, ann in enumerate(_entries(gt, "annotations", where, ("image_id", "category_id", "bbox"))):
+        item = f"{where}: annotation {k} (id {ann.get('id', '?')})"
+        if ann["image_id"] not in per_image:
+            raise ValueError(f"{item}: image_id {ann['image_id']!r} is not in 'images'")
+        if ann["category_id"] not in label_of:
+            raise ValueError(f"{item}: category_id {ann['category_id']!r} is not in 'categories'")
+        if ann.get("iscrowd", 0):
+            continue
+        if not is_coco_bbox(ann["bbox"]):
+            raise ValueError(f"{item}: bbox {ann['bbox']!r} is not 4 numbers [x, y, w, h]")
+        img, objects = per_image[ann["image_id"]]
+        box = checker.check(xywh_to_xyxy(ann["bbox"]), float(img["width"]), float(img["height"]), item)
+        if box is not None:
+            objects.append((box, label_of[ann["category_id"]]))
+    return per_image
+
+
 def _entries(data: dict, key: str, where: str, required: tuple[str, ...]) -> list[dict]:
+    """The list ``data[key]``, each of its entries an object holding the ``required`` keys."""
     if key not in data or not isinstance(data[key], list):
         raise ValueError(f"{where}: lacks the list {key!r}")
-    for k, entry in enumerate(data[key]):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: {key}[{k}] is not an object")
-        missing = [r for r in required if r not in entry]
-        if missing:
-            raise ValueError(f"{where}: {key}[{k}] lacks {', '.join(repr(m) for m in missing)}")
-    return data[key]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return [json_object(entry, required, f"{where}: {key}[{k}]") for k, entry in enumerate(data[key])]

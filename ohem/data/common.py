@@ -3,7 +3,8 @@
 Bad input ends in one line that names the file and the item. Boxes outside the image (COCO has
 many that overshoot by a fraction of a pixel) are clipped, and boxes left empty are dropped, when
 ``invalid_boxes="fix"`` (the default): each is counted and one warning per dataset says how many
-and names the first. ``invalid_boxes="error"`` makes the first such box an error instead.
+and names the first. ``invalid_boxes="error"`` makes the first such box an error instead. Images
+left without an object are kept, skipped (counted, one warning) or refused as ``empty_images`` says.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-INVALID_BOXES = ("fix", "error")
-EMPTY_IMAGES = ("skip", "keep", "error")
+from ohem.config import EmptyImages, InvalidBoxes, check_choice
+from ohem.util import one_line
 
 
 def read_image(path: str | Path, what: str = "image") -> torch.Tensor:
@@ -28,16 +29,16 @@ def read_image(path: str | Path, what: str = "image") -> torch.Tensor:
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{what} {path}: cannot be read as an image ({' '.join(str(e).split())})") from None
+        raise ValueError(f"{what} {path}: cannot be read as an image ({one_line(str(e))})") from None
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 class BoxChecker:
-    """Checks ``x1, y1, x2, y2`` boxes against their image; clips/drops (counted) or raises."""
+    """Checks annotated ``x1, y1, x2, y2`` boxes one by one against their image and applies
+    ``data.invalid_boxes``: clips or drops a bad box (counted) or raises."""
 
-    def __init__(self, dataset_name: str, policy: str = "fix") -> None:
-        if policy not in INVALID_BOXES:
-            raise ValueError(f"data.invalid_boxes: expected one of {INVALID_BOXES}, got {policy!r}")
+    def __init__(self, dataset_name: str, policy: InvalidBoxes = "fix") -> None:
+        check_choice("data.invalid_boxes", policy, InvalidBoxes)
         self.dataset_name, self.policy = dataset_name, policy
         self.counts: Counter[str] = Counter()
         self.first: dict[str, str] = {}
@@ -77,9 +78,30 @@ def _fmt(box: list[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
-def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+class EmptyImageFilter:
+    """Applies ``data.empty_images`` to a dataset's images one by one: an image without an object
+    to train on is kept, skipped (counted) or refused."""
+
+    def __init__(self, dataset_name: str, policy: EmptyImages = "skip") -> None:
+        check_choice("data.empty_images", policy, EmptyImages)
+        self.dataset_name, self.policy = dataset_name, policy
+        self.skipped = 0
+
+    def keeps(self, num_objects: int, where: str) -> bool:
+        """Whether the image belongs in the dataset. ``where`` names its file (and id)."""
+        if num_objects or self.policy == "keep":
+            return True
+        if self.policy == "error":
+            raise ValueError(f"{where}: no objects to train on (data.empty_images=skip leaves such images out)")
+        self.skipped += 1
+        return False
+
+    def report(self) -> None:
+        """One warning saying how many images were skipped, if any."""
+        if self.skipped:
+            warnings.warn(
+                f"{self.dataset_name}: {self.skipped} images without objects skipped (data.empty_images)", stacklevel=3
+            )
 
 
 def to_target(boxes: list[list[float]], labels: list[int], difficult: list[bool], index: int) -> dict:

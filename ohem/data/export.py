@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from PIL import Image
+from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from ohem.data.synthetic import SyntheticShapes
@@ -71,15 +72,15 @@ def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
         file_name = f"{dataset.image_name(i)}.png"
         image.save(out / dataset.split / file_name)
         images.append({"id": i + 1, "file_name": file_name, "width": image.width, "height": image.height})
-        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-            x1, y1, x2, y2 = box
+        xywh = box_convert(target["boxes"].double(), "xyxy", "xywh")
+        for (x, y, w, h), label in zip(xywh.tolist(), target["labels"].tolist()):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": i + 1,
                     "category_id": label,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
                     "iscrowd": 0,
                 }
             )

@@ -34,18 +34,20 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert, clip_boxes_to_image
 from tqdm import tqdm
 
-from ohem.util import atomic_open
+from ohem.config import check_choice
+from ohem.util import atomic_open, one_line
 
 FORMAT = "ohem-proposals-1"
 PARTS_FORMAT = "ohem-proposals-parts-1"
-MODES = ("fast", "quality")
+SearchMode = Literal["fast", "quality"]  # OpenCV's two selective search strategies
 SCORES_SUFFIX = ".scores"
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,9 @@ def key_to_name(key: str) -> str:
     return unquote(key)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
+def _error_line(error: BaseException) -> str:
+    """``"Type: message"`` of an exception, on one line."""
+    return one_line(f"{type(error).__name__}: {error}")
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -84,7 +87,10 @@ def _is_real(a: np.ndarray) -> bool:
     return np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
 
 
-def _check_boxes(name: str, boxes: Any, scores: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+def _proposal_arrays(name: str, boxes: Any, scores: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image's boxes as a float32 (n, 4) array of finite numbers and its scores (or None) as
+    float32 (n,); anything else is a one-line error naming the image. Boxes are not clipped here:
+    a file holds them as they were made, ``clip_boxes`` fits them to an image when read."""
     b = np.asarray(boxes)
     if b.ndim != 2 or b.shape[1] != 4 or not _is_real(b):
         raise ValueError(f"boxes of image {name!r} must be a real (n, 4) array, got {b.dtype} {b.shape}")
@@ -106,7 +112,7 @@ def _items(
     if meta is not None:
         yield "__meta__", np.array(json.dumps(dict(meta), sort_keys=True))
     for name, boxes in boxes_by_name.items():
-        b, s = _check_boxes(name, boxes, None if scores_by_name is None else scores_by_name.get(name))
+        b, s = _proposal_arrays(name, boxes, None if scores_by_name is None else scores_by_name.get(name))
         key = name_to_key(name)
         yield key, b
         if s is not None:
@@ -144,8 +150,7 @@ class ProposalCheck:
 def clip_boxes(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int, int]:
     """Boxes clipped to a ``height`` x ``width`` image with degenerate ones (x2 <= x1 or y2 <= y1) dropped;
     also returns how many were clipped and how many dropped."""
-    limits = boxes.new_tensor([width, height, width, height])
-    clipped = torch.minimum(boxes.clamp(min=0), limits)
+    clipped = clip_boxes_to_image(boxes, (height, width))
     n_clipped = int((clipped != boxes).any(1).sum())
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return clipped[keep], n_clipped, int((~keep).sum())
@@ -189,7 +194,7 @@ class ProposalFile:
             npz = np.load(self.path, allow_pickle=False)
         except Exception as e:  # BadZipFile, pickled data, OSError: all mean "not a proposals file"
             raise ValueError(
-                f"proposals file {self.path} is not a readable .npz (corrupt or truncated?): {_one_line(e)}"
+                f"proposals file {self.path} is not a readable .npz (corrupt or truncated?): {_error_line(e)}"
             ) from None
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError(f"proposals file {self.path} is a single .npy array, not an .npz archive")
@@ -202,7 +207,7 @@ class ProposalFile:
         except (FileNotFoundError, KeyError):
             raise
         except Exception as e:
-            raise ValueError(f"proposals file {self.path}: cannot read {item}: {_one_line(e)}") from None
+            raise ValueError(f"proposals file {self.path}: cannot read {item}: {_error_line(e)}") from None
 
     def close(self) -> None:
         if self._npz is not None and self._pid == os.getpid():
@@ -238,7 +243,7 @@ class ProposalFile:
         boxes = self._read(key, f"the boxes of image {name!r}")
         scores = self._read(key + SCORES_SUFFIX, f"the scores of image {name!r}") if key in self._scored else None
         try:
-            b, s = _check_boxes(name, boxes, scores)
+            b, s = _proposal_arrays(name, boxes, scores)
         except ValueError as e:
             raise ValueError(f"proposals file {self.path}: {e}") from None
         return torch.from_numpy(b), None if s is None else torch.from_numpy(s)
@@ -293,15 +298,14 @@ def _seed_c_rand(seed: int) -> None:
 
 
 def selective_search(
-    image: torch.Tensor | np.ndarray, mode: str = "fast", max_boxes: int = 2000, min_size: int = 2, seed: int = 0
+    image: torch.Tensor | np.ndarray, mode: SearchMode = "fast", max_boxes: int = 2000, min_size: int = 2, seed: int = 0
 ) -> np.ndarray:
     """Selective search boxes of one image (float (3, H, W) tensor in [0, 1], or uint8 (H, W, 3) RGB array):
     float32 (n, 4) ``x1, y1, x2, y2`` in selective search's ranking order, boxes with a side < ``min_size`` px and
     exact duplicates removed, then at most ``max_boxes`` kept."""
     import cv2  # slow import, only where proposals are computed
 
-    if mode not in MODES:
-        raise ValueError(f"selective search mode must be one of {MODES}, got {mode!r}")
+    check_choice("selective search mode", mode, SearchMode)
     if isinstance(image, torch.Tensor):
         rgb = image.detach().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     else:
@@ -318,12 +322,143 @@ def selective_search(
     xywh = xywh[(xywh[:, 2] >= min_size) & (xywh[:, 3] >= min_size)]
     _, first = np.unique(xywh, axis=0, return_index=True)
     xywh = xywh[np.sort(first)][:max_boxes]  # duplicates out, ranking order kept
-    boxes = xywh.astype(np.float32)
-    boxes[:, 2:] += boxes[:, :2]
-    return boxes
+    return box_convert(torch.from_numpy(xywh.astype(np.float32)), "xywh", "xyxy").numpy()
 
 
 # --------------------------------------------------------------------------------------------- parallel, resumable
+
+
+def compute_proposals(
+    dataset: Any,
+    out_path: str | os.PathLike,
+    mode: SearchMode = "fast",
+    max_boxes: int = 2000,
+    min_size: int = 2,
+    workers: int = 1,
+    resume: bool = True,
+    chunk_size: int = 16,
+    seed: int = 0,
+) -> Path:
+    """Selective search proposals of every image of ``dataset`` into an ``ohem-proposals-1`` file at ``out_path``.
+
+    Runs ``workers`` processes (1: in this process) over chunks of ``chunk_size`` images. Each finished chunk is
+    written atomically to ``<out_path>.parts/``; with ``resume`` a rerun skips finished chunks (the parts
+    directory must come from the same settings and image list, else it is an error) and returns at once if
+    ``out_path`` already holds this exact result. The final file is merged and written atomically, then the
+    parts removed, so an interrupted run never leaves a truncated ``out_path``."""
+    check_choice("selective search mode", mode, SearchMode)
+    if max_boxes < 1 or min_size < 0 or workers < 1 or chunk_size < 1:
+        raise ValueError(
+            f"need max_boxes >= 1, min_size >= 0, workers >= 1, chunk_size >= 1; "
+            f"got {max_boxes}, {min_size}, {workers}, {chunk_size}"
+        )
+    out_path = Path(out_path)
+    names = _unique_image_names(dataset)
+    settings = {
+        "method": "selective-search",
+        "mode": mode,
+        "max_boxes": max_boxes,
+        "min_size": min_size,
+        "seed": seed,
+        "num_images": len(names),
+        "names_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest(),
+    }
+    if resume and _holds_result(out_path, settings):
+        log.info("proposals file %s is already complete", out_path)
+        return out_path
+    parts = _parts_folder(out_path, {"format": PARTS_FORMAT, "chunk_size": chunk_size, **settings}, resume)
+    chunks = [(s, min(s + chunk_size, len(names))) for s in range(0, len(names), chunk_size)]
+    todo = [(s, e) for s, e in chunks if not _part_is_done(_part_path(parts, s, e), names[s:e])]
+    done_images = len(names) - sum(e - s for s, e in todo)
+    with tqdm(total=len(names), initial=done_images, desc=f"selective search ({mode})", unit="img") as bar:
+        _run_chunks(dataset, todo, parts, settings, workers, bar)
+    _write_npz(out_path, _merged_parts(parts, chunks, names, settings))
+    shutil.rmtree(parts)
+    return out_path
+
+
+def _unique_image_names(dataset: Any) -> list[str]:
+    """The dataset's image names, each one the format can store, none twice."""
+    names = [dataset.image_name(i) for i in range(len(dataset))]
+    for name in names:
+        name_to_key(name)  # fails early on names the format cannot store
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        dup = next(n for n in names if n in seen or seen.add(n))
+        raise ValueError(f"dataset image names must be unique; {dup!r} appears more than once")
+    return names
+
+
+def _holds_result(out_path: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``out_path`` is a complete proposals file made with exactly these settings."""
+    if not out_path.is_file():
+        return False
+    with contextlib.suppress(ValueError, OSError), ProposalFile(out_path) as done:
+        return done.meta == settings
+    return False
+
+
+def _parts_folder(out_path: Path, wanted: dict[str, Any], resume: bool) -> Path:
+    """The folder of finished chunks, with a manifest of ``wanted`` settings: an unfinished run's
+    folder when ``resume`` (an error if its settings differ), else a new one."""
+    parts = out_path.with_name(out_path.name + ".parts")
+    manifest = parts / "manifest.json"
+    if parts.exists() and not resume:
+        shutil.rmtree(parts)
+    if manifest.is_file():
+        found = json.loads(manifest.read_text())
+        if found != wanted:
+            diff = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
+            raise ValueError(
+                f"{parts} holds an unfinished run with other settings ({', '.join(diff)}); "
+                f"delete it or pass resume=False"
+            )
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        with atomic_open(manifest, binary=True, make_parents=True) as f:
+            f.write(json.dumps(wanted, sort_keys=True).encode())
+    return parts
+
+
+def _part_path(parts: Path, start: int, stop: int) -> Path:
+    return parts / f"part-{start:08d}-{stop:08d}.npz"
+
+
+def _part_is_done(path: Path, names: list[str]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with ProposalFile(path) as part:
+            return part.names() == names
+    except (ValueError, OSError):
+        return False  # unreadable part (e.g. disk trouble): recompute it
+
+
+def _run_chunks(
+    dataset: Any, todo: list[tuple[int, int]], parts: Path, settings: dict[str, Any], workers: int, bar: tqdm
+) -> None:
+    """Compute and write the part file of each ``(start, stop)`` chunk, in ``workers`` processes."""
+    if workers == 1 or len(todo) <= 1:
+        for s, e in todo:
+            bar.update(_run_chunk(dataset, s, e, _part_path(parts, s, e), settings))
+        return
+    # spawn, not fork: a fork taken while OpenCV's (or torch's) thread pool is busy deadlocks the child.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        min(workers, len(todo)), mp_context=context, initializer=_init_worker, initargs=(dataset,)
+    ) as pool:
+        pending = {pool.submit(_run_chunk, None, s, e, _part_path(parts, s, e), settings) for s, e in todo}
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    bar.update(future.result())  # re-raises a worker's error
+        except BaseException:
+            for future in pending:
+                future.cancel()  # chunks already running still finish and keep their parts
+            raise
+
+
 _WORKER_DATASET: Any = None
 
 
@@ -346,123 +481,18 @@ def _run_chunk(dataset: Any, start: int, stop: int, part: Path, settings: dict[s
                 dataset[i][0], settings["mode"], settings["max_boxes"], settings["min_size"], settings["seed"]
             )
         except Exception as e:
-            raise RuntimeError(f"selective search failed on image {name!r} (index {i}): {_one_line(e)}") from e
+            raise RuntimeError(f"selective search failed on image {name!r} (index {i}): {_error_line(e)}") from e
     write_proposals(part, boxes)
     return stop - start
 
 
-def _part_path(parts: Path, start: int, stop: int) -> Path:
-    return parts / f"part-{start:08d}-{stop:08d}.npz"
-
-
-def _part_is_done(path: Path, names: list[str]) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        with ProposalFile(path) as part:
-            return part.names() == names
-    except (ValueError, OSError):
-        return False  # unreadable part (e.g. disk trouble): recompute it
-
-
-def compute_proposals(
-    dataset: Any,
-    out_path: str | os.PathLike,
-    mode: str = "fast",
-    max_boxes: int = 2000,
-    min_size: int = 2,
-    workers: int = 1,
-    resume: bool = True,
-    chunk_size: int = 16,
-    seed: int = 0,
-) -> Path:
-    """Selective search proposals of every image of ``dataset`` into an ``ohem-proposals-1`` file at ``out_path``.
-
-    Runs ``workers`` processes (1: in this process) over chunks of ``chunk_size`` images. Each finished chunk is
-    written atomically to ``<out_path>.parts/``; with ``resume`` a rerun skips finished chunks (the parts
-    directory must come from the same settings and image list, else it is an error) and returns at once if
-    ``out_path`` already holds this exact result. The final file is merged and written atomically, then the
-    parts removed, so an interrupted run never leaves a truncated ``out_path``."""
-    if mode not in MODES:
-        raise ValueError(f"selective search mode must be one of {MODES}, got {mode!r}")
-    if max_boxes < 1 or min_size < 0 or workers < 1 or chunk_size < 1:
-        raise ValueError(
-            f"need max_boxes >= 1, min_size >= 0, workers >= 1, chunk_size >= 1; "
-            f"got {max_boxes}, {min_size}, {workers}, {chunk_size}"
-        )
-    out_path = Path(out_path)
-    names = [dataset.image_name(i) for i in range(len(dataset))]
-    for name in names:
-        name_to_key(name)  # fails early on names the format cannot store
-    if len(set(names)) != len(names):
-        seen: set[str] = set()
-        dup = next(n for n in names if n in seen or seen.add(n))
-        raise ValueError(f"dataset image names must be unique; {dup!r} appears more than once")
-    settings = {
-        "method": "selective-search",
-        "mode": mode,
-        "max_boxes": max_boxes,
-        "min_size": min_size,
-        "seed": seed,
-        "num_images": len(names),
-        "names_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest(),
-    }
-    if resume and out_path.is_file():
-        with contextlib.suppress(ValueError, OSError), ProposalFile(out_path) as done:
-            if done.meta == settings:
-                log.info("proposals file %s is already complete", out_path)
-                return out_path
-
-    parts = out_path.with_name(out_path.name + ".parts")
-    manifest = parts / "manifest.json"
-    wanted = {"format": PARTS_FORMAT, "chunk_size": chunk_size, **settings}
-    if parts.exists() and not resume:
-        shutil.rmtree(parts)
-    if manifest.is_file():
-        found = json.loads(manifest.read_text())
-        if found != wanted:
-            diff = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
-            raise ValueError(
-                f"{parts} holds an unfinished run with other settings ({', '.join(diff)}); "
-                f"delete it or pass resume=False"
-            )
-    else:
-        parts.mkdir(parents=True, exist_ok=True)
-        with atomic_open(manifest, binary=True, make_parents=True) as f:
-            f.write(json.dumps(wanted, sort_keys=True).encode())
-
-    chunks = [(s, min(s + chunk_size, len(names))) for s in range(0, len(names), chunk_size)]
-    todo = [(s, e) for s, e in chunks if not _part_is_done(_part_path(parts, s, e), names[s:e])]
-    done_images = len(names) - sum(e - s for s, e in todo)
-    with tqdm(total=len(names), initial=done_images, desc=f"selective search ({mode})", unit="img") as bar:
-        if workers == 1 or len(todo) <= 1:
-            for s, e in todo:
-                bar.update(_run_chunk(dataset, s, e, _part_path(parts, s, e), settings))
-        else:
-            # spawn, not fork: a fork taken while OpenCV's (or torch's) thread pool is busy deadlocks the child.
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                min(workers, len(todo)), mp_context=context, initializer=_init_worker, initargs=(dataset,)
-            ) as pool:
-                pending = {pool.submit(_run_chunk, None, s, e, _part_path(parts, s, e), settings) for s, e in todo}
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                        for future in finished:
-                            bar.update(future.result())  # re-raises a worker's error
-                except BaseException:
-                    for future in pending:
-                        future.cancel()  # chunks already running still finish and keep their parts
-                    raise
-
-    def merged() -> Iterator[tuple[str, np.ndarray]]:
-        yield "__format__", np.array(FORMAT)
-        yield "__meta__", np.array(json.dumps(settings, sort_keys=True))
-        for s, e in chunks:
-            with ProposalFile(_part_path(parts, s, e)) as part:
-                for name in names[s:e]:
-                    yield name_to_key(name), part.boxes(name)[0].numpy()
-
-    _write_npz(out_path, merged())
-    shutil.rmtree(parts)
-    return out_path
+def _merged_parts(
+    parts: Path, chunks: list[tuple[int, int]], names: list[str], settings: dict[str, Any]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """The final file's (key, array) pairs: format, settings as meta, then every image's boxes."""
+    yield "__format__", np.array(FORMAT)
+    yield "__meta__", np.array(json.dumps(settings, sort_keys=True))
+    for s, e in chunks:
+        with ProposalFile(_part_path(parts, s, e)) as part:
+            for name in names[s:e]:
+                yield name_to_key(name), part.boxes(name)[0].numpy()

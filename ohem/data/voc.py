@@ -17,13 +17,13 @@ and checked when the dataset is built, so bad input stops a run before it starts
 
 from __future__ import annotations
 
-import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
 
-from ohem.data.common import EMPTY_IMAGES, BoxChecker, check_choice, read_image, to_target
+from ohem.config import EmptyImages, InvalidBoxes
+from ohem.data.common import BoxChecker, EmptyImageFilter, read_image, to_target
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -41,11 +41,10 @@ class VOCDetection(torch.utils.data.Dataset):
         split: str = "2007:trainval",
         classes: list[str] | tuple[str, ...] | None = None,
         keep_difficult: bool = False,
-        empty_images: str = "skip",
-        invalid_boxes: str = "fix",
+        empty_images: EmptyImages = "skip",
+        invalid_boxes: InvalidBoxes = "fix",
         default_year: str = "2007",
     ) -> None:
-        check_choice("data.empty_images", empty_images, EMPTY_IMAGES)
         self.root, self.split = Path(root), split
         self.classes = tuple(classes) if classes else VOC_CLASSES
         if len(set(self.classes)) != len(self.classes):
@@ -56,20 +55,14 @@ class VOCDetection(torch.utils.data.Dataset):
             raise FileNotFoundError(f"VOC root {self.root}: no such folder")
         label_of = {name: i for i, name in enumerate(self.classes, start=1)}
         checker = BoxChecker(f"VOC {self.root} {split}", invalid_boxes)
+        empty = EmptyImageFilter(f"VOC {self.root} {split}", empty_images)
         self.records: list[dict] = []
-        skipped = 0
         for tree, name in self._split_files(split, default_year):
             record = self._parse(tree, name, label_of, checker)
-            if not record["labels"]:
-                if empty_images == "error":
-                    raise ValueError(f"VOC annotation {record['xml']}: no objects to train on")
-                if empty_images == "skip":
-                    skipped += 1
-                    continue
-            self.records.append(record)
+            if empty.keeps(len(record["labels"]), f"VOC annotation {record['xml']}"):
+                self.records.append(record)
         checker.report()
-        if skipped:
-            warnings.warn(f"VOC {self.root} {split}: {skipped} images without objects skipped", stacklevel=2)
+        empty.report()
         names = [r["name"] for r in self.records]
         if len(set(names)) != len(names):
             raise ValueError(f"VOC {self.root} {split}: image names repeat across the parts of the split")

@@ -172,7 +172,7 @@ def _best_ground_truth(
     seg_start = np.cumsum(count) - count
     pair_det = np.repeat(np.arange(num_dets), count)
     pair_gt = gt_order[np.repeat(start - seg_start, count) + np.arange(pair_det.shape[0])]
-    iou = _pairwise_iou(det_boxes[pair_det], gt_boxes[pair_gt])
+    iou = _elementwise_iou(det_boxes[pair_det], gt_boxes[pair_gt])
 
     has_gt = count > 0
     seg_max = np.maximum.reduceat(iou, seg_start[has_gt])
@@ -184,7 +184,7 @@ def _best_ground_truth(
     return best_gt, best_iou
 
 
-def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _elementwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of ``a[i]`` with ``b[i]`` (same formula and operation order as torchvision's box_iou)."""
     iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
     ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)

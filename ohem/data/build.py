@@ -1,0 +1,89 @@
+"""The dataset a run trains or evaluates on, as its ``data`` config section describes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ohem.config import DataConfig
+from ohem.data.coco import COCODetection
+from ohem.data.proposals import ProposalFile
+from ohem.data.synthetic import SyntheticShapes
+from ohem.data.voc import VOCDetection
+
+DEFAULT_SPLITS = {  # dataset: (train split, test split)
+    "synthetic": ("train", "test"),
+    "voc": ("2007:trainval", "2007:test"),
+    "coco": ("train2017", "val2017"),
+}
+
+
+def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> torch.utils.data.Dataset:
+    """The dataset for ``role`` "train" (difficult objects and empty images as configured) or
+    "test" (everything kept, difficult flagged); ``split`` overrides the configured split name.
+    With ``data.proposals`` / ``data.test_proposals`` set, targets carry their ``proposals``."""
+    dataset = _images_and_annotations(cfg, role, split)
+    proposals = cfg.proposals if role == "train" else cfg.test_proposals
+    if proposals:
+        return WithProposals(dataset, proposals, cfg.max_proposals, allow_empty=role == "test")
+    return dataset
+
+
+def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> torch.utils.data.Dataset:
+    """The dataset of ``build_dataset`` before any proposals are attached."""
+    if cfg.dataset not in DEFAULT_SPLITS:
+        raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; available: {', '.join(DEFAULT_SPLITS)}")
+    if role not in ("train", "test"):
+        raise ValueError(f"dataset role must be train or test, got {role!r}")
+    configured = cfg.train_split if role == "train" else cfg.test_split
+    split = split or configured or DEFAULT_SPLITS[cfg.dataset][role == "test"]
+    if cfg.dataset == "synthetic":
+        num = cfg.num_train if split == "train" else cfg.num_test
+        return SyntheticShapes(split, num_images=num, image_size=cfg.image_size, seed=cfg.seed)
+    if not cfg.root:
+        raise ValueError(f"data.root: the {cfg.dataset} dataset needs its folder (--data {cfg.dataset}:ROOT)")
+    training = role == "train"
+    if cfg.dataset == "voc":
+        return VOCDetection(
+            cfg.root,
+            split,
+            classes=cfg.classes,
+            keep_difficult=cfg.use_difficult or not training,
+            empty_images=cfg.empty_images if training else "keep",
+            invalid_boxes=cfg.invalid_boxes,
+        )
+    if cfg.classes:
+        raise ValueError("data.classes: a COCO file names its own categories; leave data.classes unset")
+    return COCODetection(
+        cfg.root,
+        split,
+        image_dir=cfg.image_dir,
+        empty_images=cfg.empty_images if training else "keep",
+        invalid_boxes=cfg.invalid_boxes,
+    )
+
+
+class WithProposals(torch.utils.data.Dataset):
+    """A dataset whose targets also carry ``proposals`` (n, 4) read from a proposal file: Fast
+    R-CNN's input. The file is checked against the dataset once, when this is built."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, path: str, max_proposals: int, allow_empty: bool) -> None:
+        self.dataset, self.max_proposals = dataset, max_proposals
+        self.file = ProposalFile(path)
+        self.file.check_against(dataset, allow_empty=allow_empty)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, target = self.dataset[index]
+        h, w = image.shape[-2:]
+        boxes = self.file.proposals_for(self.dataset.image_name(index), int(h), int(w))
+        return image, {**target, "proposals": boxes[: self.max_proposals]}
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped dataset's attributes: ``classes``, ``image_name``, ``annotations``, ..."""
+        if name == "dataset":  # not set yet (unpickling): avoid recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
