@@ -24,8 +24,8 @@ from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ohem import engine  # noqa: E402
 from ohem.data import build_dataset  # noqa: E402
+from ohem.inference import model_from_checkpoint, predict  # noqa: E402
 
 KINDS = ["TP", "look-alike", "duplicate", "wrong class", "mislocalized", "background", "missed"]
 
@@ -72,9 +72,9 @@ def main() -> None:
         checkpoint = run / "checkpoint_last.pt"
         if not checkpoint.exists():
             continue
-        model, cfg, _ = engine.model_from_checkpoint(checkpoint, device)
+        model, cfg, _ = model_from_checkpoint(checkpoint, device)
         test_set = build_dataset(cfg.data, "test")
-        detections = engine.predict(model, test_set, device)
+        detections = predict(model, test_set, device)
         totals = dict.fromkeys(KINDS, 0)
         for i, det in enumerate(detections):
             for kind, n in classify(det, test_set[i][1], args.score).items():

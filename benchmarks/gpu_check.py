@@ -8,7 +8,7 @@ random init, synthetic images resized to 600 px, 2000 proposals per image from a
 selective search gives); optionally torchvision's fasterrcnn_resnet50_fpn (600 px, 2000 RPN
 proposals). Each with the Fast R-CNN heuristic (64 RoIs/image), torchvision's default sampler
 (512/image), OHEM (64/image mined from all) and OHEM with only its read-only pass in bf16. Then
-short ``engine.train`` runs with evaluation: the small model (bf16) and the VGG16 Fast R-CNN with
+short ``ohem.train.train`` runs with evaluation: the small model (bf16) and the VGG16 Fast R-CNN with
 +M (two test scales) and +B (box voting), to exercise the whole CUDA path.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from ohem import engine
+from ohem import train as training
 from ohem.config import load_config
 from ohem.data import build_dataset
 from ohem.data.proposals import write_proposals
@@ -89,9 +89,9 @@ def time_steps(overrides: list[str], iters: int, device: torch.device, amp: str 
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.sampler, len(data.classes)).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    batches = [engine.load_batch(data, [2 * i % 16, (2 * i + 1) % 16], device) for i in range(iters + 3)]
+    batches = [training.load_batch(data, [2 * i % 16, (2 * i + 1) % 16], device) for i in range(iters + 3)]
     cuda = device.type == "cuda"
-    dtype = engine.autocast_dtype(amp, device)
+    dtype = training.autocast_dtype(amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -158,9 +158,9 @@ def main() -> None:
             ],
         )
         start = time.perf_counter()
-        metrics = engine.train(cfg, out)
+        metrics = training.train(cfg, out)
         seconds = time.perf_counter() - start
-        print(f"engine.train on {args.device}, bf16, {args.train_iters} OHEM iterations + 2 evals: {seconds:.1f} s")
+        print(f"train on {args.device}, bf16, {args.train_iters} OHEM iterations + 2 evals: {seconds:.1f} s")
         print(f"test mAP@0.5 {metrics['mAP']:.3f}")
     with tempfile.TemporaryDirectory() as out:
         overrides = MODELS["vgg16-frcn@600"] + [
@@ -178,10 +178,10 @@ def main() -> None:
         ]
         overrides += ["data.num_train=16", "data.num_test=8", *proposal_overrides(overrides, 16, 8)]
         start = time.perf_counter()
-        metrics = engine.train(load_config("configs/demo.yaml", overrides), out)
+        metrics = training.train(load_config("configs/demo.yaml", overrides), out)
         seconds = time.perf_counter() - start
         what = f"{args.vgg_train_iters} OHEM iterations + eval with +M +B"
-        print(f"engine.train fast_rcnn_vgg16 on {args.device}, bf16, {what}: {seconds:.1f} s")
+        print(f"train fast_rcnn_vgg16 on {args.device}, bf16, {what}: {seconds:.1f} s")
         print(f"test mAP@0.5 {metrics['mAP']:.3f} (random init, a few iterations: only that it runs)")
 
 

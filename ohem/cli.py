@@ -12,15 +12,14 @@ ohem export    --layout voc|coco --out DIR [--split train] [--set data.key=value
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import typing
 from pathlib import Path
 
-from ohem import engine
-from ohem.config import ConfigError, apply_overrides, load_config
-from ohem.data import build_dataset
-from ohem.data.common import read_image
-from ohem.visualize import draw_detections
+from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
+from ohem.util import atomic_open
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--detections", help="a COCO-results JSON file (image_id, category_id, bbox x,y,w,h, score)")
     p.add_argument("--out", required=True)
     _add_data_arguments(p)
-    p.add_argument("--metric", default="voc", help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools)")
+    p.add_argument("--metric", default="voc", choices=typing.get_args(Metric),
+                   help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools)")  # fmt: skip
     _add_overrides(p, "override the data config, e.g. --set data.num_test=500")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
@@ -76,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_export)
 
     args = parser.parse_args(argv)
+    from ohem.train import NonFiniteLossError  # torch and the models: imported once a command runs
+
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, engine.NonFiniteLossError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"ohem {args.command}: error: {e}", file=sys.stderr)
         return 1
 
@@ -88,51 +90,52 @@ def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ohem.evaluation.score import format_metrics
+    from ohem.train import train
+
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
-    metrics = engine.train(cfg, out, resume=args.resume)
+    metrics = train(cfg, out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
-    print(engine.format_metrics(metrics))
-    model, _, classes = engine.model_from_checkpoint(
-        out / "checkpoint_last.pt", engine.resolve_device(cfg.train.device)
-    )
-    test_set = build_dataset(cfg.data, "test")
-    _draw_test_images(
-        model, test_set, classes, cfg.train.vis_images, cfg.train.vis_score_thresh, out / "detections.png"
-    )
+    print(format_metrics(metrics))
     print(f"wrote {out / 'metrics.json'}, {out / 'detections.png'}, {out / 'checkpoint_last.pt'}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ohem.data import build_dataset
     from ohem.evaluation.detections_file import read_detections, write_detections
+    from ohem.evaluation.score import format_metrics, score_detections
+    from ohem.inference import TestTime, model_from_checkpoint, predict
+    from ohem.train import resolve_device
 
-    if args.metric not in engine.METRICS:
-        raise ValueError(f"--metric: expected one of {', '.join(engine.METRICS)}, got {args.metric!r}")
     out = Path(args.out)
     if args.checkpoint:
-        device = engine.resolve_device(args.device)
-        model, cfg, classes = engine.model_from_checkpoint(args.checkpoint, device)
+        device = resolve_device(args.device)
+        model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
         dataset = build_dataset(_data_config(cfg, args).data, "test", args.split)
         if list(dataset.classes) != classes:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
-        detections = engine.predict(model, dataset, device, cfg.solver.images_per_batch)
+        test_time = TestTime.from_config(cfg.model)
+        detections = predict(model, dataset, device, cfg.solver.images_per_batch, test_time=test_time)
         out.mkdir(parents=True, exist_ok=True)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
     else:
         dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
         detections = read_detections(args.detections, dataset.image_ids, dataset.category_ids)
         out.mkdir(parents=True, exist_ok=True)
-    metrics = engine.score_detections(dataset, detections, args.metric)
-    engine.write_json_atomic(out / "metrics.json", metrics)
-    print(engine.format_metrics(metrics))
+    metrics = score_detections(dataset, detections, args.metric)
+    with atomic_open(out / "metrics.json") as f:
+        f.write(json.dumps(metrics, indent=2) + "\n")
+    print(format_metrics(metrics))
     written = [out / "results.json"] if args.checkpoint else []
     print(f"wrote {', '.join(str(p) for p in [*written, out / 'metrics.json'])}")
     return 0
 
 
 def cmd_proposals(args: argparse.Namespace) -> int:
+    from ohem.data import build_dataset
     from ohem.data.proposals import compute_proposals
 
     dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
@@ -142,6 +145,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ohem.data import build_dataset
     from ohem.data.export import export_synthetic
 
     _check_data_overrides(args.overrides)
@@ -163,7 +167,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", help="comma-separated class list of a VOC-layout tree (default: the 20 VOC ones)")
 
 
-def _data_config(cfg, args: argparse.Namespace):  # noqa: ANN001, ANN202
+def _data_config(cfg: Config, args: argparse.Namespace) -> Config:
     """``cfg`` with --data, --classes and the data.* overrides applied."""
     _check_data_overrides(args.overrides)
     overrides = []
@@ -188,27 +192,28 @@ def _check_data_overrides(overrides: list[str]) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    device = engine.resolve_device(args.device)
+    from ohem.data.common import read_image
+    from ohem.inference import TestTime, model_from_checkpoint, predict
+    from ohem.train import resolve_device
+    from ohem.visualize import draw_detections
+
+    device = resolve_device(args.device)
     images = [read_image(path) for path in args.images]  # all read before any output is written
-    model, _, classes = engine.model_from_checkpoint(args.checkpoint, device)
+    model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for path, image in zip(args.images, images):
-        det = engine.predict(model, [(image, {})], device, batch_size=1)[0]
+        det = predict(model, [(image, {})], device, batch_size=1, test_time=TestTime.from_config(cfg.model))[0]
         png = out / f"{Path(path).stem}.png"
         draw_detections([image], [det], classes, png, args.score_thresh, titles=[Path(path).name])
         keep = det.scores >= args.score_thresh
-        results.append(
-            {
-                "image": str(path),
-                "boxes": det.boxes[keep].tolist(),
-                "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
-                "scores": det.scores[keep].tolist(),
-            }
-        )
+        results.append({"image": str(path), "boxes": det.boxes[keep].tolist(),
+                        "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
+                        "scores": det.scores[keep].tolist()})  # fmt: skip
         print(f"{path}: {int(keep.sum())} detections -> {png}")
-    engine.write_json_atomic(out / "detections.json", results)
+    with atomic_open(out / "detections.json") as f:
+        f.write(json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -218,18 +223,3 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in write_report(args.run_dir, args.out):
         print(f"wrote {path}")
     return 0
-
-
-def _draw_test_images(model, dataset, classes, count, score_thresh, path) -> None:  # noqa: ANN001
-    subset = [dataset[i] for i in range(min(count, len(dataset)))]
-    device = next(model.parameters()).device
-    detections = engine.predict(model, subset, device, batch_size=2)
-    draw_detections(
-        [image for image, _ in subset],
-        detections,
-        classes,
-        path,
-        score_thresh,
-        titles=[dataset.image_name(i) for i in range(len(subset))],
-        ground_truth=[target["boxes"] for _, target in subset],
-    )

@@ -2,24 +2,56 @@
 
     cfg = load_config("configs/demo.yaml", ["solver.lr=0.01", "sampler.method=heuristic"])
 
-Unknown keys and values of the wrong type are errors that name the file (or override) and the key.
+Unknown keys, values of the wrong type and choices outside a ``Literal`` are errors that name the
+file (or override) and the key. Every default is written here, once. A YAML file may start from
+another with ``base: other.yaml`` (a path relative to the file) and change only what differs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 
+class ConfigError(ValueError):
+    pass
+
+
+Metric = Literal["voc", "voc07", "coco"]  # voc: area AP@0.5; voc07: 11-point (the paper's); coco: AP@[.5:.95]
+EmptyImages = Literal["skip", "keep", "error"]
+InvalidBoxes = Literal["fix", "error"]
+
+
+def check_choice(name: str, value: Any, choices: Any) -> None:
+    """Raise unless ``value`` is one of the ``Literal`` type ``choices``."""
+    allowed = typing.get_args(choices)
+    if value not in allowed:
+        raise ConfigError(f"{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+class _Section:
+    """Checks ``Literal`` fields on construction, so code that builds a config by hand is held to
+    the same choices as a YAML file."""
+
+    def __post_init__(self) -> None:
+        for name, hint in _hints(type(self)).items():
+            for choices in _literals(hint):
+                value = getattr(self, name)
+                if value is not None or type(None) not in typing.get_args(hint):
+                    check_choice(f"{type(self).SECTION}.{name}", value, choices)
+
+
 @dataclass
-class DataConfig:
-    dataset: str = "synthetic"  # synthetic (the built-in benchmark) | voc | coco
+class DataConfig(_Section):
+    SECTION = "data"
+    dataset: Literal["synthetic", "voc", "coco"] = "synthetic"  # synthetic (the built-in benchmark) | voc | coco
     root: str | None = None  # voc: the VOCdevkit folder (or one VOC-layout tree); coco: the folder of annotations/
     # Splits. voc: "[YEAR:]NAME" parts joined by "+", e.g. "2007:trainval+2012:trainval";
     # coco: a name (annotations/instances_NAME.json, images in NAME/) or a JSON path. null: the usual ones.
@@ -28,8 +60,8 @@ class DataConfig:
     classes: list[str] | None = None  # voc: your own class list for a VOC-layout tree (default: the 20 VOC classes)
     image_dir: str | None = None  # coco: image folder when a split is a JSON path (default: its folder)
     use_difficult: bool = False  # voc: train on "difficult" objects too (evaluation always ignores them)
-    empty_images: str = "skip"  # training images without objects: skip | keep | error (evaluation keeps all)
-    invalid_boxes: str = "fix"  # boxes outside the image / empty: fix (clip or drop, counted, warned) | error
+    empty_images: EmptyImages = "skip"  # training images without objects: skip | keep | error (evaluation keeps all)
+    invalid_boxes: InvalidBoxes = "fix"  # boxes outside the image / empty: fix (clip or drop, counted, warned) | error
     proposals: str | None = None  # Fast R-CNN: proposal file (.npz, docs/PROPOSALS.md) of the train split
     test_proposals: str | None = None  # ... and of the test split
     max_proposals: int = 2000  # first boxes of each image's proposals used (their file order = their rank)
@@ -42,7 +74,8 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
+    SECTION = "model"
     # With an RPN: small | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 | fasterrcnn_mobilenet_v3_large_fpn
     # | maskrcnn_resnet50_fpn | faster_rcnn_vgg16 | faster_rcnn_vgg_cnn_m_1024.
     # On external proposals (data.proposals): fast_rcnn_vgg16 | fast_rcnn_vgg_cnn_m_1024 | fast_rcnn_small.
@@ -55,8 +88,6 @@ class ModelConfig:
     test_min_size: int | list[int] | None = None  # None: min_size (its last); a list: image pyramid (+M)
     box_nms_thresh: float | None = None  # test NMS; None: the model's (torchvision 0.5, Fast R-CNN's VGG 0.3)
     box_voting: bool = False  # +B: iterative box regression with weighted voting at test time
-    rpn_ohem: bool = False  # OHEM for the RPN: loss-ranked anchors with NMS instead of 256 random 1:1
-    rpn_ohem_nms_iou: float | None = 0.7
     rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
     rpn_pre_nms_top_n_train: int = 1000
     rpn_post_nms_top_n_train: int = 400  # RoIs per image handed to the RoI heads (what OHEM mines)
@@ -67,22 +98,38 @@ class ModelConfig:
 
 
 @dataclass
-class SamplerConfig:
-    method: str = "ohem"  # ohem | heuristic (Fast R-CNN's fg-fraction rule; 512/0.25/bg 0 = torchvision's)
+class SamplerConfig(_Section):
+    """Which RoIs (and anchors) each training step learns from. ``enable_ohem`` and
+    ``enable_heuristic_sampling`` take this object; their keyword arguments are its fields."""
+
+    SECTION = "sampler"
+    # ohem | heuristic (Fast R-CNN's fg-fraction rule; with 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's)
+    method: Literal["ohem", "heuristic"] = "ohem"
     batch_size_per_image: int = 64  # B / N: RoIs trained on per image
     fg_fraction: float = 0.25  # heuristic only
-    bg_iou_low: float | None = None  # None: 0.1 for heuristic, 0.0 for ohem (PAPER.md)
+    bg_iou_low: float | None = None  # None: 0.1 for heuristic, 0.0 for ohem (docs/PAPER.md); see bg_iou_floor
     nms_iou: float | None = 0.7  # ohem: NMS among RoIs by loss; None = off
-    mining_loss: str = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
+    mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
     nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
     max_rois_per_chunk: int = 1024  # ohem: read-only pass memory bound
     readonly_dropout: bool = True  # ohem: dropout stays on in the read-only pass (authors' code)
-    implementation: str = "two-pass"  # ohem: two-pass (paper) | loss-zeroing (the rejected one, for cost)
-    readonly_dtype: str | None = None  # ohem: bfloat16 | float16 runs only the read-only pass in low precision
+    readonly_dtype: Literal["bfloat16", "float16"] | None = None  # ohem: read-only pass in low precision
+    # ohem: two-pass (the paper's) | loss-zeroing (the variant the paper rejects; a benchmark arm, for its cost)
+    implementation: Literal["two-pass", "loss-zeroing"] = "two-pass"
+    rpn_ohem: bool = False  # OHEM for the RPN too: loss-ranked anchors with NMS instead of 256 random 1:1
+    rpn_nms_iou: float | None = 0.7  # rpn_ohem: NMS among anchors by loss; None = off
+
+    @property
+    def bg_iou_floor(self) -> float:
+        """``bg_iou_low`` resolved: the paper's 0.1 for the heuristic, 0 (every RoI) for OHEM."""
+        if self.bg_iou_low is not None:
+            return self.bg_iou_low
+        return 0.1 if self.method == "heuristic" else 0.0
 
 
 @dataclass
-class SolverConfig:
+class SolverConfig(_Section):
+    SECTION = "solver"
     iterations: int = 1500
     images_per_batch: int = 2  # N: images per forward pass
     accumulate_steps: int = 1  # forward/backward passes per SGD step (the authors' 1 image x 2 = N 2)
@@ -98,12 +145,15 @@ class SolverConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
+    SECTION = "train"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"  # none | bf16 | fp16 (CUDA, with a grad scaler): mixed precision for the whole step
+    amp: Literal["none", "bf16", "fp16"] = (
+        "none"  # none | bf16 | fp16 (CUDA, with a grad scaler): mixed precision for the whole step
+    )
     eval_every: int = 500  # 0: only at the end
-    eval_metric: str = "voc"  # voc (area AP@0.5) | voc07 (11-point, the paper's) | coco (AP@[.5:.95] by pycocotools)
+    eval_metric: Metric = "voc"  # voc (area AP@0.5) | voc07 (11-point, the paper's) | coco (pycocotools)
     checkpoint_every: int = 500
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     roi_loss_images: int = 0  # at each evaluation: mean loss over all RoIs of this many train images
@@ -125,24 +175,41 @@ class Config:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then each ``section.key=value`` override in order."""
+    """Defaults, then the YAML file (and its ``base:`` chain), then each ``section.key=value``."""
     cfg = Config()
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path}: not valid YAML: {' '.join(str(e).split())}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
-        cfg = merge(cfg, raw, source=f"config {path}")
+        cfg = merge(cfg, read_yaml(Path(path)), source=f"config {path}")
     return apply_overrides(cfg, overrides)
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The sections of a config file, with its ``base:`` file's sections under them."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"config {path}: 'base' must be a file path, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"config {path}: 'base' chain loops back to {base_path}")
+    return _deep_update(read_yaml(base_path, (*seen, path.resolve())), raw)
+
+
+def _deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_update(out[key], value) if both_maps else value
+    return out
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
@@ -156,7 +223,10 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value) if value.strip() else None
+        try:
+            node[leaf] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
         cfg = merge(cfg, nested, source=f"override {item!r}")
     return cfg
 
@@ -167,7 +237,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "checkpoint") -> Config:
 
 def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
     """A copy of dataclass ``obj`` with the values of ``raw`` checked against its field types."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     changes = {}
     for key, value in raw.items():
         name = f"{prefix}{key}"
@@ -184,9 +254,24 @@ def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+
+
+def _literals(hint: Any) -> list[Any]:
+    """The ``Literal`` types in ``hint`` (itself, or a member of its union)."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    return [o for o in options if typing.get_origin(o) is Literal]
+
+
+def _is_union(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+
+
 def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
     args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+    if _is_union(hint):
         if value is None and type(None) in args:
             return None
         for option in (a for a in args if a is not type(None)):
@@ -195,6 +280,10 @@ def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {value!r}")
+    if typing.get_origin(hint) is Literal:
+        if value in args and isinstance(value, str):
+            return value
+        raise ConfigError(f"{source}: {name!r} must be one of {', '.join(map(str, args))}, got {value!r}")
     if typing.get_origin(hint) is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {name!r} must be a list, got {value!r}")

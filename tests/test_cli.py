@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ohem.checkpoint import load_checkpoint
 from ohem.cli import main
-from ohem.engine import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from ohem.config import load_config
-from ohem.mining import OHEMRoIHeads, enable_ohem
+from ohem.config import ConfigError, load_config
+from ohem.inference import TestTime
+from ohem.mining import HeuristicRoIHeads, LabelledRoIs, LossZeroingRoIHeads, OHEMRoIHeads, enable_ohem, readonly_losses
 from ohem.mining.rpn import OHEMRegionProposalNetwork
 from ohem.models import SmallBackbone, build_detector
 from ohem.models.fast_rcnn import FastRCNN
@@ -25,49 +26,53 @@ def _build(*overrides):
 @pytest.mark.parametrize(
     "overrides, attribute, expected",
     [
-        (["sampler.method=ohem", "sampler.batch_size_per_image=32"], "num_per_image", 32),  # B / N
-        (["sampler.method=ohem", "sampler.bg_iou_low=0.1"], "bg_iou_low", 0.1),
-        (["sampler.method=ohem"], "bg_iou_low", 0.0),  # the paper's OHEM default
-        (["sampler.method=ohem", "sampler.nms_iou=null"], "nms_iou", None),  # NMS off
-        (["sampler.method=ohem", "sampler.nms_iou=0.5"], "nms_iou", 0.5),
-        (["sampler.method=ohem", "sampler.mining_loss=cls"], "mining_loss", "cls"),
-        (["sampler.method=ohem", "sampler.readonly_dropout=false"], "readonly_dropout", False),
-        (["sampler.method=ohem", "sampler.implementation=loss-zeroing"], "implementation", "loss-zeroing"),
-        (["sampler.method=ohem", "sampler.nms_per_label=true"], "nms_per_label", True),
-        (["sampler.method=heuristic"], "bg_iou_low", 0.1),  # Fast R-CNN's bg_lo
-        (["sampler.method=heuristic", "sampler.bg_iou_low=0"], "bg_iou_low", 0.0),
+        (["sampler.batch_size_per_image=32"], "batch_size_per_image", 32),  # B / N
+        (["sampler.bg_iou_low=0.1"], "bg_iou_floor", 0.1),
+        ([], "bg_iou_floor", 0.0),  # the paper's OHEM default
+        (["sampler.nms_iou=null"], "nms_iou", None),  # NMS off
+        (["sampler.nms_iou=0.5"], "nms_iou", 0.5),
+        (["sampler.mining_loss=cls"], "mining_loss", "cls"),
+        (["sampler.readonly_dropout=false"], "readonly_dropout", False),
+        (["sampler.nms_per_label=true"], "nms_per_label", True),
+        (["sampler.readonly_dtype=bfloat16"], "readonly_dtype", "bfloat16"),
     ],
 )
-def test_sampler_knob_reaches_the_roi_heads(overrides, attribute, expected):
-    assert getattr(_build(*overrides).roi_heads, attribute) == expected
+def test_ohem_knob_reaches_the_roi_heads(overrides, attribute, expected):
+    heads = _build("sampler.method=ohem", *overrides).roi_heads
+    assert type(heads) is OHEMRoIHeads and getattr(heads.sampler, attribute) == expected
 
 
-def test_heuristic_fg_fraction_and_all_rois():
+def test_heuristic_knobs_reach_torchvision_sampler():
     heads = _build("sampler.method=heuristic", "sampler.fg_fraction=0.5").roi_heads
-    assert heads.fg_bg_sampler.positive_fraction == 0.5
+    assert type(heads) is HeuristicRoIHeads and heads.bg_iou_low == 0.1  # Fast R-CNN's bg_lo
+    assert heads.fg_bg_sampler.positive_fraction == 0.5 and heads.fg_bg_sampler.batch_size_per_image == 64
     all_rois = _build("sampler.method=heuristic", "sampler.batch_size_per_image=2048", "sampler.bg_iou_low=0").roi_heads
     assert all_rois.fg_bg_sampler.batch_size_per_image == 2048 and all_rois.bg_iou_low == 0.0
 
 
-def test_images_per_batch_and_accumulation_are_solver_keys():
-    cfg = load_config(None, ["solver.images_per_batch=1", "solver.accumulate_steps=2"])
-    assert (cfg.solver.images_per_batch, cfg.solver.accumulate_steps) == (1, 2)
+def test_loss_zeroing_is_its_own_class():
+    assert type(_build("sampler.implementation=loss-zeroing").roi_heads) is LossZeroingRoIHeads
+    with pytest.raises(ConfigError, match="'sampler.implementation' must be one of two-pass, loss-zeroing"):
+        _build("sampler.implementation=zeroing")
 
 
 def test_rpn_ohem_key():
-    model = _build("model.rpn_ohem=true", "model.rpn_ohem_nms_iou=0.5", "model.rpn_batch_size_per_image=128")
+    model = _build("sampler.rpn_ohem=true", "sampler.rpn_nms_iou=0.5", "model.rpn_batch_size_per_image=128")
     assert isinstance(model.rpn, OHEMRegionProposalNetwork)
     assert model.rpn.nms_iou == 0.5 and model.rpn.num_per_image == 128
     assert type(_build().rpn).__name__ == "RegionProposalNetwork"
     with pytest.raises(ValueError, match="fast_rcnn_small has no RPN"):
-        _build("model.name=fast_rcnn_small", "model.rpn_ohem=true")
+        _build("model.name=fast_rcnn_small", "sampler.rpn_ohem=true")
 
 
 def test_test_time_keys():
-    model = _build("model.test_min_size=[96, 128]", "model.box_voting=true", "model.box_nms_thresh=0.3")
-    assert model.test_min_sizes == [96, 128] and model.box_voting and model.roi_heads.nms_thresh == 0.3
-    assert _build("model.test_min_size=96").test_min_sizes == [96]
-    assert _build().test_min_sizes is None and not _build().box_voting
+    def test_time(*overrides):
+        return TestTime.from_config(load_config(None, [*SMALL, *overrides]).model)
+
+    assert test_time("model.test_min_size=[96, 128]", "model.box_voting=true") == TestTime((96, 128), True)
+    assert test_time("model.test_min_size=96") == TestTime((96,), False)
+    assert test_time() == TestTime(None, False)
+    assert _build("model.box_nms_thresh=0.3").roi_heads.nms_thresh == 0.3
     with pytest.raises(ValueError, match="VGG_CNN_M_1024's ImageNet weights"):
         _build("model.name=fast_rcnn_vgg_cnn_m_1024", "model.backbone_weights=imagenet")
 
@@ -105,12 +110,12 @@ def test_readonly_dropout_on_or_off(readonly_dropout):
     model = _dropout_model(readonly_dropout).train()
     heads: OHEMRoIHeads = model.roi_heads
     features = {"0": torch.rand(1, 96, 16, 16)}
-    rois = [torch.tensor([[0.0, 0.0, 60.0, 60.0], [20.0, 30.0, 90.0, 100.0], [5.0, 5.0, 40.0, 70.0]])]
-    labels = [torch.tensor([1, 0, 2])]
-    targets = [torch.zeros(3, 4)]
+    boxes = torch.tensor([[0.0, 0.0, 60.0, 60.0], [20.0, 30.0, 90.0, 100.0], [5.0, 5.0, 40.0, 70.0]])
+    zeros = torch.zeros(3, dtype=torch.long)
+    rois = LabelledRoIs(boxes, zeros, zeros, torch.tensor([1, 0, 2]), torch.zeros(3, 4), torch.zeros(3, 4), 1)
 
     def losses():
-        return heads.readonly_losses(features, rois, [(128, 128)], labels, targets, dropout=heads.readonly_dropout)
+        return readonly_losses(heads, features, rois, [(128, 128)], heads.sampler)
 
     first, second = losses(), losses()
     head = heads.box_head
@@ -124,7 +129,7 @@ def test_readonly_dropout_on_or_off(readonly_dropout):
 
 
 def test_bias_lr_factor_and_weight_decay_groups():
-    from ohem.engine import param_groups
+    from ohem.train import param_groups
 
     cfg = load_config(None, [*SMALL, "solver.lr=0.01", "solver.bias_lr_factor=2", "solver.bias_weight_decay=0"])
     model = build_detector(cfg.model, cfg.sampler, 5)

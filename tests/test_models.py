@@ -4,9 +4,9 @@ import pytest
 import torch
 from torchvision.models import detection
 
-from ohem.config import ModelConfig, SamplerConfig
+from ohem.config import ConfigError, ModelConfig, SamplerConfig
 from ohem.data import SyntheticShapes
-from ohem.mining import FastRCNNRoIHeads, OHEMRoIHeads
+from ohem.mining import HeuristicRoIHeads, OHEMRoIHeads
 from ohem.models import build_detector, build_model
 
 
@@ -16,15 +16,15 @@ def small_cfg(**kwargs):
 
 def test_sampler_choice_sets_roi_heads():
     ohem = build_detector(small_cfg(), SamplerConfig(method="ohem", batch_size_per_image=32), 5)
-    assert type(ohem.roi_heads) is OHEMRoIHeads and ohem.roi_heads.bg_iou_low == 0.0
+    assert type(ohem.roi_heads) is OHEMRoIHeads and ohem.roi_heads.sampler.bg_iou_floor == 0.0
     heuristic = build_detector(small_cfg(), SamplerConfig(method="heuristic"), 5)
-    assert type(heuristic.roi_heads) is FastRCNNRoIHeads and heuristic.roi_heads.bg_iou_low == 0.1
+    assert type(heuristic.roi_heads) is HeuristicRoIHeads and heuristic.roi_heads.bg_iou_low == 0.1
     assert heuristic.roi_heads.fg_bg_sampler.positive_fraction == 0.25
     tv_default = build_detector(
         small_cfg(), SamplerConfig(method="heuristic", batch_size_per_image=512, bg_iou_low=0.0), 5
     )
     assert tv_default.roi_heads.bg_iou_low == 0.0 and tv_default.roi_heads.fg_bg_sampler.batch_size_per_image == 512
-    with pytest.raises(ValueError, match="unknown method 'random'"):
+    with pytest.raises(ConfigError, match="sampler.method: expected one of ohem, heuristic, got 'random'"):
         build_detector(small_cfg(), SamplerConfig(method="random"), 5)
 
 
@@ -66,7 +66,7 @@ def test_backbone_weights_errors(tmp_path):
             return (print, ("ran",))
 
     torch.save({"x": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(ValueError, match="evil.pth: not a loadable tensors-only state dict"):
+    with pytest.raises(ValueError, match="evil.pth: cannot be loaded safely"):
         build_model(small_cfg(backbone_weights=str(tmp_path / "evil.pth")), 5)
     with pytest.raises(ValueError, match="no ImageNet weights"):
         build_model(small_cfg(backbone_weights="imagenet"), 5)

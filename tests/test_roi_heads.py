@@ -1,6 +1,7 @@
-"""OHEMRoIHeads / FastRCNNRoIHeads: labelling, the read-only pass, what gets gradients, drop-in use."""
+"""OHEMRoIHeads / HeuristicRoIHeads: labelling, the read-only pass, what gets gradients, drop-in use."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -9,7 +10,15 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from ohem.data import SyntheticShapes
-from ohem.mining import FastRCNNRoIHeads, OHEMRoIHeads, enable_heuristic_sampling, enable_ohem, per_roi_loss
+from ohem.mining import (
+    HeuristicRoIHeads,
+    OHEMRoIHeads,
+    enable_heuristic_sampling,
+    enable_ohem,
+    per_roi_loss_terms,
+    rebuild_roi_heads,
+)
+from ohem.mining.roi_heads import mining_loss
 from ohem.models import SmallBackbone, small_faster_rcnn
 
 
@@ -42,7 +51,7 @@ def test_enable_ohem_keeps_modules_weights_and_settings():
     assert isinstance(heads, OHEMRoIHeads) and isinstance(heads, RoIHeads)
     assert heads.box_head is old.box_head and heads.box_predictor is old.box_predictor
     assert heads.box_roi_pool is old.box_roi_pool
-    assert heads.num_per_image == 32 and heads.nms_iou == 0.5
+    assert heads.sampler.batch_size_per_image == 32 and heads.sampler.nms_iou == 0.5
     assert heads.score_thresh == old.score_thresh and heads.nms_thresh == old.nms_thresh
     assert heads.box_coder.weights == old.box_coder.weights
     after = model.state_dict()
@@ -171,8 +180,8 @@ def test_per_roi_loss_cls_and_box_terms():
     regression[1, 4:8] = torch.tensor([0.1, 0.0, 0.0, 0.0])
     labels = torch.tensor([0, 1])
     targets = torch.zeros(2, 4)
-    cls = per_roi_loss(logits, regression, labels, targets, "cls")
-    both = per_roi_loss(logits, regression, labels, targets, "cls+box")
+    terms = per_roi_loss_terms(logits, regression, labels, targets)
+    cls, both = mining_loss(*terms, "cls"), mining_loss(*terms, "cls+box")
     expected_cls = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert torch.allclose(cls, expected_cls)
     # smooth-L1, beta 1/9: |0.1| >= 1/9? no -> 0.5 * 0.1^2 / (1/9) = 0.045, only on the fg RoI.
@@ -180,7 +189,7 @@ def test_per_roi_loss_cls_and_box_terms():
 
 
 def test_bg_iou_low_and_label_assignment():
-    heads = FastRCNNRoIHeads.from_roi_heads(small_model().roi_heads, bg_iou_low=0.1)
+    heads = rebuild_roi_heads(HeuristicRoIHeads, small_model().roi_heads, bg_iou_low=0.1)
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     rois = torch.tensor(
         [
@@ -202,7 +211,7 @@ def test_bg_iou_low_and_label_assignment():
 
 def test_heuristic_sampler_takes_fg_fraction_and_bg_from_the_band():
     model = small_model()
-    enable_heuristic_sampling(model, batch_size_per_image=16, positive_fraction=0.25, bg_iou_low=0.1)
+    enable_heuristic_sampling(model, batch_size_per_image=16, fg_fraction=0.25, bg_iou_low=0.1)
     heads = model.roi_heads.train()
     features, proposals, shapes, targets = heads_inputs()
     rois, _, labels, _ = heads.select_training_samples([p.clone() for p in proposals], targets)
@@ -288,8 +297,10 @@ def test_mean_roi_loss_does_not_depend_on_the_sampler():
     values = [mean_roi_loss(m, ds, [0, 1, 2], torch.device("cpu")) for m in (ohem_model, heuristic_model)]
     assert values[0] == pytest.approx(values[1], rel=1e-6) and values[0] > 0
     assert ohem_model.training  # mode restored
-    with pytest.raises(TypeError, match="FastRCNNRoIHeads"):
-        mean_roi_loss(small_model(), ds, [0], torch.device("cpu"))
+    plain = mean_roi_loss(small_model(), ds, [0, 1, 2], torch.device("cpu"))  # torchvision's own RoIHeads
+    assert plain == pytest.approx(values[0], rel=1e-6)
+    with pytest.raises(TypeError, match="needs a torchvision RoIHeads"):
+        mean_roi_loss(torch.nn.Module(), ds, [0], torch.device("cpu"))
 
 
 def test_low_precision_readonly_pass_ranks_nearly_like_float32():
@@ -297,7 +308,7 @@ def test_low_precision_readonly_pass_ranks_nearly_like_float32():
     mined = {}
     for dtype in (None, torch.bfloat16):
         heads = make_heads(k=16)
-        heads.readonly_dtype = dtype
+        heads.sampler = dataclasses.replace(heads.sampler, readonly_dtype=dtype and str(dtype).split('.')[-1])
         seen = []
         handle = heads.box_head.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
         _, losses = heads(features, proposals, shapes, targets)
@@ -313,7 +324,7 @@ def test_readonly_dtype_inside_an_enclosing_autocast_of_another_dtype():
     # A nested autocast of another dtype would poison the shared weight-cast cache of the outer one.
     features, proposals, shapes, targets = heads_inputs()
     heads = make_heads(k=8)
-    heads.readonly_dtype = torch.float16
+    heads.sampler = dataclasses.replace(heads.sampler, readonly_dtype="float16")
     seen = []
     heads.box_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):

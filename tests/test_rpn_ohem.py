@@ -224,7 +224,7 @@ def test_enable_keeps_weights_and_settings_and_eval_outputs():
     assert rpn.num_per_image == 128 and rpn.nms_iou == 0.6 and not rpn.training
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert OHEMRegionProposalNetwork.from_rpn(old).num_per_image == old.fg_bg_sampler.batch_size_per_image
+    assert OHEMRegionProposalNetwork.from_rpn(old, nms_iou=0.7).num_per_image == old.fg_bg_sampler.batch_size_per_image
 
     with torch.no_grad():
         want_boxes, want_losses = reference.rpn(image_list, features)

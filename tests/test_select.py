@@ -86,12 +86,12 @@ def test_threshold_is_strictly_above():
 
 def test_images_in_ascending_id_order_and_empty_input():
     boxes = torch.tensor([[0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10]], dtype=torch.float)
-    got = select_hard_examples(torch.tensor([1.0, 5.0, 3.0]), boxes, torch.tensor([7, 2, 7]), 1)
+    got = select_hard_examples(torch.tensor([1.0, 5.0, 3.0]), boxes, torch.tensor([7, 2, 7]), 1, nms_iou=0.7)
     assert got.tolist() == [1, 2]
-    empty = select_hard_examples(torch.zeros(0), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 5)
+    empty = select_hard_examples(torch.zeros(0), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 5, nms_iou=0.7)
     assert empty.dtype == torch.long and empty.numel() == 0
 
 
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="boxes"):
-        select_hard_examples(torch.zeros(3), torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), 1)
+        select_hard_examples(torch.zeros(3), torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), 1, nms_iou=0.7)

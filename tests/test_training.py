@@ -7,8 +7,12 @@ import os
 import pytest
 import torch
 
-from ohem import engine
+from ohem import train as training
+from ohem.checkpoint import load_checkpoint, load_state_dict_file
 from ohem.config import apply_overrides, load_config
+from ohem.data import batch_indices, build_dataset
+from ohem.evaluation.score import evaluate
+from ohem.inference import model_from_checkpoint
 
 
 def test_small_model_overfits_a_few_images_with_ohem(tiny_cfg, tmp_path):
@@ -30,10 +34,10 @@ def test_small_model_overfits_a_few_images_with_ohem(tiny_cfg, tmp_path):
             "train.roi_loss_images=4",
         ],
     )
-    metrics = engine.train(cfg, tmp_path)
-    train_set = engine.build_dataset(cfg.data, "train")
-    model, _, _ = engine.model_from_checkpoint(tmp_path / "checkpoint_last.pt", torch.device("cpu"))
-    on_train = engine.evaluate(model, train_set, torch.device("cpu"))
+    metrics = training.train(cfg, tmp_path)
+    train_set = build_dataset(cfg.data, "train")
+    model, _, _ = model_from_checkpoint(tmp_path / "checkpoint_last.pt", torch.device("cpu"))
+    on_train = evaluate(model, train_set, torch.device("cpu"))
     assert on_train["mAP"] > 0.7, on_train
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if '"eval"' not in x]
     first, last = log[:20], log[-20:]
@@ -49,12 +53,12 @@ def test_small_model_overfits_a_few_images_with_ohem(tiny_cfg, tmp_path):
 @pytest.mark.parametrize("method", ["ohem", "heuristic"])
 def test_resume_continues_exactly(tiny_cfg, tmp_path, method):
     cfg = apply_overrides(tiny_cfg, [f"sampler.method={method}", "solver.iterations=4", "train.checkpoint_every=2"])
-    engine.train(cfg, tmp_path / "straight")
+    training.train(cfg, tmp_path / "straight")
     stopped = apply_overrides(cfg, ["solver.iterations=2"])
-    engine.train(stopped, tmp_path / "resumed")
-    engine.train(cfg, tmp_path / "resumed", resume=True)
-    a = engine.load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")
-    b = engine.load_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")
+    training.train(stopped, tmp_path / "resumed")
+    training.train(cfg, tmp_path / "resumed", resume=True)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")
     assert a["iteration"] == b["iteration"] == 4
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
@@ -68,30 +72,30 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path, method):
 
 def test_resume_after_a_crash_drops_log_lines_past_the_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     cfg = apply_overrides(tiny_cfg, ["solver.iterations=4", "train.checkpoint_every=1", "train.mining_log_every=1"])
-    engine.train(cfg, tmp_path / "straight")
-    save = engine.save_checkpoint
+    training.train(cfg, tmp_path / "straight")
+    save = training.save_checkpoint
 
     def crash_at_third(path, model, cfg_, classes, iteration, *args):
         if iteration == 3:
             raise KeyboardInterrupt  # killed after logging iteration 3, before its checkpoint
         save(path, model, cfg_, classes, iteration, *args)
 
-    monkeypatch.setattr(engine, "save_checkpoint", crash_at_third)
+    monkeypatch.setattr(training, "save_checkpoint", crash_at_third)
     with pytest.raises(KeyboardInterrupt):
-        engine.train(cfg, tmp_path / "crashed")
-    monkeypatch.setattr(engine, "save_checkpoint", save)
-    engine.train(cfg, tmp_path / "crashed", resume=True)
+        training.train(cfg, tmp_path / "crashed")
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    training.train(cfg, tmp_path / "crashed", resume=True)
     for name in ("log.jsonl", "mining.jsonl"):
         lines = (tmp_path / "crashed" / name).read_text().splitlines()
         iterations = [json.loads(x)["iteration"] for x in lines if '"eval"' not in x]
         assert iterations == [1, 2, 3, 4], name
-    a = engine.load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")["model"]
-    b = engine.load_checkpoint(tmp_path / "crashed" / "checkpoint_last.pt")["model"]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")["model"]
+    b = load_checkpoint(tmp_path / "crashed" / "checkpoint_last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_non_finite_loss_stops_with_iteration_and_images(tiny_cfg, tmp_path, monkeypatch):
-    build = engine.build_detector
+    build = training.build_detector
 
     def build_with_nan_at_third_step(*args):
         model = build(*args)
@@ -108,13 +112,13 @@ def test_non_finite_loss_stops_with_iteration_and_images(tiny_cfg, tmp_path, mon
         model.forward = poisoned
         return model
 
-    monkeypatch.setattr(engine, "build_detector", build_with_nan_at_third_step)
+    monkeypatch.setattr(training, "build_detector", build_with_nan_at_third_step)
     cfg = apply_overrides(tiny_cfg, ["solver.iterations=6", "train.checkpoint_every=1"])
-    images = engine.batch_indices(2, cfg.data.num_train, cfg.solver.images_per_batch, cfg.train.seed)
-    with pytest.raises(engine.NonFiniteLossError, match=rf"at iteration 3 on train images \{images}"):
-        engine.train(cfg, tmp_path)
+    images = batch_indices(2, cfg.data.num_train, cfg.solver.images_per_batch, cfg.train.seed)
+    with pytest.raises(training.NonFiniteLossError, match=rf"at iteration 3 on train images \{images}"):
+        training.train(cfg, tmp_path)
     # The last good checkpoint (iteration 2) is intact; nothing of iteration 3 was applied or logged.
-    assert engine.load_checkpoint(tmp_path / "checkpoint_last.pt")["iteration"] == 2
+    assert load_checkpoint(tmp_path / "checkpoint_last.pt")["iteration"] == 2
     logged = [json.loads(x)["iteration"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
 
@@ -124,18 +128,18 @@ def test_float_config_accepts_exponent_strings(tiny_cfg):
 
 
 def test_init_weights_from_a_checkpoint_or_state_dict(tiny_cfg, tmp_path):
-    engine.train(tiny_cfg, tmp_path / "a")
-    trained = engine.load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["model"]
+    training.train(tiny_cfg, tmp_path / "a")
+    trained = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["model"]
     torch.save(trained, tmp_path / "plain.pth")
     for source in (tmp_path / "a" / "checkpoint_last.pt", tmp_path / "plain.pth"):
         # lr 0: the weights after one step are the initial ones.
         cfg = apply_overrides(tiny_cfg, [f"model.init_weights={source}", "solver.lr=0", "solver.iterations=1"])
-        engine.train(cfg, tmp_path / "b")
-        started = engine.load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["model"]
+        training.train(cfg, tmp_path / "b")
+        started = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["model"]
         assert all(torch.equal(trained[k], started[k]) for k in trained if trained[k].is_floating_point())
     torch.save({"not": "weights"}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth: neither an ohem checkpoint nor a state dict"):
-        engine.load_weights(tmp_path / "bad.pth")
+        load_state_dict_file(tmp_path / "bad.pth")
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_overrides, tmp_path):
@@ -162,14 +166,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_overrides, tmp_p
     assert proc.poll() is None, "training ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert engine.load_checkpoint(tmp_path / "killed" / "checkpoint_last.pt")["iteration"] < 12
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint_last.pt")["iteration"] < 12
     assert (
         subprocess.run(cmd + ["--resume"], capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"}).returncode == 0
     )
 
-    engine.train(load_config("configs/demo.yaml", overrides), tmp_path / "straight")
-    a = engine.load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")
-    b = engine.load_checkpoint(tmp_path / "killed" / "checkpoint_last.pt")
+    training.train(load_config("configs/demo.yaml", overrides), tmp_path / "straight")
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint_last.pt")
     assert a["iteration"] == b["iteration"] == 12
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), f"{key} differs after a kill at ~{kill_after}"
@@ -179,13 +183,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_overrides, tmp_p
 
 def test_bf16_autocast_training_on_cpu(tiny_cfg, tmp_path):
     cfg = apply_overrides(tiny_cfg, ["train.amp=bf16"])
-    engine.train(cfg, tmp_path)
+    training.train(cfg, tmp_path)
     steps = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if '"eval"' not in x]
     assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
-    state = engine.load_checkpoint(tmp_path / "checkpoint_last.pt")
+    state = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
-        engine.train(apply_overrides(tiny_cfg, ["train.amp=fp16", "train.device=cpu"]), tmp_path / "fp16")
+        training.train(apply_overrides(tiny_cfg, ["train.amp=fp16", "train.device=cpu"]), tmp_path / "fp16")
 
 
 def test_torchrun_with_two_cpu_processes_matches_one_process(tiny_overrides, tmp_path):
@@ -212,13 +216,13 @@ def test_torchrun_with_two_cpu_processes_matches_one_process(tiny_overrides, tmp
     # files were written once.
     logged = [json.loads(x)["iteration"] for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 3]  # 3 steps, then the final evaluation
-    ddp = engine.load_checkpoint(tmp_path / "ddp" / "checkpoint_last.pt")
+    ddp = load_checkpoint(tmp_path / "ddp" / "checkpoint_last.pt")
     assert len(ddp["rng"]["torch"]) == 2
-    engine.train(load_config("configs/demo.yaml", overrides), tmp_path / "single")
-    single = engine.load_checkpoint(tmp_path / "single" / "checkpoint_last.pt")
+    training.train(load_config("configs/demo.yaml", overrides), tmp_path / "single")
+    single = load_checkpoint(tmp_path / "single" / "checkpoint_last.pt")
     cfg = load_config("configs/demo.yaml", overrides)
     torch.manual_seed(cfg.train.seed)
-    initial = engine.build_detector(cfg.model, cfg.sampler, 5).state_dict()
+    initial = training.build_detector(cfg.model, cfg.sampler, 5).state_dict()
     update = sum((single["model"][k] - initial[k]).abs().sum() for k in initial)
     gap = sum((single["model"][k] - ddp["model"][k]).abs().sum() for k in initial)
     assert update > 0 and gap < 1e-3 * update, (float(gap), float(update))

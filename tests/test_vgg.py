@@ -16,7 +16,7 @@ from ohem.models.vgg import (
     fast_rcnn_vgg16,
     fast_rcnn_vgg_cnn_m_1024,
     faster_rcnn_vgg_cnn_m_1024,
-    vgg16_backbone,
+    vgg16_backbone_and_head,
     vgg_cnn_m_1024_backbone_and_head,
 )
 
@@ -65,7 +65,6 @@ def test_vgg16_backbone_stride_channels_and_frozen_layers(vgg16_model):
     assert not predictor.cls_score.bias.any() and not predictor.bbox_pred.bias.any()
     heads = vgg16_model.roi_heads
     assert heads.nms_thresh == 0.3 and heads.fg_bg_sampler.batch_size_per_image == 64
-    assert type(vgg16_backbone(None)) is type(backbone)
 
 
 def test_vgg16_fast_rcnn_training_step(vgg16_model):
@@ -105,7 +104,7 @@ def test_imagenet_weights_use_torchvisions_api(monkeypatch):
         return real(weights=None)
 
     monkeypatch.setattr(vgg.tv_models, "vgg16", fake_vgg16)
-    vgg16_backbone("imagenet")
+    vgg16_backbone_and_head("imagenet")
     assert calls == [torchvision.models.VGG16_Weights.IMAGENET1K_V1]
     with pytest.raises(ValueError, match="VGG_CNN_M_1024 has no ImageNet weights"):
         vgg_cnn_m_1024_backbone_and_head("imagenet")
@@ -119,18 +118,18 @@ class Payload:
 def test_pickled_and_bad_weight_files_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"conv1.weight": Payload()}, path)
-    for build in (vgg16_backbone, vgg_cnn_m_1024_backbone_and_head):
-        with pytest.raises(ValueError, match="evil.pth: not a tensors-only state dict") as err:
+    for build in (vgg16_backbone_and_head, vgg_cnn_m_1024_backbone_and_head):
+        with pytest.raises(ValueError, match="evil.pth: cannot be loaded safely") as err:
             build(str(path))
         assert "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="missing.pth: no such file"):
-        vgg16_backbone(str(tmp_path / "missing.pth"))
+        vgg16_backbone_and_head(str(tmp_path / "missing.pth"))
     torch.save({"conv1.weight": torch.zeros(96, 3, 7, 7)}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="missing key 'conv1.bias'"):
         vgg_cnn_m_1024_backbone_and_head(str(tmp_path / "partial.pth"))
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "partial16.pth")
     with pytest.raises(ValueError, match="missing key 'features.0.bias'"):
-        vgg16_backbone(str(tmp_path / "partial16.pth"))
+        vgg16_backbone_and_head(str(tmp_path / "partial16.pth"))
 
 
 def test_vgg_cnn_m_1024_architecture_and_local_weights(tmp_path):

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import io
 import math
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def _checked_results(results: list[dict], image_ids: set, cat_ids: set) -> list[
     return checked
 
 
-def _no_detections(coco_gt):  # noqa: ANN001, ANN202 - pycocotools COCO objects
+def _no_detections(coco_gt: Any) -> Any:  # pycocotools COCO objects
     """What loadRes would build from a results list with nothing in it."""
     coco_dt = type(coco_gt)()
     coco_dt.dataset = {

@@ -17,11 +17,11 @@ import math
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import torch
+from torchvision.ops import box_convert
 
 from ohem.evaluation.voc import ImageDetections
-from ohem.util import atomic_open
+from ohem.util import atomic_open, is_coco_bbox, is_number, json_object, json_type, xywh_to_xyxy
 
 _KEYS = ("image_id", "category_id", "bbox", "score")
 
@@ -34,6 +34,42 @@ def read_detections(
     where = f"detections {os.fspath(path)}"
     image_index = _index(image_ids, "image_ids")
     label_of = {c: k for k, c in enumerate(_index(category_ids, "category_ids"), start=1)}
+    boxes: list[list[list[float]]] = [[] for _ in image_ids]
+    scores: list[list[float]] = [[] for _ in image_ids]
+    labels: list[list[int]] = [[] for _ in image_ids]
+    for i, entry in enumerate(_read_entries(path, where)):
+        at = f"{where}: entry {i}"
+        entry = json_object(entry, _KEYS, at)
+        image_id, category_id, bbox, score = (entry[k] for k in _KEYS)
+        if not isinstance(image_id, (str, int)) or isinstance(image_id, bool):
+            raise ValueError(f"{at}: image_id must be a string or an integer, got {_short(image_id)}")
+        if image_id not in image_index:
+            raise ValueError(f"{at}: image_id {image_id!r} is not in the dataset split{_id_hint(image_id, image_ids)}")
+        if not _is_int(category_id):
+            raise ValueError(f"{at}: category_id must be an integer, got {_short(category_id)}")
+        if category_id not in label_of:
+            raise ValueError(
+                f"{at}: category_id {category_id} is not one of the dataset's categories ({_id_range(category_ids)})"
+            )
+        box = _checked_box(bbox, at)
+        if not is_number(score) or not math.isfinite(score):
+            raise ValueError(f"{at}: score must be a finite number, got {_short(score)}")
+        img = image_index[image_id]
+        boxes[img].append(box)
+        scores[img].append(float(score))
+        labels[img].append(label_of[category_id])
+    return [
+        ImageDetections(
+            torch.tensor(b, dtype=torch.float32).reshape(-1, 4),
+            torch.tensor(s, dtype=torch.float32),
+            torch.tensor(lab, dtype=torch.int64),
+        )
+        for b, s, lab in zip(boxes, scores, labels)
+    ]
+
+
+def _read_entries(path: str | os.PathLike, where: str) -> list:
+    """The file's JSON list (its entries not yet checked)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -46,54 +82,48 @@ def read_detections(
     if not isinstance(entries, list):
         raise ValueError(
             f"{where}: expected a JSON list of COCO results entries "
-            f"({{image_id, category_id, bbox, score}}), got a JSON {_json_type(entries)}"
+            f"({{image_id, category_id, bbox, score}}), got a JSON {json_type(entries)}"
         )
+    return entries
 
-    boxes: list[list[list[float]]] = [[] for _ in image_ids]
-    scores: list[list[float]] = [[] for _ in image_ids]
-    labels: list[list[int]] = [[] for _ in image_ids]
-    for i, entry in enumerate(entries):
-        at = f"{where}: entry {i}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{at}: expected an object with {', '.join(_KEYS)}, got a JSON {_json_type(entry)}")
-        missing = [k for k in _KEYS if k not in entry]
-        if missing:
-            raise ValueError(f"{at}: missing {', '.join(map(repr, missing))}")
-        image_id, category_id, bbox, score = (entry[k] for k in _KEYS)
 
-        if not isinstance(image_id, (str, int)) or isinstance(image_id, bool):
-            raise ValueError(f"{at}: image_id must be a string or an integer, got {_short(image_id)}")
-        if image_id not in image_index:
-            raise ValueError(f"{at}: image_id {image_id!r} is not in the dataset split{_id_hint(image_id, image_ids)}")
-        if not _is_int(category_id):
-            raise ValueError(f"{at}: category_id must be an integer, got {_short(category_id)}")
-        if category_id not in label_of:
-            raise ValueError(
-                f"{at}: category_id {category_id} is not one of the dataset's categories ({_id_range(category_ids)})"
-            )
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            raise ValueError(f"{at}: bbox must be a list of 4 numbers [x, y, w, h], got {_short(bbox)}")
-        if not all(math.isfinite(v) for v in bbox):
-            raise ValueError(f"{at}: bbox {bbox} is not finite")
-        x, y, w, h = (float(v) for v in bbox)
-        if w < 0 or h < 0:
-            raise ValueError(f"{at}: bbox {bbox} has a negative width or height (COCO boxes are [x, y, w, h])")
-        if not _is_number(score) or not math.isfinite(score):
-            raise ValueError(f"{at}: score must be a finite number, got {_short(score)}")
+def _checked_box(bbox: object, at: str) -> list[float]:
+    """An entry's ``[x, y, w, h]`` as ``[x1, y1, x2, y2]``; an error unless it is four finite
+    numbers with a width and height of at least 0."""
+    if not is_coco_bbox(bbox):
+        raise ValueError(f"{at}: bbox must be a list of 4 numbers [x, y, w, h], got {_short(bbox)}")
+    if not all(math.isfinite(v) for v in bbox):
+        raise ValueError(f"{at}: bbox {bbox} is not finite")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(f"{at}: bbox {bbox} has a negative width or height (COCO boxes are [x, y, w, h])")
+    return xywh_to_xyxy(bbox)
 
-        img = image_index[image_id]
-        boxes[img].append([x, y, x + w, y + h])
-        scores[img].append(float(score))
-        labels[img].append(label_of[category_id])
 
-    return [
-        ImageDetections(
-            torch.tensor(b, dtype=torch.float32).reshape(-1, 4),
-            torch.tensor(s, dtype=torch.float32),
-            torch.tensor(lab, dtype=torch.int64),
-        )
-        for b, s, lab in zip(boxes, scores, labels)
-    ]
+def to_coco_results(
+    detections: Sequence[ImageDetections], image_ids: Sequence[str | int], category_ids: Sequence[int]
+) -> list[dict]:
+    """COCO results entries (``image_id``, ``category_id``, ``bbox`` x, y, w, h, ``score``) of one
+    detection list per image; label ``k`` is ``category_ids[k - 1]``. Non-finite values, inverted
+    boxes and labels out of range are errors naming the image."""
+    if len(detections) != len(image_ids):
+        raise ValueError(f"detections: {len(detections)} detection lists for {len(image_ids)} image ids")
+    results = []
+    for image_id, d in zip(image_ids, detections):
+        image_id = image_id if isinstance(image_id, str) else int(image_id)  # numpy ints are not JSON
+        xywh = box_convert(d.boxes.detach().cpu().double().reshape(-1, 4), "xyxy", "xywh")
+        if not torch.isfinite(xywh).all():
+            raise ValueError(f"detections: image {image_id!r} has a non-finite box")
+        if (xywh[:, 2:] < 0).any():
+            raise ValueError(f"detections: image {image_id!r} has a box with x2 < x1 or y2 < y1")
+        scores = d.scores.detach().cpu().double().reshape(-1).tolist()
+        for bbox, score, label in zip(xywh.tolist(), scores, d.labels.detach().cpu().reshape(-1).tolist()):
+            if not 1 <= label <= len(category_ids):
+                raise ValueError(f"detections: image {image_id!r} has label {label}, not in 1..{len(category_ids)}")
+            if not math.isfinite(score):
+                raise ValueError(f"detections: image {image_id!r} has a non-finite score")
+            results.append({"image_id": image_id, "category_id": int(category_ids[label - 1]), "bbox": bbox,
+                            "score": score})  # fmt: skip
+    return results
 
 
 def write_detections(
@@ -107,35 +137,11 @@ def write_detections(
     Boxes are rounded to 0.01 px and scores to 5 significant digits, so ``read_detections`` gives
     them back within that rounding. The file is replaced atomically: a reader never sees half of it.
     """
-    if len(detections) != len(image_ids):
-        raise ValueError(f"write_detections: {len(detections)} detection lists for {len(image_ids)} image ids")
     _index(image_ids, "image_ids")
-    lines = []
-    for image_id, d in zip(image_ids, detections):
-        image_id = image_id if isinstance(image_id, str) else int(image_id)  # numpy ints are not JSON
-        boxes = d.boxes.detach().cpu().double().reshape(-1, 4).numpy()
-        if not np.isfinite(boxes).all():
-            raise ValueError(f"write_detections: image {image_id!r} has a non-finite box")
-        xywh = np.round(np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1), 2)
-        if (xywh[:, 2:] < 0).any():
-            raise ValueError(f"write_detections: image {image_id!r} has a box with x2 < x1 or y2 < y1")
-        scores = d.scores.detach().cpu().double().reshape(-1).tolist()
-        labels = d.labels.detach().cpu().reshape(-1).tolist()
-        for bbox, score, label in zip(xywh.tolist(), scores, labels):
-            if not 1 <= label <= len(category_ids):
-                raise ValueError(
-                    f"write_detections: image {image_id!r} has label {label}, not in 1..{len(category_ids)}"
-                )
-            if not math.isfinite(score):
-                raise ValueError(f"write_detections: image {image_id!r} has a non-finite score")
-            entry = {
-                "image_id": image_id,
-                "category_id": int(category_ids[label - 1]),
-                "bbox": bbox,
-                "score": float(f"{score:.5g}"),
-            }
-            lines.append(json.dumps(entry))
+    entries = to_coco_results(detections, image_ids, category_ids)
     # One entry per line: diffable, and a JSON error's line number points at the entry.
+    lines = [json.dumps({**e, "bbox": [round(v, 2) for v in e["bbox"]], "score": float(f"{e['score']:.5g}")})
+             for e in entries]  # fmt: skip
     text = "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
     with atomic_open(path) as f:
         f.write(text)
@@ -177,15 +183,6 @@ def _id_range(category_ids: Sequence[int]) -> str:
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _json_type(v: object) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if v is None else names.get(type(v), type(v).__name__)
 
 
 def _short(v: object, limit: int = 60) -> str:

@@ -56,9 +56,8 @@ class MiningRecorder:
             })  # fmt: skip
         self.hardest = sorted(self.hardest, key=lambda r: -r["loss"])[:HARDEST_KEPT]
 
-    def flush(self, iteration: int) -> dict[str, Any] | None:
-        if self.steps == 0:
-            return None
+    def flush(self, iteration: int) -> dict[str, Any]:
+        """The record of the steps added since the last flush (at least one)."""
         fg = int(self.label_counts[1:].sum())
         record = {
             "iteration": iteration,

@@ -29,7 +29,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from ohem.mining.select import select_hard_examples
@@ -70,7 +71,7 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
     ``last_mining`` holds the latest training step's selection (detached, on the input device).
     """
 
-    def __init__(self, *args, nms_iou: float | None = 0.7, **kwargs) -> None:
+    def __init__(self, *args, nms_iou: float | None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.nms_iou = nms_iou
         self.last_mining: dict[str, torch.Tensor] = {}
@@ -82,8 +83,8 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
     def from_rpn(
         cls,
         rpn: RegionProposalNetwork,
+        nms_iou: float | None,
         batch_size_per_image: int | None = None,
-        nms_iou: float | None = 0.7,
     ) -> OHEMRegionProposalNetwork:
         """A new RPN of this class holding the same modules and settings as ``rpn``.
 
@@ -116,7 +117,9 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
     def num_per_image(self) -> int:
         return self.fg_bg_sampler.batch_size_per_image
 
-    def forward(self, images, features, targets=None):  # noqa: ANN001, ANN201
+    def forward(
+        self, images: ImageList, features: dict[str, Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
         if not self.training:
             return super().forward(images, features, targets)
         # torchvision's forward passes the anchors to assign_targets_to_anchors but not to
@@ -128,11 +131,15 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
         losses.update(self._mining_stats)
         return boxes, losses
 
-    def assign_targets_to_anchors(self, anchors, targets):  # noqa: ANN001, ANN201
+    def assign_targets_to_anchors(
+        self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
         self._anchors = anchors
         return super().assign_targets_to_anchors(anchors, targets)
 
-    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):  # noqa: ANN001, ANN201
+    def compute_loss(
+        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
         if self._anchors is None:
             raise RuntimeError("OHEMRegionProposalNetwork.compute_loss is called from forward() only")
         tic = time.perf_counter()
@@ -181,23 +188,3 @@ def selected_anchor_loss(
     box_loss = F.smooth_l1_loss(pred_bbox_deltas[pos], targets[pos], beta=1 / 9, reduction="sum") / selected.numel()
     objectness_loss = F.binary_cross_entropy_with_logits(objectness[selected], all_labels[selected])
     return objectness_loss, box_loss
-
-
-def enable_rpn_ohem(
-    model: nn.Module,
-    batch_size_per_image: int | None = None,
-    nms_iou: float | None = 0.7,
-) -> nn.Module:
-    """Swap ``OHEMRegionProposalNetwork`` into a torchvision two-stage detector in place; returns it.
-
-    Every module and weight of ``model.rpn`` is kept; ``batch_size_per_image=None`` keeps the RPN's
-    own anchors-per-image (``rpn_batch_size_per_image``, 256 by default).
-    """
-    rpn = getattr(model, "rpn", None)
-    if not isinstance(rpn, RegionProposalNetwork):
-        raise TypeError(
-            "expected a torchvision two-stage detector with a RegionProposalNetwork at .rpn, "
-            f"got {type(model).__name__}"
-        )
-    model.rpn = OHEMRegionProposalNetwork.from_rpn(rpn, batch_size_per_image=batch_size_per_image, nms_iou=nms_iou)
-    return model

@@ -24,7 +24,7 @@ def select_hard_examples(
     boxes: torch.Tensor,
     image_ids: torch.Tensor,
     num_per_image: int,
-    nms_iou: float | None = 0.7,
+    nms_iou: float | None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices of the hard RoIs: per image (ascending id), descending loss, at most ``num_per_image``.

@@ -1,4 +1,4 @@
-"""+B: iterative box regression with weighted box voting at test time (PAPER.md; after Gidaris &
+"""+B: iterative box regression with weighted box voting at test time (docs/PAPER.md; after Gidaris &
 Komodakis, ICCV 2015, as used by Shrivastava et al.).
 
 Pass 1 scores the proposals and regresses them per class. Pass 2 re-scores each regressed box with
@@ -9,16 +9,15 @@ overlap it by IoU >= ``vote_iou`` (itself included); its score stays its own.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import batched_nms, box_iou, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou
 
-from ohem.models.fast_rcnn import FastRCNN
-from ohem.models.multiscale import ImagePyramid, classify_and_regress
+from ohem.models.fast_rcnn import FastRCNN, backbone_features
+from ohem.models.multiscale import ImagePyramid, big_enough, candidates, classify_and_regress
 
 
 def box_voting(
@@ -77,10 +76,7 @@ def iterative_box_regression_detect(
             score_and_regress = ImagePyramid(model, images, scales).score_and_regress
             return _detect(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        image_list, _ = model.transform(images)
-        features = model.backbone(image_list.tensors)
-        if isinstance(features, torch.Tensor):
-            features = OrderedDict([("0", features)])
+        image_list, _, features = backbone_features(model, images)
         if proposals is not None:
             if len(proposals) != len(images):
                 raise ValueError(f"{len(proposals)} proposal sets for {len(images)} images")
@@ -117,7 +113,7 @@ def _detect(
     for (b1, s1, l1), s2_all, b2_all in zip(first, scores2, boxes2):
         rows = torch.arange(l1.numel(), device=l1.device)
         b2, s2 = b2_all[rows, l1], s2_all[rows, l1]
-        again = (s2 > score_thresh) & _big_enough(b2)
+        again = (s2 > score_thresh) & big_enough(b2)
         pool_boxes = torch.cat([b1, b2[again]])
         pool_scores = torch.cat([s1, s2[again]])
         pool_labels = torch.cat([l1, l1[again]])
@@ -132,23 +128,3 @@ def _score_and_regress(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per image: class probabilities (n, C) and per-class regressed boxes (n, C, 4), clipped."""
     return classify_and_regress(heads, heads.box_roi_pool(features, boxes, shapes), boxes, shapes)
-
-
-def candidates(
-    scores: torch.Tensor, boxes: torch.Tensor, score_thresh: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(boxes, scores, labels) of the foreground (box, class) pairs scoring above ``score_thresh``,
-    minus near-empty boxes, as torchvision's ``postprocess_detections`` filters them."""
-    num_classes = scores.shape[1]
-    labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
-    boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-    keep = torch.nonzero(scores > score_thresh).squeeze(1)
-    keep = keep[_big_enough(boxes[keep])]
-    return boxes[keep], scores[keep], labels[keep]
-
-
-def _big_enough(boxes: torch.Tensor) -> torch.Tensor:
-    """Mask of boxes at least 0.01 px wide and high (torchvision's rule for detections)."""
-    return torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device).index_fill_(
-        0, remove_small_boxes(boxes, 1e-2), True
-    )

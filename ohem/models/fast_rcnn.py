@@ -95,18 +95,15 @@ class FastRCNN(GeneralizedRCNN):
             raise ValueError("FastRCNN: targets are required in training mode")
         proposals = _proposals_of(images, targets, proposals)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        image_list, targets = self.transform(images, targets)
-        if targets is not None:
-            _check_boxes(targets)
-        proposals = self.resize_proposals(proposals, original_sizes, image_list)
         if not self.training and sum(p.shape[0] for p in proposals) == 0:
             # torchvision's box decoder cannot reshape an empty batch; there is nothing to detect.
-            empty = image_list.tensors.new_zeros((0, 4))
+            empty = images[0].new_zeros((0, 4))
             labels = torch.zeros(0, dtype=torch.int64, device=empty.device)
             return [{"boxes": empty, "labels": labels, "scores": empty[:, 0]} for _ in proposals]
-        features = self.backbone(image_list.tensors)
-        if isinstance(features, torch.Tensor):
-            features = OrderedDict([("0", features)])
+        image_list, targets, features = backbone_features(self, images, targets)
+        if targets is not None:
+            _check_gt_boxes_have_area(targets)
+        proposals = self.resize_proposals(proposals, original_sizes, image_list)
         detections, losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         if self.training:
             return losses
@@ -138,8 +135,20 @@ def _proposals_of(
     return list(proposals)
 
 
-def _check_boxes(targets: list[dict[str, torch.Tensor]]) -> None:
-    # Same check as GeneralizedRCNN.forward: a degenerate gt box would give infinite box targets.
+def backbone_features(
+    model: GeneralizedRCNN, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+) -> tuple[ImageList, list[dict[str, torch.Tensor]] | None, dict[str, torch.Tensor]]:
+    """``model.transform`` (resize, normalise, batch) then ``model.backbone``, features as a dict."""
+    image_list, targets = model.transform(images, targets)
+    features = model.backbone(image_list.tensors)
+    if isinstance(features, torch.Tensor):
+        features = OrderedDict([("0", features)])
+    return image_list, targets, features
+
+
+def _check_gt_boxes_have_area(targets: list[dict[str, torch.Tensor]]) -> None:
+    # GeneralizedRCNN.forward's check (which Fast R-CNN's own forward replaces): a degenerate gt box
+    # would give infinite box targets.
     for i, target in enumerate(targets):
         boxes = target["boxes"]
         if boxes.dim() != 2 or boxes.shape[-1] != 4:

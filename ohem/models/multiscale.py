@@ -8,15 +8,13 @@ they decode the same at any scale.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
-from ohem.models.fast_rcnn import FastRCNN
+from ohem.models.fast_rcnn import FastRCNN, backbone_features
 
 TARGET_AREA = 224 * 224
 
@@ -32,10 +30,7 @@ class ImagePyramid:
         try:
             for scale in scales:
                 transform.min_size = (scale,)
-                image_list, _ = transform(images)
-                features = model.backbone(image_list.tensors)
-                if isinstance(features, torch.Tensor):
-                    features = OrderedDict([("0", features)])
+                image_list, _, features = backbone_features(model, images)
                 self.levels.append((image_list, features))
         finally:
             transform.min_size = saved
@@ -96,8 +91,6 @@ def pyramid_detect(
 ) -> list[dict[str, torch.Tensor]]:
     """Fast R-CNN's multi-scale detections (torchvision dicts, original pixels) for proposals in
     original pixels; score threshold, NMS and detections per image are the model's."""
-    from ohem.models.box_voting import candidates  # box_voting builds on this module
-
     heads = model.roi_heads
     probs, regressed = ImagePyramid(model, images, scales).score_and_regress(proposals)
     detections = []
@@ -106,3 +99,23 @@ def pyramid_detect(
         keep = batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
         detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return detections
+
+
+def candidates(
+    scores: torch.Tensor, boxes: torch.Tensor, score_thresh: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(boxes, scores, labels) of the foreground (box, class) pairs scoring above ``score_thresh``,
+    minus near-empty boxes, as torchvision's ``postprocess_detections`` filters them."""
+    num_classes = scores.shape[1]
+    labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
+    boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+    keep = torch.nonzero(scores > score_thresh).squeeze(1)
+    keep = keep[big_enough(boxes[keep])]
+    return boxes[keep], scores[keep], labels[keep]
+
+
+def big_enough(boxes: torch.Tensor) -> torch.Tensor:
+    """Mask of boxes at least 0.01 px wide and high (torchvision's rule for detections)."""
+    return torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device).index_fill_(
+        0, remove_small_boxes(boxes, 1e-2), True
+    )

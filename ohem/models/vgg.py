@@ -22,6 +22,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
 from torchvision.ops import RoIPool
 
+from ohem.checkpoint import load_state_dict_file
 from ohem.models.fast_rcnn import IMAGENET_MEAN, IMAGENET_STD, FastRCNN
 
 VGG16_FROZEN = 10  # features[0:10]: conv1_1 .. pool2, frozen as in Fast R-CNN
@@ -132,11 +133,6 @@ def _caffe_lrn() -> nn.LocalResponseNorm:
     return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
 
 
-def vgg16_backbone(weights: str | None = None) -> VGG16Backbone:
-    """VGG16 conv1_1-relu5_3 (stride 16, 512 channels, conv1-conv2 frozen); see ``vgg16_backbone_and_head``."""
-    return VGG16Backbone(_torchvision_vgg16(weights).features)
-
-
 def vgg16_backbone_and_head(weights: str | None = None) -> tuple[VGG16Backbone, VGGBoxHead]:
     """VGG16's conv layers and its fc6/fc7 box head (input 512x7x7), from one set of weights.
 
@@ -170,7 +166,7 @@ def vgg_cnn_m_1024_backbone_and_head(weights: str | None = None) -> tuple[VGGCNN
             "VGG_CNN_M_1024 has no ImageNet weights in torchvision or another maintained package; "
             "give a local state dict file (see vgg_cnn_m_1024_backbone_and_head) or None"
         )
-    state = _read_state_dict(weights)
+    state = load_state_dict_file(weights)
     parts = {"backbone": backbone, "head": head}
     expected = {k: name for name, m in parts.items() for k in m.state_dict()}
     loaded: dict[str, dict[str, torch.Tensor]] = {"backbone": {}, "head": {}}
@@ -264,7 +260,7 @@ def _torchvision_vgg16(weights: str | None) -> tv_models.VGG:
     if weights == "imagenet":
         return tv_models.vgg16(weights=tv_models.VGG16_Weights.IMAGENET1K_V1)
     vgg = tv_models.vgg16(weights=None)
-    state = _read_state_dict(weights)
+    state = load_state_dict_file(weights)
     expected = vgg.state_dict()
     unexpected = [k for k in state if k not in expected]
     if unexpected:
@@ -280,24 +276,6 @@ def _torchvision_vgg16(weights: str | None) -> tv_models.VGG:
     state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
     _load(vgg, state, weights)
     return vgg
-
-
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A tensors-only state dict file; ``weights_only=True`` refuses pickled code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"weights {path}: no such file (expected None, 'imagenet' or a file)") from None
-    except Exception as e:  # noqa: BLE001 - torch raises several types for a pickle or a bad file
-        raise ValueError(
-            f"weights {path}: not a tensors-only state dict, refused ({type(e).__name__}); "
-            "save one with torch.save(model.state_dict(), path)"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights {path}: expected a dict of tensors (a state dict)")
-    return state
 
 
 def _load(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -1,0 +1,126 @@
+"""Detections of a trained model: one image batch (``detect``), a data set (``predict``), or a
+checkpoint file (``model_from_checkpoint``), with the test-time options of ``TestTime``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+
+from ohem.checkpoint import load_checkpoint
+from ohem.config import Config, ModelConfig, config_from_dict
+from ohem.evaluation.voc import ImageDetections
+from ohem.models import build_detector
+from ohem.models.box_voting import iterative_box_regression_detect
+from ohem.models.multiscale import pyramid_detect
+
+
+@dataclass(frozen=True)
+class TestTime:
+    """Test-time options: ``min_sizes`` (an image pyramid, +M; None: the model's own size) and
+    ``box_voting`` (iterative box regression with weighted voting, +B)."""
+
+    __test__ = False  # a class named Test* that pytest must not collect
+
+    min_sizes: tuple[int, ...] | None = None
+    box_voting: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> TestTime:
+        sizes = cfg.test_min_size
+        return cls(None if sizes is None else tuple(sizes) if isinstance(sizes, list) else (sizes,), cfg.box_voting)
+
+
+def detect(
+    model: nn.Module, images: list[torch.Tensor], targets: list[dict] | None = None, test_time: TestTime | None = None
+) -> list[dict]:
+    """Eval-mode detections (torchvision dicts, original pixels). Fast R-CNN reads its proposals from
+    ``targets``. +M with proposals is Fast R-CNN's pyramid (each RoI at the scale where it is nearest
+    224 px square); with an RPN, each scale detects on its own and the detections are pooled, then NMS."""
+    proposals = None
+    if getattr(model, "needs_proposals", False):
+        if targets is None or any("proposals" not in t for t in targets):
+            raise ValueError(f"{type(model).__name__} reads proposals: set data.test_proposals (a proposal file)")
+        proposals = [t["proposals"] for t in targets]
+    test_time = test_time or TestTime()
+    sizes = test_time.min_sizes
+    if sizes and proposals is not None:
+        if test_time.box_voting:
+            nms = model.roi_heads.nms_thresh
+            return iterative_box_regression_detect(model, images, proposals, nms_thresh=nms, scales=list(sizes))
+        return pyramid_detect(model, images, proposals, list(sizes))
+    if not sizes:
+        return _detect_once(model, images, proposals, test_time.box_voting)
+    transform, saved = model.transform, model.transform.min_size
+    try:
+        per_scale = []
+        for size in sizes:
+            transform.min_size = (size,)
+            per_scale.append(_detect_once(model, images, None, test_time.box_voting))
+    finally:
+        transform.min_size = saved
+    return per_scale[0] if len(per_scale) == 1 else _merge(per_scale, model.roi_heads)
+
+
+def _detect_once(model: nn.Module, images: list[torch.Tensor], proposals: list | None, box_voting: bool) -> list[dict]:
+    if box_voting:
+        return iterative_box_regression_detect(model, images, proposals, nms_thresh=model.roi_heads.nms_thresh)
+    return model(images, proposals=proposals) if proposals is not None else model(images)
+
+
+def _merge(per_scale: list[list[dict]], heads: nn.Module) -> list[dict]:
+    """Per image, the detections of every scale pooled, then NMS per class."""
+    merged = []
+    for dets in zip(*per_scale):
+        boxes = torch.cat([d["boxes"] for d in dets])
+        scores, labels = torch.cat([d["scores"] for d in dets]), torch.cat([d["labels"] for d in dets])
+        keep = batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
+        merged.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return merged
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    device: torch.device,
+    batch_size: int = 2,
+    indices: list[int] | None = None,
+    test_time: TestTime | None = None,
+) -> list[ImageDetections]:
+    """Detections of ``model`` on ``dataset`` (or on its images ``indices``), in that order."""
+    model.eval()
+    indices = list(range(len(dataset))) if indices is None else indices
+    out = []
+    for start in range(0, len(indices), batch_size):
+        batch = [dataset[i] for i in indices[start : start + batch_size]]
+        images = [image.to(device) for image, _ in batch]
+        targets = [{k: v.to(device) for k, v in target.items()} for _, target in batch]
+        for det in detect(model, images, targets, test_time):
+            out.append(ImageDetections(det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
+    return out
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, Config, list[str]]:
+    """The checkpoint's model in eval mode on ``device``, its config and its class names."""
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("classes"), list):
+        raise ValueError(f"checkpoint {path}: has no config or class list")
+    cfg = config_from_dict(state["config"], source=f"checkpoint {path}")
+    model = build_detector(cfg.model, cfg.sampler, len(state["classes"]))
+    load_weights_into(model, state["model"], f"checkpoint {path}")
+    return model.to(device).eval(), cfg, state["classes"]
+
+
+def load_weights_into(model: nn.Module, state: object, what: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line error when the weights belong to another model."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{what}: its weights are not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise ValueError(f"{what}: weights of another model or class count ({detail[:200]})") from None

@@ -1,0 +1,76 @@
+"""Swap a sampler into any torchvision two-stage detector, in place, keeping every module and weight."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from ohem.config import SamplerConfig
+from ohem.mining.heuristic import HeuristicRoIHeads
+from ohem.mining.loss_zeroing import LossZeroingRoIHeads
+from ohem.mining.roi_heads import OHEMRoIHeads
+from ohem.mining.rpn import OHEMRegionProposalNetwork
+
+
+def enable_ohem(model: nn.Module, sampler: SamplerConfig | None = None, **settings: Any) -> nn.Module:
+    """``OHEMRoIHeads`` in ``model.roi_heads``; returns ``model``. ``settings`` are ``SamplerConfig``
+    fields (``batch_size_per_image=64, nms_iou=0.7, mining_loss="cls+box", ...``) over ``sampler``.
+    With ``rpn_ohem=True`` the RPN mines its anchors too."""
+    sampler = dataclasses.replace(sampler or SamplerConfig(), method="ohem", **settings)
+    cls = LossZeroingRoIHeads if sampler.implementation == "loss-zeroing" else OHEMRoIHeads
+    model.roi_heads = rebuild_roi_heads(cls, _roi_heads_of(model), sampler=sampler)
+    return enable_rpn_ohem(model, sampler.rpn_nms_iou) if sampler.rpn_ohem else model
+
+
+def enable_heuristic_sampling(model: nn.Module, sampler: SamplerConfig | None = None, **settings: Any) -> nn.Module:
+    """Fast R-CNN's sampler in ``model.roi_heads``: ``fg_fraction`` foreground, background from IoU
+    in [``bg_iou_low`` (default 0.1), 0.5); ``settings`` are ``SamplerConfig`` fields over ``sampler``."""
+    sampler = dataclasses.replace(sampler or SamplerConfig(), method="heuristic", **settings)
+    model.roi_heads = rebuild_roi_heads(
+        HeuristicRoIHeads, _roi_heads_of(model), batch_size_per_image=sampler.batch_size_per_image,
+        positive_fraction=sampler.fg_fraction, bg_iou_low=sampler.bg_iou_floor,
+    )  # fmt: skip
+    return enable_rpn_ohem(model, sampler.rpn_nms_iou) if sampler.rpn_ohem else model
+
+
+def enable_rpn_ohem(
+    model: nn.Module, nms_iou: float | None = SamplerConfig.rpn_nms_iou, batch_size_per_image: int | None = None
+) -> nn.Module:
+    """``OHEMRegionProposalNetwork`` in ``model.rpn`` (beyond the paper); ``batch_size_per_image=None``
+    keeps the RPN's own anchors per image (torchvision: 256)."""
+    rpn = getattr(model, "rpn", None)
+    if not isinstance(rpn, RegionProposalNetwork):
+        raise TypeError(
+            f"expected a torchvision detector with a RegionProposalNetwork at .rpn, got {type(model).__name__}"
+        )
+    model.rpn = OHEMRegionProposalNetwork.from_rpn(rpn, nms_iou=nms_iou, batch_size_per_image=batch_size_per_image)
+    return model
+
+
+def rebuild_roi_heads(cls: type[RoIHeads], heads: RoIHeads, **changes: Any) -> RoIHeads:
+    """A ``cls`` holding the same modules (so the same weights) and settings as ``heads``, but ``changes``."""
+    sampler = heads.fg_bg_sampler
+    settings = dict(
+        fg_iou_thresh=heads.proposal_matcher.high_threshold, bg_iou_thresh=heads.proposal_matcher.low_threshold,
+        batch_size_per_image=sampler.batch_size_per_image, positive_fraction=sampler.positive_fraction,
+        bbox_reg_weights=heads.box_coder.weights, score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh,
+        detections_per_img=heads.detections_per_img,
+        mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
+        keypoint_roi_pool=heads.keypoint_roi_pool, keypoint_head=heads.keypoint_head,
+        keypoint_predictor=heads.keypoint_predictor,
+    )  # fmt: skip
+    new = cls(heads.box_roi_pool, heads.box_head, heads.box_predictor, **{**settings, **changes})
+    return new.train(heads.training)
+
+
+def _roi_heads_of(model: nn.Module) -> RoIHeads:
+    heads = getattr(model, "roi_heads", None)
+    if not isinstance(heads, RoIHeads):
+        raise TypeError(
+            f"expected a torchvision two-stage detector with a RoIHeads at .roi_heads, got {type(model).__name__}"
+        )
+    return heads

@@ -1,0 +1,124 @@
+"""The configured detector: ``BUILDERS[model.name]`` builds a torchvision two-stage detector, then
+the sampler (OHEM or Fast R-CNN's heuristic) is swapped into it the way a user would do it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torchvision.models import detection
+
+from ohem.checkpoint import load_state_dict_file
+from ohem.config import ModelConfig, SamplerConfig
+from ohem.mining import enable_heuristic_sampling, enable_ohem
+from ohem.models import vgg
+from ohem.models.small import small_fast_rcnn, small_faster_rcnn
+
+
+def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_classes: int) -> nn.Module:
+    """The configured detector for ``num_classes`` object classes (background excluded)."""
+    model = build_model(model_cfg, num_classes)
+    if sampler_cfg.rpn_ohem and getattr(model, "rpn", None) is None:
+        raise ValueError(f"sampler.rpn_ohem: {model_cfg.name} has no RPN (it reads its proposals from a file)")
+    enable = enable_ohem if sampler_cfg.method == "ohem" else enable_heuristic_sampling
+    return enable(model, sampler_cfg)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The detector of ``cfg.name`` with torchvision's own sampler (what ``build_detector`` replaces)."""
+    if cfg.name not in BUILDERS:
+        raise ValueError(f"model.name: unknown model {cfg.name!r}; choose one of {', '.join(BUILDERS)}")
+    uses_rpn = cfg.name not in PROPOSAL_MODELS
+    return BUILDERS[cfg.name](cfg, num_classes, detector_kwargs(cfg, uses_rpn))
+
+
+def detector_kwargs(cfg: ModelConfig, uses_rpn: bool) -> dict[str, Any]:
+    """torchvision's constructor arguments that the config sets."""
+    kwargs: dict[str, Any] = dict(
+        box_score_thresh=cfg.box_score_thresh,
+        box_detections_per_img=cfg.box_detections_per_img,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+    )
+    if cfg.box_nms_thresh is not None:
+        kwargs["box_nms_thresh"] = cfg.box_nms_thresh
+    if uses_rpn:
+        kwargs.update(
+            rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+            rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        )
+    return kwargs
+
+
+def _small(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+        if cfg.backbone_weights == "imagenet":
+            raise ValueError("model.backbone_weights: the small model has no ImageNet weights; use a file or null")
+        model = builder(num_classes, **kwargs)
+        if cfg.backbone_weights:
+            load_backbone_weights(model.backbone, cfg.backbone_weights)
+        return model
+
+    return build
+
+
+def _vgg(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+        if cfg.trainable_backbone_layers is not None:
+            raise ValueError(
+                "model.trainable_backbone_layers: the VGG models freeze conv1-2 (VGG16) / conv1 as the paper"
+            )
+        if cfg.backbone_weights == "imagenet" and "vgg_cnn_m_1024" in cfg.name:
+            raise ValueError(
+                "model.backbone_weights: no maintained package ships VGG_CNN_M_1024's ImageNet weights; "
+                "give the path of a converted state dict (README: 'VGG_CNN_M_1024 weights')"
+            )
+        return builder(num_classes, weights=cfg.backbone_weights, **kwargs)
+
+    return build
+
+
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+        model = getattr(detection, name)(
+            weights=None,
+            weights_backbone="DEFAULT" if cfg.backbone_weights == "imagenet" else None,
+            num_classes=num_classes + 1,  # torchvision counts the background class
+            trainable_backbone_layers=cfg.trainable_backbone_layers,
+            **kwargs,
+        )
+        if cfg.backbone_weights not in (None, "imagenet"):
+            load_backbone_weights(model.backbone.body, cfg.backbone_weights)
+        return model
+
+    return build
+
+
+BUILDERS: dict[str, Callable[[ModelConfig, int, dict[str, Any]], nn.Module]] = {
+    "small": _small(small_faster_rcnn),
+    "fast_rcnn_small": _small(small_fast_rcnn),
+    "fasterrcnn_resnet50_fpn": _torchvision("fasterrcnn_resnet50_fpn"),
+    "fasterrcnn_resnet50_fpn_v2": _torchvision("fasterrcnn_resnet50_fpn_v2"),
+    "fasterrcnn_mobilenet_v3_large_fpn": _torchvision("fasterrcnn_mobilenet_v3_large_fpn"),
+    "maskrcnn_resnet50_fpn": _torchvision("maskrcnn_resnet50_fpn"),
+    "fast_rcnn_vgg16": _vgg(vgg.fast_rcnn_vgg16),
+    "fast_rcnn_vgg_cnn_m_1024": _vgg(vgg.fast_rcnn_vgg_cnn_m_1024),
+    "faster_rcnn_vgg16": _vgg(vgg.faster_rcnn_vgg16),
+    "faster_rcnn_vgg_cnn_m_1024": _vgg(vgg.faster_rcnn_vgg_cnn_m_1024),
+}
+PROPOSAL_MODELS = ("fast_rcnn_small", "fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024")  # need data.proposals
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a state-dict file (tensors only) into ``module``; every key must belong to it."""
+    state = load_state_dict_file(path, "backbone weights")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if not set(module.state_dict()) - set(missing):
+        raise ValueError(f"backbone weights {path}: no key matches the backbone (e.g. expected {missing[0]!r})")
+    if unexpected:
+        raise ValueError(f"backbone weights {path}: keys not in the backbone, e.g. {unexpected[0]!r}")

@@ -1,0 +1,311 @@
+"""Training: ``train(cfg, out_dir)`` sets a run up, then for each iteration takes one SGD step
+(``train_step``), logs it, and evaluates and checkpoints on schedule. The run directory holds
+``config.yaml``, the logs of ``ohem.runlog``, ``checkpoint_last.pt`` (written atomically),
+``metrics.json`` and ``detections.png``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from ohem import distributed
+from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng, save_checkpoint
+from ohem.config import Config
+from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch_indices, hflip
+from ohem.evaluation.roi_loss import mean_roi_loss
+from ohem.evaluation.score import METRIC_NAMES, evaluate
+from ohem.inference import TestTime, load_weights_into, predict
+from ohem.mining import OHEMRoIHeads
+from ohem.models import build_detector
+from ohem.runlog import RunLog
+from ohem.util import atomic_open
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class Run:
+    """Everything one training run holds."""
+
+    cfg: Config
+    out: Path
+    d: distributed.Dist
+    device: torch.device
+    model: nn.Module  # what trains (DistributedDataParallel under torchrun)
+    core: nn.Module  # the detector itself: saved, evaluated, logged
+    train_set: Any
+    test_set: Any
+    classes: list[str]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    start: int
+    log: RunLog
+    groups: tuple[int, ...] | None  # orientation of each training image, when batches are grouped
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint_last.pt"
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train as configured, evaluate on the test split, write the run directory; returns the metrics."""
+    run = setup(cfg, Path(out_dir), resume)
+    t, metrics = cfg.train, {}
+    bar = tqdm(range(run.start, cfg.solver.iterations), initial=run.start, total=cfg.solver.iterations,
+               desc="train", dynamic_ncols=True, disable=not run.d.main)  # fmt: skip
+    try:
+        for it in bar:
+            done = it + 1 == cfg.solver.iterations
+            record = train_step(run, it)
+            if t.check_sync_every and (it + 1) % t.check_sync_every == 0:
+                check_in_sync(run.d, run.core, it + 1)
+            if (it + 1) % t.mining_log_every == 0 or done:
+                run.log.flush_mining(it + 1)
+            run.log.step(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+            if done or (t.eval_every and (it + 1) % t.eval_every == 0):
+                metrics = evaluate_during_training(run, it + 1, bar.write)
+            if done or (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0):
+                save(run, it + 1)
+            run.log.flush()
+    finally:
+        bar.close()
+        run.log.close()
+    if not metrics:  # resumed a finished run
+        metrics = evaluate(run.core, run.test_set, run.device, cfg.solver.images_per_batch, t.eval_metric,
+                           TestTime.from_config(cfg.model), run.d)  # fmt: skip
+    if run.d.main:
+        with atomic_open(run.out / "metrics.json") as f:
+            f.write(json.dumps(metrics, indent=2) + "\n")
+        draw_test_images(run)
+    return metrics
+
+
+def train_step(run: Run, it: int) -> dict[str, float]:
+    """One SGD step: ``solver.accumulate_steps`` forward/backward passes, then the update."""
+    accumulate, d = run.cfg.solver.accumulate_steps, run.d
+    run.model.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    seconds = 0.0  # forward, backward and update; data loading excluded
+    for part in range(accumulate):
+        batch = batch_of(run, it * accumulate + part)
+        indices = batch[d.rank :: d.world]  # each process trains on its share of the batch
+        images, targets = load_batch(run.train_set, indices, run.device, flip=run.cfg.data.hflip)
+        tic = time.perf_counter()
+        # DDP averages gradients across processes only on the last pass of the step.
+        last = part == accumulate - 1
+        with run.model.no_sync() if d.active and not last else contextlib.nullcontext():
+            with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                losses = run.model(images, targets)
+            loss = sum(v.float() for k, v in losses.items() if k.startswith("loss_"))
+            if not distributed.all_true(d, bool(torch.isfinite(loss))):
+                last_good = run.checkpoint_path if run.checkpoint_path.exists() else "none"
+                raise NonFiniteLossError(f"non-finite loss at iteration {it + 1} on train images {batch}; "
+                                         f"last good checkpoint: {last_good}")  # fmt: skip
+            run.scaler.scale(loss / accumulate).backward()
+        seconds += time.perf_counter() - tic
+        for key, value in {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}.items():
+            sums[key] = sums.get(key, 0.0) + value / accumulate
+        run.log.mined(it + 1, run.core.roi_heads, indices, images, losses)
+    tic = time.perf_counter()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    record = {"iteration": it + 1, "lr": run.optimizer.param_groups[0]["lr"], **distributed.mean(d, sums)}
+    record["time"] = seconds + time.perf_counter() - tic
+    if isinstance(run.core.roi_heads, OHEMRoIHeads):
+        record["ohem_mining_time"] = run.core.roi_heads.last_mining_seconds
+    return record
+
+
+def setup(cfg: Config, out: Path, resume: bool) -> Run:
+    """Data, model, solver and logs of a run, restored from ``out``'s checkpoint with ``resume``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    d = distributed.setup(cfg.train.device)
+    check_solver(cfg, d)
+    device = resolve_device(cfg.train.device, d.local_rank)
+    train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    classes = list(train_set.classes)
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    model = build_detector(cfg.model, cfg.sampler, len(classes))
+    if cfg.model.init_weights and not resume:
+        load_weights_into(model, load_state_dict_file(cfg.model.init_weights, "init_weights"), "init_weights")
+    model.to(device)
+    if d.active:  # same initial weights everywhere; then each rank samples with its own stream
+        torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank)
+    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.solver.lr, momentum=cfg.solver.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    start = restore(out / "checkpoint_last.pt", model, optimizer, scheduler, scaler, d) if resume else 0
+    if d.main:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    core = model
+    if d.active:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    mining_classes = len(classes) if isinstance(core.roi_heads, OHEMRoIHeads) else None
+    log = RunLog(out, start if resume else None, d.main, mining_classes)
+    groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
+    return Run(cfg, out, d, device, model, core, train_set, test_set, classes, optimizer, scheduler, scaler,
+               autocast_dtype(cfg.train.amp, device), start, log, groups)  # fmt: skip
+
+
+def restore(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+    d: distributed.Dist,
+) -> int:  # fmt: skip
+    """Load ``path``'s weights, solver state and RNG; returns its iteration."""
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    state = load_checkpoint(path)
+    load_weights_into(model, state["model"], f"checkpoint {path}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    restore_rng(state, d.rank)
+    return state["iteration"]
+
+
+def save(run: Run, iteration: int) -> None:
+    rng = distributed.gather(run.d, torch.get_rng_state())
+    if run.d.main:
+        solver = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                  "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None}  # fmt: skip
+        save_checkpoint(run.checkpoint_path, run.core, run.cfg, run.classes, iteration, solver,
+                        rng if run.d.active else None)  # fmt: skip
+    distributed.barrier(run.d)
+
+
+def evaluate_during_training(run: Run, iteration: int, write: Any) -> dict[str, Any]:
+    """Test-set metrics (and, with ``train.roi_loss_images``, the mean loss over all RoIs of training images)."""
+    cfg, d = run.cfg, run.d
+    metrics = evaluate(run.core, run.test_set, run.device, cfg.solver.images_per_batch, cfg.train.eval_metric,
+                       TestTime.from_config(cfg.model), d)  # fmt: skip
+    entry: dict[str, Any] = {"iteration": iteration, "eval": metrics}
+    message = f"iteration {iteration}: test {METRIC_NAMES[cfg.train.eval_metric]} {metrics['mAP']:.4f}"
+    indices = list(range(min(cfg.train.roi_loss_images, len(run.train_set))))
+    if indices:
+        mine = mean_roi_loss(run.core, run.train_set, indices[d.rank :: d.world], run.device)
+        entry["train_roi_loss"] = distributed.mean(d, {"v": mine})["v"]
+        message += f", mean loss over all RoIs of train images {entry['train_roi_loss']:.4f}"
+    run.log.evaluation(entry)
+    write(message)
+    return metrics
+
+
+def draw_test_images(run: Run) -> None:
+    """``detections.png``: the first ``train.vis_images`` test images with their detections."""
+    from ohem.visualize import draw_detections  # matplotlib: imported only when drawing
+
+    t = run.cfg.train
+    subset = [run.test_set[i] for i in range(min(t.vis_images, len(run.test_set)))]
+    detections = predict(run.core, subset, run.device, 2, test_time=TestTime.from_config(run.cfg.model))
+    images, boxes = [image for image, _ in subset], [target["boxes"] for _, target in subset]
+    titles = [run.test_set.image_name(i) for i in range(len(subset))]
+    path = run.out / "detections.png"
+    draw_detections(images, detections, run.classes, path, t.vis_score_thresh, titles=titles, ground_truth=boxes)
+
+
+def batch_of(run: Run, position: int) -> list[int]:
+    """Image indices of the batch at ``position`` (all processes' shares): a pure function of it."""
+    s, seed = run.cfg.solver, run.cfg.train.seed
+    if run.groups:
+        return grouped_batch_indices(position, run.groups, s.images_per_batch, seed)
+    return batch_indices(position, len(run.train_set), s.images_per_batch, seed)
+
+
+def load_batch(dataset: Any, indices: list[int], device: torch.device, flip: bool = False) -> tuple[list, list]:
+    """Images and targets on ``device``; ``flip``: each mirrored with probability 0.5 (torch's RNG,
+    which checkpoints save, so a resumed run flips the same images)."""
+    images, targets = [], []
+    for i in indices:
+        image, target = dataset[i]
+        if flip and torch.rand(()) < 0.5:
+            image, target = hflip(image, target)
+        images.append(image.to(device))
+        targets.append({k: v.to(device) for k, v in target.items()})
+    return images, targets
+
+
+def check_solver(cfg: Config, d: distributed.Dist) -> None:
+    s = cfg.solver
+    if s.images_per_batch < 1 or s.images_per_batch % d.world:
+        raise ValueError(
+            f"solver.images_per_batch {s.images_per_batch} must be >= 1 and divisible by {d.world} processes"
+        )
+    if s.accumulate_steps < 1:
+        raise ValueError(f"solver.accumulate_steps must be >= 1, got {s.accumulate_steps}")
+    if s.iterations < 1:
+        raise ValueError(f"solver.iterations must be >= 1, got {s.iterations}")
+
+
+def check_in_sync(d: distributed.Dist, model: nn.Module, iteration: int) -> None:
+    """Raise if the processes' weights have drifted apart (they must be equal after every step)."""
+    if not d.active:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    sums = distributed.gather(d, checksum)
+    if any(not torch.equal(sums[0], other) for other in sums[1:]):
+        raise RuntimeError(f"processes hold different weights after iteration {iteration}")
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA if there is one, else the CPU; under torchrun each process takes its GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local_rank:
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device: {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device: {name} asked for, but torch sees no CUDA GPU (use auto or cpu)")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp``: none, bf16, or fp16 (CUDA only: it needs a grad scaler)."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.amp: fp16 needs CUDA (device is {device}); use bf16 on the CPU")
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def lr_factor(iteration: int, cfg: Config) -> float:
+    """Linear warmup from ``warmup_factor``, then x ``gamma`` at each step."""
+    s = cfg.solver
+    factor = s.gamma ** sum(iteration >= step for step in s.steps)
+    if iteration < s.warmup_iterations:
+        alpha = iteration / s.warmup_iterations
+        factor *= s.warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """Weights and biases; biases may get their own lr factor and weight decay (Caffe's Fast R-CNN: 2x lr, no decay)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    s = cfg.solver
+    bias_decay = s.weight_decay if s.bias_weight_decay is None else s.bias_weight_decay
+    return [
+        {"params": [p for n, p in trainable if not n.endswith(".bias")], "lr": s.lr, "weight_decay": s.weight_decay},
+        {"params": [p for n, p in trainable if n.endswith(".bias")], "lr": s.lr * s.bias_lr_factor,
+         "weight_decay": bias_decay},
+    ]  # fmt: skip
