@@ -58,12 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("proposals", help="compute selective-search proposals for a dataset split (.npz)")
+    p = sub.add_parser("proposals", help="compute selective-search proposals for a dataset split, or import "
+                       "Fast R-CNN's .mat ones (.npz)")  # fmt: skip
     _add_data_arguments(p)
-    p.add_argument("--method", default="selective-search", choices=["selective-search"])
-    p.add_argument("--mode", default="fast", choices=["fast", "quality"])
-    p.add_argument("--max-boxes", type=int, default=2000, help="boxes kept per image, in selective search's order")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    p.add_argument("--import-mat", metavar="FILE.mat", help="convert Fast R-CNN's selective-search boxes of the split "
+                   "(selective_search_data/*.mat) instead of computing them; see docs/PROPOSALS.md")  # fmt: skip
+    p.add_argument("--method", choices=["selective-search"], help="(computing) default: selective-search")
+    p.add_argument("--mode", choices=["fast", "quality"], help="(computing) default: fast")
+    p.add_argument("--max-boxes", type=int, help="(computing) boxes kept per image, in selective search's order; "
+                   "default: 2000")  # fmt: skip
+    p.add_argument("--workers", type=int, help="(computing) processes; default: one per core")
+    p.add_argument("--min-size", type=int, default=2, help="drop boxes narrower or lower than this, px (default 2)")
+    p.add_argument("--small-boxes", choices=["min-size", "fast-rcnn"], help="(--import-mat) fast-rcnn: "
+                   "py-faster-rcnn's filter_small_boxes, as the authors trained (default); min-size: width, height >= --min-size")  # fmt: skip
     p.add_argument("--out", required=True, help="the .npz file; an interrupted run resumes from FILE.parts/")
     _add_overrides(p, "override the data config")
     p.set_defaults(func=cmd_proposals)
@@ -74,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     _add_overrides(p, "synthetic data config, e.g. --set data.num_train=500")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("recipe", help="a config's settings next to the paper's and the authors' code's (Markdown)")
+    p.add_argument("config", metavar="FILE.yaml", help="a recipe, e.g. configs/paper/voc07_vgg16_ohem.yaml")
+    _add_overrides(p, "dotted override applied before the card is made (repeatable)")
+    p.add_argument("--check", action="store_true", help="exit 1 if a setting differs from its source without a reason")
+    p.set_defaults(func=cmd_recipe)
 
     args = parser.parse_args(argv)
     from ohem.train import NonFiniteLossError  # torch and the models: imported once a command runs
@@ -136,11 +149,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_proposals(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
-    from ohem.data.proposals import compute_proposals
 
+    computing = {"--method": args.method, "--mode": args.mode, "--max-boxes": args.max_boxes, "--workers": args.workers}
+    if args.import_mat and (given := [flag for flag, value in computing.items() if value is not None]):
+        raise ValueError(f"--import-mat reads the boxes from a file; not with {', '.join(given)} (for computing them)")
+    if not args.import_mat and args.small_boxes:
+        raise ValueError("--small-boxes applies only to --import-mat")
     dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
-    path = compute_proposals(dataset, args.out, mode=args.mode, max_boxes=args.max_boxes, workers=args.workers)
-    print(f"wrote {path} ({len(dataset)} images)")
+    if not args.import_mat:
+        from ohem.data.proposals import compute_proposals
+
+        max_boxes = 2000 if args.max_boxes is None else args.max_boxes
+        workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+        path = compute_proposals(dataset, args.out, args.mode or "fast", max_boxes, args.min_size, workers=workers)
+        print(f"wrote {path} ({len(dataset)} images)")
+        return 0
+    from ohem.data.mat_proposals import import_mat_proposals
+
+    try:
+        done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, args.small_boxes or "fast-rcnn")
+    except ImportError as e:  # scipy / h5py missing: the message says what to install
+        print(f"ohem proposals: error: {e}", file=sys.stderr)
+        return 1
+    aligned = "by the file's image names" if done.by_name else "in the split's order (the file names no images)"
+    print(
+        f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
+        f"{done.duplicates} duplicates and {done.small} small boxes; {done.outside} boxes reach outside their image)"
+    )
     return 0
 
 
@@ -222,4 +257,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     for path in write_report(args.run_dir, args.out):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from ohem.recipe_card import card_for_file, render_card
+
+    card = card_for_file(args.config, args.overrides)
+    print(render_card(card), end="")
+    if args.check and card.different:
+        names = ", ".join(row.setting for row in card.different)
+        print(f"ohem recipe: {len(card.different)} setting(s) differ from the source: {names}", file=sys.stderr)
+        return 1
     return 0

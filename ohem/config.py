@@ -4,7 +4,8 @@
 
 Unknown keys, values of the wrong type and choices outside a ``Literal`` are errors that name the
 file (or override) and the key. Every default is written here, once. A YAML file may start from
-another with ``base: other.yaml`` (a path relative to the file) and change only what differs.
+others with ``base: other.yaml`` or ``base: [a.yaml, b.yaml]`` (paths relative to the file, later
+ones overriding earlier ones) and change only what differs.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class DataConfig(_Section):
     invalid_boxes: InvalidBoxes = "fix"  # boxes outside the image / empty: fix (clip or drop, counted, warned) | error
     proposals: str | None = None  # Fast R-CNN: proposal file (.npz, docs/PROPOSALS.md) of the train split
     test_proposals: str | None = None  # ... and of the test split
-    max_proposals: int = 2000  # first boxes of each image's proposals used (their file order = their rank)
+    max_proposals: int | None = 2000  # first boxes of each image's proposals (file order = rank); null: all
     hflip: bool = False  # training: mirror each image with probability 0.5
     aspect_grouping: bool = False  # training: batches of images of one orientation (wide or tall)
     num_train: int = 1000  # synthetic only
@@ -88,6 +89,17 @@ class ModelConfig(_Section):
     test_min_size: int | list[int] | None = None  # None: min_size (its last); a list: image pyramid (+M)
     box_nms_thresh: float | None = None  # test NMS; None: the model's (torchvision 0.5, Fast R-CNN's VGG 0.3)
     box_voting: bool = False  # +B: iterative box regression with weighted voting at test time
+    # Smooth-L1 beta of the box loss in every RoI head's passes: torchvision's 1/9; Fast R-CNN's sigma = 1 is beta 1.
+    box_loss_beta: float = 1 / 9
+    # Box regression targets: fixed (the box coder's weights 10, 10, 5, 5) | empirical (Fast R-CNN: per-class
+    # mean/std of the training set's fg RoI targets, measured once at the start of a run; proposal-file models)
+    box_target_norm: Literal["fixed", "empirical"] = "fixed"
+    # Input pixels: x * pixel_scale (1: [0, 1]; 255: Caffe's 0-255), channels in channel_order, then
+    # (x - image_mean) / image_std. None: the model's own mean/std (torchvision's ImageNet RGB for VGG).
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    pixel_scale: float = 1.0
+    channel_order: Literal["RGB", "BGR"] = "RGB"
     rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
     rpn_pre_nms_top_n_train: int = 1000
     rpn_post_nms_top_n_train: int = 400  # RoIs per image handed to the RoI heads (what OHEM mines)
@@ -137,7 +149,10 @@ class SolverConfig(_Section):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     bias_lr_factor: float = 1.0  # biases train at lr x this (Caffe's Fast R-CNN: 2)
-    bias_weight_decay: float | None = None  # None: weight_decay (Caffe's Fast R-CNN: 0)
+    bias_weight_decay: float | None = None  # None: weight_decay (the authors' OHEM nets: 0 on fc biases)
+    # which biases bias_weight_decay applies to: all | roi_heads (fc6, fc7, cls, bbox: the OHEM prototxts;
+    # conv biases keep weight_decay)
+    bias_weight_decay_on: Literal["all", "roi_heads"] = "all"
     warmup_iterations: int = 100
     warmup_factor: float = 0.001
     steps: list[int] = field(default_factory=lambda: [1000, 1300])  # lr x gamma at each
@@ -193,15 +208,20 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config {path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
-    base = raw.pop("base", None)
-    if base is None:
+    bases = raw.pop("base", None)
+    if bases is None:
         return raw
-    if not isinstance(base, str):
-        raise ConfigError(f"config {path}: 'base' must be a file path, got {base!r}")
-    base_path = (path.parent / base).resolve()
-    if base_path in seen or base_path == path.resolve():
-        raise ConfigError(f"config {path}: 'base' chain loops back to {base_path}")
-    return _deep_update(read_yaml(base_path, (*seen, path.resolve())), raw)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"config {path}: 'base' must be a file path or a list of them, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:  # later bases override earlier ones; the file itself overrides them all
+        base_path = (path.parent / base).resolve()
+        if base_path in seen or base_path == path.resolve():
+            raise ConfigError(f"config {path}: 'base' chain loops back to {base_path}")
+        merged = _deep_update(merged, read_yaml(base_path, (*seen, path.resolve())))
+    return _deep_update(merged, raw)
 
 
 def _deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

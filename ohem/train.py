@@ -148,6 +148,9 @@ def setup(cfg: Config, out: Path, resume: bool) -> Run:
     model = build_detector(cfg.model, cfg.sampler, len(classes))
     if cfg.model.init_weights and not resume:
         load_weights_into(model, load_state_dict_file(cfg.model.init_weights, "init_weights"), "init_weights")
+    norm = getattr(model.roi_heads, "box_target_norm", None)
+    if norm is not None and not resume:  # Fast R-CNN's target statistics (on resume: the checkpoint's)
+        norm.fit(train_set, model.roi_heads.proposal_matcher.high_threshold, cfg.data.hflip)
     model.to(device)
     if d.active:  # same initial weights everywhere; then each rank samples with its own stream
         torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank)
@@ -300,12 +303,19 @@ def lr_factor(iteration: int, cfg: Config) -> float:
 
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
-    """Weights and biases; biases may get their own lr factor and weight decay (Caffe's Fast R-CNN: 2x lr, no decay)."""
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    """Weights, then biases at lr x ``bias_lr_factor`` with ``bias_weight_decay`` (all biases, or those of
+    the RoI heads: the authors' OHEM nets), then (if any) the other biases, which keep ``weight_decay``."""
     s = cfg.solver
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    own_decay = [
+        n.endswith(".bias") and (s.bias_weight_decay_on == "all" or n.startswith("roi_heads.")) for n, _ in trainable
+    ]
     bias_decay = s.weight_decay if s.bias_weight_decay is None else s.bias_weight_decay
-    return [
+    groups = [
         {"params": [p for n, p in trainable if not n.endswith(".bias")], "lr": s.lr, "weight_decay": s.weight_decay},
-        {"params": [p for n, p in trainable if n.endswith(".bias")], "lr": s.lr * s.bias_lr_factor,
+        {"params": [p for (_, p), own in zip(trainable, own_decay) if own], "lr": s.lr * s.bias_lr_factor,
          "weight_decay": bias_decay},
+        {"params": [p for (n, p), own in zip(trainable, own_decay) if n.endswith(".bias") and not own],
+         "lr": s.lr * s.bias_lr_factor, "weight_decay": s.weight_decay},
     ]  # fmt: skip
+    return groups if groups[2]["params"] else groups[:2]

@@ -29,10 +29,11 @@ BASES = sorted(ROOT.joinpath("configs", "paper", "base").glob("*.yaml"))
 # The dataset part of each recipe name: (data.dataset, train split, test split, iterations, lr steps, metric)
 DATASETS = {
     "voc07": ("voc", "2007:trainval", "2007:test", 40000, [30000], "voc07"),
-    "voc0712": ("voc", "2007:trainval+2012:trainval", "2007:test", 80000, [30000], "voc07"),
-    "voc07pp12": ("voc", "2007:trainval+2007:test+2012:trainval", "2007:test", 80000, [30000], "voc"),
+    # Caffe's step policy, stepsize 30k: 80k iterations step at 30k and 60k
+    "voc0712": ("voc", "2007:trainval+2012:trainval", "2007:test", 80000, [30000, 60000], "voc07"),
+    "voc07pp12": ("voc", "2007:trainval+2007:test+2012:trainval", "2007:test", 80000, [30000, 60000], "voc"),
     "voc12": ("voc", "2012:train", "2012:val", 40000, [30000], "voc"),
-    "coco": ("coco", "train2017", "val2017", 240000, [160000], "coco"),
+    "coco": ("coco", "train2014", "minival2014", 280000, [200000], "coco"),  # the authors' script: 280k
 }
 CLASSES = list(SyntheticShapes.classes)
 
@@ -67,7 +68,7 @@ def trees(tmp_path_factory):
     (main12 / "trainval.txt").write_text("\n".join(names12))
     coco = root / "coco"
     (coco / "annotations").mkdir(parents=True)
-    for split, name in (("train", "train2017"), ("test", "val2017")):
+    for split, name in (("train", "train2014"), ("test", "minival2014")):
         export_synthetic(SyntheticShapes(split, num_images=2, image_size=128), root / "export", "coco")
         shutil.copytree(root / "export" / split, coco / name)
         exported = root / "export" / "annotations" / f"instances_{split}.json"
@@ -122,24 +123,43 @@ def test_there_is_a_config_for_every_row_of_the_paper_table():
         assert f"`{path.stem}`" in recipes  # ... which lists the recipe
 
 
+def _bases(path):
+    raw = yaml.safe_load(path.read_text()).get("base")
+    return [(path.parent / b).resolve() for b in ([raw] if isinstance(raw, str) else raw or [])]
+
+
 def test_bases_are_shared_and_recipes_are_deltas():
     used = set()
     for path in PAPER_CONFIGS:
         raw = yaml.safe_load(path.read_text())
-        base = (path.parent / raw.pop("base")).resolve()
-        assert base in {b.resolve() for b in BASES}, path.name
-        while base is not None:  # the base chain
+        raw.pop("base")
+        pending = _bases(path)
+        assert pending and all(b in {b.resolve() for b in BASES} for b in pending), path.name
+        while pending:  # the base chains
+            base = pending.pop()
             used.add(base)
-            parent = yaml.safe_load(base.read_text()).get("base")
-            base = (base.parent / parent).resolve() if parent else None
-        cfg, base_cfg = load_config(path), load_config(path.parent / yaml.safe_load(path.read_text())["base"])
-        for section, keys in raw.items():  # every key a recipe sets changes what its base says
+            pending += _bases(base)
+        cfg = load_config(path)
+        base_cfg = _load_bases_only(path)
+        for section, keys in raw.items():  # every key a recipe sets changes what its bases say
             for key in keys:
                 assert getattr(getattr(cfg, section), key) != getattr(getattr(base_cfg, section), key), (path, key)
     assert used == {b.resolve() for b in BASES}  # no base is left unused
     for base in BASES:
         assert "PAPER.md row" not in base.read_text()  # a base is not a recipe
-        assert load_config(base).model.name == "fast_rcnn_vgg16"  # each loads on its own
+        loaded = load_config(base)  # each loads on its own; ohem.yaml is the OHEM layer over a dataset base
+        assert loaded.model.name == "fast_rcnn_vgg16" if base.name != "ohem.yaml" else loaded.sampler.nms_per_label
+
+
+def _load_bases_only(path):
+    """The config of ``path``'s bases without the recipe's own keys."""
+    bases = yaml.safe_load(path.read_text())["base"]
+    stub = path.parent / f".bases_of_{path.stem}.yaml"
+    stub.write_text(yaml.safe_dump({"base": bases}))
+    try:
+        return load_config(stub)
+    finally:
+        stub.unlink()
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
@@ -151,7 +171,9 @@ def test_paper_config_has_the_papers_settings(path):
     d, m, s, o, t = cfg.data, cfg.model, cfg.sampler, cfg.solver, cfg.train
     assert (d.dataset, d.train_split, d.test_split, o.iterations, o.steps, t.eval_metric) == (
         dataset, train_split, test_split, iterations, steps, metric)  # fmt: skip
-    assert d.proposals and d.test_proposals and d.max_proposals == 2000 and d.hflip
+    # the released selective-search boxes, all of them, and flipped copies of every training image
+    assert d.proposals and d.test_proposals and d.max_proposals is None and d.hflip
+    assert d.aspect_grouping == (not ohem)  # the OHEM yml: aspect grouping "wasn't used in the paper"
     # Fast R-CNN on VGG16 (or VGG_CNN_M_1024 from converted weights); no RPN, so no RPN mining
     assert m.name == ("fast_rcnn_vgg_cnn_m_1024" if "vgg_cnn_m_1024" in name else "fast_rcnn_vgg16")
     assert m.backbone_weights == ("weights/vgg_cnn_m_1024.pt" if "vgg_cnn_m_1024" in name else "imagenet")
@@ -161,19 +183,28 @@ def test_paper_config_has_the_papers_settings(path):
     assert s.method == ("ohem" if ohem else "heuristic") and s.batch_size_per_image == 64
     if ohem:
         assert (s.bg_iou_floor, s.nms_iou, s.mining_loss, s.readonly_dropout) == (0.0, 0.7, "cls+box", True)
-        assert s.implementation == "two-pass"
+        assert s.nms_per_label and s.implementation == "two-pass"  # NMS per image and per label
     else:
         assert (s.bg_iou_floor, s.fg_fraction) == (0.1, 0.25)
     # N = 2 images per SGD step (1 x 2 passes in the authors' code); SGD 0.001, momentum 0.9, wd 5e-4
     assert (o.images_per_batch, o.accumulate_steps) == ((1, 2) if "accum2" in name else (2, 1))
     assert (o.lr, o.momentum, o.weight_decay, o.gamma, o.warmup_iterations) == (0.001, 0.9, 5e-4, 0.1, 0)
-    assert (o.bias_lr_factor, o.bias_weight_decay) == (2.0, 0.0)
+    # biases at 2x lr; the OHEM prototxts: fc/cls/bbox biases without decay; Fast R-CNN's: all decay
+    assert o.bias_lr_factor == 2.0
+    assert (o.bias_weight_decay, o.bias_weight_decay_on) == ((0.0, "roi_heads") if ohem else (None, "all"))
+    # sigma = 1 smooth-L1 in both passes; targets normalised by the training RoIs' per-class mean/std
+    assert (m.box_loss_beta, m.box_target_norm) == (1.0, "empirical")
+    caffe = "vgg_cnn_m_1024" in name  # converted Caffe weights: BGR, 0-255, Caffe's pixel means
+    assert (m.channel_order, m.pixel_scale) == (("BGR", 255) if caffe else ("RGB", 1))
+    assert m.image_mean == ([102.9801, 115.9465, 122.7717] if caffe else None)
     # scale 600 (max 1000) or +M's scales; test NMS 0.3; +B box voting
     if multiscale:
         assert (m.min_size, m.test_min_size) == ([480, 576, 688, 864, 900], [480, 576, 688, 864, 1000])
     else:
-        assert (m.min_size, m.max_size, m.test_min_size) == (600, 1000, None)
-    assert m.box_nms_thresh == 0.3 and m.box_voting == voting
+        assert (m.min_size, m.test_min_size) == (600, None)
+    assert m.max_size == 1000 and m.box_nms_thresh == 0.3 and m.box_voting == voting
+    # test output: the OHEM scripts keep 2000 detections above 1e-5; Fast R-CNN 100 above 0.05
+    assert (m.box_detections_per_img, m.box_score_thresh) == ((2000, 0.00001) if ohem else (100, 0.05))
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])

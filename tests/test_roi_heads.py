@@ -180,7 +180,7 @@ def test_per_roi_loss_cls_and_box_terms():
     regression[1, 4:8] = torch.tensor([0.1, 0.0, 0.0, 0.0])
     labels = torch.tensor([0, 1])
     targets = torch.zeros(2, 4)
-    terms = per_roi_loss_terms(logits, regression, labels, targets)
+    terms = per_roi_loss_terms(logits, regression, labels, targets, beta=1 / 9)
     cls, both = mining_loss(*terms, "cls"), mining_loss(*terms, "cls+box")
     expected_cls = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert torch.allclose(cls, expected_cls)
@@ -189,7 +189,7 @@ def test_per_roi_loss_cls_and_box_terms():
 
 
 def test_bg_iou_low_and_label_assignment():
-    heads = rebuild_roi_heads(HeuristicRoIHeads, small_model().roi_heads, bg_iou_low=0.1)
+    heads = rebuild_roi_heads(HeuristicRoIHeads, small_model().roi_heads, bg_iou_low=0.1, box_loss_beta=1 / 9)
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     rois = torch.tensor(
         [

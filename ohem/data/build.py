@@ -68,7 +68,9 @@ class WithProposals(torch.utils.data.Dataset):
     """A dataset whose targets also carry ``proposals`` (n, 4) read from a proposal file: Fast
     R-CNN's input. The file is checked against the dataset once, when this is built."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset, path: str, max_proposals: int, allow_empty: bool) -> None:
+    def __init__(
+        self, dataset: torch.utils.data.Dataset, path: str, max_proposals: int | None, allow_empty: bool
+    ) -> None:
         self.dataset, self.max_proposals = dataset, max_proposals
         self.file = ProposalFile(path)
         self.file.check_against(dataset, allow_empty=allow_empty)
@@ -79,8 +81,13 @@ class WithProposals(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image, target = self.dataset[index]
         h, w = image.shape[-2:]
+        return image, {**target, "proposals": self.proposals(index, (int(h), int(w)))}
+
+    def proposals(self, index: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Image ``index``'s proposals (clipped to its (H, W) ``size``, first ``max_proposals``), no pixels read."""
+        h, w = size or self.dataset.image_size(index)
         boxes = self.file.proposals_for(self.dataset.image_name(index), int(h), int(w))
-        return image, {**target, "proposals": boxes[: self.max_proposals]}
+        return boxes if self.max_proposals is None else boxes[: self.max_proposals]
 
     def __getattr__(self, name: str) -> Any:
         """The wrapped dataset's attributes: ``classes``, ``image_name``, ``annotations``, ..."""

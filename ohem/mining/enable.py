@@ -9,30 +9,41 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from ohem.config import SamplerConfig
+from ohem.config import ModelConfig, SamplerConfig
 from ohem.mining.heuristic import HeuristicRoIHeads
 from ohem.mining.loss_zeroing import LossZeroingRoIHeads
 from ohem.mining.roi_heads import OHEMRoIHeads
 from ohem.mining.rpn import OHEMRegionProposalNetwork
 
 
-def enable_ohem(model: nn.Module, sampler: SamplerConfig | None = None, **settings: Any) -> nn.Module:
+def enable_ohem(
+    model: nn.Module,
+    sampler: SamplerConfig | None = None,
+    box_loss_beta: float = ModelConfig.box_loss_beta,
+    **settings: Any,
+) -> nn.Module:
     """``OHEMRoIHeads`` in ``model.roi_heads``; returns ``model``. ``settings`` are ``SamplerConfig``
     fields (``batch_size_per_image=64, nms_iou=0.7, mining_loss="cls+box", ...``) over ``sampler``.
-    With ``rpn_ohem=True`` the RPN mines its anchors too."""
+    With ``rpn_ohem=True`` the RPN mines its anchors too. ``box_loss_beta``: the box loss's smooth-L1
+    beta in both passes (torchvision's 1/9; Fast R-CNN's 1)."""
     sampler = dataclasses.replace(sampler or SamplerConfig(), method="ohem", **settings)
     cls = LossZeroingRoIHeads if sampler.implementation == "loss-zeroing" else OHEMRoIHeads
-    model.roi_heads = rebuild_roi_heads(cls, _roi_heads_of(model), sampler=sampler)
+    model.roi_heads = rebuild_roi_heads(cls, _roi_heads_of(model), sampler=sampler, box_loss_beta=box_loss_beta)
     return enable_rpn_ohem(model, sampler.rpn_nms_iou) if sampler.rpn_ohem else model
 
 
-def enable_heuristic_sampling(model: nn.Module, sampler: SamplerConfig | None = None, **settings: Any) -> nn.Module:
+def enable_heuristic_sampling(
+    model: nn.Module,
+    sampler: SamplerConfig | None = None,
+    box_loss_beta: float = ModelConfig.box_loss_beta,
+    **settings: Any,
+) -> nn.Module:
     """Fast R-CNN's sampler in ``model.roi_heads``: ``fg_fraction`` foreground, background from IoU
     in [``bg_iou_low`` (default 0.1), 0.5); ``settings`` are ``SamplerConfig`` fields over ``sampler``."""
     sampler = dataclasses.replace(sampler or SamplerConfig(), method="heuristic", **settings)
     model.roi_heads = rebuild_roi_heads(
         HeuristicRoIHeads, _roi_heads_of(model), batch_size_per_image=sampler.batch_size_per_image,
-        positive_fraction=sampler.fg_fraction, bg_iou_low=sampler.bg_iou_floor,
+        positive_fraction=sampler.fg_fraction, bg_iou_low=sampler.bg_iou_floor, box_loss_beta=box_loss_beta,
     )  # fmt: skip
     return enable_rpn_ohem(model, sampler.rpn_nms_iou) if sampler.rpn_ohem else model
 

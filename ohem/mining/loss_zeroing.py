@@ -34,7 +34,7 @@ class LossZeroingRoIHeads(OHEMRoIHeads):
         rois = label_rois(self, proposals, targets, s.bg_iou_floor)
         pieces = [rois.boxes[rois.image_ids == i] for i in range(rois.num_images)]
         logits, deltas = self.box_predictor(self.box_head(self.box_roi_pool(features, pieces, image_shapes)))
-        cls_loss, box_loss = per_roi_loss_terms(logits, deltas, rois.labels, rois.box_targets)
+        cls_loss, box_loss = per_roi_loss_terms(logits, deltas, rois.labels, rois.box_targets, self.box_loss_beta)
         losses = mining_loss(cls_loss, box_loss, s.mining_loss).detach()
         per_label = rois.labels if s.nms_per_label else None
         hard = select_hard_examples(losses, rois.boxes, rois.image_ids, s.batch_size_per_image, s.nms_iou, per_label)

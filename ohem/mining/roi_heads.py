@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import box_area, box_iou
 
 from ohem.config import SamplerConfig
+from ohem.mining.box_targets import BoxTargetNorm
 from ohem.mining.select import select_hard_examples
 
 
@@ -79,24 +81,24 @@ def label_rois(heads: RoIHeads, proposals: list[torch.Tensor], targets: list[dic
     matched_idxs, labels = match_rois(heads, rois, gt_boxes, [t["labels"] for t in targets], bg_iou_low)
     kept = [torch.nonzero(label >= 0).squeeze(1) for label in labels]
     matched_gt = [(g if g.numel() else g.new_zeros((1, 4)))[m[k]] for g, m, k in zip(gt_boxes, matched_idxs, kept)]
-    boxes = torch.cat([r[k] for r, k in zip(rois, kept)])
+    boxes, labels = torch.cat([r[k] for r, k in zip(rois, kept)]), torch.cat([lab[k] for lab, k in zip(labels, kept)])
     image_ids = torch.cat([torch.full((k.numel(),), i, device=boxes.device) for i, k in enumerate(kept)])
-    return LabelledRoIs(
-        boxes, image_ids, torch.cat([m[k] for m, k in zip(matched_idxs, kept)]),
-        torch.cat([label[k] for label, k in zip(labels, kept)]),
-        heads.box_coder.encode_single(torch.cat(matched_gt), boxes), torch.cat(matched_gt), len(rois),
-    )  # fmt: skip
+    box_targets = heads.box_coder.encode_single(torch.cat(matched_gt), boxes)
+    if getattr(heads, "box_target_norm", None) is not None:
+        box_targets = heads.box_target_norm.normalise(box_targets, labels)
+    matched = torch.cat([m[k] for m, k in zip(matched_idxs, kept)])
+    return LabelledRoIs(boxes, image_ids, matched, labels, box_targets, torch.cat(matched_gt), len(rois))
 
 
 def per_roi_loss_terms(
-    class_logits: torch.Tensor, box_regression: torch.Tensor, labels: torch.Tensor, box_targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unreduced (cross-entropy, smooth-L1) of each RoI, the box term 0 on background: torchvision's
-    ``fastrcnn_loss`` terms (beta 1/9, summed over 4 coordinates), so their mean is what training optimises."""
+    class_logits: Tensor, box_regression: Tensor, labels: Tensor, box_targets: Tensor, beta: float
+) -> tuple[Tensor, Tensor]:
+    """Unreduced (cross-entropy, smooth-L1 with ``beta``) of each RoI, the box term 0 on background: the
+    terms of torchvision's ``fastrcnn_loss`` (summed over 4 coordinates), so their mean is what training optimises."""
     cls_loss = F.cross_entropy(class_logits, labels, reduction="none")
     fg = torch.nonzero(labels > 0).squeeze(1)
     box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
-    fg_box = F.smooth_l1_loss(box_regression[fg, labels[fg]], box_targets[fg], beta=1 / 9, reduction="none").sum(1)
+    fg_box = F.smooth_l1_loss(box_regression[fg, labels[fg]], box_targets[fg], beta=beta, reduction="none").sum(1)
     return cls_loss, torch.zeros_like(cls_loss).index_add(0, fg, fg_box)
 
 
@@ -121,9 +123,8 @@ def readonly_losses(
             ids = rois.image_ids[start : start + step]
             pieces = [rois.boxes[start : start + step][ids == i] for i in range(rois.num_images)]
             logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, pieces, image_shapes)))
-            terms = per_roi_loss_terms(
-                logits, deltas, rois.labels[start : start + step], rois.box_targets[start : start + step]
-            )
+            labels, targets = rois.labels[start : start + step], rois.box_targets[start : start + step]
+            terms = per_roi_loss_terms(logits, deltas, labels, targets, box_loss_beta(heads))
             chunks.append(mining_loss(*terms, sampler.mining_loss))
     return torch.cat(chunks) if chunks else rois.boxes.new_zeros(0)
 
@@ -146,7 +147,73 @@ def readonly_mode(heads: RoIHeads, dropout: bool) -> Iterator[None]:
             setattr(m, attr, True)
 
 
-class OHEMRoIHeads(RoIHeads):
+TORCHVISION_BOX_BETA = 1 / 9  # what torchvision's fastrcnn_loss hard-codes
+
+
+def box_loss_beta(heads: RoIHeads) -> float:
+    return getattr(heads, "box_loss_beta", TORCHVISION_BOX_BETA)
+
+
+def raw_box_deltas(heads: RoIHeads, box_regression: Tensor) -> Tensor:
+    """The box predictor's output as ``heads.box_coder`` decodes it."""
+    norm = getattr(heads, "box_target_norm", None)
+    return box_regression if norm is None else norm.unnormalise(box_regression)
+
+
+class BoxLossRoIHeads(RoIHeads):
+    """``RoIHeads`` with Fast R-CNN's box-loss settings: smooth-L1 ``box_loss_beta`` in training
+    (torchvision hard-codes 1/9) and, after ``use_empirical_box_targets``, normalised box targets."""
+
+    def __init__(self, *args, box_loss_beta: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.box_loss_beta = box_loss_beta
+        self.box_target_norm: BoxTargetNorm | None = None
+        self._sampled: tuple[list[Tensor], ...] | None = None  # the RoIs the current training forward uses
+
+    def use_empirical_box_targets(self) -> None:
+        """Regress raw deltas normalised per class (Fast R-CNN); the statistics are set by the trainer."""
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.box_target_norm = BoxTargetNorm(self.box_predictor.cls_score.out_features)
+
+    def forward(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:  # fmt: skip
+        features, proposals = poolable(features, proposals)
+        if not self.training or self.box_loss_beta == TORCHVISION_BOX_BETA:
+            return super().forward(features, proposals, image_shapes, targets)
+        outputs: list[tuple[Tensor, Tensor]] = []
+        hook = self.box_predictor.register_forward_hook(lambda module, args, out: outputs.append(out))
+        try:
+            result, losses = super().forward(features, proposals, image_shapes, targets)
+            _, _, labels, box_targets = self._sampled
+        finally:
+            hook.remove()
+            self._sampled = None
+        # torchvision's box term, with this head's beta: summed over fg RoIs, divided by all sampled RoIs.
+        labels, box_targets = torch.cat(labels), torch.cat(box_targets)
+        _, box_loss = per_roi_loss_terms(outputs[0][0], outputs[0][1], labels, box_targets, self.box_loss_beta)
+        return result, {**losses, "loss_box_reg": box_loss.sum() / max(labels.numel(), 1)}
+
+    def select_training_samples(
+        self, proposals: list[Tensor], targets: list[dict[str, Tensor]] | None
+    ) -> tuple[list[Tensor], ...]:
+        """torchvision's fg/bg sample, with normalised box targets when the head has a norm."""
+        proposals, matched_idxs, labels, box_targets = super().select_training_samples(proposals, targets)
+        if self.box_target_norm is not None:
+            box_targets = [self.box_target_norm.normalise(t, lab) for t, lab in zip(box_targets, labels)]
+        self._sampled = (proposals, matched_idxs, labels, box_targets)
+        return self._sampled
+
+    def postprocess_detections(
+        self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor], image_shapes: list
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        return super().postprocess_detections(
+            class_logits, raw_box_deltas(self, box_regression), proposals, image_shapes
+        )
+
+
+class OHEMRoIHeads(BoxLossRoIHeads):
     """``RoIHeads`` that trains on the hardest RoIs instead of a fg/bg sample (Shrivastava et al. 2016).
 
     ``sampler`` holds the mining settings (batch_size_per_image, nms_iou, nms_per_label, mining_loss,
@@ -159,7 +226,6 @@ class OHEMRoIHeads(RoIHeads):
         self.sampler = sampler
         self.last_mining: dict = {}
         self.last_mining_seconds = 0.0  # labelling + read-only pass + selection (on CUDA without a sync)
-        self._mined: tuple[list[torch.Tensor], ...] | None = None  # forward -> select_training_samples
 
     def forward(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
@@ -174,20 +240,21 @@ class OHEMRoIHeads(RoIHeads):
         per_label = rois.labels if s.nms_per_label else None
         hard = select_hard_examples(losses, rois.boxes, rois.image_ids, s.batch_size_per_image, s.nms_iou, per_label)
         self.last_mining_seconds = time.perf_counter() - tic
-        self._mined = rois.per_image(hard)
-        try:  # torchvision's forward and loss on the mined RoIs (it asks select_training_samples for them)
+        self._sampled = rois.per_image(hard)
+        try:  # the trainable pass: torchvision's forward and loss, on the RoIs select_training_samples hands it
             result, train_losses = super().forward(features, proposals, image_shapes, targets)
         finally:
-            self._mined = None
+            self._sampled = None
         self.last_mining = mining_record(rois, losses, hard, image_shapes)
         return result, {**train_losses, **mining_stats(rois, losses, hard)}
 
     def select_training_samples(
         self, proposals: list[Tensor], targets: list[dict[str, Tensor]] | None
     ) -> tuple[list[Tensor], ...]:
-        if self._mined is None:
+        """torchvision's hook: the RoIs ``forward`` mined."""
+        if self._sampled is None:
             raise RuntimeError("OHEMRoIHeads.select_training_samples is called from forward() only")
-        return self._mined
+        return self._sampled
 
 
 def mining_stats(rois: LabelledRoIs, losses: torch.Tensor, hard: torch.Tensor) -> dict[str, torch.Tensor]:

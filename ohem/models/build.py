@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models import detection
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ohem.checkpoint import load_state_dict_file
 from ohem.config import ModelConfig, SamplerConfig
@@ -23,7 +24,44 @@ def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_class
     if sampler_cfg.rpn_ohem and getattr(model, "rpn", None) is None:
         raise ValueError(f"sampler.rpn_ohem: {model_cfg.name} has no RPN (it reads its proposals from a file)")
     enable = enable_ohem if sampler_cfg.method == "ohem" else enable_heuristic_sampling
-    return enable(model, sampler_cfg)
+    enable(model, sampler_cfg, box_loss_beta=model_cfg.box_loss_beta)
+    if model_cfg.box_target_norm == "empirical":
+        if model_cfg.name not in PROPOSAL_MODELS:
+            raise ValueError(
+                f"model.box_target_norm: empirical is measured on proposal files; {model_cfg.name} has an RPN "
+                "whose proposals change as it trains (use fixed)"
+            )
+        model.roi_heads.use_empirical_box_targets()
+    return model
+
+
+def set_input_normalisation(model: nn.Module, cfg: ModelConfig) -> None:
+    """``model.transform`` as ``cfg`` says: pixels x ``pixel_scale``, ``channel_order``, then
+    (x - ``image_mean``) / ``image_std`` (a Caffe-converted net: BGR, 255, Caffe's pixel means, std 1)."""
+    scale = cfg.pixel_scale
+    if cfg.image_mean is None and cfg.image_std is None and scale == 1 and cfg.channel_order == "RGB":
+        return  # the model's own
+    t = model.transform
+    mean = cfg.image_mean if cfg.image_mean is not None else [m * scale for m in t.image_mean]
+    std = cfg.image_std if cfg.image_std is not None else [s * scale for s in t.image_std]
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or scale <= 0:
+        raise ValueError(f"model.image_mean/image_std: 3 values each, std and pixel_scale > 0; got {mean}, {std}")
+    # On images in [0, 1]: (x * scale - mean) / std == (x - mean / scale) / (std / scale).
+    model.transform = InputTransform(
+        t.min_size, t.max_size, [m / scale for m in mean], [s / scale for s in std],
+        size_divisible=t.size_divisible, fixed_size=t.fixed_size, bgr=cfg.channel_order == "BGR",
+    )  # fmt: skip
+
+
+class InputTransform(GeneralizedRCNNTransform):
+    """torchvision's transform, with the channels reversed before normalising when ``bgr``."""
+
+    def __init__(self, *args, bgr: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bgr = bgr
+
+    def normalize(self, image: Tensor) -> Tensor:
+        return super().normalize(image.flip(0) if self.bgr else image)
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -31,7 +69,9 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.name not in BUILDERS:
         raise ValueError(f"model.name: unknown model {cfg.name!r}; choose one of {', '.join(BUILDERS)}")
     uses_rpn = cfg.name not in PROPOSAL_MODELS
-    return BUILDERS[cfg.name](cfg, num_classes, detector_kwargs(cfg, uses_rpn))
+    model = BUILDERS[cfg.name](cfg, num_classes, detector_kwargs(cfg, uses_rpn))
+    set_input_normalisation(model, cfg)
+    return model
 
 
 def detector_kwargs(cfg: ModelConfig, uses_rpn: bool) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
+from ohem.mining.roi_heads import raw_box_deltas
 from ohem.models.fast_rcnn import FastRCNN, backbone_features
 
 TARGET_AREA = 224 * 224
@@ -79,7 +80,7 @@ def classify_and_regress(
     n, num_classes = logits.shape
     rois = torch.cat(boxes).to(deltas.dtype) if boxes else deltas.new_zeros((0, 4))
     # decode_single + an explicit class count: BoxCoder.decode cannot reshape an empty batch.
-    regressed = heads.box_coder.decode_single(deltas, rois).reshape(n, num_classes, 4)
+    regressed = heads.box_coder.decode_single(raw_box_deltas(heads, deltas), rois).reshape(n, num_classes, 4)
     counts = [b.shape[0] for b in boxes]
     probs = F.softmax(logits, -1).split(counts)
     return list(probs), [clip_boxes_to_image(r, size) for r, size in zip(regressed.split(counts), sizes)]
