@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="(computing) processes; default: one per core")
     p.add_argument("--min-size", type=int, default=2, help="drop boxes narrower or lower than this, px (default 2)")
     p.add_argument("--small-boxes", choices=["min-size", "fast-rcnn"], help="(--import-mat) fast-rcnn: "
-                   "py-faster-rcnn's filter_small_boxes, as the authors trained (default); min-size: width, height >= --min-size")  # fmt: skip
+                   "py-faster-rcnn's filter_small_boxes, as the authors trained (default); "
+                   "min-size: width and height >= --min-size")  # fmt: skip
     p.add_argument("--out", required=True, help="the .npz file; an interrupted run resumes from FILE.parts/")
     _add_overrides(p, "override the data config")
     p.set_defaults(func=cmd_proposals)
