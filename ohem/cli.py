@@ -1,4 +1,4 @@
-"""Command line: ``ohem train | eval | detect | report | proposals | export``.
+"""Command line: ``ohem train | eval | detect | report | proposals | recipe | export``.
 
 ohem train     --config FILE [--set key=value ...] --out DIR [--resume]
 ohem eval      (--checkpoint CKPT | --detections results.json) --out DIR [--data voc:ROOT] [--split NAME]
@@ -6,6 +6,8 @@ ohem eval      (--checkpoint CKPT | --detections results.json) --out DIR [--data
 ohem detect    --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
 ohem report    RUN_DIR [--out DIR]
 ohem proposals --data voc:ROOT --split trainval --method selective-search --mode fast --out FILE.npz
+ohem proposals --import-mat FILE.mat --data voc:ROOT --split trainval --out FILE.npz  (Fast R-CNN's boxes)
+ohem recipe    FILE.yaml [--check]  (the recipe card: settings beside the paper's and the authors' code's)
 ohem export    --layout voc|coco --out DIR [--split train] [--set data.key=value ...]  (the synthetic data)
 """
 

@@ -171,8 +171,9 @@ def test_paper_config_has_the_papers_settings(path):
     d, m, s, o, t = cfg.data, cfg.model, cfg.sampler, cfg.solver, cfg.train
     assert (d.dataset, d.train_split, d.test_split, o.iterations, o.steps, t.eval_metric) == (
         dataset, train_split, test_split, iterations, steps, metric)  # fmt: skip
-    # the released selective-search boxes, all of them, and flipped copies of every training image
-    assert d.proposals and d.test_proposals and d.max_proposals is None and d.hflip
+    # the released selective-search boxes (VOC: all of them) and flipped copies of every training image
+    assert d.proposals and d.test_proposals and d.hflip
+    assert d.max_proposals == (2000 if dataset == "coco" else None)  # coco.py: top_k 2000; VOC: every box
     assert d.aspect_grouping == (not ohem)  # the OHEM yml: aspect grouping "wasn't used in the paper"
     # Fast R-CNN on VGG16 (or VGG_CNN_M_1024 from converted weights); no RPN, so no RPN mining
     assert m.name == ("fast_rcnn_vgg_cnn_m_1024" if "vgg_cnn_m_1024" in name else "fast_rcnn_vgg16")
