@@ -74,7 +74,7 @@ def iterative_box_regression_detect(
             if proposals is None:
                 raise ValueError("multi-scale +B needs proposals (in original pixels)")
             score_and_regress = ImagePyramid(model, images, scales).score_and_regress
-            return _detect(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
+            return _regress_twice_and_vote(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, _, features = backbone_features(model, images)
         if proposals is not None:
@@ -90,13 +90,13 @@ def iterative_box_regression_detect(
         def score_and_regress(boxes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
             return _score_and_regress(heads, features, boxes, shapes)
 
-        detections = _detect(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
+        detections = _regress_twice_and_vote(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
         return model.transform.postprocess(detections, shapes, original_sizes)
     finally:
         model.train(was_training)
 
 
-def _detect(
+def _regress_twice_and_vote(
     score_and_regress: Callable[[list[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]],
     proposals: list[torch.Tensor],
     score_thresh: float,
