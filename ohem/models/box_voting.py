@@ -74,7 +74,9 @@ def iterative_box_regression_detect(
             if proposals is None:
                 raise ValueError("multi-scale +B needs proposals (in original pixels)")
             score_and_regress = ImagePyramid(model, images, scales).score_and_regress
-            return _regress_twice_and_vote(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
+            return _regress_twice_and_vote(
+                score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img
+            )
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, _, features = backbone_features(model, images)
         if proposals is not None:
@@ -90,7 +92,9 @@ def iterative_box_regression_detect(
         def score_and_regress(boxes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
             return _score_and_regress(heads, features, boxes, shapes)
 
-        detections = _regress_twice_and_vote(score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img)
+        detections = _regress_twice_and_vote(
+            score_and_regress, proposals, score_thresh, nms_thresh, vote_iou, detections_per_img
+        )
         return model.transform.postprocess(detections, shapes, original_sizes)
     finally:
         model.train(was_training)
