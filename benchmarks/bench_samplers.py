@@ -82,7 +82,9 @@ def worker(args: argparse.Namespace) -> None:
     cfg = load_config(ROOT / "configs" / "bench.yaml", overrides)
     rss_before = _rss_mib()
     resume = (run / "checkpoint_last.pt").exists() and args.phase == "accuracy"
-    metrics = training.train(cfg, run, resume=resume)
+    # a rerun of the cost phase, or an accuracy run stopped before its first checkpoint, starts over
+    # (the earlier files are moved to previous-N/, not deleted)
+    metrics = training.train(cfg, run, resume=resume, force=not resume)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "eval" not in r][20:]  # skip warm-up
     result = {"arm": args.worker, "seed": args.seed, "phase": args.phase, "mAP": metrics["mAP"]}

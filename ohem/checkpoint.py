@@ -11,19 +11,21 @@ import torch
 from torch import nn
 
 from ohem.config import Config
-from ohem.util import atomic_open
+from ohem.util import atomic_open, one_line, regular_file
 
 CHECKPOINT_FORMAT = "ohem-checkpoint-1"
 
 
 def load_tensors(path: str | Path, what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU; ``what`` names the file in errors."""
+    """``torch.load(path, weights_only=True)`` on the CPU; ``what`` names the file in errors, which
+    quote torch's explanation whole, on one line."""
+    regular_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path}: no such file") from None
     except Exception as e:  # torch raises several types for truncated, corrupt or unsafe files
-        reason = " ".join(str(e).split())[:200]
+        reason = one_line(str(e)) or type(e).__name__
         raise ValueError(
             f"{what} {path}: cannot be loaded safely (truncated, corrupt or not tensors-only): {reason}"
         ) from None

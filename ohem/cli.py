@@ -1,6 +1,7 @@
 """Command line: ``ohem train | eval | detect | report | proposals | recipe | export``.
 
-ohem train     --config FILE [--set key=value ...] --out DIR [--resume]
+ohem [--debug] COMMAND ...   (--debug: a traceback instead of the one-line error)
+ohem train     --config FILE [--set key=value ...] --out DIR [--resume | --force]
 ohem eval      (--checkpoint CKPT | --detections results.json) --out DIR [--data voc:ROOT] [--split NAME]
                [--metric voc|voc07|coco] [--classes a,b,...] [--set data.key=value ...]
 ohem detect    --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
@@ -14,28 +15,37 @@ ohem export    --layout voc|coco --out DIR [--split train] [--set data.key=value
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import math
 import os
 import sys
 import typing
 from pathlib import Path
 
 from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
-from ohem.util import atomic_open
+from ohem.util import atomic_open, make_out_dir, one_line, refuse_symlink, regular_file, strict_json
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ohem", description="Train region-based detectors with OHEM.")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback, not one line")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = functools.partial(sub.add_parser, parents=[common])
 
-    p = sub.add_parser("train", help="train a detector, evaluate it, draw detections")
+    p = add_parser("train", help="train a detector, evaluate it, draw detections")
     p.add_argument("--config", required=True, help="YAML config file")
     _add_overrides(p, "dotted override, e.g. --set solver.lr=0.01 (repeatable)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
+    p.add_argument("--out", required=True, help="run directory (one run at a time: it is locked while training)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt (same config, bar "
+                   "the run length, evaluation, logging, threads and device: docs/RELIABILITY.md)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="OUT holds a run: move it to OUT/previous-N/ and start afresh")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="score a checkpoint, or a detections file, on a dataset split (AP per class)")
+    p = add_parser("eval", help="score a checkpoint, or a detections file, on a dataset split (AP per class)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="run the model; its detections are also written to OUT/results.json")
     source.add_argument("--detections", help="a COCO-results JSON file (image_id, category_id, bbox x,y,w,h, score)")
@@ -47,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("detect", help="draw a checkpoint's detections on image files")
+    p = add_parser("detect", help="draw a checkpoint's detections on image files")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True)
@@ -55,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("report", help="plots of what OHEM mined in a run, and its hardest RoIs")
+    p = add_parser("report", help="plots of what OHEM mined in a run, and its hardest RoIs")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("proposals", help="compute selective-search proposals for a dataset split, or import "
+    p = add_parser("proposals", help="compute selective-search proposals for a dataset split, or import "
                        "Fast R-CNN's .mat ones (.npz)")  # fmt: skip
     _add_data_arguments(p)
     p.add_argument("--import-mat", metavar="FILE.mat", help="convert Fast R-CNN's selective-search boxes of the split "
@@ -78,27 +88,76 @@ def main(argv: list[str] | None = None) -> int:
     _add_overrides(p, "override the data config")
     p.set_defaults(func=cmd_proposals)
 
-    p = sub.add_parser("export", help="write the synthetic dataset in the VOC or COCO layout")
+    p = add_parser("export", help="write the synthetic dataset in the VOC or COCO layout")
     p.add_argument("--layout", required=True, choices=["voc", "coco"])
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--out", required=True)
     _add_overrides(p, "synthetic data config, e.g. --set data.num_train=500")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("recipe", help="a config's settings next to the paper's and the authors' code's (Markdown)")
+    p = add_parser("recipe", help="a config's settings next to the paper's and the authors' code's (Markdown)")
     p.add_argument("config", metavar="FILE.yaml", help="a recipe, e.g. configs/paper/voc07_vgg16_ohem.yaml")
     _add_overrides(p, "dotted override applied before the card is made (repeatable)")
     p.add_argument("--check", action="store_true", help="exit 1 if a setting differs from its source without a reason")
     p.set_defaults(func=cmd_recipe)
 
     args = parser.parse_args(argv)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``args.func(args)``; the project's errors and the expected library errors (bad files, bad
+    input) are one line on stderr and exit code 1; ``--debug`` shows their traceback instead. Any
+    other exception is a bug: its traceback is shown."""
+    import yaml
+    from PIL import Image
+
     from ohem.train import NonFiniteLossError  # torch and the models: imported once a command runs
 
+    expected = (ConfigError, ValueError, OSError, NonFiniteLossError, yaml.YAMLError, RecursionError, MemoryError,
+                Image.DecompressionBombError)  # fmt: skip
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, NonFiniteLossError) as e:
-        print(f"ohem {args.command}: error: {e}", file=sys.stderr)
+    except expected as e:
+        if args.debug:
+            raise
+        print(f"ohem {args.command}: error: {error_message(e)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"ohem {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def naming_the_file(what: str) -> typing.Iterator[None]:
+    """Library errors that cannot know the file they read (bad UTF-8, JSON nested too deeply) get
+    ``what`` (e.g. ``config FILE``) in front of their message."""
+    try:
+        yield
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{what}: {error_message(e)}") from e
+
+
+def error_message(e: BaseException) -> str:
+    """One line saying what went wrong: ``<file>: <item>: <what>`` where the error knows its file."""
+    import yaml
+
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+        return f"{where}: {e.strerror}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text: {e.reason} at byte {e.start}"
+    if isinstance(e, RecursionError):
+        return "input nested too deeply to read (RecursionError)"
+    if isinstance(e, MemoryError):
+        return f"out of memory{': ' + one_line(str(e)) if str(e) else ''}"
+    if isinstance(e, yaml.YAMLError):
+        return f"not valid YAML: {one_line(str(e))}"
+    return one_line(str(e)) or type(e).__name__
 
 
 def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
@@ -109,9 +168,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ohem.evaluation.score import format_metrics
     from ohem.train import train
 
-    cfg = load_config(args.config, args.overrides)
+    regular_file(args.config, "config")
+    with naming_the_file(f"config {args.config}"):
+        cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
-    metrics = train(cfg, out, resume=args.resume)
+    metrics = train(cfg, out, resume=args.resume, force=args.force)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     print(format_metrics(metrics))
@@ -127,27 +188,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ohem.train import resolve_device
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
     if args.checkpoint:
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, what="--device")
         model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
         dataset = build_dataset(_data_config(cfg, args).data, "test", args.split)
+        _check_not_empty(dataset)
         if list(dataset.classes) != classes:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
         test_time = TestTime.from_config(cfg.model)
         detections = predict(model, dataset, device, cfg.solver.images_per_batch, test_time=test_time)
-        out.mkdir(parents=True, exist_ok=True)
+        make_out_dir(out)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
     else:
+        regular_file(args.detections, "detections file")
         dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
-        detections = read_detections(args.detections, dataset.image_ids, dataset.category_ids)
-        out.mkdir(parents=True, exist_ok=True)
+        _check_not_empty(dataset)
+        with naming_the_file(f"detections file {args.detections}"):
+            detections = read_detections(args.detections, dataset.image_ids, dataset.category_ids)
+        make_out_dir(out)
     metrics = score_detections(dataset, detections, args.metric)
     with atomic_open(out / "metrics.json") as f:
-        f.write(json.dumps(metrics, indent=2) + "\n")
+        f.write(strict_json(metrics))
     print(format_metrics(metrics))
     written = [out / "results.json"] if args.checkpoint else []
     print(f"wrote {', '.join(str(p) for p in [*written, out / 'metrics.json'])}")
     return 0
+
+
+def _check_not_empty(dataset: typing.Any) -> None:
+    if len(dataset) == 0:
+        raise ValueError(f"--split {getattr(dataset, 'split', '')}: the split has no images to evaluate on")
 
 
 def cmd_proposals(args: argparse.Namespace) -> int:
@@ -158,13 +230,20 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         raise ValueError(f"--import-mat reads the boxes from a file; not with {', '.join(given)} (for computing them)")
     if not args.import_mat and args.small_boxes:
         raise ValueError("--small-boxes applies only to --import-mat")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
     dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
     if not args.import_mat:
         from ohem.data.proposals import compute_proposals
 
         max_boxes = 2000 if args.max_boxes is None else args.max_boxes
         workers = (os.cpu_count() or 1) if args.workers is None else args.workers
-        path = compute_proposals(dataset, args.out, args.mode or "fast", max_boxes, args.min_size, workers=workers)
+        try:
+            path = compute_proposals(dataset, args.out, args.mode or "fast", max_boxes, args.min_size, workers=workers)
+        except RuntimeError as e:
+            if not _bad_input_in_worker(e):
+                raise
+            raise ValueError(one_line(str(e))) from e  # the worker's message names the image and the problem
         print(f"wrote {path} ({len(dataset)} images)")
         return 0
     from ohem.data.mat_proposals import import_mat_proposals
@@ -182,10 +261,21 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bad_input_in_worker(error: RuntimeError) -> bool:
+    """Whether selective search failed on bad input (an image that cannot be read: the data's
+    ValueError or OSError, quoted by the worker as ``Type: message``), not on a bug."""
+    text = str(error)
+    bad_input = ("ValueError", "OSError", "FileNotFoundError", "PermissionError", "IsADirectoryError",
+                 "UnidentifiedImageError", "DecompressionBombError", "MemoryError")  # fmt: skip
+    return text.startswith("selective search failed on image") and any(f": {t}: " in text for t in bad_input)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
     from ohem.data.export import export_synthetic
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a folder")
     _check_data_overrides(args.overrides)
     cfg = apply_overrides(load_config(), args.overrides)
     dataset = build_dataset(cfg.data, "test", args.split)
@@ -231,35 +321,84 @@ def _check_data_overrides(overrides: list[str]) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from ohem.data.common import read_image
-    from ohem.inference import TestTime, model_from_checkpoint, predict
+    from ohem.inference import TestTime, check_image_size, model_from_checkpoint, predict
     from ohem.train import resolve_device
     from ohem.visualize import draw_detections
 
-    device = resolve_device(args.device)
+    if not math.isfinite(args.score_thresh):
+        raise ValueError(f"--score-thresh: must be a finite number, got {args.score_thresh}")
+    device = resolve_device(args.device, what="--device")
+    for path in args.images:
+        regular_file(path, "image")
     images = [read_image(path) for path in args.images]  # all read before any output is written
     model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
+    test_time = TestTime.from_config(cfg.model)
     for path, image in zip(args.images, images):
-        det = predict(model, [(image, {})], device, batch_size=1, test_time=TestTime.from_config(cfg.model))[0]
-        png = out / f"{Path(path).stem}.png"
+        check_image_size(model, image.shape[-2], image.shape[-1], test_time, f"image {path}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    pngs = output_names(args.images, out)
+    make_out_dir(out)
+    results = []
+    for path, image, png in zip(args.images, images, pngs):
+        det = predict(model, [(image, {})], device, batch_size=1, test_time=test_time)[0]
         draw_detections([image], [det], classes, png, args.score_thresh, titles=[Path(path).name])
         keep = det.scores >= args.score_thresh
-        results.append({"image": str(path), "boxes": det.boxes[keep].tolist(),
+        results.append({"image": str(path), "drawing": str(png), "boxes": det.boxes[keep].tolist(),
                         "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
                         "scores": det.scores[keep].tolist()})  # fmt: skip
         print(f"{path}: {int(keep.sum())} detections -> {png}")
     with atomic_open(out / "detections.json") as f:
-        f.write(json.dumps(results, indent=2) + "\n")
+        f.write(strict_json(results))
     return 0
+
+
+def output_names(inputs: list[str], out: Path) -> list[Path]:
+    """One drawing per input in ``out``: ``STEM.png``, or ``STEM-1.png``, ``STEM-2.png``, ... where that
+    name is taken by an earlier input of the call (compared without case) or is one of the inputs
+    themselves (same path or same file): no output overwrites an input or another output."""
+    sources = [Path(p) for p in inputs]
+    real = {os.path.realpath(p) for p in sources}
+
+    def is_an_input(candidate: Path) -> bool:
+        if os.path.realpath(candidate) in real:
+            return True
+        return candidate.exists() and any(_same_file(candidate, p) for p in sources)
+
+    if is_an_input(out / "detections.json"):
+        raise ValueError(f"--out {out}: its detections.json would overwrite an input; choose another --out")
+    refuse_symlink(out / "detections.json")
+    taken = {"detections.json"}
+    names = []
+    for source in sources:
+        stem, n = source.stem or "image", 0
+        while True:
+            candidate = out / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
+            if candidate.name.lower() not in taken and not is_an_input(candidate):
+                break
+            n += 1
+        refuse_symlink(candidate)
+        taken.add(candidate.name.lower())
+        names.append(candidate)
+    return names
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ohem.report import write_report
 
-    for path in write_report(args.run_dir, args.out):
+    written = write_report(args.run_dir, args.out)
+    for path in written:
         print(f"wrote {path}")
+    if not any(path.name == "hardest_rois.png" for path in written):
+        print("ohem report: note: mining.jsonl records no hardest RoIs; hardest_rois.png not drawn", file=sys.stderr)
     return 0
 
 

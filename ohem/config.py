@@ -63,9 +63,17 @@ class DataConfig(_Section):
     use_difficult: bool = False  # voc: train on "difficult" objects too (evaluation always ignores them)
     empty_images: EmptyImages = "skip"  # training images without objects: skip | keep | error (evaluation keeps all)
     invalid_boxes: InvalidBoxes = "fix"  # boxes outside the image / empty: fix (clip or drop, counted, warned) | error
+    # Images with more pixels are refused (the size read from the file's header, before decoding); null: no limit.
+    # 50 M pixels: 600 MB as float RGB, far above any VOC/COCO image (COCO's largest is 640x640).
+    max_image_pixels: int | None = 50_000_000
     proposals: str | None = None  # Fast R-CNN: proposal file (.npz, docs/PROPOSALS.md) of the train split
     test_proposals: str | None = None  # ... and of the test split
     max_proposals: int | None = 2000  # first boxes of each image's proposals (file order = rank); null: all
+    # Proposal files are refused when an image holds more boxes, or the file more boxes in all, than these (read
+    # from the .npz headers before any array is loaded); null: no limit. Per image 100 000 boxes is 50x selective
+    # search's ~2000 and 1.6 MB; in all 1e9 boxes (16 GB of float32) is twice COCO train2017 at 4000 per image.
+    max_proposal_boxes_per_image: int | None = 100_000
+    max_proposal_boxes: int | None = 1_000_000_000
     hflip: bool = False  # training: mirror each image with probability 0.5
     aspect_grouping: bool = False  # training: batches of images of one orientation (wide or tall)
     num_train: int = 1000  # synthetic only

@@ -3,6 +3,7 @@ checkpoint file (``model_from_checkpoint``), with the test-time options of ``Tes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,20 +108,52 @@ def predict(
 def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, Config, list[str]]:
     """The checkpoint's model in eval mode on ``device``, its config and its class names."""
     state = load_checkpoint(path)
-    if not isinstance(state.get("config"), dict) or not isinstance(state.get("classes"), list):
-        raise ValueError(f"checkpoint {path}: has no config or class list")
+    if not isinstance(state.get("config"), dict):
+        raise ValueError(f"checkpoint {path}: config: missing or not a mapping (not written by ohem train?)")
+    classes = state.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"checkpoint {path}: classes: expected a non-empty list of class names, got {classes!r:.80}")
     cfg = config_from_dict(state["config"], source=f"checkpoint {path}")
-    model = build_detector(cfg.model, cfg.sampler, len(state["classes"]))
-    load_weights_into(model, state["model"], f"checkpoint {path}")
-    return model.to(device).eval(), cfg, state["classes"]
+    model = build_detector(cfg.model, cfg.sampler, len(classes))
+    load_weights_into(model, state.get("model"), f"checkpoint {path}")
+    return model.to(device).eval(), cfg, classes
 
 
 def load_weights_into(model: nn.Module, state: object, what: str) -> None:
-    """``model.load_state_dict(state)`` with a one-line error when the weights belong to another model."""
+    """``model.load_state_dict(state)`` with a one-line error when the weights belong to another model;
+    torch's explanation is quoted whole (long key lists shortened to their first keys)."""
     if not isinstance(state, dict):
-        raise ValueError(f"{what}: its weights are not a state dict")
+        raise ValueError(f"{what}: model: its weights are not a state dict (got {type(state).__name__})")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
-        raise ValueError(f"{what}: weights of another model or class count ({detail[:200]})") from None
+        raise ValueError(f"{what}: weights of another model or class count ({state_dict_problems(str(e))})") from None
+
+
+def state_dict_problems(message: str, most: int = 3) -> str:
+    """torch's ``load_state_dict`` error on one line: each problem it lists, whole (the first ``most``)."""
+    problems = [line.strip() for line in message.splitlines()[1:] if line.strip()] or [message.strip()]
+    shown = []
+    for line in problems[:most]:
+        head, sep, keys = line.partition(" in state_dict: ")
+        names = [k.strip() for k in keys.rstrip(". ").split(",")] if sep else []
+        if len(names) > 5:
+            line = f"{head} in state_dict: {', '.join(names[:5])}, ... ({len(names)} keys in all)."
+        shown.append(line)
+    more = f"; and {len(problems) - most} more problems like these" if len(problems) > most else ""
+    return "; ".join(shown) + more
+
+
+def check_image_size(model: nn.Module, height: int, width: int, test_time: TestTime, what: str) -> None:
+    """Raise a one-line error naming ``what`` if the model's resizing (torchvision's
+    ``GeneralizedRCNNTransform``) would shrink a side of a ``height`` x ``width`` image to nothing."""
+    transform = getattr(model, "transform", None)
+    if transform is None or not hasattr(transform, "max_size"):
+        return
+    for size in test_time.min_sizes or (transform.min_size[-1],):
+        scale = min(size / min(height, width), transform.max_size / max(height, width))
+        if math.floor(height * scale) < 1 or math.floor(width * scale) < 1:
+            raise ValueError(
+                f"{what}: {width}x{height} px is too thin: the model resizes it to "
+                f"{width * scale:.2g}x{height * scale:.2g} px (min_size {size}, max_size {transform.max_size})"
+            )

@@ -13,7 +13,6 @@ Reads the run's ``log.jsonl``, ``mining.jsonl`` and ``config.yaml``; writes into
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,61 @@ import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ohem.config import config_from_dict
+from ohem.config import Config, config_from_dict
 from ohem.data import build_dataset
+from ohem.runlog import read_jsonl_records
+from ohem.util import is_number, make_out_dir, one_line, regular_file
 from ohem.visualize import draw_box, image_grid, save_figure
 
 
+def is_box(value: object) -> bool:
+    """A list of four numbers."""
+    return isinstance(value, list) and len(value) == 4 and all(is_number(v) for v in value)
+
+
+# Keys each kind of record must hold, with a check of its value.
+_NUMBER = (is_number, "a number")
+_COUNTS = (lambda v: isinstance(v, list) and all(is_number(x) for x in v), "a list of numbers")
+STEP_KEYS = {"iteration": _NUMBER, "loss_classifier": _NUMBER, "loss_box_reg": _NUMBER, "ohem_all_roi_loss": _NUMBER}
+MINING_KEYS = {"iteration": _NUMBER, "mined_fg_fraction": _NUMBER, "iou_hist": _COUNTS, "label_counts": _COUNTS,
+               "hardest": (lambda v: isinstance(v, list), "a list")}  # fmt: skip
+_INDEX = (lambda v: type(v) is int and v >= 0, "an integer >= 0")
+HARDEST_KEYS = {"image_index": _INDEX, "label": _INDEX, "box": (is_box, "a list of 4 numbers"), "iou": _NUMBER,
+                "loss": _NUMBER, "iteration": _NUMBER}  # fmt: skip
+
+
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a run's JSON-lines log (a torn last line, from a run killed or still writing, is
+    left out); every other problem is a one-line error naming the file and line."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file (is this an ohem run directory?)")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
-    return rows
+    regular_file(path, "run log")
+    return [record for _, _, record in read_jsonl_records(path)]
+
+
+def check_records(path: Path, records: list[dict], keys: dict[str, tuple[Any, str]], which: str = "record") -> None:
+    """Raise a one-line error naming ``path``, the record and the key unless each record holds ``keys``."""
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: {which} {number}: expected an object, got {record!r:.60}")
+        for key, (ok, expected) in keys.items():
+            if key not in record:
+                raise ValueError(f"{path}: {which} {number} (iteration {record.get('iteration')}): missing {key!r}")
+            if not ok(record[key]):
+                raise ValueError(f"{path}: {which} {number} (iteration {record.get('iteration')}): "
+                                 f"{key!r} must be {expected}, got {record[key]!r:.60}")  # fmt: skip
+
+
+def read_run_config(path: Path) -> Config:
+    """A run folder's ``config.yaml``."""
+    regular_file(path, "run config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid YAML ({one_line(str(e))})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
+    return config_from_dict(raw, source=str(path))
 
 
 def smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
@@ -50,17 +87,23 @@ def smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery_size: int = 12) -> list[Path]:
     """Write the report's PNGs; returns their paths."""
     run = Path(run_dir)
-    out = Path(out_dir) if out_dir else run / "report"
+    if not run.is_dir():
+        raise ValueError(f"{run}: not a folder (RUN_DIR is the --out of an ohem train)")
     log = read_jsonl(run / "log.jsonl")
     mining = read_jsonl(run / "mining.jsonl")
     if not mining:
         raise ValueError(f"{run / 'mining.jsonl'}: empty (the run used no OHEM, or stopped before its first record)")
-    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()), source=str(run / "config.yaml"))
-    dataset = build_dataset(cfg.data, "train")
-    names = ["background", *dataset.classes]
     steps = [r for r in log if "eval" not in r]
     evals = [r for r in log if "eval" in r]
-    out.mkdir(parents=True, exist_ok=True)
+    check_records(run / "log.jsonl", steps, STEP_KEYS, "step record")
+    check_records(run / "log.jsonl", evals, {"eval": (lambda v: isinstance(v, dict) and is_number(v.get("mAP")),
+                                                      "an object with a number 'mAP'")}, "evaluation")  # fmt: skip
+    check_mining(run / "mining.jsonl", mining)
+    cfg = read_run_config(run / "config.yaml")
+    dataset = build_dataset(cfg.data, "train")
+    names = ["background", *dataset.classes]
+    check_hardest(run / "mining.jsonl", mining, len(dataset), len(names))
+    out = make_out_dir(out_dir if out_dir else run / "report")
     figures = {
         "losses.png": plot_losses(steps, evals),
         "mined_fg_fraction.png": plot_fg_fraction(steps, mining),
@@ -75,6 +118,26 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
             save_figure(fig, out / name)
             written.append(out / name)
     return written
+
+
+def check_mining(path: Path, mining: list[dict]) -> None:
+    """Every ``mining.jsonl`` record complete, its histograms of one length throughout."""
+    check_records(path, mining, MINING_KEYS)
+    for key in ("iou_hist", "label_counts"):
+        lengths = {len(r[key]) for r in mining}
+        if len(lengths) > 1 or 0 in lengths:
+            raise ValueError(f"{path}: {key!r}: records of different or zero lengths ({sorted(lengths)})")
+
+
+def check_hardest(path: Path, mining: list[dict], num_images: int, num_labels: int) -> None:
+    """Every hardest RoI of ``mining.jsonl`` complete and naming an image and label of the run's data."""
+    for number, record in enumerate(mining, start=1):
+        where = f"record {number} (iteration {record['iteration']}): hardest"
+        check_records(path, record["hardest"], HARDEST_KEYS, f"{where} RoI")
+        for pick in record["hardest"]:
+            if pick["image_index"] >= num_images or pick["label"] >= num_labels:
+                raise ValueError(f"{path}: {where}: image {pick['image_index']} / label {pick['label']} is not in "
+                                 f"the run's training data ({num_images} images, {num_labels} labels)")  # fmt: skip
 
 
 def _plot_figure() -> tuple[Figure, Axes]:
@@ -145,11 +208,14 @@ def plot_map(evals: list[dict]) -> Figure:
     return fig
 
 
-def plot_hardest_rois(mining: list[dict], dataset: Any, names: list[str], gallery_size: int) -> Figure:
-    """The hardest RoI (red) of ``gallery_size`` evenly spaced intervals, on its training image with the
-    image's ground truth boxes dashed."""
-    picks = [mining[i]["hardest"][0] for i in np.linspace(0, len(mining) - 1, gallery_size).round().astype(int)]
-    picks = [p for p in picks if p]
+def plot_hardest_rois(mining: list[dict], dataset: Any, names: list[str], gallery_size: int) -> Figure | None:
+    """The hardest RoI (red) of up to ``gallery_size`` evenly spaced intervals (each interval once), on its
+    training image with the image's ground truth boxes dashed. None when no interval recorded one."""
+    with_rois = [r for r in mining if r["hardest"]]
+    if not with_rois:
+        return None
+    spaced = np.linspace(0, len(with_rois) - 1, min(gallery_size, len(with_rois))).round().astype(int)
+    picks = [with_rois[i]["hardest"][0] for i in dict.fromkeys(spaced.tolist())]
     fig, axes = image_grid(len(picks), (3.2, 3.4))
     for ax, pick in zip(axes.flat, picks):
         image, target = dataset[pick["image_index"]]

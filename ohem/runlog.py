@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ohem.mining.record import MiningRecorder
-from ohem.util import atomic_open
+from ohem.util import atomic_open, one_line, open_append
 
 LOG_FILES = ("log.jsonl", "mining.jsonl")
 
@@ -32,9 +32,9 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
 
         self.writer = SummaryWriter(str(out / "tb"), purge_step=None if resume_from is None else resume_from + 1)
-        self.log = (out / "log.jsonl").open("a")
+        self.log = open_append(out / "log.jsonl")
         self.recorder = MiningRecorder(num_classes) if num_classes else None
-        self.mining_file = (out / "mining.jsonl").open("a") if self.recorder else None
+        self.mining_file = open_append(out / "mining.jsonl") if self.recorder else None
 
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -80,9 +80,37 @@ class RunLog:
 
 
 def truncate_jsonl(path: Path, iteration: int) -> None:
-    """Keep the records of ``path`` up to ``iteration`` (those a resumed run will not repeat)."""
+    """Keep the records of ``path`` up to ``iteration`` (those a resumed run will not repeat). A torn
+    last line (the run was killed while writing it) is dropped: the checkpoint is the truth. Any
+    other line that is not a JSON record with an ``iteration`` is a one-line error naming it."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+    kept = [line for _, line, record in read_jsonl_records(path) if record["iteration"] <= iteration]
     with atomic_open(path) as f:
         f.write("".join(line + "\n" for line in kept))
+
+
+def read_jsonl_records(path: Path) -> list[tuple[int, str, dict[str, Any]]]:
+    """``(line number, line, record)`` of each record of a JSON-lines log; a torn last line is left
+    out, any other line that is not a JSON object with an integer ``iteration`` is an error."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read: {e.strerror or e}") from None
+    last = max((n for n, raw in enumerate(lines, start=1) if raw.strip()), default=0)
+    out = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+            record = json.loads(line)
+            if not isinstance(record, dict) or type(record.get("iteration")) is not int:
+                raise ValueError("not a record with an integer 'iteration'")
+        except (ValueError, RecursionError) as e:
+            if number == last:
+                break  # the last line: torn by a crash mid-write
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else one_line(str(e)) or type(e).__name__
+            raise ValueError(f"{path}: line {number}: {reason}") from None
+        out.append((number, line.rstrip("\r"), record))
+    return out

@@ -1,13 +1,16 @@
 """Training: ``train(cfg, out_dir)`` sets a run up, then for each iteration takes one SGD step
 (``train_step``), logs it, and evaluates and checkpoints on schedule. The run directory holds
 ``config.yaml``, the logs of ``ohem.runlog``, ``checkpoint_last.pt`` (written atomically),
-``metrics.json`` and ``detections.png``."""
+``metrics.json`` (strict JSON) and ``detections.png``; it belongs to one run (``ohem.run_folder``:
+locked while training, a run in it continued only with ``resume`` or moved aside with ``force``).
+Every config check that needs no data (``check_run_config``) runs before anything is written."""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +21,17 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from ohem import distributed
+from ohem import distributed, run_folder
 from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng, save_checkpoint
 from ohem.config import Config
 from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch_indices, hflip
 from ohem.evaluation.roi_loss import mean_roi_loss
 from ohem.evaluation.score import METRIC_NAMES, evaluate
-from ohem.inference import TestTime, load_weights_into, predict
+from ohem.inference import TestTime, load_weights_into, predict, state_dict_problems
 from ohem.mining import OHEMRoIHeads
 from ohem.models import build_detector
 from ohem.runlog import RunLog
-from ohem.util import atomic_open
+from ohem.util import atomic_open, make_out_dir, one_line, strict_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,9 +64,32 @@ class Run:
         return self.out / "checkpoint_last.pt"
 
 
-def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train as configured, evaluate on the test split, write the run directory; returns the metrics."""
-    run = setup(cfg, Path(out_dir), resume)
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Train as configured, evaluate on the test split, write the run directory; returns the metrics.
+
+    ``out_dir`` belongs to this run while it trains (``ohem.run_folder``): a folder that holds a run
+    is continued with ``resume`` or, with ``force``, its old run is moved to ``previous-N/`` first."""
+    out = Path(out_dir)
+    d = distributed.setup(cfg.train.device)
+    device = check_run_config(cfg, d)  # every config check before any file is touched
+    created = d.main and not out.exists()
+    if d.main:
+        run_folder.check_arguments(out, resume, force)
+        make_out_dir(out)
+    try:
+        with run_folder.claim(out, enabled=d.main):
+            run = setup(cfg, out, resume, d, device, force)
+            return _train(run)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _train(run: Run) -> dict[str, Any]:
+    """The iterations of a set-up run, then the final evaluation, ``metrics.json`` and the drawing."""
+    cfg = run.cfg
     t, metrics = cfg.train, {}
     bar = tqdm(range(run.start, cfg.solver.iterations), initial=run.start, total=cfg.solver.iterations,
                desc="train", dynamic_ncols=True, disable=not run.d.main)  # fmt: skip
@@ -90,7 +116,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, A
                            TestTime.from_config(cfg.model), run.d)  # fmt: skip
     if run.d.main:
         with atomic_open(run.out / "metrics.json") as f:
-            f.write(json.dumps(metrics, indent=2) + "\n")
+            f.write(strict_json(metrics))
         draw_test_images(run)
     return metrics
 
@@ -133,19 +159,29 @@ def train_step(run: Run, it: int) -> dict[str, float]:
     return record
 
 
-def setup(cfg: Config, out: Path, resume: bool) -> Run:
-    """Data, model, solver and logs of a run, restored from ``out``'s checkpoint with ``resume``."""
-    out.mkdir(parents=True, exist_ok=True)
+def setup(
+    cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: torch.device, force: bool = False
+) -> Run:  # fmt: skip
+    """Data, model, solver and logs of a run, restored from ``out``'s checkpoint with ``resume``.
+    The caller holds the folder's lock and has checked the config (``check_run_config``)."""
+    if d.main:
+        run_folder.check_folder(out, resume, force)
+    state = None
+    if resume:  # the checkpoint is the truth: its config must be this one (bar the allow-list)
+        state = load_checkpoint(out / run_folder.CHECKPOINT)
+        run_folder.check_resume_config(cfg, state, out / run_folder.CHECKPOINT)
+    train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    check_splits(cfg, train_set, test_set)
+    if force and d.main:
+        moved = run_folder.move_aside(out)
+        if moved:
+            print(f"ohem train: moved the earlier run in {out} to {moved}", file=sys.stderr)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    d = distributed.setup(cfg.train.device)
-    check_solver(cfg, d)
-    device = resolve_device(cfg.train.device, d.local_rank)
-    train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     classes = list(train_set.classes)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    model = build_detector(cfg.model, cfg.sampler, len(classes))
+    model = build_model(cfg, len(classes))
     if cfg.model.init_weights and not resume:
         load_weights_into(model, load_state_dict_file(cfg.model.init_weights, "init_weights"), "init_weights")
     norm = getattr(model.roi_heads, "box_target_norm", None)
@@ -157,9 +193,10 @@ def setup(cfg: Config, out: Path, resume: bool) -> Run:
     optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.solver.lr, momentum=cfg.solver.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    start = restore(out / "checkpoint_last.pt", model, optimizer, scheduler, scaler, d) if resume else 0
+    start = restore(state, out / run_folder.CHECKPOINT, model, optimizer, scheduler, scaler, d) if state else 0
     if d.main:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with atomic_open(out / "config.yaml") as f:
+            f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     core = model
     if d.active:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -170,20 +207,36 @@ def setup(cfg: Config, out: Path, resume: bool) -> Run:
                autocast_dtype(cfg.train.amp, device), start, log, groups)  # fmt: skip
 
 
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """``build_detector``, with torch's error for backbone weights of another shape made one line."""
+    try:
+        return build_detector(cfg.model, cfg.sampler, num_classes)
+    except RuntimeError as e:
+        if not str(e).startswith("Error(s) in loading state_dict"):
+            raise
+        raise ValueError(f"model.backbone_weights {cfg.model.backbone_weights}: weights of another model "
+                         f"({state_dict_problems(str(e))})") from None  # fmt: skip
+
+
 def restore(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-    d: distributed.Dist,
+    state: dict[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    scaler: torch.amp.GradScaler, d: distributed.Dist,
 ) -> int:  # fmt: skip
-    """Load ``path``'s weights, solver state and RNG; returns its iteration."""
-    if not path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    state = load_checkpoint(path)
+    """Load the checkpoint ``state``'s (read from ``path``) weights, solver state and RNG; returns its iteration."""
+    missing = [key for key in ("model", "optimizer", "scheduler", "rng", "iteration") if state.get(key) is None]
+    if missing:
+        raise ValueError(f"checkpoint {path}: {missing[0]}: missing; a checkpoint to resume holds the solver state")
+    if not isinstance(state["iteration"], int) or state["iteration"] < 0:
+        raise ValueError(f"checkpoint {path}: iteration: expected a count, got {state['iteration']!r}")
     load_weights_into(model, state["model"], f"checkpoint {path}")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    restore_rng(state, d.rank)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        restore_rng(state, d.rank)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path}: solver state: cannot be restored ({one_line(str(e))})") from None
     return state["iteration"]
 
 
@@ -248,6 +301,37 @@ def load_batch(dataset: Any, indices: list[int], device: torch.device, flip: boo
     return images, targets
 
 
+def check_run_config(cfg: Config, d: distributed.Dist) -> torch.device:
+    """Every check of a training config that needs no data: solver, sampler, logging and device
+    settings. Returns the device. Runs before any file is written or data loaded."""
+    check_solver(cfg, d)
+    t = cfg.train
+    at_least = {"sampler.batch_size_per_image": (cfg.sampler.batch_size_per_image, 1),
+                "train.mining_log_every": (t.mining_log_every, 1), "train.eval_every": (t.eval_every, 0),
+                "train.checkpoint_every": (t.checkpoint_every, 0), "train.check_sync_every": (t.check_sync_every, 0),
+                "train.vis_images": (t.vis_images, 0), "train.roi_loss_images": (t.roi_loss_images, 0)}  # fmt: skip
+    if t.num_threads is not None:
+        at_least["train.num_threads"] = (t.num_threads, 1)
+    if cfg.data.dataset == "synthetic":
+        at_least.update({"data.num_train": (cfg.data.num_train, 1), "data.num_test": (cfg.data.num_test, 1)})
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ValueError(f"{key} must be >= {low}, got {value}")
+    if not math.isfinite(t.vis_score_thresh):
+        raise ValueError(f"train.vis_score_thresh must be a finite number, got {t.vis_score_thresh}")
+    device = resolve_device(t.device, d.local_rank)
+    autocast_dtype(t.amp, device)
+    return device
+
+
+def check_splits(cfg: Config, train_set: Any, test_set: Any) -> None:
+    """A run needs training images and test images."""
+    for role, dataset in (("train", train_set), ("test", test_set)):
+        if len(dataset) == 0:
+            split = (cfg.data.train_split if role == "train" else cfg.data.test_split) or "the default"
+            raise ValueError(f"data.{role}_split: {split} split of the {cfg.data.dataset} data has no images")
+
+
 def check_solver(cfg: Config, d: distributed.Dist) -> None:
     s = cfg.solver
     if s.images_per_batch < 1 or s.images_per_batch % d.world:
@@ -270,18 +354,26 @@ def check_in_sync(d: distributed.Dist, model: nn.Module, iteration: int) -> None
         raise RuntimeError(f"processes hold different weights after iteration {iteration}")
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA if there is one, else the CPU; under torchrun each process takes its GPU."""
+def resolve_device(name: str, local_rank: int = 0, what: str = "train.device") -> torch.device:
+    """``auto``: CUDA if there is one, else the CPU; under torchrun each process takes its GPU.
+    A device torch does not know, or one this machine lacks, is an error naming ``what``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and local_rank:
         name = f"cuda:{local_rank}"
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"train.device: {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device: {name} asked for, but torch sees no CUDA GPU (use auto or cpu)")
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{what}: {name!r} is not a device (auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what}: {name} asked for, but torch sees no CUDA GPU (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{what}: {name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{what}: mps asked for, but this machine has no MPS device (use auto or cpu)")
     return device
 
 

@@ -3,22 +3,56 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
+import math
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so that no other thread ever sees 0)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def refuse_symlink(path: str | os.PathLike) -> None:
+    """Raise if ``path`` is a symbolic link: ohem writes files it made itself, never through a link."""
+    if os.path.islink(path):
+        raise ValueError(f"{path}: is a symbolic link; ohem does not write through links it did not make "
+                         f"(remove the link or write elsewhere)")  # fmt: skip
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, binary: bool = False, make_parents: bool = False) -> Iterator[IO[Any]]:
     """A file object on a temporary sibling of ``path``, renamed over ``path`` only when the block
-    succeeds: an interrupted or failed write never leaves a truncated or half-written ``path``."""
+    succeeds: an interrupted or failed write never leaves a truncated or half-written ``path``.
+
+    The file gets the permissions of the file it replaces, else ``0o666`` less the umask (as ``open``
+    would give; ``mkstemp`` alone makes 0600). ``path`` must not be a symbolic link or a folder."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_symlink(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
             f.flush()
@@ -30,10 +64,75 @@ def atomic_open(path: str | os.PathLike, binary: bool = False, make_parents: boo
         raise
 
 
+def open_append(path: str | os.PathLike) -> IO[str]:
+    """``open(path, "a")`` that refuses a symbolic link (``O_NOFOLLOW``) and keeps the umask."""
+    refuse_symlink(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(path, flags, 0o666), "a", encoding="utf-8")
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def regular_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it names a regular file (symlinks followed); else FileNotFoundError (missing) or
+    ValueError (a directory, FIFO, device, ... or unreadable), without opening it: reading a FIFO or a
+    device could block forever."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path}: no such file") from None
+    except (OSError, ValueError) as e:  # ValueError: an embedded NUL byte
+        reason = one_line(getattr(e, "strerror", None) or str(e))
+        raise ValueError(f"{what} {path}: cannot be read ({reason})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+        raise ValueError(f"{what} {path}: is {kind}, not a regular file")
+    return path
+
+
+def make_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a folder, created if missing; one-line errors when it is a file or cannot be made."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot make the folder: {e.strerror or e}") from None
+    return path
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in lists and dicts too) made None: JSON's null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, indent: int | None = 2) -> str:
+    """Standard JSON (no ``NaN`` / ``Infinity`` tokens: those become ``null``), newline-terminated."""
+    return json.dumps(finite_or_none(value), indent=indent, allow_nan=False) + "\n"
+
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def one_line(text: str) -> str:
-    """``text`` with every run of whitespace (newlines included) made one space: a message that
-    quotes a library's error stays one line."""
-    return " ".join(text.split())
+    """``text`` with every run of whitespace (newlines included) made one space and terminal escape
+    codes (bold, colour) removed: a message that quotes a library's error stays one plain line."""
+    return " ".join(_TERMINAL_CODES.sub("", text).split())
 
 
 def is_number(value: object) -> bool:

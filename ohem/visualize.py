@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ohem.evaluation import ImageDetections
+from ohem.util import atomic_open
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,9 +55,11 @@ def image_grid(count: int, cell_size: tuple[float, float]) -> tuple[Figure, np.n
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:
-    """Lay ``fig`` out tightly and write it as a 100 dpi PNG (Agg canvas; nothing global touched)."""
+    """Lay ``fig`` out tightly and write it as a 100 dpi PNG (Agg canvas; nothing global touched),
+    atomically: a symbolic link at ``path`` is refused, never written through."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, binary=True) as f:
+        fig.savefig(f, format="png", dpi=100)
 
 
 def draw_detections(

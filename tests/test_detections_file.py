@@ -125,8 +125,8 @@ def test_bad_entry_raises_one_line_naming_file_and_entry(tmp_path, overrides, me
 
 def test_bad_file_raises_one_line(tmp_path):
     cases = [
-        ('[{"image_id": "000001",\n  "score": 0.5,,}]', r"not valid JSON: .* at line 2 column 16"),
-        ("", r"not valid JSON: Expecting value at line 1 column 1"),
+        ('[{"image_id": "000001",\n  "score": 0.5,,}]', r"not valid JSON \(.* at line 2 column 16\)"),
+        ("", r"not valid JSON \(Expecting value at line 1 column 1\)"),
         ('{"annotations": []}', r"expected a JSON list of COCO results entries .*got a JSON object"),
         ("[[1, 2, 3]]", r"entry 0: expected an object with image_id, category_id, bbox, score, got a JSON list"),
     ]

@@ -131,11 +131,11 @@ def test_init_weights_from_a_checkpoint_or_state_dict(tiny_cfg, tmp_path):
     training.train(tiny_cfg, tmp_path / "a")
     trained = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["model"]
     torch.save(trained, tmp_path / "plain.pth")
-    for source in (tmp_path / "a" / "checkpoint_last.pt", tmp_path / "plain.pth"):
+    for i, source in enumerate((tmp_path / "a" / "checkpoint_last.pt", tmp_path / "plain.pth")):
         # lr 0: the weights after one step are the initial ones.
         cfg = apply_overrides(tiny_cfg, [f"model.init_weights={source}", "solver.lr=0", "solver.iterations=1"])
-        training.train(cfg, tmp_path / "b")
-        started = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["model"]
+        training.train(cfg, tmp_path / f"b{i}")  # a folder per run: one that holds a run is not trained into
+        started = load_checkpoint(tmp_path / f"b{i}" / "checkpoint_last.pt")["model"]
         assert all(torch.equal(trained[k], started[k]) for k in trained if trained[k].is_floating_point())
     torch.save({"not": "weights"}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth: neither an ohem checkpoint nor a state dict"):

@@ -8,7 +8,7 @@ import torch
 
 from ohem.config import DataConfig
 from ohem.data.coco import COCODetection
-from ohem.data.proposals import ProposalFile
+from ohem.data.proposals import DEFAULT_MAX_BOXES, DEFAULT_MAX_BOXES_PER_IMAGE, ProposalFile
 from ohem.data.synthetic import SyntheticShapes
 from ohem.data.voc import VOCDetection
 
@@ -22,12 +22,35 @@ DEFAULT_SPLITS = {  # dataset: (train split, test split)
 def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> torch.utils.data.Dataset:
     """The dataset for ``role`` "train" (difficult objects and empty images as configured) or
     "test" (everything kept, difficult flagged); ``split`` overrides the configured split name.
-    With ``data.proposals`` / ``data.test_proposals`` set, targets carry their ``proposals``."""
+    With ``data.proposals`` / ``data.test_proposals`` set, targets carry their ``proposals``.
+    A split without images is an error naming its file: nothing to train on or to evaluate."""
+    for key in ("max_image_pixels", "max_proposal_boxes_per_image", "max_proposal_boxes"):
+        value = getattr(cfg, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"data.{key}: must be a positive integer or null (no limit), got {value!r}")
     dataset = _images_and_annotations(cfg, role, split)
+    if len(dataset) == 0:
+        raise ValueError(f"{_source(dataset)}: no images to {'train on' if role == 'train' else 'evaluate on'}")
     proposals = cfg.proposals if role == "train" else cfg.test_proposals
     if proposals:
-        return WithProposals(dataset, proposals, cfg.max_proposals, allow_empty=role == "test")
+        return WithProposals(
+            dataset,
+            proposals,
+            cfg.max_proposals,
+            allow_empty=role == "test",
+            max_boxes_per_image=cfg.max_proposal_boxes_per_image,
+            max_boxes=cfg.max_proposal_boxes,
+        )
     return dataset
+
+
+def _source(dataset: torch.utils.data.Dataset) -> str:
+    """The file (or setting) a dataset's image list comes from, for an error message."""
+    if isinstance(dataset, COCODetection):
+        return f"COCO annotations {dataset.ann_file}"
+    if isinstance(dataset, VOCDetection):
+        return f"VOC split file {', '.join(map(str, dataset.split_files))}"
+    return f"synthetic {getattr(dataset, 'split', '')} split".replace("  ", " ")
 
 
 def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> torch.utils.data.Dataset:
@@ -39,7 +62,10 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> to
     configured = cfg.train_split if role == "train" else cfg.test_split
     split = split or configured or DEFAULT_SPLITS[cfg.dataset][role == "test"]
     if cfg.dataset == "synthetic":
-        num = cfg.num_train if split == "train" else cfg.num_test
+        key = "num_train" if split == "train" else "num_test"
+        num = getattr(cfg, key)
+        if num < 1:
+            raise ValueError(f"data.{key}: must be at least 1 (images in the synthetic {split} split), got {num}")
         return SyntheticShapes(split, num_images=num, image_size=cfg.image_size, seed=cfg.seed)
     if not cfg.root:
         raise ValueError(f"data.root: the {cfg.dataset} dataset needs its folder (--data {cfg.dataset}:ROOT)")
@@ -52,6 +78,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> to
             keep_difficult=cfg.use_difficult or not training,
             empty_images=cfg.empty_images if training else "keep",
             invalid_boxes=cfg.invalid_boxes,
+            max_image_pixels=cfg.max_image_pixels,
         )
     if cfg.classes:
         raise ValueError("data.classes: a COCO file names its own categories; leave data.classes unset")
@@ -61,6 +88,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> to
         image_dir=cfg.image_dir,
         empty_images=cfg.empty_images if training else "keep",
         invalid_boxes=cfg.invalid_boxes,
+        max_image_pixels=cfg.max_image_pixels,
     )
 
 
@@ -69,10 +97,16 @@ class WithProposals(torch.utils.data.Dataset):
     R-CNN's input. The file is checked against the dataset once, when this is built."""
 
     def __init__(
-        self, dataset: torch.utils.data.Dataset, path: str, max_proposals: int | None, allow_empty: bool
+        self,
+        dataset: torch.utils.data.Dataset,
+        path: str,
+        max_proposals: int | None,
+        allow_empty: bool,
+        max_boxes_per_image: int | None = DEFAULT_MAX_BOXES_PER_IMAGE,
+        max_boxes: int | None = DEFAULT_MAX_BOXES,
     ) -> None:
         self.dataset, self.max_proposals = dataset, max_proposals
-        self.file = ProposalFile(path)
+        self.file = ProposalFile(path, max_boxes_per_image=max_boxes_per_image, max_boxes=max_boxes)
         self.file.check_against(dataset, allow_empty=allow_empty)
 
     def __len__(self) -> int:

@@ -9,28 +9,115 @@ left without an object are kept, skipped (counted, one warning) or refused as ``
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ohem.config import EmptyImages, InvalidBoxes, check_choice
-from ohem.util import one_line
+from ohem.config import DataConfig, EmptyImages, InvalidBoxes, check_choice
+from ohem.util import one_line, regular_file
+
+DEFAULT_MAX_IMAGE_PIXELS: int | None = DataConfig.max_image_pixels
+MIN_IMAGE_SIDE = 2  # px: a detector scales the shorter side up, but a 1-px image has no extent to scale
+MAX_IMAGE_ASPECT = 100  # longer / shorter side: beyond it, fitting the longer side into a model's max_size
+# (160 is the smallest any config uses) leaves the shorter side under 2 px, and torchvision's resize fails
+_PIL_SETTINGS = threading.Lock()  # PIL's pixel limit is a module global: set it for one read at a time
 
 
-def read_image(path: str | Path, what: str = "image") -> torch.Tensor:
-    """float (3, H, W) RGB in [0, 1]; a missing, corrupt or truncated file is a one-line error."""
+def read_image(
+    path: str | Path, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> torch.Tensor:
+    """float (3, H, W) RGB in [0, 1], whatever the file's mode (8- or 16-bit, grey, palette, alpha,
+    CMYK, float). Only a regular file is opened; its size is checked from the header before any pixel
+    is decoded (``max_pixels``: ``data.max_image_pixels``). A missing, corrupt, truncated, oversized or
+    degenerate image is a one-line error naming the file."""
+    path = regular_file(path, what)
+    where = f"{what} {path}"
     try:
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+        with _PIL_SETTINGS, _pil_pixel_limit(None), Image.open(path) as im:  # PIL's check: ours, below
+            check_image_size(im.width, im.height, where, max_pixels)  # from the header, nothing decoded yet
+            with _pil_pixel_limit(max_pixels):  # decoders that check frame sizes themselves (GIF, ICO, ...)
+                pixels = rgb_pixels(im, where)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{what} {path}: cannot be read as an image ({one_line(str(e))})") from None
+        raise FileNotFoundError(f"{where}: no such file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{where}: {_pixel_limit_text(max_pixels)} ({one_line(str(e))})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"{where}: cannot be read as an image ({one_line(str(e))})") from None
+    except ValueError as e:
+        if str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: cannot be read as an image ({one_line(str(e))})") from None
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+@contextmanager
+def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's own decompression-bomb check (in ``open`` and in some decoders) set to ``max_pixels``
+    (None: off), its warning made an error; for one read, under ``_PIL_SETTINGS``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pixel_limit_text(max_pixels: int | None) -> str:
+    limit = "no limit" if max_pixels is None else f"{max_pixels:,}"
+    return f"more pixels than data.max_image_pixels = {limit} allows (raise it, or null for no limit)"
+
+
+def check_image_size(width: object, height: object, where: str, max_pixels: int | None) -> None:
+    """A one-line error starting with ``where`` unless ``width`` x ``height`` is an image a detector
+    can run on: whole positive sizes, shorter side >= ``MIN_IMAGE_SIDE``, aspect at most
+    ``MAX_IMAGE_ASPECT``, at most ``max_pixels`` pixels (None: no limit)."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        raise ValueError(f"{where}: image size {width!r}x{height!r} is not two positive integers")
+    short, long = min(width, height), max(width, height)
+    if short < MIN_IMAGE_SIDE:
+        raise ValueError(f"{where}: image size {width}x{height} is degenerate (a side under {MIN_IMAGE_SIDE} px)")
+    if long > MAX_IMAGE_ASPECT * short:
+        raise ValueError(
+            f"{where}: image size {width}x{height} is degenerate (aspect {long / short:.0f}:1, more than "
+            f"{MAX_IMAGE_ASPECT}:1: no detector input size keeps both sides)"
+        )
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(f"{where}: {width}x{height} = {width * height:,} pixels, {_pixel_limit_text(max_pixels)}")
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def rgb_pixels(im: Image.Image, where: str) -> np.ndarray:
+    """float32 (H, W, 3) RGB in [0, 1] of a PIL image of any mode, each scaled by its own range:
+    8-bit modes through PIL's RGB conversion (alpha dropped), 16-bit grey by 65535, 32-bit integer
+    grey ("I") by 65535 (values outside 0..65535 are an error), float grey ("F") as [0, 1] when it
+    stays within it, else as PIL's 0..255 (values outside that or non-finite are an error)."""
+    if im.mode in _SIXTEEN_BIT or im.mode in ("I", "F"):
+        grey = np.asarray(im)
+        if im.mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise ValueError(f"{where}: 32-bit integer pixels outside 0..65535 (mode I); save it as 8 or 16 bit")
+        if im.mode == "F":
+            if not np.isfinite(grey).all() or (grey.size and (grey.min() < 0 or grey.max() > 255)):
+                raise ValueError(f"{where}: float pixels (mode F) not finite or outside 0..255")
+            scale = 1.0 if not grey.size or grey.max() <= 1 else 255.0
+        else:
+            scale = 65535.0
+        grey = grey.astype(np.float32) / np.float32(scale)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    try:
+        rgb = im.convert("RGB")
+    except ValueError as e:
+        raise ValueError(f"{where}: mode {im.mode} cannot be converted to RGB ({one_line(str(e))})") from None
+    return np.asarray(rgb, dtype=np.float32) / 255
 
 
 class BoxChecker:

@@ -35,6 +35,7 @@ import numpy as np
 
 from ohem.config import check_choice
 from ohem.data.proposals import _error_line, _unique_image_names, write_proposals
+from ohem.util import regular_file
 
 SmallBoxRule = Literal["min-size", "fast-rcnn"]
 INSTALL_HINT = "pip install 'ohem[mat]'"
@@ -78,9 +79,7 @@ def _require(module: str) -> Any:
 # --------------------------------------------------------------------------------------------- reading
 def read_mat_proposals(path: str | os.PathLike) -> MatProposals:
     """The ``boxes`` (and ``images``, if any) of a MATLAB v5/v7 (scipy) or v7.3 (HDF5, h5py) file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MATLAB proposals file {path}: no such file")
+    path = regular_file(path, "MATLAB proposals file")  # a FIFO or directory is refused unopened
     if _is_hdf5(path):
         return _read_hdf5(path)
     return _read_v5(path)

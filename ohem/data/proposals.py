@@ -14,9 +14,13 @@ they are, ``.`` also encoded, and a leading ``_`` encoded as ``%5F``), so any no
 ``/`` or ``.`` cannot clash with the ``.scores`` suffix, the ``.npy`` member suffix, or the reserved ``__*``
 keys. Common names (VOC ``000001``, ``2008_000001``; COCO ids) are their own keys.
 
-Reading is lazy: opening reads only the zip directory and ``__format__``; one image's arrays are read when
-asked for. ``ProposalFile.proposals_for(name, height, width)`` is the training-time accessor: it clips boxes
-to the image and drops degenerate ones, so training is safe even without the full ``check_against``.
+Reading is lazy: opening reads only the zip directory, the ``.npy`` header of every member (shape and dtype,
+not the data) and ``__format__``; one image's arrays are read when asked for. The headers bound what reading
+can allocate: an image claiming more than ``max_boxes_per_image`` boxes, a file claiming more than
+``max_boxes`` in all (``data.max_proposal_boxes_per_image`` / ``data.max_proposal_boxes``), or a member
+claiming more data than the archive holds is refused when the file is opened.
+``ProposalFile.proposals_for(name, height, width)`` is the training-time accessor: it clips boxes to the image
+and drops degenerate ones, so training is safe even without the full ``check_against``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -42,13 +47,16 @@ import torch
 from torchvision.ops import box_convert, clip_boxes_to_image
 from tqdm import tqdm
 
-from ohem.config import check_choice
-from ohem.util import atomic_open, one_line
+from ohem.config import DataConfig, check_choice
+from ohem.util import atomic_open, one_line, regular_file
 
 FORMAT = "ohem-proposals-1"
 PARTS_FORMAT = "ohem-proposals-parts-1"
 SearchMode = Literal["fast", "quality"]  # OpenCV's two selective search strategies
 SCORES_SUFFIX = ".scores"
+DEFAULT_MAX_BOXES_PER_IMAGE: int | None = DataConfig.max_proposal_boxes_per_image
+DEFAULT_MAX_BOXES: int | None = DataConfig.max_proposal_boxes
+MAX_META_BYTES = 16 << 20  # __format__ / __meta__: a short string and a JSON object
 
 log = logging.getLogger(__name__)
 
@@ -169,27 +177,41 @@ class ProposalFile:
     """Lazy reader of an ``ohem-proposals-1`` file. Picklable (each process reopens the file: a zip handle
     shared across a fork would interleave reads)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        max_boxes_per_image: int | None = DEFAULT_MAX_BOXES_PER_IMAGE,
+        max_boxes: int | None = DEFAULT_MAX_BOXES,
+    ) -> None:
         self.path = Path(path)
         self._npz: Any = None
         self._pid: int | None = None
         npz = self._archive()
-        keys = npz.files
+        keys = list(_checked_headers(self.path, npz.zip, max_boxes_per_image, max_boxes))  # .npy members, in order
         if "__format__" not in keys:
             raise ValueError(f"proposals file {self.path}: no __format__ key, not an ohem proposals file")
         fmt = str(self._read("__format__", "__format__"))
         if fmt != FORMAT:
             raise ValueError(f"proposals file {self.path}: format {fmt!r} is not supported (expected {FORMAT!r})")
-        self.meta: dict[str, Any] = json.loads(str(self._read("__meta__", "__meta__"))) if "__meta__" in keys else {}
+        self.meta: dict[str, Any] = self._meta() if "__meta__" in keys else {}
         self._keys = {key_to_name(k): k for k in keys if "." not in k and not k.startswith("__")}
         self._scored = {k[: -len(SCORES_SUFFIX)] for k in keys if k.endswith(SCORES_SUFFIX)}
+
+    def _meta(self) -> dict[str, Any]:
+        text = str(self._read("__meta__", "__meta__"))
+        try:
+            meta = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"proposals file {self.path}: __meta__ is not JSON ({one_line(str(e))[:200]})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"proposals file {self.path}: __meta__ is not a JSON object")
+        return meta
 
     # The open archive, reopened in a new process (after fork or unpickling).
     def _archive(self) -> Any:
         if self._npz is not None and self._pid == os.getpid():
             return self._npz
-        if not self.path.is_file():
-            raise FileNotFoundError(f"proposals file {self.path} does not exist")
+        regular_file(self.path, "proposals file")
         try:
             npz = np.load(self.path, allow_pickle=False)
         except Exception as e:  # BadZipFile, pickled data, OSError: all mean "not a proposals file"
@@ -287,6 +309,69 @@ class ProposalFile:
                 len(report.empty_images),
             )
         return report
+
+
+def _checked_headers(
+    path: Path, zf: zipfile.ZipFile, max_per_image: int | None, max_total: int | None
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{key: (shape, dtype)}`` of every ``.npy`` member, read from the headers alone; an error if a member
+    claims more than the limits allow or more data than the archive holds for it."""
+    headers, total = {}, 0
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            continue  # never read (numpy.load would hand it over as raw bytes)
+        key = info.filename[: -len(".npy")]
+        shape, dtype, header_bytes = _npy_header(path, zf, info)
+        values = math.prod(shape)
+        claimed = values * dtype.itemsize
+        if key.startswith("__"):
+            if claimed > MAX_META_BYTES:
+                raise ValueError(f"proposals file {path}: {key} claims {claimed:,} bytes (at most {MAX_META_BYTES:,})")
+        elif "." not in key or key.endswith(SCORES_SUFFIX):
+            name = key_to_name(key.removesuffix(SCORES_SUFFIX))
+            rows = shape[0] if shape else 1
+            what = "scores" if key.endswith(SCORES_SUFFIX) else "boxes"
+            too_many = rows > (max_per_image or 0) or values > 4 * (max_per_image or 0) or dtype.itemsize > 16
+            if max_per_image is not None and too_many:
+                raise ValueError(
+                    f"proposals file {path}: image {name!r}: {what} claim an array of shape {shape} {dtype.str} "
+                    f"({claimed:,} bytes), more than data.max_proposal_boxes_per_image = {max_per_image:,} boxes "
+                    f"(raise it, or null for no limit)"
+                )
+            total += rows if what == "boxes" else 0
+        else:
+            continue  # a key the reader ignores (a dot that is not .scores): never read
+        if claimed > info.file_size - header_bytes:
+            raise ValueError(
+                f"proposals file {path}: member {info.filename} claims {claimed:,} bytes of data but holds "
+                f"{max(info.file_size - header_bytes, 0):,} (truncated or forged)"
+            )
+        headers[key] = (shape, dtype)
+    if max_total is not None and total > max_total:
+        raise ValueError(
+            f"proposals file {path}: claims {total:,} boxes in all, more than data.max_proposal_boxes = "
+            f"{max_total:,} (raise it, or null for no limit)"
+        )
+    return headers
+
+
+def _npy_header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of one ``.npy`` member, reading only its first bytes."""
+    fmt = np.lib.format
+    try:
+        with zf.open(info) as member:
+            version = fmt.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(member)
+            else:
+                shape, _, dtype = fmt._read_array_header(member, version)  # 3.0: no public reader
+            return tuple(int(n) for n in shape), dtype, member.tell()
+    except Exception as e:  # BadZipFile, a bad magic string or header, an unsupported version
+        raise ValueError(
+            f"proposals file {path}: member {info.filename} has no readable .npy header: {_error_line(e)}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------- selective search
@@ -406,7 +491,14 @@ def _parts_folder(out_path: Path, wanted: dict[str, Any], resume: bool) -> Path:
     if parts.exists() and not resume:
         shutil.rmtree(parts)
     if manifest.is_file():
-        found = json.loads(manifest.read_text())
+        try:
+            found = json.loads(manifest.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(
+                f"{manifest}: not a JSON manifest ({one_line(str(e))[:200]}); delete {parts} or pass resume=False"
+            ) from None
+        if not isinstance(found, dict):
+            raise ValueError(f"{manifest}: not a JSON object; delete {parts} or pass resume=False")
         if found != wanted:
             diff = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
             raise ValueError(
@@ -480,6 +572,8 @@ def _run_chunk(dataset: Any, start: int, stop: int, part: Path, settings: dict[s
             boxes[name] = selective_search(
                 dataset[i][0], settings["mode"], settings["max_boxes"], settings["min_size"], settings["seed"]
             )
+        except (ValueError, FileNotFoundError):
+            raise  # bad input: its one-line message already names the file
         except Exception as e:
             raise RuntimeError(f"selective search failed on image {name!r} (index {i}): {_error_line(e)}") from e
     write_proposals(part, boxes)

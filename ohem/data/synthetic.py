@@ -49,6 +49,8 @@ class SyntheticShapes(torch.utils.data.Dataset):
     def __init__(self, split: str = "train", num_images: int = 1000, image_size: int = 160, seed: int = 0) -> None:
         if split not in SPLITS:
             raise ValueError(f"synthetic split must be one of {sorted(SPLITS)}, got {split!r}")
+        if num_images < 0:
+            raise ValueError(f"synthetic num_images must be >= 0, got {num_images!r}")
         if image_size < 2 * MAX_SIZE:
             raise ValueError(f"synthetic image_size must be >= {2 * MAX_SIZE}, got {image_size}")
         self.split, self.num_images, self.image_size_px, self.seed = split, num_images, image_size, seed

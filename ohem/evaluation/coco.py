@@ -7,7 +7,11 @@ results entries, so no file has to be written. What it adds around COCOeval:
   writes ``area``/``id`` into results), and pycocotools' progress prints are silenced;
 * ground-truth annotations without ``area`` get ``w * h`` and without ``iscrowd`` get 0;
 * results naming an image or a category the ground truth lacks raise ValueError (COCOeval would
-  assert on the image and silently skip the category);
+  assert on the image and silently skip the category), and so do results whose box or score is
+  not finite (corners ``x + w`` included);
+* a ground truth without images, with repeated category ids or names, repeated annotation ids
+  (pycocotools would keep one of each silently), ``iscrowd`` other than 0/1 or a box that is not four
+  finite numbers raises ValueError, as do repeated ``class_names`` (one AP per name);
 * an empty results list is evaluated as "no detections" (loadRes cannot take one): every category
   with ground truth then has AP 0, exactly what COCOeval gives when a detector finds nothing;
 * COCOeval's -1 ("no ground truth to measure against") becomes NaN.
@@ -37,10 +41,13 @@ def coco_evaluate(gt: dict, results: list[dict], class_names: list[str] | None =
     ``class_names`` names the categories in ascending category-id order (COCOeval's order); by
     default the categories' own ``name``.
     """
-    gt = {**gt, "annotations": [_complete_gt(a) for a in gt.get("annotations", [])]}
     for key in ("images", "categories"):
-        if key not in gt:
+        if not isinstance(gt.get(key), list):
             raise ValueError(f"coco_evaluate: ground truth has no {key!r} list")
+    if not gt["images"]:
+        raise ValueError("coco_evaluate: ground truth has no images (nothing to evaluate on)")
+    _check_categories(gt["categories"])
+    gt = {**gt, "annotations": _complete_annotations(gt.get("annotations", []))}
     gt.setdefault("info", {})
     from pycocotools.coco import COCO  # imported when used: importing ohem needs no pycocotools
     from pycocotools.cocoeval import COCOeval
@@ -54,6 +61,8 @@ def coco_evaluate(gt: dict, results: list[dict], class_names: list[str] | None =
         class_names = [coco_gt.cats[c].get("name", str(c)) for c in cat_ids]
     elif len(class_names) != len(cat_ids):
         raise ValueError(f"coco_evaluate: {len(class_names)} class names for {len(cat_ids)} categories")
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"coco_evaluate: class names repeat ({_first_repeat(class_names)!r}): one AP per name")
     results = _checked_results(results, set(coco_gt.getImgIds()), set(cat_ids))
 
     with contextlib.redirect_stdout(io.StringIO()):  # progress prints
@@ -76,13 +85,64 @@ def coco_evaluate(gt: dict, results: list[dict], class_names: list[str] | None =
     return out
 
 
-def _complete_gt(annotation: dict) -> dict:
-    """A copy with COCOeval's required ``area`` and ``iscrowd`` filled in when missing."""
-    a = dict(annotation)
-    if "area" not in a and "bbox" in a:
-        a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
-    a.setdefault("iscrowd", 0)
-    return a
+def _check_categories(categories: list) -> None:
+    ids, names = [], []
+    for k, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            raise ValueError(f"coco_evaluate: ground truth categories[{k}]: expected an object with an integer id")
+        if not isinstance(cat.get("name", ""), str):
+            raise ValueError(f"coco_evaluate: ground truth categories[{k}]: name {cat['name']!r} is not a string")
+        ids.append(cat["id"])
+        names.append(cat.get("name", str(cat["id"])))
+    for what, values in (("ids", ids), ("names", names)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"coco_evaluate: ground truth category {what} repeat ({_first_repeat(values)!r})")
+
+
+def _complete_annotations(annotations: list) -> list[dict]:
+    """Copies with COCOeval's required ``area`` and ``iscrowd`` filled in when missing, after checking
+    what pycocotools takes on trust: unique integer ids, 0/1 ``iscrowd``, finite boxes."""
+    out, seen = [], set()
+    for k, annotation in enumerate(annotations):
+        where = f"coco_evaluate: ground truth annotations[{k}]"
+        if not isinstance(annotation, dict) or not _is_int(annotation.get("id")):
+            raise ValueError(f"{where}: expected an object with an integer id")
+        if annotation["id"] in seen:
+            raise ValueError(f"{where}: id {annotation['id']} appears twice")
+        seen.add(annotation["id"])
+        a = dict(annotation)
+        _check_box(a.get("bbox"), where)
+        a.setdefault("iscrowd", 0)
+        if a["iscrowd"] not in (0, 1) or not _is_int(a["iscrowd"]):
+            raise ValueError(f"{where}: iscrowd must be 0 or 1, got {a['iscrowd']!r}")
+        if "area" not in a:
+            a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
+        out.append(a)
+    return out
+
+
+def _check_box(bbox: object, where: str) -> None:
+    """Four finite numbers ``[x, y, w, h]`` whose corners ``x + w``, ``y + h`` are finite too."""
+    ok = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+    try:
+        ok = ok and all(math.isfinite(float(v)) for v in (*bbox, bbox[0] + bbox[2], bbox[1] + bbox[3]))
+    except OverflowError:  # an integer beyond float range
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: bbox {bbox!r} is not 4 finite numbers [x, y, w, h] with finite corners")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _first_repeat(values: list) -> object:
+    seen = set()
+    return next(v for v in values if v in seen or seen.add(v))
 
 
 def _checked_results(results: list[dict], image_ids: set, cat_ids: set) -> list[dict]:
@@ -92,14 +152,17 @@ def _checked_results(results: list[dict], image_ids: set, cat_ids: set) -> list[
         missing = [k for k in _RESULT_KEYS if k not in entry]
         if missing:
             raise ValueError(f"coco_evaluate: results entry {i}: missing {', '.join(map(repr, missing))}")
-        if entry["image_id"] not in image_ids:
+        if not isinstance(entry["image_id"], (int, str)) or entry["image_id"] not in image_ids:
             raise ValueError(
                 f"coco_evaluate: results entry {i}: image_id {entry['image_id']!r} is not in the ground truth"
             )
-        if entry["category_id"] not in cat_ids:
+        if not _is_int(entry["category_id"]) or entry["category_id"] not in cat_ids:
             raise ValueError(
                 f"coco_evaluate: results entry {i}: category_id {entry['category_id']!r} is not in the ground truth"
             )
+        _check_box(entry["bbox"], f"coco_evaluate: results entry {i}")
+        if not _is_number(entry["score"]) or not math.isfinite(entry["score"]):
+            raise ValueError(f"coco_evaluate: results entry {i}: score {entry['score']!r} is not a finite number")
         checked.append({**entry, "bbox": list(entry["bbox"])})
     return checked
 

@@ -7,7 +7,9 @@ category id of contiguous label ``k + 1``.
 
 Reading is strict: every problem raises ValueError with one line naming the file and the entry,
 and no entry is silently dropped (a detections file that does not fit its dataset would otherwise
-score as a weak detector instead of failing).
+score as a weak detector instead of failing). Only a regular file is opened (a directory or FIFO is
+refused); numbers beyond float range, nesting deeper than ``ohem.data.files.MAX_JSON_DEPTH`` and
+boxes or scores that a float32 cannot hold (``[1e308, 0, 1e308, 1]`` has x2 = inf) are errors.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import box_convert
 
+from ohem.data.files import load_json
 from ohem.evaluation.voc import ImageDetections
 from ohem.util import atomic_open, is_coco_bbox, is_number, json_object, json_type, xywh_to_xyxy
 
@@ -52,7 +55,7 @@ def read_detections(
                 f"{at}: category_id {category_id} is not one of the dataset's categories ({_id_range(category_ids)})"
             )
         box = _checked_box(bbox, at)
-        if not is_number(score) or not math.isfinite(score):
+        if not is_number(score) or not _fits_float32(score):
             raise ValueError(f"{at}: score must be a finite number, got {_short(score)}")
         img = image_index[image_id]
         boxes[img].append(box)
@@ -70,15 +73,7 @@ def read_detections(
 
 def _read_entries(path: str | os.PathLike, where: str) -> list:
     """The file's JSON list (its entries not yet checked)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{where}: not UTF-8 text (byte {e.start})") from None
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    entries = load_json(path, "detections")
     if not isinstance(entries, list):
         raise ValueError(
             f"{where}: expected a JSON list of COCO results entries "
@@ -96,7 +91,18 @@ def _checked_box(bbox: object, at: str) -> list[float]:
         raise ValueError(f"{at}: bbox {bbox} is not finite")
     if bbox[2] < 0 or bbox[3] < 0:
         raise ValueError(f"{at}: bbox {bbox} has a negative width or height (COCO boxes are [x, y, w, h])")
-    return xywh_to_xyxy(bbox)
+    xyxy = xywh_to_xyxy(bbox)
+    if not all(_fits_float32(v) for v in xyxy):
+        raise ValueError(f"{at}: bbox {bbox} has corners x1, y1, x2, y2 = {xyxy} beyond float32 range")
+    return xyxy
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _fits_float32(v: float) -> bool:
+    """Finite, and finite still when stored as float32 (as boxes and scores are)."""
+    return math.isfinite(v) and -_FLOAT32_MAX <= v <= _FLOAT32_MAX
 
 
 def to_coco_results(
