@@ -5,6 +5,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from ohem.mining import select_hard_examples
+from ohem.mining.select import select_by_batched_nms
 
 
 def reference(losses, boxes, image_ids, k, nms_iou, labels=None):
@@ -52,6 +53,8 @@ def test_matches_batched_nms_topk(seed):
     got = select_hard_examples(losses, boxes, image_ids, k, nms_iou=nms_iou, labels=use_labels)
     want = reference(losses, boxes, image_ids, k, nms_iou, use_labels)
     assert torch.equal(got, want)
+    # the device path (what CUDA runs) selects the same RoIs in the same order
+    assert torch.equal(select_by_batched_nms(losses, boxes, image_ids, k, nms_iou, use_labels), want)
     counts = torch.bincount(image_ids[got], minlength=4)
     assert counts.max() <= k
 
@@ -95,3 +98,10 @@ def test_images_in_ascending_id_order_and_empty_input():
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="boxes"):
         select_hard_examples(torch.zeros(3), torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), 1, nms_iou=0.7)
+
+
+def test_device_path_on_empty_input_and_zero_k():
+    empty = select_by_batched_nms(torch.zeros(0), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 5, 0.7)
+    assert empty.dtype == torch.long and empty.numel() == 0
+    boxes = torch.tensor([[0, 0, 1, 1], [5, 5, 6, 6]], dtype=torch.float)
+    assert select_by_batched_nms(torch.tensor([1.0, 2.0]), boxes, torch.tensor([0, 0]), 0, 0.7).numel() == 0
