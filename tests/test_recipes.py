@@ -128,7 +128,7 @@ def _bases(path):
     return [(path.parent / b).resolve() for b in ([raw] if isinstance(raw, str) else raw or [])]
 
 
-def test_bases_are_shared_and_recipes_are_deltas():
+def test_bases_are_shared_and_recipes_are_deltas(tmp_path):
     used = set()
     for path in PAPER_CONFIGS:
         raw = yaml.safe_load(path.read_text())
@@ -140,7 +140,7 @@ def test_bases_are_shared_and_recipes_are_deltas():
             used.add(base)
             pending += _bases(base)
         cfg = load_config(path)
-        base_cfg = _load_bases_only(path)
+        base_cfg = _load_bases_only(path, tmp_path)
         for section, keys in raw.items():  # every key a recipe sets changes what its bases say
             for key in keys:
                 assert getattr(getattr(cfg, section), key) != getattr(getattr(base_cfg, section), key), (path, key)
@@ -151,15 +151,11 @@ def test_bases_are_shared_and_recipes_are_deltas():
         assert loaded.model.name == "fast_rcnn_vgg16" if base.name != "ohem.yaml" else loaded.sampler.nms_per_label
 
 
-def _load_bases_only(path):
+def _load_bases_only(path, tmp_path):
     """The config of ``path``'s bases without the recipe's own keys."""
-    bases = yaml.safe_load(path.read_text())["base"]
-    stub = path.parent / f".bases_of_{path.stem}.yaml"
-    stub.write_text(yaml.safe_dump({"base": bases}))
-    try:
-        return load_config(stub)
-    finally:
-        stub.unlink()
+    stub = tmp_path / f"bases_of_{path.stem}.yaml"
+    stub.write_text(yaml.safe_dump({"base": [str(b) for b in _bases(path)]}))
+    return load_config(stub)
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
