@@ -168,9 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ohem.evaluation.score import format_metrics
     from ohem.train import train
 
-    regular_file(args.config, "config")
-    with naming_the_file(f"config {args.config}"):
-        cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
     metrics = train(cfg, out, resume=args.resume, force=args.force)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports

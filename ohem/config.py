@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ohem.util import one_line, regular_file
+
 
 class ConfigError(ValueError):
     pass
@@ -208,12 +210,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The sections of a config file, with its ``base:`` file's sections under them."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
+    try:  # a FIFO or device would block and a folder cannot be read: refused before opening
+        raw = yaml.safe_load(regular_file(path, "config").read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: cannot read: no such file") from None
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except RecursionError:
+        raise ConfigError(f"config {path}: nested too deeply to read") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"config {path}: not valid YAML: {one_line(str(e))}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
     bases = raw.pop("base", None)
@@ -254,7 +262,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
         try:
             node[leaf] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({one_line(str(e))})") from None
         cfg = merge(cfg, nested, source=f"override {item!r}")
     return cfg
 

@@ -112,8 +112,7 @@ def _train(run: Run) -> dict[str, Any]:
         bar.close()
         run.log.close()
     if not metrics:  # resumed a finished run
-        metrics = evaluate(run.core, run.test_set, run.device, cfg.solver.images_per_batch, t.eval_metric,
-                           TestTime.from_config(cfg.model), run.d)  # fmt: skip
+        metrics = test_metrics(run)
     if run.d.main:
         with atomic_open(run.out / "metrics.json") as f:
             f.write(strict_json(metrics))
@@ -253,8 +252,7 @@ def save(run: Run, iteration: int) -> None:
 def evaluate_during_training(run: Run, iteration: int, write: Any) -> dict[str, Any]:
     """Test-set metrics (and, with ``train.roi_loss_images``, the mean loss over all RoIs of training images)."""
     cfg, d = run.cfg, run.d
-    metrics = evaluate(run.core, run.test_set, run.device, cfg.solver.images_per_batch, cfg.train.eval_metric,
-                       TestTime.from_config(cfg.model), d)  # fmt: skip
+    metrics = test_metrics(run)
     entry: dict[str, Any] = {"iteration": iteration, "eval": metrics}
     message = f"iteration {iteration}: test {METRIC_NAMES[cfg.train.eval_metric]} {metrics['mAP']:.4f}"
     indices = list(range(min(cfg.train.roi_loss_images, len(run.train_set))))
@@ -265,6 +263,14 @@ def evaluate_during_training(run: Run, iteration: int, write: Any) -> dict[str, 
     run.log.evaluation(entry)
     write(message)
     return metrics
+
+
+def test_metrics(run: Run) -> dict[str, Any]:
+    """The model's ``train.eval_metric`` on the test split, with the config's test-time options."""
+    cfg = run.cfg
+    test_time = TestTime.from_config(cfg.model)
+    return evaluate(run.core, run.test_set, run.device, cfg.solver.images_per_batch, cfg.train.eval_metric,
+                    test_time, run.d)  # fmt: skip
 
 
 def draw_test_images(run: Run) -> None:

@@ -135,6 +135,11 @@ def one_line(text: str) -> str:
     return " ".join(_TERMINAL_CODES.sub("", text).split())
 
 
+def is_int(value: object) -> bool:
+    """An int but not a bool: a JSON number without a fraction."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_number(value: object) -> bool:
     """An int or a float but not a bool: what JSON calls a number."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -149,6 +154,19 @@ def xywh_to_xyxy(bbox: list[float]) -> list[float]:
     """One COCO ``[x, y, w, h]`` box as floats ``[x1, y1, x2, y2]`` (tensors of boxes: ``box_convert``)."""
     x, y, w, h = (float(v) for v in bbox)
     return [x, y, x + w, y + h]
+
+
+def finite_box_corners(bbox: object) -> list[float] | None:
+    """``[x1, y1, x2, y2]`` of a COCO ``[x, y, w, h]`` (a list or tuple of four numbers) whose numbers
+    and corners ``x + w``, ``y + h`` are all finite; None otherwise (an integer beyond float range too)."""
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
+        return None
+    try:
+        xyxy = xywh_to_xyxy(list(bbox))
+        finite = all(math.isfinite(float(v)) for v in (*bbox, *xyxy))
+    except OverflowError:
+        return None
+    return xyxy if finite else None
 
 
 def json_type(value: object) -> str:

@@ -13,6 +13,7 @@ from ohem.data.mat_proposals import convert_mat_boxes, import_mat_proposals, rea
 from ohem.data.proposals import ProposalFile
 from ohem.data.synthetic import SyntheticShapes
 from ohem.data.voc import VOCDetection
+from tests.test_proposals import all_boxes, one_line_error
 
 NUM = 4
 SIZE = 128
@@ -76,18 +77,6 @@ def save_v73(path, boxes, images=None, layout="matlab"):
     with open(path, "r+b") as f:
         f.write(header.ljust(116) + b"\0" * 8 + b"\x00\x02" + b"IM")
     return path
-
-
-def read_back(path):
-    with ProposalFile(path) as f:
-        return {n: f.boxes(n)[0].numpy() for n in f.names()}
-
-
-def one_line_error(excinfo, *parts):
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for part in parts:
-        assert str(part) in message, (part, message)
 
 
 # --------------------------------------------------------------------------------------------- conversion
@@ -182,7 +171,7 @@ def test_v5_and_v73_files_give_identical_results(voc, tmp_path):
     for label, mat in files.items():
         report = import_mat_proposals(mat, voc, tmp_path / f"{label}.npz")
         assert report.by_name == label.endswith("named")
-        results[label] = read_back(report.path)
+        results[label] = all_boxes(report.path)
     expected = {name: convert_mat_boxes(b)[0] for name, b in zip(names(voc), raw)}
     # the duplicate of row 0 removed, and (default rule, the authors') boxes under 3 px wide or 4 px high
     assert [len(b) for b in expected.values()] == [42, 0, 3, 5]
@@ -207,7 +196,7 @@ def test_image_names_align_the_boxes(voc, tmp_path):
     mat = save_v5(tmp_path / "a.mat", [raw[i] for i in order], images=[names(voc)[i] for i in order])
     report = import_mat_proposals(mat, voc, tmp_path / "a.npz")
     assert report.by_name and report.images == NUM and report.duplicates == 4
-    result = read_back(report.path)
+    result = all_boxes(report.path)
     assert list(result) == names(voc)  # the split's order
     for name, b in zip(names(voc), raw):
         np.testing.assert_array_equal(result[name], convert_mat_boxes(b)[0])
@@ -218,7 +207,7 @@ def test_char_matrix_names_and_column_cells(voc, tmp_path):
     char_matrix = np.array(names(voc)[::-1])  # MATLAB's N x L char matrix
     mat = tmp_path / "a.mat"
     scipy.io.savemat(mat, {"boxes": cells(raw[::-1], column=True), "images": char_matrix})
-    result = read_back(import_mat_proposals(mat, voc, tmp_path / "a.npz").path)
+    result = all_boxes(import_mat_proposals(mat, voc, tmp_path / "a.npz").path)
     for name, b in zip(names(voc), raw):
         np.testing.assert_array_equal(result[name], convert_mat_boxes(b)[0])
 
@@ -227,7 +216,7 @@ def test_boxes_outside_the_image_are_counted(voc, tmp_path):
     raw = [[[1, 1, 129, 10], [1, 1, 10, 10]], [[0, 1, 10, 10]], [[1, 1, 128, 128]], [[2, 2, 9, 9]]]
     report = import_mat_proposals(save_v5(tmp_path / "a.mat", raw), voc, tmp_path / "a.npz")
     assert report.outside == 2 and report.outside_images == names(voc)[:2]
-    assert read_back(report.path)[names(voc)[1]].tolist() == [[0, -1, 10, 10]]  # kept as they are
+    assert all_boxes(report.path)[names(voc)[1]].tolist() == [[0, -1, 10, 10]]  # kept as they are
 
 
 def test_meta_says_how_the_file_was_made(voc, tmp_path):

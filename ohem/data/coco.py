@@ -32,7 +32,7 @@ from ohem.data.common import (
     to_target,
 )
 from ohem.data.files import check_inside, entry_path, json_text, load_json
-from ohem.util import is_coco_bbox, is_number, json_object, xywh_to_xyxy
+from ohem.util import finite_box_corners, is_coco_bbox, is_int, is_number, json_object
 
 Objects = list[tuple[list[float], int]]  # one image's (box x1, y1, x2, y2, label 1..C)
 
@@ -124,7 +124,7 @@ def _load_json(path: Path) -> dict:
 def _int(entry: dict, key: str, item: str, positive: bool = False) -> int:
     """``entry[key]`` if it is an integer (a JSON number without a fraction; not a boolean)."""
     value = entry[key]
-    if not isinstance(value, int) or isinstance(value, bool) or (positive and value <= 0):
+    if not is_int(value) or (positive and value <= 0):
         raise ValueError(f"{item}: {key} must be {'a positive' if positive else 'an'} integer, got {json_text(value)}")
     return value
 
@@ -204,8 +204,8 @@ def _bbox(bbox: object, item: str) -> list[float]:
     if not is_coco_bbox(bbox):
         shown = repr(bbox) if len(repr(bbox)) <= 60 else repr(bbox)[:57] + "..."
         raise ValueError(f"{item}: bbox {shown} is not 4 numbers [x, y, w, h]")
-    xyxy = xywh_to_xyxy(bbox)
-    if not all(math.isfinite(v) for v in [*bbox, *xyxy]):
+    xyxy = finite_box_corners(bbox)
+    if xyxy is None:
         raise ValueError(f"{item}: bbox {json_text(bbox)} is not finite (its numbers or corners x + w, y + h)")
     return xyxy
 

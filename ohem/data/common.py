@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ohem.config import DataConfig, EmptyImages, InvalidBoxes, check_choice
-from ohem.util import one_line, regular_file
+from ohem.util import is_int, one_line, regular_file
 
 DEFAULT_MAX_IMAGE_PIXELS: int | None = DataConfig.max_image_pixels
 MIN_IMAGE_SIDE = 2  # px: a detector scales the shorter side up, but a 1-px image has no extent to scale
@@ -79,7 +79,7 @@ def check_image_size(width: object, height: object, where: str, max_pixels: int 
     """A one-line error starting with ``where`` unless ``width`` x ``height`` is an image a detector
     can run on: whole positive sizes, shorter side >= ``MIN_IMAGE_SIDE``, aspect at most
     ``MAX_IMAGE_ASPECT``, at most ``max_pixels`` pixels (None: no limit)."""
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+    if not all(is_int(v) and v > 0 for v in (width, height)):
         raise ValueError(f"{where}: image size {width!r}x{height!r} is not two positive integers")
     short, long = min(width, height), max(width, height)
     if short < MIN_IMAGE_SIDE:

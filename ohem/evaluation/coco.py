@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ohem.util import finite_box_corners, is_int, is_number
+
 _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 _STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 
@@ -88,7 +90,7 @@ def coco_evaluate(gt: dict, results: list[dict], class_names: list[str] | None =
 def _check_categories(categories: list) -> None:
     ids, names = [], []
     for k, cat in enumerate(categories):
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+        if not isinstance(cat, dict) or not is_int(cat.get("id")):
             raise ValueError(f"coco_evaluate: ground truth categories[{k}]: expected an object with an integer id")
         if not isinstance(cat.get("name", ""), str):
             raise ValueError(f"coco_evaluate: ground truth categories[{k}]: name {cat['name']!r} is not a string")
@@ -105,7 +107,7 @@ def _complete_annotations(annotations: list) -> list[dict]:
     out, seen = [], set()
     for k, annotation in enumerate(annotations):
         where = f"coco_evaluate: ground truth annotations[{k}]"
-        if not isinstance(annotation, dict) or not _is_int(annotation.get("id")):
+        if not isinstance(annotation, dict) or not is_int(annotation.get("id")):
             raise ValueError(f"{where}: expected an object with an integer id")
         if annotation["id"] in seen:
             raise ValueError(f"{where}: id {annotation['id']} appears twice")
@@ -113,7 +115,7 @@ def _complete_annotations(annotations: list) -> list[dict]:
         a = dict(annotation)
         _check_box(a.get("bbox"), where)
         a.setdefault("iscrowd", 0)
-        if a["iscrowd"] not in (0, 1) or not _is_int(a["iscrowd"]):
+        if a["iscrowd"] not in (0, 1) or not is_int(a["iscrowd"]):
             raise ValueError(f"{where}: iscrowd must be 0 or 1, got {a['iscrowd']!r}")
         if "area" not in a:
             a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
@@ -123,21 +125,8 @@ def _complete_annotations(annotations: list) -> list[dict]:
 
 def _check_box(bbox: object, where: str) -> None:
     """Four finite numbers ``[x, y, w, h]`` whose corners ``x + w``, ``y + h`` are finite too."""
-    ok = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
-    try:
-        ok = ok and all(math.isfinite(float(v)) for v in (*bbox, bbox[0] + bbox[2], bbox[1] + bbox[3]))
-    except OverflowError:  # an integer beyond float range
-        ok = False
-    if not ok:
+    if finite_box_corners(bbox) is None:
         raise ValueError(f"{where}: bbox {bbox!r} is not 4 finite numbers [x, y, w, h] with finite corners")
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _first_repeat(values: list) -> object:
@@ -156,12 +145,12 @@ def _checked_results(results: list[dict], image_ids: set, cat_ids: set) -> list[
             raise ValueError(
                 f"coco_evaluate: results entry {i}: image_id {entry['image_id']!r} is not in the ground truth"
             )
-        if not _is_int(entry["category_id"]) or entry["category_id"] not in cat_ids:
+        if not is_int(entry["category_id"]) or entry["category_id"] not in cat_ids:
             raise ValueError(
                 f"coco_evaluate: results entry {i}: category_id {entry['category_id']!r} is not in the ground truth"
             )
         _check_box(entry["bbox"], f"coco_evaluate: results entry {i}")
-        if not _is_number(entry["score"]) or not math.isfinite(entry["score"]):
+        if not is_number(entry["score"]) or not math.isfinite(entry["score"]):
             raise ValueError(f"coco_evaluate: results entry {i}: score {entry['score']!r} is not a finite number")
         checked.append({**entry, "bbox": list(entry["bbox"])})
     return checked

@@ -24,7 +24,7 @@ from torchvision.ops import box_convert
 
 from ohem.data.files import load_json
 from ohem.evaluation.voc import ImageDetections
-from ohem.util import atomic_open, is_coco_bbox, is_number, json_object, json_type, xywh_to_xyxy
+from ohem.util import atomic_open, is_coco_bbox, is_int, is_number, json_object, json_type, xywh_to_xyxy
 
 _KEYS = ("image_id", "category_id", "bbox", "score")
 
@@ -48,7 +48,7 @@ def read_detections(
             raise ValueError(f"{at}: image_id must be a string or an integer, got {_short(image_id)}")
         if image_id not in image_index:
             raise ValueError(f"{at}: image_id {image_id!r} is not in the dataset split{_id_hint(image_id, image_ids)}")
-        if not _is_int(category_id):
+        if not is_int(category_id):
             raise ValueError(f"{at}: category_id must be an integer, got {_short(category_id)}")
         if category_id not in label_of:
             raise ValueError(
@@ -185,10 +185,6 @@ def _id_range(category_ids: Sequence[int]) -> str:
     if ids == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}..{ids[-1]}"
     return f"{len(ids)} ids from {ids[0]} to {ids[-1]}"
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _short(v: object, limit: int = 60) -> str:

@@ -43,15 +43,7 @@ def select_hard_examples(
             label) is above this; ``None`` turns NMS off.
         labels: (R,) optional; when given, NMS only compares RoIs of the same label.
     """
-    if losses.ndim != 1 or boxes.shape != (losses.numel(), 4) or image_ids.shape != losses.shape:
-        raise ValueError(
-            f"select_hard_examples: expected losses (R,), boxes (R, 4), image_ids (R,); got "
-            f"{tuple(losses.shape)}, {tuple(boxes.shape)}, {tuple(image_ids.shape)}"
-        )
-    if labels is not None and labels.shape != losses.shape:
-        raise ValueError(f"select_hard_examples: labels must be (R,), got {tuple(labels.shape)}")
-    if num_per_image < 0:
-        raise ValueError(f"select_hard_examples: num_per_image must be >= 0, got {num_per_image}")
+    _check_inputs(losses, boxes, image_ids, num_per_image, labels)
     device = losses.device
     losses, boxes, image_ids = losses.detach().cpu(), boxes.detach().cpu(), image_ids.cpu()
     labels = labels.cpu() if labels is not None else None
@@ -79,6 +71,7 @@ def select_by_batched_nms(
 ) -> torch.Tensor:
     """The same selection as the greedy walk, as tensor operations on the inputs' device (no host
     round trip): ``batched_nms`` over all RoIs, then a per-image rank by (loss desc, index asc)."""
+    _check_inputs(losses, boxes, image_ids, num_per_image, labels)
     keep = torch.arange(losses.numel(), device=losses.device)
     if nms_iou is not None and losses.numel():
         groups = image_ids if labels is None else image_ids * (labels.max() + 1) + labels
@@ -88,6 +81,20 @@ def select_by_batched_nms(
     image = image_ids[keep]
     rank = torch.arange(keep.numel(), device=keep.device) - torch.searchsorted(image, image)
     return keep[rank < num_per_image]
+
+
+def _check_inputs(
+    losses: torch.Tensor, boxes: torch.Tensor, image_ids: torch.Tensor, num_per_image: int, labels: torch.Tensor | None
+) -> None:
+    if losses.ndim != 1 or boxes.shape != (losses.numel(), 4) or image_ids.shape != losses.shape:
+        raise ValueError(
+            f"select_hard_examples: expected losses (R,), boxes (R, 4), image_ids (R,); got "
+            f"{tuple(losses.shape)}, {tuple(boxes.shape)}, {tuple(image_ids.shape)}"
+        )
+    if labels is not None and labels.shape != losses.shape:
+        raise ValueError(f"select_hard_examples: labels must be (R,), got {tuple(labels.shape)}")
+    if num_per_image < 0:
+        raise ValueError(f"select_hard_examples: num_per_image must be >= 0, got {num_per_image}")
 
 
 def _greedy_nms_topk(
