@@ -1,0 +1,11 @@
+"""``ohem bench``: the sampler benchmark for any config. ``ARMS`` (``ohem.bench.arms``) names the
+sampler settings compared; ``run_bench`` trains every arm x seed and writes the CSVs, the tables,
+a verdict and the plots (``ohem.bench.run``, ``ohem.bench.summary``); ``ohem.bench.cost`` times
+one arm's steps in its own process."""
+
+from ohem.bench.arms import ARMS, Arm, format_arms, parse_arms
+from ohem.bench.run import Bench, budget_iterations, run_bench, schedule_overrides
+from ohem.bench.summary import Comparison, comparisons, verdict
+
+__all__ = ["ARMS", "Arm", "Bench", "Comparison", "budget_iterations", "comparisons", "format_arms", "parse_arms",
+           "run_bench", "schedule_overrides", "verdict"]  # fmt: skip

@@ -1,0 +1,107 @@
+"""The cost phase's worker: one arm, alone in its process, timed on the wall clock.
+
+    python -m ohem.bench.cost '{"config": ..., "overrides": [...], "run_dir": ..., "result": ...,
+                                "warmup": 10, "iterations": 60}'
+
+It trains through ``ohem.train.train`` and stops the run right after ``warmup + iterations``
+steps (no final evaluation, so the phase costs the same on any test set). The seconds per
+iteration are measured here, between the starts of consecutive training steps, so they include
+everything an iteration costs (data, forward, backward, update, logging); the per-step fields of
+``log.jsonl`` are only read for the mining share, under whichever names they have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ohem.config import load_config
+
+
+class _Timed(BaseException):
+    """Raised from inside the training loop once the timed steps are done (not an error)."""
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train ``spec``'s config for ``warmup + iterations`` steps; wall s/iter, peak memory, mining share."""
+    import torch
+
+    from ohem import train as training
+
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # others' use of the CPU
+    cfg = load_config(spec["config"], spec["overrides"])
+    warmup, iterations = spec["warmup"], spec["iterations"]
+    rss_before = _rss_mib()
+    starts: list[float] = []
+    step = training.train_step
+
+    def timed_step(*args: Any, **kwargs: Any) -> Any:
+        starts.append(time.perf_counter())
+        if len(starts) > warmup + iterations:  # the start of the step after the last timed one
+            raise _Timed
+        return step(*args, **kwargs)
+
+    training.train_step = timed_step  # the loop looks train_step up at each call
+    try:
+        training.train(cfg, spec["run_dir"], force=True)
+    except _Timed:
+        pass
+    else:
+        raise RuntimeError(f"the run ended after {len(starts)} steps, before the timed ones were done")
+    finally:
+        training.train_step = step
+    s_per_iter = (starts[warmup + iterations] - starts[warmup]) / iterations
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result = {"s_per_iter": s_per_iter, "rss_before_mib": rss_before, "peak_rss_mib": peak, "load_before": load_before}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    result.update(_log_times(Path(spec["run_dir"]) / "log.jsonl", warmup, s_per_iter))
+    return result
+
+
+def _log_times(log: Path, warmup: int, s_per_iter: float) -> dict[str, float]:
+    """Mean mining and data seconds of the timed steps, if the log records them (field names vary)."""
+    steps = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "eval" not in record and record.get("iteration", 0) > warmup:
+            steps.append(record)
+    out: dict[str, float] = {}
+    for name, keys in (("mining", ("time_mining", "ohem_mining_time")), ("data", ("time_data",))):
+        values = [next(r[k] for k in keys if k in r) for r in steps if any(k in r for k in keys)]
+        if values:
+            out[f"{name}_s_per_iter"] = statistics.mean(values)
+            out[f"{name}_share"] = statistics.mean(values) / s_per_iter
+    return out
+
+
+def _rss_mib() -> float:
+    """Resident memory now (Linux's /proc; NaN elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    result = measure(spec)
+    Path(spec["result"]).write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,415 @@
+"""``ohem bench``: every arm x seed of one config, each trained in its own process; resumable.
+
+Two phases. **Cost**: each arm alone (one process, every core) for ``cost_warmup + cost_iters``
+steps, timed on the wall clock (``ohem.bench.cost``). **Accuracy**: full ``ohem train`` runs,
+``jobs`` at a time with ``cores // jobs`` threads each, for the config's ``solver.iterations``
+(``budget="iterations"``) or, with ``budget="seconds"``, for ``seconds / s_per_iter`` iterations
+with the lr schedule scaled to match. The folder ``OUT``:
+
+* ``bench.json``: the config (after ``--set``), budget and seconds it measures; a rerun must match;
+* ``cost.csv`` (a row per arm), ``accuracy.csv`` (a row per finished arm and seed), ``curves.csv``
+  (every evaluation of every finished run), each rewritten whole and atomically as a run ends, so
+  a rerun skips what is there; an unfinished run is resumed from its checkpoint, else restarted;
+* ``summary.md`` and the plots (``ohem.bench.summary``); ``runs/`` the run folders
+  (``runs/accuracy-ARM-seedN``, ``runs/cost-ARM``); ``logs/`` each process's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ohem.bench.arms import ARMS, parse_arms
+from ohem.bench.summary import plot_curves, summary_markdown
+from ohem.config import Config, load_config
+from ohem.util import atomic_open, make_out_dir, open_append
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+COST_WARMUP = 10  # untimed steps first: allocator and thread pools settle
+POLL_SECONDS = 0.5
+CHECKPOINT = "checkpoint_last.pt"
+
+
+@dataclass
+class Bench:
+    """One ``ohem bench`` call."""
+
+    config: str
+    out: Path
+    arms: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: list[str] = field(default_factory=list)  # the user's --set, under every arm's own
+    budget: str = "iterations"  # iterations | seconds
+    seconds: float | None = None  # budget seconds: training seconds per run
+    jobs: int = 1
+    cost_iters: int = 60
+    cost_warmup: int = COST_WARMUP
+    cost_init: str | None = None  # cost phase: start from these weights
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Bench:
+        missing = [flag for flag, value in (("--config", args.config), ("--out", args.out)) if not value]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)} required (or --list-arms)")
+        return cls(
+            config=args.config, out=Path(args.out), arms=parse_arms(args.arms), seeds=list(dict.fromkeys(args.seeds)),
+            overrides=list(args.overrides), budget=args.budget, seconds=args.seconds, jobs=args.jobs,
+            cost_iters=args.cost_iters, cost_init=args.cost_init,
+        )  # fmt: skip
+
+    def check(self) -> None:
+        for flag, value, low in (("--jobs", self.jobs, 1), ("--cost-iters", self.cost_iters, 1)):
+            if value < low:
+                raise ValueError(f"{flag} must be >= {low}, got {value}")
+        if self.budget not in ("iterations", "seconds"):
+            raise ValueError(f"--budget must be iterations or seconds, got {self.budget!r}")
+        if self.seconds is not None and (self.budget != "seconds" or not 0 < self.seconds < math.inf):
+            raise ValueError(f"--seconds {self.seconds}: needs --budget seconds and a positive number")
+        if not self.seeds:
+            raise ValueError("--seeds: give at least one seed")
+
+    def arm_overrides(self, arm: str) -> list[str]:
+        """The user's --set, then the arm's (arms apply on top)."""
+        return [*self.overrides, *ARMS[arm].overrides]
+
+
+def budget_iterations(seconds: float, s_per_iter: float) -> int:
+    """Iterations that take ``seconds`` at ``s_per_iter`` (nearest, at least 1)."""
+    return max(1, math.floor(seconds / s_per_iter + 0.5))
+
+
+def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
+    """``cfg``'s run stretched to ``iterations``: lr steps, warm-up and evaluation interval scaled by
+    the same factor (so every arm drops its lr and is evaluated at the same fractions of its run)."""
+    factor = iterations / cfg.solver.iterations
+    steps = [max(1, math.floor(step * factor + 0.5)) for step in cfg.solver.steps]
+    overrides = [f"solver.iterations={iterations}", f"solver.steps=[{', '.join(map(str, steps))}]",
+                 f"solver.warmup_iterations={math.floor(cfg.solver.warmup_iterations * factor + 0.5)}"]  # fmt: skip
+    if cfg.train.eval_every:
+        overrides.append(f"train.eval_every={max(1, math.floor(cfg.train.eval_every * factor + 0.5))}")
+    return overrides
+
+
+def run_bench(b: Bench) -> int:
+    """Both phases, then ``summary.md`` and the plots; 1 if a run failed (the others still count)."""
+    b.check()
+    base = load_config(b.config, b.overrides)  # a bad config or --set fails here, before anything runs
+    for arm in b.arms:
+        load_config(b.config, b.arm_overrides(arm))
+    make_out_dir(b.out)
+    with claim(b.out):
+        return _run_claimed(b, base)
+
+
+def _run_claimed(b: Bench, base: Config) -> int:
+    settings = check_settings(b, base)
+    save_settings(b, settings)  # before any row: the rows always belong to the settings on file
+    cores = available_cores()
+    threads = max(1, cores // b.jobs)
+    print(f"ohem bench: {len(b.arms)} arm(s) x {len(b.seeds)} seed(s), budget: {b.budget}; cost phase on {cores} "
+          f"thread(s), then {b.jobs} run(s) at a time on {threads} thread(s) each; {b.out}", flush=True)  # fmt: skip
+    cost, failed = cost_phase(b, cores)
+    if failed and not any(arm in cost for arm in b.arms):  # e.g. a data error: every run would fail the same way
+        raise ValueError(f"cost phase: every arm failed, first {failed[0]}")
+    if b.budget == "seconds" and b.seconds is None:  # default: the first arm's time for the config's iterations
+        if b.arms[0] not in cost:
+            raise ValueError(f"--budget seconds: no --seconds and no cost row for {b.arms[0]} to derive it from")
+        b.seconds = base.solver.iterations * float(cost[b.arms[0]]["s_per_iter"])
+        print(f"ohem bench: --seconds {b.seconds:.1f} ({base.solver.iterations} iterations of {b.arms[0]})")
+    save_settings(b, settings)
+    failed += accuracy_phase(b, cost, threads)
+    for path in write_summary(b, cost):
+        print(f"wrote {path}")
+    if failed:
+        print(f"ohem bench: {len(failed)} run(s) failed; logs in {b.out / 'logs'} (rerun to retry them)",
+              file=sys.stderr)  # fmt: skip
+    return 1 if failed else 0
+
+
+def check_settings(b: Bench, base: Config) -> dict[str, Any]:
+    """What ``OUT`` measures; an ``OUT`` that measured something else is refused (its rows would mix)."""
+    current = {"config": b.config, "budget": b.budget, "values": json.loads(json.dumps(base.to_dict()))}
+    path = b.out / "bench.json"
+    if not path.exists():
+        return current
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    if stored.get("budget") != b.budget:
+        raise ValueError(f"{path}: this folder holds a --budget {stored.get('budget')} benchmark; use another --out")
+    key = _first_difference(stored.get("values", {}), current["values"])
+    if key:
+        raise ValueError(f"{path}: this folder benchmarks another config ({key} differs); use another --out")
+    if b.seconds is None:
+        b.seconds = stored.get("seconds")
+    elif stored.get("seconds") not in (None, b.seconds):
+        raise ValueError(f"{path}: this folder benchmarks --seconds {stored['seconds']}; use another --out")
+    return current
+
+
+def save_settings(b: Bench, settings: dict[str, Any]) -> None:
+    with atomic_open(b.out / "bench.json") as f:
+        f.write(json.dumps({**settings, "seconds": b.seconds}, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def claim(out: Path) -> Iterator[None]:
+    """Hold ``OUT/.bench.lock`` for the call: two benchmarks writing one folder's CSVs would lose rows."""
+    if fcntl is None:  # not on POSIX: no lock
+        yield
+        return
+    fd = os.open(out / ".bench.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the kernel drops it when this process ends
+        except BlockingIOError:
+            raise ValueError(f"{out}: in use by another ohem bench; wait for it to end or use another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in dict.fromkeys([*a, *b]):
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+            if found:
+                return found
+        return None
+    return prefix or "the config" if a != b else None
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cost_phase(b: Bench, cores: int) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """A ``cost.csv`` row per arm (measured once: a rerun keeps them); returns the rows by arm and failures."""
+    path = b.out / "cost.csv"
+    rows = read_csv(path)
+    todo = [arm for arm in b.arms if arm not in {r["arm"] for r in rows}]
+    failed = run_jobs([cost_job(b, arm, cores, rows, path) for arm in todo], parallel=1)
+    return {r["arm"]: r for r in rows}, failed
+
+
+def cost_job(b: Bench, arm: str, cores: int, rows: list[dict[str, Any]], path: Path) -> Job:
+    cfg = load_config(b.config, b.arm_overrides(arm))
+    steps = b.cost_warmup + b.cost_iters + 1  # the timer stops at the start of the step after the last
+    overrides = [*b.arm_overrides(arm), f"train.seed={b.seeds[0]}", f"train.num_threads={cores}"]
+    if cfg.solver.iterations < steps:
+        overrides += schedule_overrides(cfg, steps)
+    overrides += ["train.eval_every=0", "train.checkpoint_every=0"]  # nothing but training is timed
+    if b.cost_init:  # a trained model's RPN passes its steady-state number of RoIs
+        overrides.append(f"model.init_weights={b.cost_init}")
+    result = b.out / "logs" / f"cost-{arm}.json"
+    spec = {"config": b.config, "overrides": overrides, "run_dir": str(b.out / "runs" / f"cost-{arm}"),
+            "result": str(result), "warmup": b.cost_warmup, "iterations": b.cost_iters}  # fmt: skip
+
+    def finish(wall: float) -> str:
+        measured = json.loads(result.read_text(encoding="utf-8"))
+        row = {"arm": arm, **{k: round(v, 6) for k, v in measured.items()}, "timed_iterations": b.cost_iters,
+               "threads": cores}  # fmt: skip
+        rows.append(row)
+        write_csv(path, rows)
+        message = f"{row['s_per_iter']:.4f} s/iter, peak RSS {row['peak_rss_mib']:.0f} MiB ({wall:.0f} s)"
+        if row.get("load_before", 0) > cores / 2:  # timed while other processes used the cores
+            message += (f"; the load average was {row['load_before']:.1f} on {cores} cores: other processes "
+                        "competed for them, so this is not the arm's own time")  # fmt: skip
+        return message
+
+    result.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "ohem.bench.cost", json.dumps(spec)]
+    return Job(f"cost {arm}", argv, b.out / "logs" / f"cost-{arm}.log", cores, finish)
+
+
+def accuracy_phase(b: Bench, cost: dict[str, dict[str, Any]], threads: int) -> list[str]:
+    """An ``accuracy.csv`` row (and its ``curves.csv`` points) per arm and seed; returns failures."""
+    path = b.out / "accuracy.csv"
+    rows = read_csv(path)
+    done = {(r["arm"], str(r["seed"])) for r in rows}
+    jobs, failed = [], []
+    for seed in b.seeds:  # seed-major: every arm has a first seed before any has a second
+        for arm in b.arms:
+            if (arm, str(seed)) in done:
+                continue
+            s_per_iter = float(cost[arm]["s_per_iter"]) if arm in cost else None
+            if b.budget == "seconds" and s_per_iter is None:
+                failed.append(f"accuracy {arm} seed {seed}: skipped: --budget seconds needs its cost row")
+                print(f"ohem bench: {failed[-1]}", flush=True)
+                continue
+            jobs.append(accuracy_job(b, arm, seed, threads, s_per_iter, rows))
+    kept = sum((r["arm"], str(r["seed"])) in {(a, str(s)) for a in b.arms for s in b.seeds} for r in rows)
+    if kept:
+        print(f"ohem bench: {kept} finished run(s) kept from {path}", flush=True)
+    return failed + run_jobs(jobs, parallel=b.jobs)
+
+
+def run_overrides(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float | None) -> tuple[int, list[str]]:
+    """One accuracy run's iterations and ``--set`` list: the user's, the arm's, seed and threads and,
+    with ``--budget seconds``, the run length and lr schedule that fill the budget at ``s_per_iter``."""
+    cfg = load_config(b.config, b.arm_overrides(arm))
+    overrides = [*b.arm_overrides(arm), f"train.seed={seed}", f"train.num_threads={threads}"]
+    if b.budget != "seconds":
+        return cfg.solver.iterations, overrides
+    iterations = budget_iterations(b.seconds, s_per_iter)
+    return iterations, overrides + schedule_overrides(cfg, iterations)
+
+
+def accuracy_job(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float | None, rows: list) -> Job:
+    name = f"accuracy-{arm}-seed{seed}"
+    run_dir = b.out / "runs" / name
+    iterations, overrides = run_overrides(b, arm, seed, threads, s_per_iter)
+    # A run stopped after its first checkpoint continues; one stopped before starts over (its files
+    # are moved to previous-N/ by --force, not deleted).
+    resume = (run_dir / CHECKPOINT).is_file()
+    argv = [sys.executable, "-m", "ohem", "train", "--config", b.config, "--out", str(run_dir),
+            "--resume" if resume else "--force", *[a for o in overrides for a in ("--set", o)]]  # fmt: skip
+
+    def finish(wall: float) -> str:
+        row, points = read_run(run_dir, arm, seed, iterations, s_per_iter)
+        row.update(wall_s=round(wall, 1), threads=threads, run=str(run_dir.relative_to(b.out)))
+        curves = [r for r in read_csv(b.out / "curves.csv") if (r["arm"], str(r["seed"])) != (arm, str(seed))]
+        write_csv(b.out / "curves.csv", curves + points)  # before the row: a row's curve is always there
+        rows.append(row)
+        write_csv(b.out / "accuracy.csv", rows)
+        score = "none (no class measured)" if row["mAP"] is None else f"{row['mAP']:.4f}"
+        return f"mAP {score} after {iterations} iterations ({wall:.0f} s)"
+
+    return Job(f"accuracy {arm} seed {seed}", argv, b.out / "logs" / f"{name}.log", threads, finish)
+
+
+def read_run(run_dir: Path, arm: str, seed: int, iterations: int, s_per_iter: float | None) -> tuple[dict, list]:
+    """A finished run's ``accuracy.csv`` row and ``curves.csv`` points, from its metrics and log."""
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    records = read_jsonl(run_dir / "log.jsonl")
+    evals = {r["iteration"]: r for r in records if "eval" in r}  # the last entry per iteration
+    points = [{"arm": arm, "seed": seed, "iteration": it,
+               "seconds": round(it * s_per_iter, 3) if s_per_iter else "", "mAP": r["eval"].get("mAP"),
+               "train_roi_loss": r.get("train_roi_loss", "")} for it, r in sorted(evals.items())]  # fmt: skip
+    steps = [r for r in records if "eval" not in r]
+    fg = [r["ohem_mined_fg_fraction"] for r in steps[-200:] if "ohem_mined_fg_fraction" in r]
+    row = {"arm": arm, "seed": seed, "iterations": iterations,
+           "seconds": round(iterations * s_per_iter, 2) if s_per_iter else "",
+           "mAP": metrics.get("mAP"), "metric": metrics.get("metric", ""),
+           "train_roi_loss": points[-1]["train_roi_loss"] if points else "",
+           "mined_fg_fraction": round(sum(fg) / len(fg), 4) if fg else ""}  # fmt: skip
+    return row, points
+
+
+def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
+    """``summary.md`` (also printed) and the plots, for this call's arms and seeds."""
+    wanted = {(arm, str(seed)) for arm in b.arms for seed in b.seeds}
+    acc = [r for r in read_csv(b.out / "accuracy.csv") if (r["arm"], str(r["seed"])) in wanted]
+    curves = [r for r in read_csv(b.out / "curves.csv") if (r["arm"], str(r["seed"])) in wanted]
+    acc.sort(key=lambda r: (b.arms.index(r["arm"]), b.seeds.index(int(r["seed"]))))
+    budget = f"{b.seconds:.1f} s of training per run" if b.budget == "seconds" else "equal iterations"
+    title = f"ohem bench: {b.config}, {budget}"
+    text = summary_markdown(title, b.arms, acc, curves, {a: r for a, r in cost.items() if a in b.arms}, b.budget)
+    with atomic_open(b.out / "summary.md") as f:
+        f.write(text)
+    print(text)
+    return [b.out / "summary.md", *plot_curves(b.out, curves, b.arms)]
+
+
+@dataclass
+class Job:
+    """One subprocess: its command, log file, threads, and what to record when it exits cleanly."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    threads: int
+    finish: Callable[[float], str]  # wall seconds -> the line to print
+
+    def start(self) -> subprocess.Popen:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        package_root = str(Path(__file__).resolve().parents[2])  # the children import this same ohem
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(self.threads), PYTHONPATH=path)
+        with open_append(self.log) as log:
+            log.write(f"$ {shlex.join(self.argv)}\n")
+            log.flush()
+            return subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+
+def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
+    """Run ``jobs``, ``parallel`` at a time, recording each as it ends; returns the failures' messages."""
+    pending, running, failed = list(jobs), [], []
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                print(f"[{job.name}] started on {job.threads} thread(s); log: {job.log}", flush=True)
+                running.append((job, job.start(), time.monotonic()))
+            time.sleep(POLL_SECONDS)
+            for entry in [e for e in running if e[1].poll() is not None]:
+                running.remove(entry)
+                job, process, started = entry
+                message = _finish(job, process.returncode, time.monotonic() - started)
+                if message.startswith("FAILED"):
+                    failed.append(f"{job.name}: {message}")
+                print(f"[{job.name}] {message}", flush=True)
+    finally:  # interrupted: stop the children this call started
+        for _, process, _ in running:
+            process.terminate()
+        for _, process, _ in running:
+            process.wait()
+    return failed
+
+
+def _finish(job: Job, returncode: int, wall: float) -> str:
+    if returncode != 0:
+        return f"FAILED (exit {returncode}): {_last_line(job.log)}"
+    try:
+        return job.finish(wall)
+    except (OSError, ValueError, KeyError) as e:  # exited 0 but left no readable result
+        return f"FAILED: its result cannot be read: {e}"
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The whole file, atomically: a stopped run never leaves a truncated CSV."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_open(path) as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path``, skipping any that do not parse (a line torn by a crash)."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

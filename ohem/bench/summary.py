@@ -1,0 +1,258 @@
+"""What ``ohem bench`` makes of its CSVs: ``summary.md`` (the tables and a verdict written from the
+numbers) and the plots. Everything here reads rows; nothing trains."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ohem.bench.arms import ARMS
+
+Row = dict[str, Any]
+BASELINES = ("heuristic", "tv-default")  # the arms every other arm is compared with
+SPREAD_RULE = (
+    "a lead counts as beyond the seeds' spread when it exceeds the sum of the two arms' sample standard "
+    "deviations over seeds (a conservative rule: two arms whose seeds overlap never pass it)"
+)
+
+
+@dataclass
+class Comparison:
+    """The arms' test mAP (%, one value per seed) at one budget."""
+
+    budget: str  # e.g. "equal iterations (60 each)"
+    values: dict[str, list[float]]
+    missing: list[str] = field(default_factory=list)  # arms that have no evaluation within the budget
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None with one value: the spread is unknown)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def verdict(comparisons: list[Comparison]) -> str:
+    """One paragraph: which arm wins at each budget, by how much, and whether it exceeds the seeds' spread."""
+    sentences = [_sentence(c) for c in comparisons]
+    winners = [(_winner(c), c.budget.split(" (")[0]) for c in comparisons]
+    winners = [(arm, budget) for arm, budget in winners if arm]
+    if len({arm for arm, _ in winners}) > 1:
+        sentences.append("So the winner depends on the budget: " + ", ".join(f"{a} at {b}" for a, b in winners) + ".")
+    sentences.append(f"Rule: {SPREAD_RULE}.")
+    return " ".join(sentences)
+
+
+def _ranked(c: Comparison) -> list[str]:
+    return sorted(c.values, key=lambda arm: statistics.mean(c.values[arm]), reverse=True)
+
+
+def _winner(c: Comparison) -> str | None:
+    """The arm with the highest mean, if there are two arms and it leads at the precision printed."""
+    ranked = _ranked(c)
+    if len(ranked) < 2:
+        return None
+    lead = statistics.mean(c.values[ranked[0]]) - statistics.mean(c.values[ranked[1]])
+    return ranked[0] if lead >= 0.05 else None
+
+
+def _sentence(c: Comparison) -> str:
+    late = ""
+    if c.missing:
+        late = f" ({', '.join(c.missing)}: no evaluation within this budget; evaluate more often with train.eval_every)"
+    ranked = _ranked(c)
+    if not ranked:
+        return f"At {c.budget} no arm has an evaluation{late}."
+    if len(ranked) == 1:
+        only = ranked[0]
+        return f"At {c.budget} only {only} has an evaluation ({statistics.mean(c.values[only]):.1f} mAP){late}."
+    (win, m_win, sd_win), (second, m_second, sd_second) = [(a, *mean_sd(c.values[a])) for a in ranked[:2]]
+    if not _winner(c):
+        return f"At {c.budget}, {win} and {second} tie at {m_win:.1f} mAP{late}."
+    lead = m_win - m_second
+    text = f"At {c.budget}, {win} wins with {m_win:.1f} mAP, {lead:.1f} points above {second} ({m_second:.1f})"
+    if sd_win is None or sd_second is None:
+        seeds = min(len(c.values[win]), len(c.values[second]))
+        text += f"; with {seeds} seed the seeds' spread is unknown, so it is not known whether the lead exceeds it"
+    elif lead > sd_win + sd_second:
+        text += f", beyond the seeds' spread ({lead:.1f} > sd {sd_win:.1f} + {sd_second:.1f})"
+    else:
+        text += f", within the seeds' spread ({lead:.1f} <= sd {sd_win:.1f} + {sd_second:.1f}): not a clear win"
+    return text + late + "."
+
+
+def values_at(curves: list[Row], arms: list[str], key: str, limit: float) -> Comparison:
+    """Each arm's mAP (%) per seed at its last evaluation with ``key`` (iteration or seconds) <= ``limit``."""
+    last: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in curves:
+        x, value = _number(r.get(key)), _number(r.get("mAP"))
+        if r["arm"] in arms and x is not None and value is not None and x <= limit * (1 + 1e-9):
+            seen = last.get((r["arm"], str(r["seed"])))
+            if seen is None or x > seen[0]:
+                last[(r["arm"], str(r["seed"]))] = (x, value * 100)
+    values = {arm: [v for (a, _), (_, v) in sorted(last.items()) if a == arm] for arm in arms}
+    return Comparison("", {a: v for a, v in values.items() if v}, [a for a, v in values.items() if not v])
+
+
+def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget: str) -> list[Comparison]:
+    """The arms at equal iterations and at equal training time. The budget the runs were given is
+    compared on their final mAP; the other one on their curves, at the smallest budget all arms reached."""
+    arms = list(dict.fromkeys(r["arm"] for r in acc))
+    final = {arm: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == arm and _number(r["mAP"]) is not None]
+             for arm in arms}  # fmt: skip
+    iterations = {r["arm"]: int(r["iterations"]) for r in acc}
+    timed = {arm: iterations[arm] * float(cost[arm]["s_per_iter"]) for arm in arms if arm in cost}
+    result = []
+    if budget == "iterations":
+        result.append(Comparison(f"equal iterations ({min(iterations.values())} each)", final))
+        if timed:
+            limit = min(timed.values())
+            # seconds from the unrounded s/iter, so that the fastest arm's last evaluation is at exactly ``limit``
+            exact = [{**r, "seconds": int(r["iteration"]) * float(cost[r["arm"]]["s_per_iter"])}
+                     for r in curves if r["arm"] in timed]  # fmt: skip
+            at_time = values_at(exact, list(timed), "seconds", limit)
+            at_time.missing += [arm for arm in arms if arm not in timed]
+            at_time.budget = f"equal training time ({limit:.1f} s each at each arm's measured s/iter)"
+            result.append(at_time)
+    else:
+        seconds = [float(r["seconds"]) for r in acc if _number(r.get("seconds")) is not None]
+        each = f" ({statistics.mean(seconds):.1f} s each)" if seconds else ""
+        result.append(Comparison(f"equal training time{each}", final))
+        at_iterations = values_at(curves, arms, "iteration", min(iterations.values()))
+        at_iterations.budget = f"equal iterations ({min(iterations.values())} each)"
+        result.insert(0, at_iterations)
+    return result
+
+
+def summary_markdown(
+    title: str, arms: list[str], acc: list[Row], curves: list[Row], cost: dict[str, Row], budget: str
+) -> str:
+    """``summary.md``: the table per arm, the arms at both budgets, the verdict, the arms' definitions."""
+    maps = {a: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == a and _number(r["mAP"]) is not None] for a in arms}
+    header = ["arm", "seeds", "iterations", "train s", "mAP % (mean ± sd)", "per seed", "− heuristic",
+              "− tv-default", "s/iter", "× heuristic", "× tv-default", "peak RSS MiB", "× heuristic",
+              "mining share", "all-RoI loss"]  # fmt: skip
+    rows = []
+    for arm in arms:
+        mine = [r for r in acc if r["arm"] == arm]
+        c = cost.get(arm, {})
+        rows.append([
+            arm, str(len(mine)), _join(r["iterations"] for r in mine), _join(_fmt(r.get("seconds"), 0) for r in mine),
+            _mean_sd_text(maps[arm]), ", ".join(f"{v:.1f}" for v in maps[arm]) or "–",
+            *(_diff(maps, arm, base) for base in BASELINES),
+            _fmt(c.get("s_per_iter"), 4), *(_ratio(cost, arm, base, "s_per_iter") for base in BASELINES),
+            _fmt(c.get("peak_rss_mib"), 0), _ratio(cost, arm, "heuristic", "peak_rss_mib"),
+            _percent(c.get("mining_share")), _fmt(_mean(r.get("train_roi_loss") for r in mine), 4),
+        ])  # fmt: skip
+    found = comparisons(acc, curves, cost, budget) if acc else []
+    budgets = [[arm, *(_mean_sd_text(c.values.get(arm, [])) for c in found)] for arm in arms]
+    parts = [
+        f"# {title}", "",
+        "mAP: the test metric of the config (train.eval_metric) in %; − heuristic / − tv-default: difference "
+        "of the means in points; s/iter and peak RSS: the cost phase (each arm alone, all threads); × : ratio; "
+        "train s: iterations × s/iter; mining share: the read-only pass and selection's part of the step; "
+        "all-RoI loss: mean loss over all RoIs of training images at the last evaluation "
+        "(train.roi_loss_images).", "",
+        _table(header, rows), "",
+    ]  # fmt: skip
+    if found:
+        parts += ["## At equal iterations and at equal time", "",
+                  _table(["arm", *(c.budget for c in found)], budgets), "",
+                  "## Verdict", "", verdict(found), ""]  # fmt: skip
+    parts += ["## Arms", "", *(f"- **{arm}**: {ARMS[arm].description}" for arm in arms if arm in ARMS), ""]
+    return "\n".join(parts)
+
+
+def plot_curves(out: Path, curves: list[Row], arms: list[str]) -> list[Path]:
+    """mAP against iteration and against seconds, all-RoI loss against iteration (seeds faint, mean bold)."""
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
+
+    written = []
+    for x_key, y_key, name, xlabel, ylabel in [
+        ("iteration", "mAP", "map_vs_iteration.png", "iteration", "test mAP (%)"),
+        ("seconds", "mAP", "map_vs_seconds.png", "training seconds (iteration × the arm's s/iter)", "test mAP (%)"),
+        ("iteration", "train_roi_loss", "roi_loss_vs_iteration.png", "iteration",
+         "mean loss over all RoIs, train images"),
+    ]:  # fmt: skip
+        series = _series(curves, arms, x_key, y_key)
+        if not series:
+            continue
+        fig = Figure(figsize=(8, 5))
+        ax = fig.subplots()
+        for i, (arm, per_seed) in enumerate(series.items()):
+            colour = f"C{i % 10}"
+            for points in per_seed.values():
+                ax.plot(*zip(*points), color=colour, alpha=0.3, lw=1)
+            xs = sorted({x for points in per_seed.values() for x, _ in points})
+            mean = [statistics.mean(y for points in per_seed.values() for x2, y in points if x2 == x) for x in xs]
+            ax.plot(xs, mean, "o-", color=colour, lw=2, label=f"{arm} ({len(per_seed)} seed{'s'[: len(per_seed) > 1]})")
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        if y_key == "train_roi_loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        written.append(out / name)
+    return written
+
+
+def _series(curves: list[Row], arms: list[str], x_key: str, y_key: str) -> dict[str, dict[str, list]]:
+    """arm -> seed -> sorted (x, y) points, for the rows that have both values."""
+    scale = 100 if y_key == "mAP" else 1
+    series: dict[str, dict[str, list]] = {}
+    for arm in arms:
+        for r in curves:
+            x, y = _number(r.get(x_key)), _number(r.get(y_key))
+            if r["arm"] == arm and x is not None and y is not None:
+                series.setdefault(arm, {}).setdefault(str(r["seed"]), []).append((x, y * scale))
+    return {arm: {seed: sorted(p) for seed, p in s.items()} for arm, s in series.items()}
+
+
+def _number(value: Any) -> float | None:
+    """A CSV cell as a float; None when empty."""
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def _mean(values: Any) -> float | None:
+    numbers = [n for n in map(_number, values) if n is not None]
+    return statistics.mean(numbers) if numbers else None
+
+
+def _fmt(value: Any, digits: int) -> str:
+    number = _number(value)
+    return "–" if number is None else f"{number:.{digits}f}"
+
+
+def _percent(value: Any) -> str:
+    number = _number(value)
+    return "–" if number is None else f"{number * 100:.0f} %"
+
+
+def _join(values: Any) -> str:
+    return ", ".join(dict.fromkeys(str(v) for v in values)) or "–"
+
+
+def _mean_sd_text(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean, sd = mean_sd(values)
+    return f"{mean:.1f} ± {sd:.1f}" if sd is not None else f"{mean:.1f} (1 seed)"
+
+
+def _diff(maps: dict[str, list[float]], arm: str, base: str) -> str:
+    if arm == base or not maps.get(arm) or not maps.get(base):
+        return "–"
+    return f"{statistics.mean(maps[arm]) - statistics.mean(maps[base]):+.1f}"
+
+
+def _ratio(cost: dict[str, Row], arm: str, base: str, key: str) -> str:
+    a, b = _number(cost.get(arm, {}).get(key)), _number(cost.get(base, {}).get(key))
+    return "–" if a is None or not b or arm == base else f"{a / b:.2f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -1,0 +1,243 @@
+"""``ohem bench``: a tiny real benchmark (2 arms x 1 seed, in subprocesses) writes the rows it
+promises and a rerun skips them; the budget arithmetic, the comparisons and the verdict are
+checked on exact, hand-made numbers; arm listing and errors."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from ohem.bench import ARMS, Bench, Comparison, budget_iterations, comparisons, run_bench, schedule_overrides, verdict
+from ohem.bench.run import claim, run_overrides
+from ohem.cli import main
+from ohem.config import load_config
+from tests.conftest import TINY
+
+TINY_BENCH = [*TINY, "train.eval_every=2", "train.roi_loss_images=2", "train.vis_images=1"]
+
+
+def read(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tiny_bench(out, **changes):
+    settings = dict(config="configs/demo.yaml", out=out, arms=["heuristic", "ohem"], seeds=[0],
+                    overrides=list(TINY_BENCH), cost_iters=2, cost_warmup=1)  # fmt: skip
+    return Bench(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert run_bench(tiny_bench(out)) == 0
+    return out
+
+
+def test_rows_hold_each_runs_numbers(bench_out):
+    cost = {r["arm"]: r for r in read(bench_out / "cost.csv")}
+    assert list(cost) == ["heuristic", "ohem"]
+    for r in cost.values():
+        assert float(r["s_per_iter"]) > 0 and float(r["peak_rss_mib"]) >= float(r["rss_before_mib"]) > 0
+        assert (r["timed_iterations"], r["threads"]) == ("2", str(len(os.sched_getaffinity(0))))
+    assert 0 < float(cost["ohem"]["mining_share"]) < 1 and cost["heuristic"]["mining_share"] == ""
+
+    rows = read(bench_out / "accuracy.csv")
+    assert [(r["arm"], r["seed"], r["iterations"]) for r in rows] == [("heuristic", "0", "4"), ("ohem", "0", "4")]
+    curves = read(bench_out / "curves.csv")
+    for r in rows:
+        run = bench_out / r["run"]
+        assert run.name == f"accuracy-{r['arm']}-seed0"
+        assert float(r["mAP"]) == json.loads((run / "metrics.json").read_text())["mAP"]
+        assert float(r["seconds"]) == pytest.approx(4 * float(cost[r["arm"]]["s_per_iter"]), abs=0.01)
+        mine = [c for c in curves if c["arm"] == r["arm"]]
+        assert [int(c["iteration"]) for c in mine] == [2, 4]  # train.eval_every=2 over 4 iterations
+        logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        evals = [e for e in logged if "eval" in e]
+        assert [float(c["mAP"]) for c in mine] == [e["eval"]["mAP"] for e in evals]
+        assert [float(c["train_roi_loss"]) for c in mine] == pytest.approx([e["train_roi_loss"] for e in evals])
+        for c in mine:
+            expected = int(c["iteration"]) * float(cost[r["arm"]]["s_per_iter"])
+            assert float(c["seconds"]) == pytest.approx(expected, abs=1e-3)  # written to 3 decimals
+        assert float(r["train_roi_loss"]) == pytest.approx(evals[-1]["train_roi_loss"])
+    assert rows[1]["mined_fg_fraction"] != "" and rows[0]["mined_fg_fraction"] == ""  # only OHEM mines
+    summary = (bench_out / "summary.md").read_text()
+    assert "| heuristic | 1 | 4 |" in summary and "| ohem | 1 | 4 |" in summary and "## Verdict" in summary
+    for name in ("map_vs_iteration.png", "map_vs_seconds.png", "roi_loss_vs_iteration.png"):
+        assert (bench_out / name).stat().st_size > 0
+
+
+def test_rerun_skips_finished_rows_and_resumes_an_unrecorded_run(bench_out, capsys):
+    files = ["cost.csv", "accuracy.csv", "curves.csv"]
+    before = {name: (bench_out / name).stat().st_mtime_ns for name in files}
+    runs = sorted(p.name for p in (bench_out / "runs").iterdir())
+    assert run_bench(tiny_bench(bench_out)) == 0
+    assert {name: (bench_out / name).stat().st_mtime_ns for name in files} == before  # nothing rewritten
+    assert sorted(p.name for p in (bench_out / "runs").iterdir()) == runs
+    assert "started" not in capsys.readouterr().out  # no process was started
+
+    # A run that finished but whose row was never written (stopped in between): resumed, not redone.
+    rows = read(bench_out / "accuracy.csv")
+    with (bench_out / "accuracy.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerow(rows[0])
+    assert run_bench(tiny_bench(bench_out)) == 0
+    again = read(bench_out / "accuracy.csv")
+    assert [r["arm"] for r in again] == ["heuristic", "ohem"] and again[1]["mAP"] == rows[1]["mAP"]
+    log = (bench_out / "logs" / "accuracy-ohem-seed0.log").read_text().splitlines()
+    commands = [line for line in log if line.startswith("$ ")]
+    assert len(commands) == 2 and "--force" in commands[0] and "--resume" in commands[1]
+    assert not (bench_out / "runs" / "accuracy-ohem-seed0" / "previous-1").exists()
+    assert len([r for r in read(bench_out / "curves.csv") if r["arm"] == "ohem"]) == 2  # replaced, not doubled
+
+
+def test_a_folder_of_another_benchmark_is_refused(bench_out, capsys):
+    args = ["bench", "--config", "configs/demo.yaml", "--arms", "heuristic", "--out", str(bench_out)]
+    args += [a for item in [*TINY_BENCH, "solver.lr=0.5"] for a in ("--set", item)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("this folder benchmarks another config (solver.lr differs); use another --out")
+    assert main([*args[:-2], "--budget", "seconds"]) == 1
+    assert "holds a --budget iterations benchmark" in capsys.readouterr().err
+
+
+def test_budget_iterations_fill_the_seconds():
+    assert budget_iterations(30.0, 0.1) == 300
+    assert budget_iterations(10.0, 0.3) == 33  # 33.3: nearest
+    assert budget_iterations(10.0, 0.4) == 25
+    assert budget_iterations(0.01, 5.0) == 1  # at least one
+
+
+def test_schedule_is_scaled_with_the_run_length():
+    cfg = load_config(None, ["solver.iterations=1000", "solver.steps=[600, 800]", "solver.warmup_iterations=100",
+                             "train.eval_every=250"])  # fmt: skip
+    assert schedule_overrides(cfg, 500) == ["solver.iterations=500", "solver.steps=[300, 400]",
+                                            "solver.warmup_iterations=50", "train.eval_every=125"]  # fmt: skip
+    scaled = load_config(None, ["solver.iterations=1000", *schedule_overrides(cfg, 3000)])
+    assert (scaled.solver.iterations, scaled.solver.steps, scaled.solver.warmup_iterations) == (3000, [1800, 2400], 300)
+    assert scaled.train.eval_every == 750
+
+
+def test_seconds_budget_gives_each_arm_its_own_iterations():
+    # configs/demo.yaml: 1500 iterations, steps [1000, 1300], warm-up 100, evaluation every 500.
+    b = Bench(config="configs/demo.yaml", out=None, arms=["heuristic", "ohem"], budget="seconds", seconds=30.0)
+    iterations, overrides = run_overrides(b, "ohem", 2, 1, s_per_iter=0.1)
+    assert iterations == 300
+    assert overrides[-6:] == ["train.seed=2", "train.num_threads=1", "solver.iterations=300", "solver.steps=[200, 260]",
+                              "solver.warmup_iterations=20", "train.eval_every=100"]  # fmt: skip
+    iterations, overrides = run_overrides(b, "heuristic", 0, 1, s_per_iter=0.05)
+    assert iterations == 600 and "solver.steps=[400, 520]" in overrides
+    cfg = load_config("configs/demo.yaml", overrides)
+    assert (cfg.sampler.method, cfg.solver.iterations, cfg.solver.warmup_iterations) == ("heuristic", 600, 40)
+    same = Bench(config="configs/demo.yaml", out=None, arms=["ohem"])
+    assert run_overrides(same, "ohem", 0, 2, s_per_iter=0.1)[0] == 1500  # --budget iterations: the config's
+
+
+def test_verdict_names_the_winner_and_says_whether_it_beats_the_spread():
+    at_iterations = Comparison("equal iterations (60 each)", {"heuristic": [75, 76, 77], "ohem": [80, 81, 82]})
+    at_time = Comparison("equal training time (6.0 s each)", {"heuristic": [79.5, 80, 80.5], "ohem": [77, 79, 81]})
+    text = verdict([at_iterations, at_time])
+    assert ("At equal iterations (60 each), ohem wins with 81.0 mAP, 5.0 points above heuristic (76.0), beyond "
+            "the seeds' spread (5.0 > sd 1.0 + 1.0).") in text  # fmt: skip
+    assert ("At equal training time (6.0 s each), heuristic wins with 80.0 mAP, 1.0 points above ohem (79.0), "
+            "within the seeds' spread (1.0 <= sd 0.5 + 2.0): not a clear win.") in text  # fmt: skip
+    assert "the winner depends on the budget: ohem at equal iterations, heuristic at equal training time." in text
+    assert "Rule: a lead counts as beyond the seeds' spread when it exceeds the sum" in text
+
+    one_seed = verdict([Comparison("equal iterations (60 each)", {"heuristic": [70.0], "tv-default": [72.5]})])
+    assert (
+        "tv-default wins with 72.5 mAP, 2.5 points above heuristic (70.0); with 1 seed the seeds' spread is "
+        "unknown" in one_seed
+    )
+    tie = verdict([Comparison("equal iterations (60 each)", {"heuristic": [70.0, 71.0], "ohem": [70.5, 70.5]})])
+    assert "heuristic and ohem tie at 70.5 mAP" in tie and "depends" not in tie
+
+
+def test_comparisons_read_the_curves_at_the_other_budget():
+    acc = [{"arm": "heuristic", "seed": "0", "iterations": "60", "mAP": "0.6", "seconds": "6"},
+           {"arm": "ohem", "seed": "0", "iterations": "60", "mAP": "0.7", "seconds": "12"}]  # fmt: skip
+    cost = {"heuristic": {"s_per_iter": "0.1"}, "ohem": {"s_per_iter": "0.2"}}
+    curves = [{"arm": "heuristic", "seed": "0", "iteration": "30", "seconds": "3", "mAP": "0.5"},
+              {"arm": "heuristic", "seed": "0", "iteration": "60", "seconds": "6", "mAP": "0.6"},
+              {"arm": "ohem", "seed": "0", "iteration": "30", "seconds": "6", "mAP": "0.55"},
+              {"arm": "ohem", "seed": "0", "iteration": "60", "seconds": "12", "mAP": "0.7"}]  # fmt: skip
+    at_iterations, at_time = comparisons(acc, curves, cost, "iterations")
+    assert at_iterations.values == {"heuristic": [60.0], "ohem": [70.0]}
+    assert at_time.budget.startswith("equal training time (6.0 s each")  # the faster arm's whole run
+    assert at_time.values == {"heuristic": [60.0], "ohem": [pytest.approx(55.0)]}  # ohem at 30 iterations = 6 s
+    text = verdict([at_iterations, at_time])
+    assert "ohem wins with 70.0 mAP, 10.0 points above heuristic" in text
+    assert "heuristic wins with 60.0 mAP, 5.0 points above ohem (55.0)" in text
+
+    late = [c for c in curves if not (c["arm"] == "ohem" and c["iteration"] == "30")]  # ohem first evaluated at 12 s
+    _, at_time = comparisons(acc, late, cost, "iterations")
+    assert at_time.values == {"heuristic": [60.0]} and at_time.missing == ["ohem"]
+    assert "only heuristic has an evaluation (60.0 mAP) (ohem: no evaluation within this budget" in verdict([at_time])
+
+    timed = [dict(r, iterations=n) for r, n in zip(acc, ["60", "30"])]  # --budget seconds: 6 s each
+    at_iterations, at_time = comparisons(timed, curves, cost, "seconds")
+    assert at_iterations.budget == "equal iterations (30 each)"
+    assert at_iterations.values == {"heuristic": [50.0], "ohem": [pytest.approx(55.0)]}
+    assert at_time.values == {"heuristic": [60.0], "ohem": [70.0]}
+
+
+def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
+    assert main(["bench", "--list-arms"]) == 0
+    out = capsys.readouterr().out
+    wanted = ["heuristic", "heuristic-bg0", "tv-default", "all-rois", "ohem", "ohem-no-nms", "ohem-cls", "ohem-1img",
+              "ohem-512", "ohem-zeroing"]  # fmt: skip
+    assert wanted == list(ARMS)
+    lines = out.splitlines()
+    for name, arm in ARMS.items():
+        assert f"{name:<15}{arm.description}" in lines
+        assert "sets " + " ".join(arm.overrides) in [line.strip() for line in lines]
+    assert "config's solver.lr" in ARMS["all-rois"].description
+
+
+@pytest.mark.parametrize(
+    "arm, expected",
+    [
+        ("heuristic", ("heuristic", 64, 0.1, 2, 0.7)),
+        ("heuristic-bg0", ("heuristic", 64, 0.0, 2, 0.7)),
+        ("tv-default", ("heuristic", 512, 0.0, 2, 0.7)),
+        ("ohem-no-nms", ("ohem", 64, 0.0, 2, None)),
+        ("ohem-1img", ("ohem", 128, 0.0, 1, 0.7)),
+        ("ohem-512", ("ohem", 512, 0.0, 2, 0.7)),
+    ],
+)
+def test_arms_apply_over_the_config_and_the_users_set(arm, expected):
+    b = Bench(config="configs/demo.yaml", out=None, arms=[arm], overrides=["sampler.bg_iou_low=0.3", "solver.lr=0.01"])
+    cfg = load_config(b.config, b.arm_overrides(arm))
+    s = cfg.sampler
+    assert (s.method, s.batch_size_per_image, s.bg_iou_floor, cfg.solver.images_per_batch, s.nms_iou) == expected
+    assert cfg.solver.lr == 0.01  # what the arm does not set stays the user's
+
+
+def test_unknown_arm_and_missing_config_are_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["bench", "--config", "configs/demo.yaml", "--arms", "heuristic,nope", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"ohem bench: error: --arms: unknown arm 'nope'; the arms are: {', '.join(ARMS)}\n"
+    assert main(["bench", "--config", str(tmp_path / "missing.yaml"), "--arms", "ohem", "--out", str(out)]) == 1
+    missing = tmp_path / "missing.yaml"
+    assert capsys.readouterr().err == f"ohem bench: error: config {missing}: cannot read: no such file\n"
+    assert main(["bench", "--arms", "ohem"]) == 1
+    assert capsys.readouterr().err == "ohem bench: error: --config and --out required (or --list-arms)\n"
+    assert not out.exists()
+
+
+def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
+    base = ["bench", "--config", "configs/demo.yaml", "--arms", "ohem", "--out", str(tmp_path / "b")]
+    assert main([*base, "--seconds", "5"]) == 1
+    assert capsys.readouterr().err == "ohem bench: error: --seconds 5.0: needs --budget seconds and a positive number\n"
+    assert main([*base, "--jobs", "0"]) == 1
+    assert capsys.readouterr().err == "ohem bench: error: --jobs must be >= 1, got 0\n"
+    (tmp_path / "b").mkdir()
+    with claim(tmp_path / "b"):  # another ohem bench is writing this folder
+        assert main(base) == 1
+    err = capsys.readouterr().err
+    busy = f"{tmp_path / 'b'}: in use by another ohem bench; wait for it to end or use another --out"
+    assert err == f"ohem bench: error: {busy}\n"
+    assert not (tmp_path / "b" / "bench.json").exists()
