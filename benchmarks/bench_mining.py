@@ -5,8 +5,10 @@
 RoIs are proposal-like: most are jittered copies of a few dozen object boxes (so NMS has heavy
 overlap to resolve, as with RPN or selective-search proposals), the rest uniform over a 600 px image.
 Losses are random. The paths are checked to select the same RoIs before timing. On CUDA,
-``select_hard_examples`` runs ``select_by_batched_nms`` (everything on the device); the greedy walk is
-timed from the CPU copies, as it would run with a host round trip.
+``select_hard_examples`` runs ``select_by_batched_nms`` (everything on the device: ``batched_nms`` on a
+loss-ordered prefix of each image's RoIs, grown until enough survive); the greedy walk is timed from
+the CPU copies, as it would run with a host round trip. The two lines of ``--device cuda`` decide which
+path CUDA should take.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def main() -> None:
     print(f"batched_nms + top-k       {t_full:8.2f} ms")
     print(f"speed-up                  {t_full / t_ours:8.1f} x   (target: select <= 5 ms)")
     print(
-        f"on {device}: device path (batched_nms + rank) {t_device:8.2f} ms; greedy walk with host round trip "
+        f"on {device}: device path (prefix batched_nms + rank) {t_device:8.2f} ms; greedy walk with host round trip "
         f"{t_trip:8.2f} ms"
     )
 

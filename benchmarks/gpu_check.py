@@ -7,9 +7,10 @@ the small demo model (160 px synthetic images); the paper's VGG16 Fast R-CNN (``
 random init, synthetic images resized to 600 px, 2000 proposals per image from a proposal file, as
 selective search gives); optionally torchvision's fasterrcnn_resnet50_fpn (600 px, 2000 RPN
 proposals). Each with the Fast R-CNN heuristic (64 RoIs/image), torchvision's default sampler
-(512/image), OHEM (64/image mined from all) and OHEM with only its read-only pass in bf16. Then
-short ``ohem.train.train`` runs with evaluation: the small model (bf16) and the VGG16 Fast R-CNN with
-+M (two test scales) and +B (box voting), to exercise the whole CUDA path.
+(512/image) and OHEM (64/image mined from all) with its read-only pass in fp32, tf32 (the default) and
+bf16 (``sampler.readonly_precision``). Then short ``ohem.train.train`` runs with evaluation: the small
+model (bf16) and the VGG16 Fast R-CNN with +M (two test scales) and +B (box voting), to exercise the
+whole CUDA path.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from ohem.models import PROPOSAL_MODELS, build_detector
 SAMPLERS = {
     "heuristic": ["sampler.method=heuristic"],
     "tv-default": ["sampler.method=heuristic", "sampler.batch_size_per_image=512", "sampler.bg_iou_low=0.0"],
-    "ohem": ["sampler.method=ohem"],
-    "ohem-ro-bf16": ["sampler.method=ohem", "sampler.readonly_dtype=bfloat16"],
+    "ohem-ro-fp32": ["sampler.method=ohem", "sampler.readonly_precision=fp32"],  # read-only pass in IEEE fp32
+    "ohem": ["sampler.method=ohem"],  # the default: read-only pass with TF32 matmuls and convolutions
+    "ohem-ro-bf16": ["sampler.method=ohem", "sampler.readonly_precision=bf16"],
 }
 MODELS = {
     "small@160": [],

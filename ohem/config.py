@@ -135,7 +135,9 @@ class SamplerConfig(_Section):
     nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
     max_rois_per_chunk: int = 1024  # ohem: read-only pass memory bound
     readonly_dropout: bool = True  # ohem: dropout stays on in the read-only pass (authors' code)
-    readonly_dtype: Literal["bfloat16", "float16"] | None = None  # ohem: read-only pass in low precision
+    # ohem: the read-only pass's numerics: tf32 (float32 with TF32 matmuls/convolutions on CUDA; on the CPU
+    # the same as fp32) | fp32 | bf16 / fp16 (autocast). The trainable pass keeps train.amp's precision.
+    readonly_precision: Literal["fp32", "tf32", "bf16", "fp16"] = "tf32"
     # ohem: two-pass (the paper's) | loss-zeroing (the variant the paper rejects; a benchmark arm, for its cost)
     implementation: Literal["two-pass", "loss-zeroing"] = "two-pass"
     rpn_ohem: bool = False  # OHEM for the RPN too: loss-ranked anchors with NMS instead of 256 random 1:1

@@ -48,7 +48,8 @@ class RunLog:
         """One forward pass's mined RoIs (``heads.last_mining``), for ``mining.jsonl``."""
         if self.enabled and self.recorder:
             sizes = [tuple(image.shape[-2:]) for image in images]
-            self.recorder.add(iteration, heads.last_mining, indices, sizes, losses["ohem_all_roi_loss"].item())
+            # the tensor, not its value: reading it here would wait for the step's kernels on CUDA
+            self.recorder.add(iteration, heads.last_mining, indices, sizes, losses["ohem_all_roi_loss"])
 
     def flush_mining(self, iteration: int) -> None:
         if not (self.enabled and self.recorder):

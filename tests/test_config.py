@@ -66,7 +66,11 @@ def test_choices_are_checked_by_the_loader_and_by_hand_built_configs():
         load_config(None, ["train.eval_metric=map"])
     with pytest.raises(ConfigError, match="sampler.mining_loss: expected one of cls\\+box, cls, got 'box'"):
         SamplerConfig(mining_loss="box")
-    assert SamplerConfig(readonly_dtype=None).readonly_dtype is None
+    assert SamplerConfig(readonly_precision="bf16").readonly_precision == "bf16"
+    with pytest.raises(ConfigError, match="sampler.readonly_precision: expected one of fp32, tf32, bf16, fp16"):
+        SamplerConfig(readonly_precision="bfloat16")
+    with pytest.raises(ConfigError, match="readonly_dtype"):  # renamed readonly_precision: no silent ignore
+        load_config(None, ["sampler.readonly_dtype=bfloat16"])
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(None, ["solver.steps=[1"])
 

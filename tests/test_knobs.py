@@ -34,7 +34,8 @@ def _build(*overrides):
         (["sampler.mining_loss=cls"], "mining_loss", "cls"),
         (["sampler.readonly_dropout=false"], "readonly_dropout", False),
         (["sampler.nms_per_label=true"], "nms_per_label", True),
-        (["sampler.readonly_dtype=bfloat16"], "readonly_dtype", "bfloat16"),
+        (["sampler.readonly_precision=bf16"], "readonly_precision", "bf16"),
+        ([], "readonly_precision", "tf32"),
     ],
 )
 def test_ohem_knob_reaches_the_roi_heads(overrides, attribute, expected):

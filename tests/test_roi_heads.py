@@ -140,18 +140,23 @@ def test_training_loss_is_the_mean_mined_loss_and_selection_is_top_loss():
 def test_gradient_reaches_only_the_selected_rois_and_readonly_pass_has_no_graph():
     heads = make_heads(k=3, nms_iou=None, chunk=50)
     features, proposals, shapes, targets = heads_inputs(num_images=1)
-    pooled = []
-    heads.box_roi_pool.register_forward_hook(lambda m, i, o: pooled.append((i[1], o)))
+    pooled, head_inputs = [], []
+    heads.box_roi_pool.register_forward_hook(lambda m, i, o: pooled.append(o))
+    heads.box_head.register_forward_hook(lambda m, i, o: head_inputs.append(i[0]))
     _, losses = heads(features, proposals, shapes, targets)
     num_rois = proposals[0].shape[0] + 2  # + gt boxes
-    # Read-only pass: ceil(num_rois / 50) chunks, none with an autograd graph.
-    readonly, trained = pooled[:-1], pooled[-1]
-    assert len(readonly) == -(-num_rois // 50)
-    assert sum(o.shape[0] for _, o in readonly) == num_rois
-    assert all(o.grad_fn is None and not o.requires_grad for _, o in readonly)
-    # Trainable pass: exactly the mined RoIs.
-    assert trained[1].requires_grad and trained[1].shape[0] == 3
-    assert torch.equal(trained[0][0], heads.last_mining["boxes"])
+    # Read-only pass: ceil(num_rois / 50) chunks, none with an autograd graph. On the CPU the trainable
+    # pass reuses their pooling of the mined RoIs instead of calling the pooler again.
+    assert len(pooled) == -(-num_rois // 50)
+    assert sum(o.shape[0] for o in pooled) == num_rois
+    assert all(o.grad_fn is None and not o.requires_grad for o in pooled)
+    assert type(heads.box_roi_pool) is MultiScaleRoIAlign  # the pooler is back
+    # Trainable pass: exactly the mined RoIs, pooled as the read-only pass pooled them.
+    trained = head_inputs[-1]
+    assert trained.requires_grad and trained.shape[0] == 3
+    rois = torch.cat([proposals[0], targets[0]["boxes"]])  # every RoI, in the read-only pass's order
+    rows = torch.stack([torch.nonzero((rois == box).all(1))[0, 0] for box in heads.last_mining["boxes"]])
+    assert torch.equal(trained.detach(), torch.cat(pooled)[rows])
     sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
     grad = features["0"].grad[0].abs().sum(0)  # (16, 16) at stride 8
     covered = torch.zeros_like(grad, dtype=torch.bool)
@@ -306,31 +311,125 @@ def test_mean_roi_loss_does_not_depend_on_the_sampler():
 def test_low_precision_readonly_pass_ranks_nearly_like_float32():
     features, proposals, shapes, targets = heads_inputs()
     mined = {}
-    for dtype in (None, torch.bfloat16):
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         heads = make_heads(k=16)
-        heads.sampler = dataclasses.replace(heads.sampler, readonly_dtype=dtype and str(dtype).split('.')[-1])
+        heads.sampler = dataclasses.replace(heads.sampler, readonly_precision=precision)
         seen = []
         handle = heads.box_head.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
         _, losses = heads(features, proposals, shapes, targets)
         handle.remove()
-        # The read-only pass runs in the asked dtype; the trainable pass stays float32.
-        assert seen[0] == (dtype or torch.float32) and seen[-1] == torch.float32
+        # The read-only pass runs in the asked precision; the trainable pass stays float32.
+        assert seen[0] == dtype and seen[-1] == torch.float32
         assert losses["loss_classifier"].dtype == torch.float32
-        mined[dtype] = {tuple(b) for b in heads.last_mining["boxes"].tolist()}
-    assert len(mined[None] & mined[torch.bfloat16]) >= 0.75 * len(mined[None])
+        mined[precision] = {tuple(b) for b in heads.last_mining["boxes"].tolist()}
+    assert len(mined["fp32"] & mined["bf16"]) >= 0.75 * len(mined["fp32"])
 
 
-def test_readonly_dtype_inside_an_enclosing_autocast_of_another_dtype():
+def test_tf32_readonly_pass_is_float32_on_the_cpu():
+    features, proposals, shapes, targets = heads_inputs()
+    runs = []
+    for precision in ("fp32", "tf32"):
+        heads = make_heads(k=8)
+        heads.sampler = dataclasses.replace(heads.sampler, readonly_precision=precision)
+        feats = {"0": features["0"].detach().clone().requires_grad_()}
+        torch.manual_seed(1)  # the same dropout masks
+        _, losses = heads(feats, proposals, shapes, targets)
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        runs.append((heads.last_mining, losses, feats["0"].grad))
+    (mined_a, losses_a, grad_a), (mined_b, losses_b, grad_b) = runs
+    assert all(torch.equal(mined_a[k], mined_b[k]) for k in ("boxes", "labels", "losses", "iou"))
+    assert all(torch.equal(losses_a[k], losses_b[k]) for k in losses_a)
+    assert torch.equal(grad_a, grad_b)
+
+
+@pytest.mark.parametrize("enabled, inside", [(True, "tf32"), (False, "ieee")])
+def test_cuda_tf32_switch_is_restored(enabled, inside):
+    # Global flags only (no CUDA needed): TF32 on (tf32) or off (fp32) inside, the user's setting after.
+    from ohem.mining.roi_heads import cuda_tf32
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.fp32_precision, conv.conv.fp32_precision) if hasattr(matmul, "fp32_precision") else None
+    with cuda_tf32(enabled):
+        if before is not None:
+            assert matmul.fp32_precision == conv.conv.fp32_precision == inside
+        else:
+            assert matmul.allow_tf32 is enabled and conv.allow_tf32 is enabled
+    if before is not None:
+        assert (matmul.fp32_precision, conv.conv.fp32_precision) == before
+        assert matmul.allow_tf32 in (True, False)  # the old API still reads: the two were not mixed
+
+
+def test_readonly_precision_inside_an_enclosing_autocast_of_another_dtype():
     # A nested autocast of another dtype would poison the shared weight-cast cache of the outer one.
     features, proposals, shapes, targets = heads_inputs()
     heads = make_heads(k=8)
-    heads.sampler = dataclasses.replace(heads.sampler, readonly_dtype="float16")
+    heads.sampler = dataclasses.replace(heads.sampler, readonly_precision="fp16")
     seen = []
     heads.box_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, losses = heads(features, proposals, shapes, targets)
     assert set(seen) == {torch.bfloat16}  # both passes stay under the enclosing autocast
-    assert torch.isfinite(losses["loss_classifier"]) and torch.bincount(heads.last_mining["image_ids"]).tolist() == [
-        8,
-        8,
-    ]
+    assert torch.isfinite(losses["loss_classifier"])
+    assert torch.bincount(heads.last_mining["image_ids"]).tolist() == [8, 8]
+
+
+def test_mining_time_is_measured_and_sync_timing_is_off_by_default():
+    heads = make_heads(k=4)
+    assert heads.sync_timing is False and heads.last_mining_seconds == 0.0
+    heads.sync_timing = True  # on the CPU there is nothing to wait for
+    heads(*heads_inputs())
+    assert heads.last_mining_seconds > 0
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_readonly_pool_split_among_threads_gives_the_same_values_and_no_graph(threads):
+    from ohem.mining.pooling import readonly_pool
+    from ohem.mining.roi_heads import label_rois
+
+    heads = make_heads()
+    features, proposals, shapes, targets = heads_inputs()
+    rois = label_rois(heads, proposals, targets, 0.0)
+    args = (heads, features, rois.boxes, rois.image_ids, rois.num_images, shapes)
+    calls = []
+    heads.box_roi_pool.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    one, split = readonly_pool(*args, threads=1), readonly_pool(*args, threads=threads)
+    assert sorted(calls[1:]) == sorted(len(p) for p in rois.boxes.tensor_split(threads))  # really split
+    assert torch.equal(one, split) and not split.requires_grad and features["0"].requires_grad
+
+
+@pytest.mark.parametrize("nms_iou, dropout", [(0.7, True), (None, False)])
+def test_reused_pooling_gives_the_same_losses_and_gradients_as_pooling_again(monkeypatch, nms_iou, dropout):
+    import ohem.mining.roi_heads as core
+
+    features, proposals, shapes, targets = heads_inputs()
+    runs = []
+    for reuse in (False, True):
+        monkeypatch.setattr(core, "can_reuse_pooling", lambda heads, feats, reuse=reuse: reuse)
+        heads = make_heads(k=6, nms_iou=nms_iou)
+        heads.sampler = dataclasses.replace(heads.sampler, readonly_dropout=dropout)
+        calls = []
+        heads.box_roi_pool.register_forward_hook(lambda m, i, o, calls=calls: calls.append(o.requires_grad))
+        feats = {"0": features["0"].detach().clone().requires_grad_()}
+        torch.manual_seed(3)  # the same dropout masks
+        _, losses = heads(feats, proposals, shapes, targets)
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        grads = {n: p.grad for n, p in heads.named_parameters() if p.grad is not None}
+        runs.append((calls, losses, grads, feats["0"].grad))
+    (calls_a, losses_a, grads_a, feat_a), (calls_b, losses_b, grads_b, feat_b) = runs
+    # the trainable pass pools the mined RoIs again / takes the read-only pass's pooling
+    assert calls_a.count(True) == 1 and calls_b.count(True) == 0 and calls_a.count(False) == calls_b.count(False)
+    assert all(torch.equal(losses_a[k], losses_b[k]) for k in losses_a)
+    assert grads_a.keys() == grads_b.keys() and all(torch.equal(grads_a[k], grads_b[k]) for k in grads_a)
+    assert torch.equal(feat_a, feat_b) and feat_a.abs().sum() > 0
+
+
+def test_pooling_is_reused_only_for_one_level_roi_align_on_the_cpu_outside_autocast():
+    from ohem.mining.pooling import can_reuse_pooling
+
+    heads = make_heads()
+    features = {"0": torch.zeros(1, 96, 4, 4)}
+    assert can_reuse_pooling(heads, features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not can_reuse_pooling(heads, features)
+    heads.box_roi_pool = MultiScaleRoIAlign(["0", "1"], 7, 2)
+    assert not can_reuse_pooling(heads, {**features, "1": features["0"]})

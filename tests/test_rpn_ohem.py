@@ -128,7 +128,8 @@ def test_selection_equals_reference_on_random_inputs():
         assert got.numel() == k * len(anchors)  # thousands of anchors: every image fills its quota
         # The public pieces agree with the forward too.
         losses = per_anchor_loss(objectness, deltas, labels, reg_targets)
-        assert torch.equal(rpn.select_anchors(losses, labels, anchors), want)
+        candidates = torch.nonzero(labels >= 0).squeeze(1)  # the non-ignored anchors
+        assert torch.equal(rpn.select_anchors(losses, candidates, anchors), want)
 
 
 def test_loss_is_torchvision_formula_on_selected_anchors():
@@ -289,3 +290,15 @@ def test_zero_quota_gives_zero_loss():
     _, losses = rpn(image_list, features, targets)
     assert losses["loss_objectness"] == 0 and losses["loss_rpn_box_reg"] == 0
     (losses["loss_objectness"] + losses["loss_rpn_box_reg"]).backward()
+
+
+def test_mining_time_is_measured_and_the_all_anchor_loss_is_the_mean_over_non_ignored():
+    model = small_model()
+    image_list, features, targets = rpn_inputs(model)
+    rpn = ohem_rpn(model)
+    assert rpn.sync_timing is False and rpn.last_mining_seconds == 0.0
+    rpn.sync_timing = True  # on the CPU there is nothing to wait for
+    _, losses = rpn(image_list, features, targets)
+    assert rpn.last_mining_seconds > 0
+    mined = rpn.last_mining
+    assert torch.equal(losses["rpn_ohem_all_loss"], mined["losses"][mined["labels"] >= 0].mean())

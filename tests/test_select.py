@@ -105,3 +105,30 @@ def test_device_path_on_empty_input_and_zero_k():
     assert empty.dtype == torch.long and empty.numel() == 0
     boxes = torch.tensor([[0, 0, 1, 1], [5, 5, 6, 6]], dtype=torch.float)
     assert select_by_batched_nms(torch.tensor([1.0, 2.0]), boxes, torch.tensor([0, 0]), 0, 0.7).numel() == 0
+
+
+@pytest.mark.parametrize("use_labels", [False, True])
+def test_device_path_grows_its_prefix_when_the_hardest_rois_overlap(use_labels):
+    # The 1500 highest-loss RoIs of image 0 are near-copies of one box: the first prefixes keep one or
+    # a few of them, so the device path must grow its prefix to reach the walk's selection.
+    g = torch.Generator().manual_seed(0)
+    losses, boxes, image_ids, labels = random_rois(g, 3000, num_images=2, tie_levels=None, num_labels=2)
+    image_ids[:2000] = 0
+    image_ids[2000:] = 1
+    boxes[:1500] = torch.tensor([10.0, 10.0, 50.0, 50.0]) + torch.rand(1500, 4, generator=g) * 0.5
+    losses[:1500] += 10
+    use = labels if use_labels else None
+    want = reference(losses, boxes, image_ids, 64, 0.7, use)
+    assert torch.equal(select_hard_examples(losses, boxes, image_ids, 64, nms_iou=0.7, labels=use), want)
+    assert torch.equal(select_by_batched_nms(losses, boxes, image_ids, 64, 0.7, use), want)
+    assert torch.bincount(image_ids[want]).tolist() == [64, 64]
+
+
+def test_device_path_with_ties_across_the_prefix_boundary_and_per_label_nms():
+    # 600 RoIs of one loss: the tie straddles the first prefix (4 x 100); lower index goes first either way.
+    g = torch.Generator().manual_seed(1)
+    losses, boxes, image_ids, labels = random_rois(g, 600, num_images=1, tie_levels=1, num_labels=3)
+    for use in (None, labels):
+        want = reference(losses, boxes, image_ids, 100, 0.5, use)
+        assert torch.equal(select_hard_examples(losses, boxes, image_ids, 100, nms_iou=0.5, labels=use), want)
+        assert torch.equal(select_by_batched_nms(losses, boxes, image_ids, 100, 0.5, use), want)

@@ -1,10 +1,16 @@
-"""What OHEM mined, aggregated per interval of iterations, for ``mining.jsonl`` and ``ohem report``."""
+"""What OHEM mined, aggregated per interval of iterations, for ``mining.jsonl`` and ``ohem report``.
+
+Each step's counts, loss sums and hardest-RoI candidates are accumulated on the mined tensors'
+device, without reading a value back (on CUDA that would wait for the step's kernels); the host
+gets them once per record, at ``flush``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import Tensor
 
 IOU_BINS = 10  # histogram of the mined RoIs' IoU with their best gt box over [0, 1]
 HARDEST_KEPT = 8  # hardest RoIs remembered per interval, for the gallery
@@ -19,12 +25,10 @@ class MiningRecorder:
 
     def _reset(self) -> None:
         self.steps = 0
-        self.iou_hist = torch.zeros(IOU_BINS, dtype=torch.long)
-        self.label_counts = torch.zeros(self.num_classes + 1, dtype=torch.long)
-        self.mined_loss_sum = 0.0
-        self.all_loss_sum = 0.0
         self.num_mined = 0
-        self.hardest: list[dict[str, Any]] = []
+        self._sums: dict[str, Tensor] = {}  # iou_hist, label_counts, mined_loss, all_loss: on the device
+        self._steps: list[tuple[int, list[int], list[tuple[float, float]]]] = []  # per step: host metadata
+        self._hardest: dict[str, Tensor] = {}  # the hardest candidates so far, at most HARDEST_KEPT rows
 
     def add(
         self,
@@ -32,43 +36,83 @@ class MiningRecorder:
         mining: dict[str, Any],
         image_indices: list[int],
         image_sizes: list[tuple[int, int]],
-        all_roi_loss: float,
+        all_roi_loss: Tensor | float,
     ) -> None:
-        """One step: ``mining`` from the head, the batch's dataset indices and original (h, w)."""
-        losses, labels, iou = mining["losses"], mining["labels"], mining["iou"]
+        """One step: ``mining`` from the head, the batch's dataset indices and original (h, w), and the
+        step's mean loss over all RoIs (a tensor, read at ``flush``)."""
+        losses, labels, iou = mining["losses"].detach(), mining["labels"], mining["iou"].detach()
+        device = losses.device
+        # histc's bins over [0, 1] (float32 x * 10, truncated; 1.0 in the last bin), counted without a sync
+        bins = (iou.float().clamp(0, 1) * IOU_BINS).long().clamp(max=IOU_BINS - 1)
+        # labels above num_classes are dropped, as bincount(...)[: num_classes + 1] did
+        classes = labels.clamp(max=self.num_classes + 1)
+        step = {
+            "iou_hist": _counts(bins, IOU_BINS),
+            "label_counts": _counts(classes, self.num_classes + 2)[: self.num_classes + 1],
+            "mined_loss": losses.sum().double(),
+            "all_loss": torch.as_tensor(all_roi_loss, device=device).detach().double(),
+        }
+        self._sums = {k: self._sums[k] + v if k in self._sums else v for k, v in step.items()}
+        scales = [(w / rw, h / rh) for (h, w), (rh, rw) in zip(image_sizes, mining["image_shapes"])]
+        self._steps.append((iteration, list(image_indices), scales))
+        self._keep_hardest(mining, losses, iou, len(self._steps) - 1)
         self.steps += 1
         self.num_mined += losses.numel()
-        self.mined_loss_sum += losses.sum().item()
-        self.all_loss_sum += all_roi_loss
-        self.iou_hist += torch.histc(iou.float().clamp(0, 1), bins=IOU_BINS, min=0, max=1).long()
-        self.label_counts += torch.bincount(labels, minlength=self.num_classes + 1)[: self.num_classes + 1]
-        for j in torch.argsort(losses, descending=True)[:HARDEST_KEPT].tolist():
-            pos = int(mining["image_ids"][j])
-            (h, w), (rh, rw) = image_sizes[pos], mining["image_shapes"][pos]
-            box = mining["boxes"][j] * torch.tensor([w / rw, h / rh, w / rw, h / rh])
-            self.hardest.append({
-                "iteration": iteration,
-                "image_index": image_indices[pos],
-                "box": [round(v, 2) for v in box.tolist()],
-                "label": int(labels[j]),
-                "loss": round(float(losses[j]), 5),
-                "iou": round(float(iou[j]), 4),
-            })  # fmt: skip
-        self.hardest = sorted(self.hardest, key=lambda r: -r["loss"])[:HARDEST_KEPT]
+
+    def _keep_hardest(self, mining: dict[str, Any], losses: Tensor, iou: Tensor, slot: int) -> None:
+        """Merge this step's hardest RoIs into the kept ones: the HARDEST_KEPT highest losses, earlier
+        steps first among equal losses (stable sorts, so the order is the host list's was)."""
+        top = torch.sort(losses, descending=True, stable=True).indices[:HARDEST_KEPT]
+        new = {
+            "loss": losses[top], "iou": iou[top], "label": mining["labels"][top], "box": mining["boxes"][top].detach(),
+            "pos": mining["image_ids"][top], "slot": torch.full_like(top, slot),
+        }  # fmt: skip
+        both = {k: torch.cat([self._hardest[k], v]) if self._hardest else v for k, v in new.items()}
+        keep = torch.sort(both["loss"], descending=True, stable=True).indices[:HARDEST_KEPT]
+        self._hardest = {k: v[keep] for k, v in both.items()}
 
     def flush(self, iteration: int) -> dict[str, Any]:
         """The record of the steps added since the last flush (at least one)."""
-        fg = int(self.label_counts[1:].sum())
+        sums = {k: v.tolist() for k, v in self._sums.items()}  # the one copy to the host per record
+        fg = sum(sums["label_counts"][1:])
         record = {
             "iteration": iteration,
             "steps": self.steps,
             "num_mined": self.num_mined,
             "mined_fg_fraction": fg / max(self.num_mined, 1),
-            "mined_loss_mean": self.mined_loss_sum / max(self.num_mined, 1),
-            "all_roi_loss_mean": self.all_loss_sum / self.steps,
-            "iou_hist": self.iou_hist.tolist(),
-            "label_counts": self.label_counts.tolist(),
-            "hardest": self.hardest,
+            "mined_loss_mean": sums["mined_loss"] / max(self.num_mined, 1),
+            "all_roi_loss_mean": sums["all_loss"] / self.steps,
+            "iou_hist": sums["iou_hist"],
+            "label_counts": sums["label_counts"],
+            "hardest": self._hardest_records(),
         }
         self._reset()
         return record
+
+    def _hardest_records(self) -> list[dict[str, Any]]:
+        """The kept hardest RoIs as JSON, boxes in their image's original size, by rounded loss (ties:
+        the step added first, then the higher loss)."""
+        if not self._hardest:
+            return []
+        h = {k: v.cpu() for k, v in self._hardest.items()}
+        slots, positions = h["slot"].tolist(), h["pos"].tolist()
+        out = []
+        for j in sorted(range(len(slots)), key=lambda j: slots[j]):  # stable: within a step, by loss
+            iteration, indices, scales = self._steps[slots[j]]
+            pos = positions[j]
+            sx, sy = scales[pos]
+            box = h["box"][j] * torch.tensor([sx, sy, sx, sy])
+            out.append({
+                "iteration": iteration,
+                "image_index": indices[pos],
+                "box": [round(v, 2) for v in box.tolist()],
+                "label": int(h["label"][j]),
+                "loss": round(float(h["loss"][j]), 5),
+                "iou": round(float(h["iou"][j]), 4),
+            })  # fmt: skip
+        return sorted(out, key=lambda r: -r["loss"])
+
+
+def _counts(values: Tensor, bins: int) -> Tensor:
+    """``bincount`` with a fixed length: CUDA's bincount reads the maximum back to size its output."""
+    return torch.zeros(bins, dtype=torch.long, device=values.device).index_add_(0, values, torch.ones_like(values))

@@ -2,9 +2,11 @@
 
 1. ``label_rois``: every proposal plus the gt boxes, labelled (fg at IoU >= 0.5, else bg, no fg
    fraction, background from ``bg_iou_low`` up);
-2. ``readonly_losses``: the box head over all of them under ``no_grad``, one loss per RoI;
+2. ``readonly_losses``: the box head over all of them under ``no_grad``, one loss per RoI, in
+   ``sampler.readonly_precision``;
 3. ``select_hard_examples``: the highest-loss RoIs per image after NMS among them;
-4. ``OHEMRoIHeads``: torchvision's own forward and loss, with gradients, on those RoIs only.
+4. ``OHEMRoIHeads``: torchvision's own forward and loss, with gradients, on those RoIs only (on the
+   CPU from the read-only pass's pooling of them: ``ohem.mining.pooling``).
 Evaluation is ``RoIHeads``' own code path, untouched.
 """
 
@@ -24,6 +26,7 @@ from torchvision.ops import box_area, box_iou
 
 from ohem.config import SamplerConfig
 from ohem.mining.box_targets import BoxTargetNorm
+from ohem.mining.pooling import can_reuse_pooling, readonly_pool, reuse_pooling, rows_of
 from ohem.mining.select import select_hard_examples
 
 
@@ -109,24 +112,56 @@ def mining_loss(cls_loss: torch.Tensor, box_loss: torch.Tensor, kind: str) -> to
 
 @torch.no_grad()
 def readonly_losses(
-    heads: RoIHeads, features: dict, rois: LabelledRoIs, image_shapes: list[tuple[int, int]], sampler: SamplerConfig
-) -> torch.Tensor:
-    """(R,) mining loss of every RoI, ``sampler.max_rois_per_chunk`` RoIs at a time, no graph kept."""
-    dtype = getattr(torch, sampler.readonly_dtype) if sampler.readonly_dtype else None
-    # An enclosing autocast already runs this pass in low precision; a nested one of another dtype
-    # would leave its weight casts in the shared autocast cache, so none is opened then.
-    use = dtype is not None and not torch.is_autocast_enabled(rois.boxes.device.type)
-    autocast = torch.autocast(rois.boxes.device.type, dtype=dtype) if use else contextlib.nullcontext()
+    heads: RoIHeads, features: dict, rois: LabelledRoIs, image_shapes: list[tuple[int, int]], sampler: SamplerConfig,
+    pooled: list[Tensor] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """(R,) mining loss of every RoI, ``sampler.max_rois_per_chunk`` RoIs at a time, no graph kept, in
+    ``sampler.readonly_precision``; the pooled features are appended to ``pooled`` when given."""
     chunks, step = [], sampler.max_rois_per_chunk
-    with readonly_mode(heads, sampler.readonly_dropout), autocast:
+    with readonly_mode(heads, sampler.readonly_dropout), readonly_numerics(rois.boxes.device, sampler):
         for start in range(0, rois.boxes.shape[0], step):
-            ids = rois.image_ids[start : start + step]
-            pieces = [rois.boxes[start : start + step][ids == i] for i in range(rois.num_images)]
-            logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, pieces, image_shapes)))
+            boxes, ids = rois.boxes[start : start + step], rois.image_ids[start : start + step]
+            features_of_rois = readonly_pool(heads, features, boxes, ids, rois.num_images, image_shapes)
+            if pooled is not None:
+                pooled.append(features_of_rois)
+            logits, deltas = heads.box_predictor(heads.box_head(features_of_rois))
             labels, targets = rois.labels[start : start + step], rois.box_targets[start : start + step]
             terms = per_roi_loss_terms(logits, deltas, labels, targets, box_loss_beta(heads))
             chunks.append(mining_loss(*terms, sampler.mining_loss))
     return torch.cat(chunks) if chunks else rois.boxes.new_zeros(0)
+
+
+def readonly_numerics(device: torch.device, sampler: SamplerConfig) -> contextlib.AbstractContextManager:
+    """bf16/fp16: autocast of that dtype; tf32/fp32: TF32 matmuls and convolutions on/off on CUDA (on
+    the CPU both are plain float32). The trainable pass keeps the step's own precision."""
+    precision = sampler.readonly_precision
+    if precision in ("bf16", "fp16"):
+        # An enclosing autocast already runs this pass in low precision; a nested one of another dtype
+        # would leave its weight casts in the shared autocast cache, so none is opened then.
+        if torch.is_autocast_enabled(device.type):
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return cuda_tf32(precision == "tf32") if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cuda_tf32(enabled: bool) -> Iterator[None]:
+    """CUDA matmuls and cuDNN convolutions in TF32 (or strict float32), restored on exit."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: its new API only (mixing it with the old raises)
+        saved = matmul.fp32_precision, cudnn.conv.fp32_precision
+        matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = saved
+    else:
+        saved = matmul.allow_tf32, cudnn.allow_tf32
+        matmul.allow_tf32 = cudnn.allow_tf32 = enabled
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 @contextlib.contextmanager
@@ -217,15 +252,18 @@ class OHEMRoIHeads(BoxLossRoIHeads):
     """``RoIHeads`` that trains on the hardest RoIs instead of a fg/bg sample (Shrivastava et al. 2016).
 
     ``sampler`` holds the mining settings (batch_size_per_image, nms_iou, nms_per_label, mining_loss,
-    bg_iou_low, max_rois_per_chunk, readonly_dropout, readonly_dtype). The loss dict gains detached
-    ``ohem_*`` statistics; ``last_mining`` holds the last step's mined RoIs (on the CPU).
+    bg_iou_low, max_rois_per_chunk, readonly_dropout, readonly_precision). The loss dict gains detached
+    ``ohem_*`` statistics; ``last_mining`` holds the last step's mined RoIs (detached, on their device);
+    ``last_mining_seconds`` the wall time of labelling, read-only pass and selection, measured after
+    the queued CUDA kernels finish when ``sync_timing`` is set (the trainer sets it on logged steps).
     """
 
     def __init__(self, *args, sampler: SamplerConfig, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = sampler
         self.last_mining: dict = {}
-        self.last_mining_seconds = 0.0  # labelling + read-only pass + selection (on CUDA without a sync)
+        self.last_mining_seconds = 0.0
+        self.sync_timing = False
 
     def forward(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
@@ -234,15 +272,21 @@ class OHEMRoIHeads(BoxLossRoIHeads):
         features, proposals = poolable(features, proposals)
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
-        s, tic = self.sampler, time.perf_counter()
+        s, device = self.sampler, proposals[0].device
+        tic = clock(self.sync_timing, device)
         rois = label_rois(self, proposals, targets, s.bg_iou_floor)
-        losses = readonly_losses(self, features, rois, image_shapes, s)
+        pooled: list[Tensor] | None = [] if can_reuse_pooling(self, features) else None
+        losses = readonly_losses(self, features, rois, image_shapes, s, pooled)
         per_label = rois.labels if s.nms_per_label else None
         hard = select_hard_examples(losses, rois.boxes, rois.image_ids, s.batch_size_per_image, s.nms_iou, per_label)
-        self.last_mining_seconds = time.perf_counter() - tic
+        self.last_mining_seconds = clock(self.sync_timing, device) - tic
         self._sampled = rois.per_image(hard)
-        try:  # the trainable pass: torchvision's forward and loss, on the RoIs select_training_samples hands it
-            result, train_losses = super().forward(features, proposals, image_shapes, targets)
+        # the trainable pass: torchvision's forward and loss, on the RoIs select_training_samples hands it
+        # (pooled by the read-only pass already, on the CPU)
+        reuse = reuse_pooling(self, rows_of(pooled, hard)) if pooled else contextlib.nullcontext()
+        try:
+            with reuse:
+                result, train_losses = super().forward(features, proposals, image_shapes, targets)
         finally:
             self._sampled = None
         self.last_mining = mining_record(rois, losses, hard, image_shapes)
@@ -269,15 +313,25 @@ def mining_stats(rois: LabelledRoIs, losses: torch.Tensor, hard: torch.Tensor) -
 
 
 def mining_record(rois: LabelledRoIs, losses: torch.Tensor, hard: torch.Tensor, image_shapes: list) -> dict:
-    """The mined RoIs of one step on the CPU (boxes in the resized ``image_shapes`` frames)."""
+    """The mined RoIs of one step, detached, left on their device: ``MiningRecorder`` reads them on the
+    host only when it writes a record (boxes in the resized ``image_shapes`` frames)."""
+    boxes = rois.boxes[hard].detach()
     return {
-        "image_ids": rois.image_ids[hard].cpu(),
-        "boxes": rois.boxes[hard].detach().cpu(),
-        "labels": rois.labels[hard].cpu(),
-        "losses": losses[hard].detach().cpu(),
-        "iou": elementwise_iou(rois.boxes[hard], rois.matched_gt[hard]).detach().cpu(),
+        "image_ids": rois.image_ids[hard],
+        "boxes": boxes,
+        "labels": rois.labels[hard],
+        "losses": losses[hard].detach(),
+        "iou": elementwise_iou(boxes, rois.matched_gt[hard]),
         "image_shapes": list(image_shapes),
     }
+
+
+def clock(sync: bool, device: torch.device) -> float:
+    """``time.perf_counter()``; with ``sync``, once the kernels queued on a CUDA ``device`` have run
+    (without it, CUDA time is only the time to queue them)."""
+    if sync and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def poolable(features: dict, proposals: list[torch.Tensor]) -> tuple[dict, list[torch.Tensor]]:

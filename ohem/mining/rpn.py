@@ -25,14 +25,13 @@ the RoI case there is no second pass: ranking only reads its detached outputs.
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
+from ohem.mining.roi_heads import clock
 from ohem.mining.select import select_hard_examples
 
 
@@ -68,14 +67,16 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
     ``batch_size_per_image`` anchors per image (``fg_bg_sampler.batch_size_per_image``; its
     ``positive_fraction`` is unused: the fg/bg mix is whatever the losses give). ``nms_iou=None``
     turns NMS off. The loss dict keeps torchvision's keys and gains detached ``rpn_ohem_*`` stats.
-    ``last_mining`` holds the latest training step's selection (detached, on the input device).
+    ``last_mining`` holds the latest training step's selection (detached, on the input device);
+    ``last_mining_seconds`` the ranking and selection time, after a CUDA sync when ``sync_timing``.
     """
 
     def __init__(self, *args, nms_iou: float | None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.nms_iou = nms_iou
         self.last_mining: dict[str, torch.Tensor] = {}
-        self.last_mining_seconds = 0.0  # ranking + selection wall time (approximate on CUDA: no sync)
+        self.last_mining_seconds = 0.0
+        self.sync_timing = False
         self._anchors: list[torch.Tensor] | None = None
         self._mining_stats: dict[str, torch.Tensor] = {}
 
@@ -142,26 +143,27 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
     ) -> tuple[Tensor, Tensor]:
         if self._anchors is None:
             raise RuntimeError("OHEMRegionProposalNetwork.compute_loss is called from forward() only")
-        tic = time.perf_counter()
+        tic = clock(self.sync_timing, objectness.device)
         all_labels = torch.cat(labels)
         losses = per_anchor_loss(objectness, pred_bbox_deltas, all_labels, torch.cat(regression_targets))
-        selected = self.select_anchors(losses, all_labels, self._anchors)
-        self.last_mining_seconds = time.perf_counter() - tic
-        valid = all_labels >= 0
+        candidates = torch.nonzero(all_labels >= 0).squeeze(1)
+        selected = self.select_anchors(losses, candidates, self._anchors)
+        self.last_mining_seconds = clock(self.sync_timing, objectness.device) - tic
         zero = losses.new_zeros(())
-        self._mining_stats = {
+        self._mining_stats = {  # sizes known on the host: no value is read back
             "rpn_ohem_fg_fraction": (all_labels[selected] > 0).float().mean() if selected.numel() else zero,
-            "rpn_ohem_all_loss": losses[valid].mean() if valid.any() else zero,
+            "rpn_ohem_all_loss": losses[candidates].mean() if candidates.numel() else zero,
         }
         self.last_mining = {"selected": selected, "losses": losses, "labels": all_labels}
         return selected_anchor_loss(objectness, pred_bbox_deltas, labels, regression_targets, selected)
 
-    def select_anchors(self, losses: torch.Tensor, labels: torch.Tensor, anchors: list[torch.Tensor]) -> torch.Tensor:
-        """Hard anchors: indices into the concatenated anchors of all images, per image by loss,
-        non-ignored only, after NMS among anchors, at most ``num_per_image`` each."""
-        counts = torch.tensor([a.shape[0] for a in anchors], device=losses.device)
-        image_ids = torch.repeat_interleave(torch.arange(len(anchors), device=losses.device), counts)
-        candidates = torch.nonzero(labels.reshape(-1) >= 0).squeeze(1)
+    def select_anchors(
+        self, losses: torch.Tensor, candidates: torch.Tensor, anchors: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Hard anchors among ``candidates`` (the non-ignored ones): indices into the concatenated anchors
+        of all images, per image by loss, after NMS among anchors, at most ``num_per_image`` each."""
+        # filled on the device (a tensor built from host counts would be a blocking copy on CUDA)
+        image_ids = torch.cat([torch.full((a.shape[0],), i, device=losses.device) for i, a in enumerate(anchors)])
         boxes = torch.cat(anchors)
         picked = select_hard_examples(
             losses[candidates], boxes[candidates], image_ids[candidates], self.num_per_image, nms_iou=self.nms_iou

@@ -9,13 +9,20 @@ torchvision's NMS kernels (a stable descending sort), so both the set that survi
 top-k cut are defined for ties.
 
 Cost: a full NMS compares every RoI with every RoI it keeps, over all RoIs. Selection needs only
-the first ``num_per_image`` survivors, so on the CPU candidates are visited in blocks in loss order
-and the walk stops once enough are kept: the IoUs computed are those of a few blocks, not of all
-RoIs. The walk runs on host copies of the losses and boxes (a few kB per step, also on CUDA).
-``select_by_batched_nms`` is the same selection as tensor operations on the inputs' device (the full
-NMS, then a per-image rank): on 2 CPU cores it is 12x (4000 RoIs) to 85x (20000) slower than the
-walk; whether it beats the walk's host round trip on a GPU is for ``benchmarks/bench_mining.py
---device cuda`` to measure (torchvision's CUDA NMS itself copies an N x N/64 mask to the host).
+the first ``num_per_image`` survivors, and the survivors among a loss-ordered prefix of an image's
+RoIs are the full NMS's survivors in that prefix. Two implementations use this:
+
+* the greedy walk (on the CPU): candidates are visited in blocks in loss order and the walk stops
+  once enough are kept; on 2 CPU cores it is 12x (4000 RoIs) to 85x (20000) faster than a full
+  ``batched_nms``;
+* ``select_by_batched_nms`` (on CUDA): tensor operations on the inputs' device, ``batched_nms`` on
+  the first RoIs of each image in loss order, the prefix grown until every image has enough
+  survivors; no copy of losses or boxes to the host (torchvision's CUDA NMS copies its
+  prefix-sized overlap mask and syncs once per round).
+
+``select_hard_examples`` picks by device: the walk for CPU tensors, the device path otherwise.
+Which is faster on a GPU (the device path, or the walk with a host round trip) is for
+``benchmarks/bench_mining.py --device cuda`` to decide; it times both.
 """
 
 from __future__ import annotations
@@ -42,11 +49,13 @@ def select_hard_examples(
         nms_iou: a RoI is skipped when its IoU with an already kept RoI of the same image (and
             label) is above this; ``None`` turns NMS off.
         labels: (R,) optional; when given, NMS only compares RoIs of the same label.
+
+    CPU tensors take the greedy walk; tensors on another device stay there (``select_by_batched_nms``).
     """
+    if losses.device.type != "cpu":
+        return select_by_batched_nms(losses, boxes, image_ids, num_per_image, nms_iou, labels)
     _check_inputs(losses, boxes, image_ids, num_per_image, labels)
-    device = losses.device
-    losses, boxes, image_ids = losses.detach().cpu(), boxes.detach().cpu(), image_ids.cpu()
-    labels = labels.cpu() if labels is not None else None
+    losses, boxes = losses.detach(), boxes.detach()
     selected = []
     for image_id in torch.unique(image_ids):  # sorted ascending
         members = torch.nonzero(image_ids == image_id).squeeze(1)
@@ -57,8 +66,8 @@ def select_hard_examples(
         else:
             selected.append(_greedy_nms_topk(order, boxes, labels, num_per_image, nms_iou))
     if not selected:
-        return torch.zeros(0, dtype=torch.long, device=device)
-    return torch.cat(selected).to(device)
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat(selected)
 
 
 def select_by_batched_nms(
@@ -69,18 +78,32 @@ def select_by_batched_nms(
     nms_iou: float | None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The same selection as the greedy walk, as tensor operations on the inputs' device (no host
-    round trip): ``batched_nms`` over all RoIs, then a per-image rank by (loss desc, index asc)."""
+    """The same selection as the greedy walk, as tensor operations on the inputs' device (no copy to the
+    host): ``batched_nms`` on each image's first RoIs in (loss desc, index asc) order, a prefix grown
+    4x until every image has ``num_per_image`` survivors or has no RoIs left, then a per-image cut."""
     _check_inputs(losses, boxes, image_ids, num_per_image, labels)
-    keep = torch.arange(losses.numel(), device=losses.device)
-    if nms_iou is not None and losses.numel():
-        groups = image_ids if labels is None else image_ids * (labels.max() + 1) + labels
-        keep = batched_nms(boxes, losses, groups, nms_iou).sort().values
-    keep = keep[torch.sort(losses[keep], descending=True, stable=True).indices]  # ties: lower index first
-    keep = keep[torch.sort(image_ids[keep], stable=True).indices]  # images in ascending id
-    image = image_ids[keep]
-    rank = torch.arange(keep.numel(), device=keep.device) - torch.searchsorted(image, image)
-    return keep[rank < num_per_image]
+    losses, boxes = losses.detach(), boxes.detach()
+    order = torch.sort(losses, descending=True, stable=True).indices  # ties: lower index first
+    order = order[torch.sort(image_ids[order], stable=True).indices]  # images in ascending id
+    rank = _rank_in_image(image_ids[order])
+    if nms_iou is None or order.numel() == 0:
+        return order[rank < num_per_image]
+    groups = image_ids if labels is None else image_ids * (labels.max() + 1) + labels
+    per_image = torch.bincount(image_ids)
+    limit = max(4 * num_per_image, 256)
+    while True:
+        prefix = order[rank < limit]
+        kept = prefix[batched_nms(boxes[prefix], losses[prefix], groups[prefix], nms_iou).sort().values]
+        short = (torch.bincount(image_ids[kept], minlength=per_image.numel()) < num_per_image) & (per_image > limit)
+        if not bool(short.any()):  # one sync per round; the NMS above has synced already
+            return kept[_rank_in_image(image_ids[kept]) < num_per_image]
+        limit *= 4
+
+
+def _rank_in_image(sorted_image_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each entry within its image, for ids sorted ascending."""
+    positions = torch.arange(sorted_image_ids.numel(), device=sorted_image_ids.device)
+    return positions - torch.searchsorted(sorted_image_ids, sorted_image_ids)
 
 
 def _check_inputs(
