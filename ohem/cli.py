@@ -10,6 +10,7 @@ ohem proposals --data voc:ROOT --split trainval --method selective-search --mode
 ohem proposals --import-mat FILE.mat --data voc:ROOT --split trainval --out FILE.npz  (Fast R-CNN's boxes)
 ohem recipe    FILE.yaml [--check]  (the recipe card: settings beside the paper's and the authors' code's)
 ohem export    --layout voc|coco --out DIR [--split train] [--set data.key=value ...]  (the synthetic data)
+ohem bench     --config FILE --arms a,b,... --seeds 0 1 2 [--budget iterations|seconds] --out DIR  (--list-arms)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt (same config, bar "
                    "the run length, evaluation, logging, threads and device: docs/RELIABILITY.md)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="OUT holds a run: move it to OUT/previous-N/ and start afresh")
+    _add_workers(p)
     p.set_defaults(func=cmd_train)
 
     p = add_parser("eval", help="score a checkpoint, or a detections file, on a dataset split (AP per class)")
@@ -53,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_data_arguments(p)
     p.add_argument("--metric", default="voc", choices=typing.get_args(Metric),
                    help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools)")  # fmt: skip
-    _add_overrides(p, "override the data config, e.g. --set data.num_test=500")
+    _add_overrides(p, "override the data or test config, e.g. --set data.num_test=500 --set test.images_per_batch=8")
     p.add_argument("--device", default="auto")
+    _add_workers(p)
     p.set_defaults(func=cmd_eval)
 
     p = add_parser("detect", help="draw a checkpoint's detections on image files")
@@ -75,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_data_arguments(p)
     p.add_argument("--import-mat", metavar="FILE.mat", help="convert Fast R-CNN's selective-search boxes of the split "
                    "(selective_search_data/*.mat) instead of computing them; see docs/PROPOSALS.md")  # fmt: skip
-    p.add_argument("--method", choices=["selective-search"], help="(computing) default: selective-search")
+    p.add_argument("--method", choices=["selective-search", "dense"], help="(computing) default: selective-search; "
+                   "dense: boxes around each ground-truth box plus random ones, for benchmarks "
+                   "(docs/PROPOSALS.md)")  # fmt: skip
+    p.add_argument("--copies", type=int, default=20, help="(dense) boxes around each ground-truth box (default 20)")
+    p.add_argument("--jitter", type=float, default=0.15, help="(dense) their coordinates' normal noise, as a "
+                   "fraction of the box's width or height (default 0.15)")  # fmt: skip
     p.add_argument("--mode", choices=["fast", "quality"], help="(computing) default: fast")
     p.add_argument("--max-boxes", type=int, help="(computing) boxes kept per image, in selective search's order; "
                    "default: 2000")  # fmt: skip
@@ -100,6 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     _add_overrides(p, "dotted override applied before the card is made (repeatable)")
     p.add_argument("--check", action="store_true", help="exit 1 if a setting differs from its source without a reason")
     p.set_defaults(func=cmd_recipe)
+
+    p = add_parser("bench", help="train sampler arms x seeds on a config: mAP and cost tables, curves, a verdict")
+    p.add_argument("--config", help="YAML config every arm trains")
+    p.add_argument("--arms", default="heuristic,tv-default,ohem", help="comma-separated arm names (--list-arms)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (initial weights, data order)")
+    p.add_argument("--budget", choices=["iterations", "seconds"], default="iterations", help="iterations: "
+                   "every arm trains solver.iterations; seconds: --seconds at its measured s/iter, lr schedule "
+                   "scaled")  # fmt: skip
+    p.add_argument("--seconds", type=float, help="--budget seconds: training seconds per run (default: "
+                   "solver.iterations at the first arm's s/iter)")  # fmt: skip
+    _add_overrides(p, "override for every arm, under the arm's own (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time, each on cores/jobs threads")
+    p.add_argument("--cost-iters", type=int, default=60, help="timed iterations per arm in the cost phase")
+    p.add_argument("--cost-init", metavar="CKPT", help="cost phase: start from these weights (a trained RPN "
+                   "passes its steady-state number of RoIs)")  # fmt: skip
+    p.add_argument("--out", help="benchmark folder; rerun into it to resume")
+    p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
+    p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     return run_command(args)
@@ -164,11 +190,22 @@ def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def _add_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, metavar="N", dest="loader_workers", help="image-loading processes, "
+                        "as --set data.workers=N (0: in this process; default: the config's, else one per core "
+                        "but one, at most 4)")  # fmt: skip
+
+
+def _workers_override(args: argparse.Namespace) -> list[str]:
+    workers = getattr(args, "loader_workers", None)
+    return [] if workers is None else [f"data.workers={workers}"]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ohem.evaluation.score import format_metrics
     from ohem.train import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides + _workers_override(args))
     out = Path(args.out)
     metrics = train(cfg, out, resume=args.resume, force=args.force)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
@@ -180,6 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
+    from ohem.data.loader import default_workers
     from ohem.evaluation.detections_file import read_detections, write_detections
     from ohem.evaluation.score import format_metrics, score_detections
     from ohem.inference import TestTime, model_from_checkpoint, predict
@@ -191,12 +229,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.checkpoint:
         device = resolve_device(args.device, what="--device")
         model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
-        dataset = build_dataset(_data_config(cfg, args).data, "test", args.split)
+        cfg = _data_config(cfg, args)
+        dataset = build_dataset(cfg.data, "test", args.split)
         _check_not_empty(dataset)
         if list(dataset.classes) != classes:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
         test_time = TestTime.from_config(cfg.model)
-        detections = predict(model, dataset, device, cfg.solver.images_per_batch, test_time=test_time)
+        workers = default_workers() if cfg.data.workers is None else cfg.data.workers
+        detections = predict(model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers)
         make_out_dir(out)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
     else:
@@ -231,6 +271,13 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
     dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
+    if args.method == "dense":
+        from ohem.data.dense_proposals import dense_proposals
+
+        max_boxes = 2000 if args.max_boxes is None else args.max_boxes
+        path = dense_proposals(dataset, args.out, max_boxes, args.copies, args.jitter)
+        print(f"wrote {path} ({len(dataset)} images, {max_boxes} boxes each)")
+        return 0
     if not args.import_mat:
         from ohem.data.proposals import compute_proposals
 
@@ -294,9 +341,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_config(cfg: Config, args: argparse.Namespace) -> Config:
-    """``cfg`` with --data, --classes and the data.* overrides applied."""
+    """``cfg`` with --data, --classes, --workers and the data.* and test.* overrides applied."""
     _check_data_overrides(args.overrides)
-    overrides = []
+    overrides = _workers_override(args)
     if args.data:
         kind, _, root = args.data.partition(":")
         if kind not in ("synthetic", "voc", "coco") or (kind != "synthetic" and not root):
@@ -313,8 +360,8 @@ def _data_config(cfg: Config, args: argparse.Namespace) -> Config:
 
 def _check_data_overrides(overrides: list[str]) -> None:
     for item in overrides:
-        if not item.startswith("data."):
-            raise ConfigError(f"override {item!r}: this command takes only data.key=value overrides")
+        if not item.startswith(("data.", "test.")):
+            raise ConfigError(f"override {item!r}: this command takes only data.key=value and test.key=value overrides")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -339,8 +386,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     pngs = output_names(args.images, out)
     make_out_dir(out)
     results = []
-    for path, image, png in zip(args.images, images, pngs):
-        det = predict(model, [(image, {})], device, batch_size=1, test_time=test_time)[0]
+    batch = cfg.test.images_per_batch  # images already read: no loader processes
+    detections = predict(model, [(image, {}) for image in images], device, batch, test_time=test_time)
+    for path, image, png, det in zip(args.images, images, pngs, detections):
         draw_detections([image], [det], classes, png, args.score_thresh, titles=[Path(path).name])
         keep = det.scores >= args.score_thresh
         results.append({"image": str(path), "drawing": str(png), "boxes": det.boxes[keep].tolist(),
@@ -410,3 +458,12 @@ def cmd_recipe(args: argparse.Namespace) -> int:
         print(f"ohem recipe: {len(card.different)} setting(s) differ from the source: {names}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ohem import bench
+
+    if args.list_arms:
+        print(bench.format_arms(), end="")
+        return 0
+    return bench.run_bench(bench.Bench.from_args(args))

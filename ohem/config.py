@@ -78,6 +78,7 @@ class DataConfig(_Section):
     max_proposal_boxes: int | None = 1_000_000_000
     hflip: bool = False  # training: mirror each image with probability 0.5
     aspect_grouping: bool = False  # training: batches of images of one orientation (wide or tall)
+    workers: int | None = None  # loader processes (0: in the training process); None: cores - 1, at most 4
     num_train: int = 1000  # synthetic only
     num_test: int = 200  # synthetic only
     image_size: int = 160  # synthetic only
@@ -128,7 +129,7 @@ class SamplerConfig(_Section):
     # ohem | heuristic (Fast R-CNN's fg-fraction rule; with 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's)
     method: Literal["ohem", "heuristic"] = "ohem"
     batch_size_per_image: int = 64  # B / N: RoIs trained on per image
-    fg_fraction: float = 0.25  # heuristic only
+    fg_fraction: float = 0.25  # heuristic (and ohem before ohem_start)
     bg_iou_low: float | None = None  # None: 0.1 for heuristic, 0.0 for ohem (docs/PAPER.md); see bg_iou_floor
     nms_iou: float | None = 0.7  # ohem: NMS among RoIs by loss; None = off
     mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
@@ -140,6 +141,10 @@ class SamplerConfig(_Section):
     readonly_precision: Literal["fp32", "tf32", "bf16", "fp16"] = "tf32"
     # ohem: two-pass (the paper's) | loss-zeroing (the variant the paper rejects; a benchmark arm, for its cost)
     implementation: Literal["two-pass", "loss-zeroing"] = "two-pass"
+    # ohem: the first iteration that mines; before it, a random sample of fg_fraction foreground and
+    # background from bg_iou_low. Not in the paper (which starts from ImageNet weights): a from-scratch
+    # box head can collapse under mining from the first step (docs/BENCHMARKS.md, "When OHEM pays").
+    ohem_start: int = 0
     rpn_ohem: bool = False  # OHEM for the RPN too: loss-ranked anchors with NMS instead of 256 random 1:1
     rpn_nms_iou: float | None = 0.7  # rpn_ohem: NMS among anchors by loss; None = off
 
@@ -188,6 +193,16 @@ class TrainConfig(_Section):
     check_sync_every: int = 0  # torchrun: compare the processes' weights every N steps (0: never)
     vis_images: int = 4  # test images drawn in detections.png
     vis_score_thresh: float = 0.5
+    timing_every: int = 10  # CUDA: synchronize to time the mining every N iterations (a sync stalls the queue)
+
+
+@dataclass
+class TestConfig(_Section):
+    """Evaluation, ``ohem eval``, ``ohem detect`` and the all-RoI loss measure."""
+
+    SECTION = "test"
+    __test__ = False  # a class named Test* that pytest must not collect
+    images_per_batch: int = 4  # images per forward pass at test time
 
 
 @dataclass
@@ -197,6 +212,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ from torchvision.ops import batched_nms
 
 from ohem.checkpoint import load_checkpoint
 from ohem.config import Config, ModelConfig, config_from_dict
+from ohem.data.loader import eval_batches
 from ohem.evaluation.voc import ImageDetections
 from ohem.models import build_detector
 from ohem.models.box_voting import iterative_box_regression_detect
@@ -91,15 +92,14 @@ def predict(
     batch_size: int = 2,
     indices: list[int] | None = None,
     test_time: TestTime | None = None,
+    workers: int = 0,
 ) -> list[ImageDetections]:
-    """Detections of ``model`` on ``dataset`` (or on its images ``indices``), in that order."""
+    """Detections of ``model`` on ``dataset`` (or on its images ``indices``), in that order; images
+    read by ``workers`` loader processes (0: in this one)."""
     model.eval()
     indices = list(range(len(dataset))) if indices is None else indices
     out = []
-    for start in range(0, len(indices), batch_size):
-        batch = [dataset[i] for i in indices[start : start + batch_size]]
-        images = [image.to(device) for image, _ in batch]
-        targets = [{k: v.to(device) for k, v in target.items()} for _, target in batch]
+    for _, images, targets in eval_batches(dataset, indices, batch_size, workers, device):
         for det in detect(model, images, targets, test_time):
             out.append(ImageDetections(det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
     return out

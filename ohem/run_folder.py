@@ -48,7 +48,27 @@ RESUME_MAY_CHANGE = (
     "train.num_threads",
     "train.device",
     "train.check_sync_every",
+    "train.timing_every",
+    "data.workers",
+    "test.images_per_batch",
 )
+
+
+# Descriptors of the locks this process holds. A forked child (a DataLoader worker) closes its
+# copies at once: a flock belongs to the open file, so a child that outlived a killed trainer
+# would otherwise keep its folder locked.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunFolderError(ValueError):
@@ -63,12 +83,14 @@ def claim(out: Path, enabled: bool = True) -> Iterator[None]:
         return
     path = out / LOCK_NAME
     fd = _take_lock(out, path)
+    _HELD_LOCKS.add(fd)
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
             if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
                 os.unlink(path)  # unlinked while still held: no one can lock the old file afterwards
+        _HELD_LOCKS.discard(fd)
         os.close(fd)
 
 

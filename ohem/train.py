@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ from tqdm import tqdm
 from ohem import distributed, run_folder
 from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng, save_checkpoint
 from ohem.config import Config
-from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch_indices, hflip
+from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch_indices
+from ohem.data.loader import Batch, TrainBatches, default_workers, train_loader
 from ohem.evaluation.roi_loss import mean_roi_loss
 from ohem.evaluation.score import METRIC_NAMES, evaluate
 from ohem.inference import TestTime, load_weights_into, predict, state_dict_problems
 from ohem.mining import OHEMRoIHeads
+from ohem.mining.stall import StallWatch
 from ohem.models import build_detector
 from ohem.runlog import RunLog
 from ohem.util import atomic_open, make_out_dir, one_line, strict_json
@@ -58,6 +61,12 @@ class Run:
     start: int
     log: RunLog
     groups: tuple[int, ...] | None  # orientation of each training image, when batches are grouped
+    workers: int  # loader processes
+
+    @property
+    def images_per_step(self) -> int:  # this process's images per SGD step
+        s = self.cfg.solver
+        return s.images_per_batch * s.accumulate_steps // self.d.world
 
     @property
     def checkpoint_path(self) -> Path:
@@ -90,19 +99,28 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = 
 def _train(run: Run) -> dict[str, Any]:
     """The iterations of a set-up run, then the final evaluation, ``metrics.json`` and the drawing."""
     cfg = run.cfg
-    t, metrics = cfg.train, {}
+    t, metrics, speed = cfg.train, {}, None
     bar = tqdm(range(run.start, cfg.solver.iterations), initial=run.start, total=cfg.solver.iterations,
                desc="train", dynamic_ncols=True, disable=not run.d.main)  # fmt: skip
+    batches = training_batches(run)
+    ohem = isinstance(run.core.roi_heads, OHEMRoIHeads)
+    watched_from = max(cfg.solver.warmup_iterations, cfg.sampler.ohem_start)
+    watch = StallWatch(t.mining_log_every, watched_from) if ohem else None
     try:
         for it in bar:
             done = it + 1 == cfg.solver.iterations
-            record = train_step(run, it)
+            record = train_step(run, it, batches)
+            if watch and run.d.main and (warning := watch.add(it + 1, record["ohem_all_roi_loss"],
+                                                              record["ohem_mined_loss"])):  # fmt: skip
+                bar.write(f"ohem train: warning: {warning}", file=sys.stderr)
             if t.check_sync_every and (it + 1) % t.check_sync_every == 0:
                 check_in_sync(run.d, run.core, it + 1)
             if (it + 1) % t.mining_log_every == 0 or done:
                 run.log.flush_mining(it + 1)
             run.log.step(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+            rate = run.images_per_step / (record["time_data"] + record["time_step"])
+            speed = rate if speed is None else 0.9 * speed + 0.1 * rate  # smoothed images/s
+            bar.set_postfix({"loss": f"{record['loss']:.3f}", "img/s": f"{speed:.1f}"}, refresh=False)
             if done or (t.eval_every and (it + 1) % t.eval_every == 0):
                 metrics = evaluate_during_training(run, it + 1, bar.write)
             if done or (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0):
@@ -120,42 +138,85 @@ def _train(run: Run) -> dict[str, Any]:
     return metrics
 
 
-def train_step(run: Run, it: int) -> dict[str, float]:
-    """One SGD step: ``solver.accumulate_steps`` forward/backward passes, then the update."""
+def train_step(run: Run, it: int, batches: Iterator[Batch]) -> dict[str, float]:
+    """One SGD step: ``solver.accumulate_steps`` forward/backward passes, then the update. Times the
+    wait for data (``time_data``), forward + backward + update (``time_step``) and, within it, the
+    mining (``time_mining``: OHEM's read-only pass and selection, on CUDA every ``train.timing_every``)."""
     accumulate, d = run.cfg.solver.accumulate_steps, run.d
     run.model.train()
     run.optimizer.zero_grad(set_to_none=True)
+    timed_mining = prepare_mining(run, it)
     sums: dict[str, float] = {}
-    seconds = 0.0  # forward, backward and update; data loading excluded
+    waited = stepped = mining = 0.0
     for part in range(accumulate):
-        batch = batch_of(run, it * accumulate + part)
-        indices = batch[d.rank :: d.world]  # each process trains on its share of the batch
-        images, targets = load_batch(run.train_set, indices, run.device, flip=run.cfg.data.hflip)
         tic = time.perf_counter()
-        # DDP averages gradients across processes only on the last pass of the step.
-        last = part == accumulate - 1
-        with run.model.no_sync() if d.active and not last else contextlib.nullcontext():
-            with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-                losses = run.model(images, targets)
-            loss = sum(v.float() for k, v in losses.items() if k.startswith("loss_"))
-            if not distributed.all_true(d, bool(torch.isfinite(loss))):
-                last_good = run.checkpoint_path if run.checkpoint_path.exists() else "none"
-                raise NonFiniteLossError(f"non-finite loss at iteration {it + 1} on train images {batch}; "
-                                         f"last good checkpoint: {last_good}")  # fmt: skip
-            run.scaler.scale(loss / accumulate).backward()
-        seconds += time.perf_counter() - tic
-        for key, value in {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}.items():
-            sums[key] = sums.get(key, 0.0) + value / accumulate
+        indices, images, targets = next(batches)
+        synchronize(run.device)  # the copies to the device count as data time
+        waited, tic = waited + time.perf_counter() - tic, time.perf_counter()
+        losses = forward_backward(run, it, part, images, targets)
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + value.item() / accumulate
+        stepped += time.perf_counter() - tic
+        mining += sum(heads.last_mining_seconds for heads in mining_heads(run.core))
         run.log.mined(it + 1, run.core.roi_heads, indices, images, losses)
     tic = time.perf_counter()
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    synchronize(run.device)
     record = {"iteration": it + 1, "lr": run.optimizer.param_groups[0]["lr"], **distributed.mean(d, sums)}
-    record["time"] = seconds + time.perf_counter() - tic
-    if isinstance(run.core.roi_heads, OHEMRoIHeads):
-        record["ohem_mining_time"] = run.core.roi_heads.last_mining_seconds
+    record.update(time_data=waited, time_step=stepped + time.perf_counter() - tic)
+    if timed_mining:
+        record["time_mining"] = mining
     return record
+
+
+def forward_backward(run: Run, it: int, part: int, images: list, targets: list) -> dict[str, torch.Tensor]:
+    """Part ``part`` of step ``it``: the losses (``loss`` their sum) of one forward pass, backpropagated."""
+    accumulate, d = run.cfg.solver.accumulate_steps, run.d
+    # DDP averages gradients across processes only on the last pass of the step.
+    with run.model.no_sync() if d.active and part < accumulate - 1 else contextlib.nullcontext():
+        with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            losses = run.model(images, targets)
+        loss = sum(v.float() for k, v in losses.items() if k.startswith("loss_"))
+        if not distributed.all_true(d, bool(torch.isfinite(loss))):
+            last_good = run.checkpoint_path if run.checkpoint_path.exists() else "none"
+            batch = batch_of(run, it * accumulate + part)
+            raise NonFiniteLossError(f"non-finite loss at iteration {it + 1} on train images {batch}; "
+                                     f"last good checkpoint: {last_good}")  # fmt: skip
+        run.scaler.scale(loss / accumulate).backward()
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+
+def training_batches(run: Run) -> Iterator[Batch]:
+    """The batches of the run's remaining steps (this process's share), from ``data.workers`` processes."""
+    accumulate, cfg = run.cfg.solver.accumulate_steps, run.cfg
+    positions = TrainBatches(lambda position: batch_of(run, position), run.start * accumulate,
+                             cfg.solver.iterations * accumulate, run.d.rank, run.d.world)  # fmt: skip
+    return train_loader(run.train_set, positions, run.workers, run.device, cfg.train.seed if cfg.data.hflip else None)
+
+
+def mining_heads(model: nn.Module) -> list[nn.Module]:
+    """The model's modules that mine (OHEM RoI heads, OHEM RPN): each times its mining."""
+    return [m for m in (model.roi_heads, getattr(model, "rpn", None)) if hasattr(m, "last_mining_seconds")]
+
+
+def prepare_mining(run: Run, it: int) -> bool:
+    """Set the mining heads for step ``it``: OHEM mines from ``sampler.ohem_start`` on; the mining is
+    timed always on the CPU and on CUDA every ``train.timing_every`` steps, with synchronizes around it
+    (each stalls the GPU's queue, so not on every step). Returns whether this step times it."""
+    if isinstance(run.core.roi_heads, OHEMRoIHeads):
+        run.core.roi_heads.mining_on = it >= run.cfg.sampler.ohem_start
+    cuda = run.device.type == "cuda"
+    timed = not cuda or (it + 1) % run.cfg.train.timing_every == 0
+    for heads in mining_heads(run.core):
+        heads.sync_timing = cuda and timed
+    return timed and bool(mining_heads(run.core))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def setup(
@@ -202,8 +263,9 @@ def setup(
     mining_classes = len(classes) if isinstance(core.roi_heads, OHEMRoIHeads) else None
     log = RunLog(out, start if resume else None, d.main, mining_classes)
     groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
+    workers = default_workers() if cfg.data.workers is None else cfg.data.workers
     return Run(cfg, out, d, device, model, core, train_set, test_set, classes, optimizer, scheduler, scaler,
-               autocast_dtype(cfg.train.amp, device), start, log, groups)  # fmt: skip
+               autocast_dtype(cfg.train.amp, device), start, log, groups, workers)  # fmt: skip
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -257,7 +319,8 @@ def evaluate_during_training(run: Run, iteration: int, write: Any) -> dict[str, 
     message = f"iteration {iteration}: test {METRIC_NAMES[cfg.train.eval_metric]} {metrics['mAP']:.4f}"
     indices = list(range(min(cfg.train.roi_loss_images, len(run.train_set))))
     if indices:
-        mine = mean_roi_loss(run.core, run.train_set, indices[d.rank :: d.world], run.device)
+        mine = mean_roi_loss(run.core, run.train_set, indices[d.rank :: d.world], run.device,
+                             cfg.test.images_per_batch, run.workers)  # fmt: skip
         entry["train_roi_loss"] = distributed.mean(d, {"v": mine})["v"]
         message += f", mean loss over all RoIs of train images {entry['train_roi_loss']:.4f}"
     run.log.evaluation(entry)
@@ -269,17 +332,20 @@ def test_metrics(run: Run) -> dict[str, Any]:
     """The model's ``train.eval_metric`` on the test split, with the config's test-time options."""
     cfg = run.cfg
     test_time = TestTime.from_config(cfg.model)
-    return evaluate(run.core, run.test_set, run.device, cfg.solver.images_per_batch, cfg.train.eval_metric,
-                    test_time, run.d)  # fmt: skip
+    return evaluate(run.core, run.test_set, run.device, cfg.test.images_per_batch, cfg.train.eval_metric,
+                    test_time, run.d, run.workers)  # fmt: skip
 
 
 def draw_test_images(run: Run) -> None:
-    """``detections.png``: the first ``train.vis_images`` test images with their detections."""
+    """``detections.png``: the first ``train.vis_images`` test images with their detections (0: none)."""
     from ohem.visualize import draw_detections  # matplotlib: imported only when drawing
 
     t = run.cfg.train
+    if t.vis_images == 0:  # drawing turned off
+        return
     subset = [run.test_set[i] for i in range(min(t.vis_images, len(run.test_set)))]
-    detections = predict(run.core, subset, run.device, 2, test_time=TestTime.from_config(run.cfg.model))
+    detections = predict(run.core, subset, run.device, run.cfg.test.images_per_batch,
+                         test_time=TestTime.from_config(run.cfg.model))  # fmt: skip
     images, boxes = [image for image, _ in subset], [target["boxes"] for _, target in subset]
     titles = [run.test_set.image_name(i) for i in range(len(subset))]
     path = run.out / "detections.png"
@@ -294,19 +360,6 @@ def batch_of(run: Run, position: int) -> list[int]:
     return batch_indices(position, len(run.train_set), s.images_per_batch, seed)
 
 
-def load_batch(dataset: Any, indices: list[int], device: torch.device, flip: bool = False) -> tuple[list, list]:
-    """Images and targets on ``device``; ``flip``: each mirrored with probability 0.5 (torch's RNG,
-    which checkpoints save, so a resumed run flips the same images)."""
-    images, targets = [], []
-    for i in indices:
-        image, target = dataset[i]
-        if flip and torch.rand(()) < 0.5:
-            image, target = hflip(image, target)
-        images.append(image.to(device))
-        targets.append({k: v.to(device) for k, v in target.items()})
-    return images, targets
-
-
 def check_run_config(cfg: Config, d: distributed.Dist) -> torch.device:
     """Every check of a training config that needs no data: solver, sampler, logging and device
     settings. Returns the device. Runs before any file is written or data loaded."""
@@ -315,7 +368,11 @@ def check_run_config(cfg: Config, d: distributed.Dist) -> torch.device:
     at_least = {"sampler.batch_size_per_image": (cfg.sampler.batch_size_per_image, 1),
                 "train.mining_log_every": (t.mining_log_every, 1), "train.eval_every": (t.eval_every, 0),
                 "train.checkpoint_every": (t.checkpoint_every, 0), "train.check_sync_every": (t.check_sync_every, 0),
-                "train.vis_images": (t.vis_images, 0), "train.roi_loss_images": (t.roi_loss_images, 0)}  # fmt: skip
+                "train.vis_images": (t.vis_images, 0), "train.roi_loss_images": (t.roi_loss_images, 0),
+                "train.timing_every": (t.timing_every, 1), "sampler.ohem_start": (cfg.sampler.ohem_start, 0),
+                "test.images_per_batch": (cfg.test.images_per_batch, 1)}  # fmt: skip
+    if cfg.data.workers is not None:
+        at_least["data.workers"] = (cfg.data.workers, 0)
     if t.num_threads is not None:
         at_least["train.num_threads"] = (t.num_threads, 1)
     if cfg.data.dataset == "synthetic":

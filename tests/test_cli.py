@@ -37,7 +37,8 @@ def test_train_writes_run_directory(trained_run):
     assert {"loss_classifier", "loss_box_reg", "ohem_all_roi_loss", "ohem_mined_fg_fraction"} <= set(steps[0])
     assert lines[-1]["eval"]["mAP"] == metrics["mAP"]
     assert load_checkpoint(trained_run / "checkpoint_last.pt")["iteration"] == 4
-    assert all(r["ohem_mining_time"] > 0 for r in steps)
+    for r in steps:  # on the CPU every step is timed; the mining is a part of the step
+        assert r["time_data"] >= 0 and 0 < r["time_mining"] < r["time_step"]
 
 
 def test_train_records_what_ohem_mined(trained_run):

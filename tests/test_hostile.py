@@ -458,6 +458,23 @@ def test_hostile_input(case: Case, trained: Path, tmp_path: Path, capsys) -> Non
 
 
 # ------------------------------------------------------------------------------- beyond one command
+def test_a_forked_loader_worker_does_not_keep_the_run_folder_locked(tmp_path: Path) -> None:
+    from ohem import run_folder
+
+    with run_folder.claim(tmp_path):
+        (fd,) = run_folder._HELD_LOCKS
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the lock's descriptor must be closed already
+            try:
+                os.fstat(fd)
+                os._exit(1)
+            except OSError:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        os.fstat(fd)  # the parent still holds it
+
+
 def test_second_train_into_a_folder_in_use_fails_at_once_naming_the_first(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "ohem", "train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "run"),
            *SETS, "--set", "solver.iterations=200", "--set", "train.checkpoint_every=1"]  # fmt: skip

@@ -18,6 +18,7 @@ from ohem.cli import main
 from ohem.config import SamplerConfig, load_config
 from ohem.data import SyntheticShapes, build_dataset
 from ohem.data.export import export_synthetic
+from ohem.data.loader import eval_batches
 from ohem.data.proposals import write_proposals
 from ohem.inference import TestTime, predict
 from ohem.mining import OHEMRoIHeads, label_rois, readonly_losses
@@ -211,7 +212,8 @@ def test_paper_config_trains_a_step_and_detects(path, trees):
     train_set = build_dataset(cfg.data, "train")
     model = build_detector(cfg.model, cfg.sampler, len(train_set.classes))
     model.train()
-    images, targets = training.load_batch(train_set, list(range(cfg.solver.images_per_batch)), torch.device("cpu"))
+    first = list(range(cfg.solver.images_per_batch))
+    _, images, targets = next(eval_batches(train_set, first, len(first), 0, torch.device("cpu")))
     losses = model(images, targets)
     loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
     assert math.isfinite(loss.item()) and loss.item() > 0
@@ -307,7 +309,7 @@ def test_mean_roi_loss_reads_the_proposal_file_for_fast_rcnn(trees, tmp_path):
     # by hand: every proposal of the file plus the gt boxes, labelled with bg from IoU 0, mean loss
     model.eval()
     heads = model.roi_heads
-    images, targets = training.load_batch(train_set, [0], torch.device("cpu"))  # 128 px: no resizing
+    _, images, targets = next(eval_batches(train_set, [0], 1, 0, torch.device("cpu")))  # 128 px: no resizing
     with torch.no_grad():
         features = {"0": model.backbone(model.transform(images)[0].tensors)}
         rois = label_rois(heads, [targets[0]["proposals"]], targets, bg_iou_low=0.0)

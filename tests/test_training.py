@@ -228,3 +228,9 @@ def test_torchrun_with_two_cpu_processes_matches_one_process(tiny_overrides, tmp
     assert update > 0 and gap < 1e-3 * update, (float(gap), float(update))
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["num_images"] == 4
+
+
+def test_no_drawing_with_vis_images_0(tiny_cfg, tmp_path):
+    metrics = training.train(apply_overrides(tiny_cfg, ["train.vis_images=0", "solver.iterations=1"]), tmp_path)
+    assert not (tmp_path / "detections.png").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["mAP"] == metrics["mAP"]

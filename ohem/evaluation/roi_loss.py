@@ -16,13 +16,14 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from ohem.config import SamplerConfig
+from ohem.data.loader import eval_batches
 from ohem.mining import label_rois, readonly_losses
 from ohem.models import FastRCNN, backbone_features
 
 
 @torch.no_grad()
 def mean_roi_loss(
-    model: nn.Module, dataset: Any, indices: list[int], device: torch.device, batch_size: int = 2
+    model: nn.Module, dataset: Any, indices: list[int], device: torch.device, batch_size: int = 2, workers: int = 0
 ) -> float:
     heads = getattr(model, "roi_heads", None)
     if not isinstance(heads, RoIHeads):
@@ -31,10 +32,7 @@ def mean_roi_loss(
     model.eval()
     total, count = 0.0, 0
     try:
-        for start in range(0, len(indices), batch_size):
-            batch = [dataset[i] for i in indices[start : start + batch_size]]
-            images = [image.to(device) for image, _ in batch]
-            targets = [{k: v.to(device) for k, v in t.items()} for _, t in batch]
+        for _, images, targets in eval_batches(dataset, indices, batch_size, workers, device):
             original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
             image_list, targets, features = backbone_features(model, images, targets)
             if getattr(model, "needs_proposals", False):  # Fast R-CNN: the proposal file's boxes

@@ -27,12 +27,13 @@ def evaluate(
     metric: Metric = "voc",
     test_time: TestTime | None = None,
     d: distributed.Dist | None = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
-    """``score_detections`` of ``model`` on ``dataset``; under torchrun each process predicts a share
-    of the images and rank 0 scores them all."""
+    """``score_detections`` of ``model`` on ``dataset`` (images read by ``workers`` loader processes);
+    under torchrun each process predicts a share of the images and rank 0 scores them all."""
     d = d or distributed.Dist()
     mine = list(range(d.rank, len(dataset), d.world))
-    detections = predict(model, dataset, device, batch_size, mine, test_time)
+    detections = predict(model, dataset, device, batch_size, mine, test_time, workers)
     shares = distributed.gather(d, list(zip(mine, detections)))
     if not d.main:
         return distributed.broadcast(d, None)
