@@ -433,3 +433,21 @@ def test_pooling_is_reused_only_for_one_level_roi_align_on_the_cpu_outside_autoc
         assert not can_reuse_pooling(heads, features)
     heads.box_roi_pool = MultiScaleRoIAlign(["0", "1"], 7, 2)
     assert not can_reuse_pooling(heads, {**features, "1": features["0"]})
+
+
+def test_before_ohem_start_the_sample_is_random_with_the_foreground_share_capped():
+    heads = make_heads(k=8)
+    features, proposals, shapes, targets = heads_inputs()
+    heads.mining_on = False
+    torch.manual_seed(1)
+    _, losses = heads(features, proposals, shapes, targets)
+    record = heads.last_mining
+    counts = torch.bincount(record["image_ids"], minlength=2)
+    assert counts.tolist() == [8, 8]  # the budget per image is kept
+    for image in range(2):
+        fg = int((record["labels"][record["image_ids"] == image] > 0).sum())
+        assert 1 <= fg <= 2  # at most 25 % of 8 foreground; the gt box itself is always there
+    assert losses["ohem_mined_fg_fraction"] <= 0.25
+    heads.mining_on = True  # mining picks by loss: the hardest 8 per image, a different set
+    _, mined = heads(features, proposals, shapes, targets)
+    assert mined["ohem_mined_loss"] > losses["ohem_mined_loss"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import box_area, box_iou
 
@@ -264,6 +264,7 @@ class OHEMRoIHeads(BoxLossRoIHeads):
         self.last_mining: dict = {}
         self.last_mining_seconds = 0.0
         self.sync_timing = False
+        self.mining_on = True  # the trainer turns it off before sampler.ohem_start
 
     def forward(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
@@ -277,8 +278,12 @@ class OHEMRoIHeads(BoxLossRoIHeads):
         rois = label_rois(self, proposals, targets, s.bg_iou_floor)
         pooled: list[Tensor] | None = [] if can_reuse_pooling(self, features) else None
         losses = readonly_losses(self, features, rois, image_shapes, s, pooled)
-        per_label = rois.labels if s.nms_per_label else None
-        hard = select_hard_examples(losses, rois.boxes, rois.image_ids, s.batch_size_per_image, s.nms_iou, per_label)
+        if self.mining_on:
+            per_label = rois.labels if s.nms_per_label else None
+            hard = select_hard_examples(losses, rois.boxes, rois.image_ids, s.batch_size_per_image, s.nms_iou,
+                                        per_label)  # fmt: skip
+        else:  # before sampler.ohem_start: the losses are measured, the sample is random
+            hard = random_fg_bg(rois, s.batch_size_per_image, s.fg_fraction)
         self.last_mining_seconds = clock(self.sync_timing, device) - tic
         self._sampled = rois.per_image(hard)
         # the trainable pass: torchvision's forward and loss, on the RoIs select_training_samples hands it
@@ -299,6 +304,18 @@ class OHEMRoIHeads(BoxLossRoIHeads):
         if self._sampled is None:
             raise RuntimeError("OHEMRoIHeads.select_training_samples is called from forward() only")
         return self._sampled
+
+
+def random_fg_bg(rois: LabelledRoIs, per_image: int, fg_fraction: float) -> torch.Tensor:
+    """Rows of a random sample per image, as torchvision's sampler draws it: at most ``fg_fraction``
+    x ``per_image`` foreground, background for the rest."""
+    sampler = BalancedPositiveNegativeSampler(per_image, fg_fraction)
+    labels = [rois.labels[rois.image_ids == i] for i in range(rois.num_images)]
+    rows, offset = [], 0
+    for image_labels, pos, neg in zip(labels, *sampler(labels)):
+        rows.append(torch.nonzero(pos | neg).squeeze(1) + offset)
+        offset += image_labels.numel()
+    return torch.cat(rows)
 
 
 def mining_stats(rois: LabelledRoIs, losses: torch.Tensor, hard: torch.Tensor) -> dict[str, torch.Tensor]:
