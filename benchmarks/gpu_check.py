@@ -10,12 +10,19 @@ proposals). Each with the Fast R-CNN heuristic (64 RoIs/image), torchvision's de
 (512/image) and OHEM (64/image mined from all) with its read-only pass in fp32, tf32 (the default) and
 bf16 (``sampler.readonly_precision``). Then short ``ohem.train.train`` runs with evaluation: the small
 model (bf16) and the VGG16 Fast R-CNN with +M (two test scales) and +B (box voting), to exercise the
-whole CUDA path.
+whole CUDA path. Last, end to end (``--e2e-iters``, default 200): ``ohem.train.train`` of the VGG16
+Fast R-CNN (on dense proposal files, 2000 per image) and the ResNet-50 FPN Faster R-CNN (2000 RPN
+RoIs) on the synthetic data exported to the VOC layout at 600 px (PNG files decoded by ``--workers``
+loader processes), heuristic / torchvision default / OHEM, fp32 and bf16: s/iter, images/s, the
+share of the step spent waiting for data, and the OHEM / heuristic ratio of wall time per iteration.
+
+    PYTHONPATH=. python benchmarks/gpu_check.py --only-e2e --device cpu --e2e-iters 12 --e2e-size 128  # dry run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +33,7 @@ import torchvision
 from ohem import train as training
 from ohem.config import load_config
 from ohem.data import build_dataset
+from ohem.data.loader import eval_batches
 from ohem.data.proposals import write_proposals
 from ohem.models import PROPOSAL_MODELS, build_detector
 
@@ -91,7 +99,8 @@ def time_steps(overrides: list[str], iters: int, device: torch.device, amp: str 
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.sampler, len(data.classes)).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    batches = [training.load_batch(data, [2 * i % 16, (2 * i + 1) % 16], device) for i in range(iters + 3)]
+    pairs = [[2 * i % 16, (2 * i + 1) % 16] for i in range(iters + 3)]
+    batches = [next(eval_batches(data, pair, 2, 0, device))[1:] for pair in pairs]
     cuda = device.type == "cuda"
     dtype = training.autocast_dtype(amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -124,7 +133,15 @@ def main() -> None:
     parser.add_argument("--vgg-train-iters", type=int, default=20)
     parser.add_argument("--vgg-size", type=int, default=600, help="shorter side for VGG16 (smaller for a CPU dry run)")
     parser.add_argument("--models", nargs="+", default=["small@160", "vgg16-frcn@600"], choices=list(MODELS))
+    parser.add_argument("--e2e-iters", type=int, default=200, help="end-to-end runs' iterations (0: skip them)")
+    parser.add_argument("--workers", type=int, default=4, help="end-to-end runs' loader processes")
+    parser.add_argument("--e2e-size", type=int, default=600, help="end-to-end runs' image size, px")
+    parser.add_argument("--e2e-models", nargs="+", default=list(E2E_MODELS), choices=list(E2E_MODELS))
+    parser.add_argument("--only-e2e", action="store_true", help="skip the step table and the short checks")
     args = parser.parse_args()
+    if args.only_e2e:
+        end_to_end(args)
+        return
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, torchvision {torchvision.__version__}")
@@ -185,6 +202,63 @@ def main() -> None:
         what = f"{args.vgg_train_iters} OHEM iterations + eval with +M +B"
         print(f"train fast_rcnn_vgg16 on {args.device}, bf16, {what}: {seconds:.1f} s")
         print(f"test mAP@0.5 {metrics['mAP']:.3f} (random init, a few iterations: only that it runs)")
+    if args.e2e_iters:
+        end_to_end(args)
+
+
+E2E_MODELS = {  # end-to-end runs: 600 px images from the VOC-layout files, 2000 RoIs per image
+    "vgg16-frcn": ["model.name=fast_rcnn_vgg16", "model.box_nms_thresh=0.3"],
+    "r50fpn": ["model.name=fasterrcnn_resnet50_fpn", "model.rpn_pre_nms_top_n_train=12000",
+               "model.rpn_post_nms_top_n_train=2000"],
+}  # fmt: skip
+E2E_SAMPLERS = ["heuristic", "tv-default", "ohem"]
+
+
+def voc_copy(root: Path, num_train: int, num_test: int, size: int) -> list[str]:
+    """The synthetic data exported to the VOC layout (PNG files) at ``size`` px, with dense proposal
+    files (2000 boxes per image, ``ohem.data.dense_proposals``); returns the data overrides."""
+    from ohem.data import SyntheticShapes, VOCDetection
+    from ohem.data.dense_proposals import dense_proposals
+    from ohem.data.export import export_synthetic
+    from ohem.data.synthetic import CLASSES
+
+    overrides = ["data.dataset=voc", f"data.root={root}", f"data.classes=[{','.join(CLASSES)}]",
+                 "data.train_split=train", "data.test_split=test"]  # fmt: skip
+    for split, count in (("train", num_train), ("test", num_test)):
+        if not (root / "ImageSets" / "Main" / f"{split}.txt").exists():
+            export_synthetic(SyntheticShapes(split, num_images=count, image_size=size), root, "voc")
+            dense_proposals(VOCDetection(root, split, classes=CLASSES), root / f"{split}-dense.npz")
+        key = "proposals" if split == "train" else "test_proposals"
+        overrides.append(f"data.{key}={root / f'{split}-dense.npz'}")
+    return overrides
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    """``ohem.train.train`` runs through the whole input pipeline (PNG decoding in ``--workers``
+    loader processes): images/s, the share of the step spent waiting for data, OHEM / heuristic."""
+    iters, size = args.e2e_iters, args.e2e_size
+    data = voc_copy(Path(PROPOSAL_DIR) / f"voc{size}", 2 * iters, 4, size)
+    print(f"\nend to end: {iters} iterations, {size} px, {args.workers} loader workers, 2000 RoIs/image")
+    print(f"{'model':<11} {'amp':<5} {'sampler':<11} {'s/iter':>7} {'img/s':>6} {'data wait':>9} {'x heur':>7}")
+    for model_name in args.e2e_models:
+        for amp in ("none", "bf16"):
+            base = None
+            for sampler in E2E_SAMPLERS:
+                sets = [*data, *E2E_MODELS[model_name], *SAMPLERS[sampler], f"train.amp={amp}",
+                        f"train.device={args.device}",
+                        f"solver.iterations={iters}", "solver.warmup_iterations=0", "solver.lr=0.001",
+                        "train.eval_every=0", "train.checkpoint_every=0", "train.vis_images=0",
+                        f"data.workers={args.workers}", f"model.min_size={size}", "model.max_size=1000"]  # fmt: skip
+                with tempfile.TemporaryDirectory() as out:
+                    training.train(load_config("configs/demo.yaml", sets), out)
+                    steps = [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
+                steps = [r for r in steps if "eval" not in r][10:]  # after a warm-up
+                wait = sum(r["time_data"] for r in steps)
+                total = wait + sum(r["time_step"] for r in steps)
+                per_iter = total / len(steps)
+                base = base or per_iter
+                print(f"{model_name:<11} {amp:<5} {sampler:<11} {per_iter:7.4f} {2 / per_iter:6.1f} "
+                      f"{wait / total:9.1%} {per_iter / base:7.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
