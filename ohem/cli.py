@@ -192,8 +192,8 @@ def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, metavar="N", dest="loader_workers", help="image-loading processes, "
-                        "as --set data.workers=N (0: in this process; default: the config's, else one per core "
-                        "but one, at most 4)")  # fmt: skip
+                        "as --set data.workers=N (0: in this process; default: the config's, else one per 4 cores, "
+                        "at most 4)")  # fmt: skip
 
 
 def _workers_override(args: argparse.Namespace) -> list[str]:

@@ -78,7 +78,7 @@ class DataConfig(_Section):
     max_proposal_boxes: int | None = 1_000_000_000
     hflip: bool = False  # training: mirror each image with probability 0.5
     aspect_grouping: bool = False  # training: batches of images of one orientation (wide or tall)
-    workers: int | None = None  # loader processes (0: in the training process); None: cores - 1, at most 4
+    workers: int | None = None  # loader processes (0: in the training process); None: one per 4 cores, at most 4
     num_train: int = 1000  # synthetic only
     num_test: int = 200  # synthetic only
     image_size: int = 160  # synthetic only

@@ -101,7 +101,8 @@ def _train(run: Run) -> dict[str, Any]:
     cfg = run.cfg
     t, metrics, speed = cfg.train, {}, None
     bar = tqdm(range(run.start, cfg.solver.iterations), initial=run.start, total=cfg.solver.iterations,
-               desc="train", dynamic_ncols=True, disable=not run.d.main)  # fmt: skip
+               desc="train", dynamic_ncols=True, **({} if run.d.main else {"disable": True}))  # fmt: skip
+    # (on rank 0, TQDM_DISABLE and tqdm's other environment settings apply)
     batches = training_batches(run)
     ohem = isinstance(run.core.roi_heads, OHEMRoIHeads)
     watched_from = max(cfg.solver.warmup_iterations, cfg.sampler.ohem_start)

@@ -27,9 +27,10 @@ Batch = tuple[list[int], list[torch.Tensor], list[dict[str, torch.Tensor]]]  # i
 
 
 def default_workers() -> int:
-    """Worker processes when ``data.workers`` is unset: one per core but one (left to the step), at most 4."""
+    """Worker processes when ``data.workers`` is unset: one per 4 cores, at most 4. On 2 cores a worker
+    takes more from the step's threads than it saves (docs/BENCHMARKS.md): 0, in-process loading."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(4, cores - 1))
+    return min(4, cores // 4)
 
 
 def flipped(seed: int, position: int, index: int) -> bool:

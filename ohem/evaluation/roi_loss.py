@@ -20,6 +20,8 @@ from ohem.data.loader import eval_batches
 from ohem.mining import label_rois, readonly_losses
 from ohem.models import FastRCNN, backbone_features
 
+STRICT = SamplerConfig(readonly_precision="fp32")  # the measure in float32 on every device, not TF32
+
 
 @torch.no_grad()
 def mean_roi_loss(
@@ -41,7 +43,7 @@ def mean_roi_loss(
             else:
                 proposals, _ = model.rpn(image_list, features)
             rois = label_rois(heads, proposals, targets, bg_iou_low=0.0)
-            losses = readonly_losses(heads, features, rois, image_list.image_sizes, SamplerConfig())
+            losses = readonly_losses(heads, features, rois, image_list.image_sizes, STRICT)
             total += losses.sum().item()
             count += losses.numel()
     finally:
