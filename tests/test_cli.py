@@ -197,3 +197,12 @@ def test_export_then_proposals_then_scoring_a_detections_file(tmp_path, capsys):
     assert main(scored) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "results.json" in err and "'000999'" in err
+
+
+@pytest.mark.parametrize("bad", [["--workers", "-1"], ["--set", "test.images_per_batch=0"]])
+def test_eval_refuses_bad_loader_settings_in_one_line(trained_run, tmp_path, capsys, bad):
+    args = ["eval", "--checkpoint", str(trained_run / "checkpoint_last.pt"), "--out", str(tmp_path / "e"), *bad]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ohem eval: error: data.workers must be >= 0 and test.images_per_batch >= 1, got ")
+    assert "\n" not in err and not (tmp_path / "e").exists()
