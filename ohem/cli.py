@@ -217,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
-    from ohem.data.loader import default_workers
+    from ohem.data.loader import loader_workers
     from ohem.evaluation.detections_file import read_detections, write_detections
     from ohem.evaluation.score import format_metrics, score_detections
     from ohem.inference import TestTime, model_from_checkpoint, predict
@@ -235,7 +235,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if list(dataset.classes) != classes:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
         test_time = TestTime.from_config(cfg.model)
-        workers = default_workers() if cfg.data.workers is None else cfg.data.workers
+        workers = loader_workers(cfg.data.workers)
         if workers < 0 or cfg.test.images_per_batch < 1:
             raise ValueError(f"data.workers must be >= 0 and test.images_per_batch >= 1, got {workers} and "
                              f"{cfg.test.images_per_batch}")  # fmt: skip

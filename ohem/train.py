@@ -26,7 +26,7 @@ from ohem import distributed, run_folder
 from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng, save_checkpoint
 from ohem.config import Config
 from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch_indices
-from ohem.data.loader import Batch, TrainBatches, default_workers, train_loader
+from ohem.data.loader import Batch, TrainBatches, loader_workers, train_loader
 from ohem.evaluation.roi_loss import mean_roi_loss
 from ohem.evaluation.score import METRIC_NAMES, evaluate
 from ohem.inference import TestTime, load_weights_into, predict, state_dict_problems
@@ -208,11 +208,11 @@ def prepare_mining(run: Run, it: int) -> bool:
     (each stalls the GPU's queue, so not on every step). Returns whether this step times it."""
     if isinstance(run.core.roi_heads, OHEMRoIHeads):
         run.core.roi_heads.mining_on = it >= run.cfg.sampler.ohem_start
-    cuda = run.device.type == "cuda"
+    cuda, mining = run.device.type == "cuda", mining_heads(run.core)
     timed = not cuda or (it + 1) % run.cfg.train.timing_every == 0
-    for heads in mining_heads(run.core):
+    for heads in mining:
         heads.sync_timing = cuda and timed
-    return timed and bool(mining_heads(run.core))
+    return timed and bool(mining)
 
 
 def synchronize(device: torch.device) -> None:
@@ -264,7 +264,7 @@ def setup(
     mining_classes = len(classes) if isinstance(core.roi_heads, OHEMRoIHeads) else None
     log = RunLog(out, start if resume else None, d.main, mining_classes)
     groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
-    workers = default_workers() if cfg.data.workers is None else cfg.data.workers
+    workers = loader_workers(cfg.data.workers)
     return Run(cfg, out, d, device, model, core, train_set, test_set, classes, optimizer, scheduler, scaler,
                autocast_dtype(cfg.train.amp, device), start, log, groups, workers)  # fmt: skip
 

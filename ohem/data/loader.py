@@ -26,9 +26,11 @@ from ohem.data.transforms import hflip
 Batch = tuple[list[int], list[torch.Tensor], list[dict[str, torch.Tensor]]]  # indices, images, targets
 
 
-def default_workers() -> int:
-    """Worker processes when ``data.workers`` is unset: one per 4 cores, at most 4. On 2 cores a worker
-    takes more from the step's threads than it saves (docs/BENCHMARKS.md): 0, in-process loading."""
+def loader_workers(configured: int | None) -> int:
+    """``data.workers``, or when unset one per 4 cores, at most 4. On 2 cores a worker takes more from
+    the step's threads than it saves (docs/BENCHMARKS.md): 0, in-process loading."""
+    if configured is not None:
+        return configured
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(4, cores // 4)
 
