@@ -12,7 +12,6 @@ warm-up iterations (no evaluation or checkpoint inside the window).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ohem.config import load_config  # noqa: E402
+from ohem.runlog import step_seconds  # noqa: E402
 from ohem.train import train  # noqa: E402
 
 
@@ -30,11 +30,7 @@ def seconds_per_iteration(config: str, overrides: list[str], workers: int, itera
             "train.checkpoint_every=0", "train.vis_images=0", "data.num_test=1", "train.roi_loss_images=0"]  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         train(load_config(config, sets), out)
-        steps = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in steps if "eval" not in r][10:]
-    wait = sum(r["time_data"] for r in steps)
-    total = wait + sum(r["time_step"] for r in steps)
-    return total / len(steps), wait / total
+        return step_seconds(Path(out) / "log.jsonl")
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ share of the step spent waiting for data, and the OHEM / heuristic ratio of wall
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from ohem.data import build_dataset
 from ohem.data.loader import eval_batches
 from ohem.data.proposals import write_proposals
 from ohem.models import PROPOSAL_MODELS, build_detector
+from ohem.runlog import step_seconds
 
 SAMPLERS = {
     "heuristic": ["sampler.method=heuristic"],
@@ -251,14 +251,10 @@ def end_to_end(args: argparse.Namespace) -> None:
                         f"data.workers={args.workers}", f"model.min_size={size}", "model.max_size=1000"]  # fmt: skip
                 with tempfile.TemporaryDirectory() as out:
                     training.train(load_config("configs/demo.yaml", sets), out)
-                    steps = [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
-                steps = [r for r in steps if "eval" not in r][10:]  # after a warm-up
-                wait = sum(r["time_data"] for r in steps)
-                total = wait + sum(r["time_step"] for r in steps)
-                per_iter = total / len(steps)
+                    per_iter, wait = step_seconds(Path(out) / "log.jsonl")
                 base = base or per_iter
                 print(f"{model_name:<11} {amp:<5} {sampler:<11} {per_iter:7.4f} {2 / per_iter:6.1f} "
-                      f"{wait / total:9.1%} {per_iter / base:7.2f}", flush=True)  # fmt: skip
+                      f"{wait:9.1%} {per_iter / base:7.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

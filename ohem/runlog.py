@@ -115,3 +115,12 @@ def read_jsonl_records(path: Path) -> list[tuple[int, str, dict[str, Any]]]:
             raise ValueError(f"{path}: line {number}: {reason}") from None
         out.append((number, line.rstrip("\r"), record))
     return out
+
+
+def step_seconds(path: Path, skip: int = 10) -> tuple[float, float]:
+    """A ``log.jsonl``'s wall seconds per training iteration (``time_data + time_step``, its first
+    ``skip`` iterations left out as warm-up) and the share of them spent waiting for data."""
+    steps = [record for _, _, record in read_jsonl_records(path) if "eval" not in record][skip:]
+    wait = sum(r["time_data"] for r in steps)
+    total = wait + sum(r["time_step"] for r in steps)
+    return total / len(steps), wait / total

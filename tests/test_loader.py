@@ -130,3 +130,15 @@ def test_loader_settings_are_checked_before_anything_is_written(tiny_cfg, tmp_pa
     with pytest.raises(ValueError, match=f"^{message}$"):
         training.train(apply_overrides(tiny_cfg, [override]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_step_seconds_reads_wall_time_and_data_share_after_the_warm_up(tmp_path):
+    from ohem.runlog import step_seconds
+
+    lines = [{"iteration": i, "time_data": 9.0, "time_step": 9.0} for i in range(1, 3)]  # warm-up
+    lines += [{"iteration": 3, "time_data": 0.1, "time_step": 0.3}, {"iteration": 3, "eval": {"mAP": 0.5}},
+              {"iteration": 4, "time_data": 0.3, "time_step": 0.5}]  # fmt: skip
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    per_iter, wait = step_seconds(path, skip=2)
+    assert per_iter == pytest.approx(0.6) and wait == pytest.approx(0.4 / 1.2)
