@@ -428,6 +428,23 @@ CASES = [
          "--out", str(tmp / "out")], 1, ONE_LINE_TRAIN + r"config .*c\.yaml: .*UTF-8"),
     Case("proposals on a corrupt image", _proposals_on_corrupt_image, 1,
          r"^ohem proposals: error: .*synthetic-test-00000", resumable=True),
+    # --- loader and mining settings, dense proposals
+    Case("train --workers -1", lambda tmp, tr: _train(tmp, "--workers", "-1"), 1,
+         ONE_LINE_TRAIN + r"data\.workers must be >= 0, got -1$"),
+    Case("train, test.images_per_batch 0", lambda tmp, tr: _train(tmp, "--set", "test.images_per_batch=0"), 1,
+         ONE_LINE_TRAIN + r"test\.images_per_batch must be >= 1, got 0$"),
+    Case("train, sampler.ohem_start -5", lambda tmp, tr: _train(tmp, "--set", "sampler.ohem_start=-5"), 1,
+         ONE_LINE_TRAIN + r"sampler\.ohem_start must be >= 0, got -5$"),
+    Case("train, data.workers a string", lambda tmp, tr: _train(tmp, "--set", "data.workers=many"), 1,
+         ONE_LINE_TRAIN + r".*data\.workers.*many"),
+    Case("eval --workers -1", lambda tmp, tr: ["eval", *ckpt_arg(tr), "--out", str(tmp / "out"), "--workers", "-1",
+         "--device", "cpu"], 1, r"^ohem eval: error: data\.workers must be >= 0 .*got -1 and 4$"),
+    Case("dense proposals, --copies -1", lambda tmp, tr: ["proposals", "--data", "synthetic", "--split", "test",
+         "--method", "dense", "--copies", "-1", "--out", str(tmp / "out" / "p.npz"), "--set", "data.num_test=2"], 1,
+         r"^ohem proposals: error: dense proposals: need .* got 2000, -1, 0\.15$"),
+    Case("dense proposals, --jitter nan", lambda tmp, tr: ["proposals", "--data", "synthetic", "--split", "test",
+         "--method", "dense", "--jitter", "nan", "--out", str(tmp / "out" / "p.npz"), "--set", "data.num_test=2"], 1,
+         r"^ohem proposals: error: dense proposals: need .* got 2000, 20, nan$"),
 ]
 # fmt: on
 
