@@ -129,14 +129,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--train-iters", type=int, default=200)
-    parser.add_argument("--vgg-train-iters", type=int, default=20)
+    parser.add_argument("--amps", nargs="+", choices=["none", "bf16", "fp16"], help="step table (default: all)")
+    parser.add_argument("--train-iters", type=int, default=200, help="small model's run (0: skip it)")
+    parser.add_argument("--vgg-train-iters", type=int, default=20, help="VGG16 +M +B run (0: skip it)")
     parser.add_argument("--vgg-size", type=int, default=600, help="shorter side for VGG16 (smaller for a CPU dry run)")
     parser.add_argument("--models", nargs="+", default=["small@160", "vgg16-frcn@600"], choices=list(MODELS))
     parser.add_argument("--e2e-iters", type=int, default=200, help="end-to-end runs' iterations (0: skip them)")
     parser.add_argument("--workers", type=int, default=4, help="end-to-end runs' loader processes")
     parser.add_argument("--e2e-size", type=int, default=600, help="end-to-end runs' image size, px")
     parser.add_argument("--e2e-models", nargs="+", default=list(E2E_MODELS), choices=list(E2E_MODELS))
+    parser.add_argument("--e2e-amps", nargs="+", default=["none", "bf16"], choices=["none", "bf16"])
     parser.add_argument("--only-e2e", action="store_true", help="skip the step table and the short checks")
     args = parser.parse_args()
     if args.only_e2e:
@@ -148,7 +150,7 @@ def main() -> None:
     print(
         f"{'model':<12} {'amp':<5} {'sampler':<13} {'s/iter':>8} {'peak MiB':>9} {'x heur time':>12} {'x heur mem':>11}"
     )
-    amps = ["none", "bf16", "fp16"] if device.type == "cuda" else ["none", "bf16"]
+    amps = args.amps or (["none", "bf16", "fp16"] if device.type == "cuda" else ["none", "bf16"])
     MODELS["vgg16-frcn@600"][2] = f"model.min_size={args.vgg_size}"
     for model_name in args.models:
         model_overrides = MODELS[model_name]
@@ -162,6 +164,16 @@ def main() -> None:
                     f"{mem / base[1]:11.2f}   (last loss {loss:.3f})",
                     flush=True,
                 )
+    if args.train_iters:
+        short_run(args)
+    if args.vgg_train_iters:
+        vgg_run(args)
+    if args.e2e_iters:
+        end_to_end(args)
+
+
+def short_run(args: argparse.Namespace) -> None:
+    """The small model trained and evaluated on the device, bf16: that it learns there."""
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(
             "configs/demo.yaml",
@@ -181,6 +193,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         print(f"train on {args.device}, bf16, {args.train_iters} OHEM iterations + 2 evals: {seconds:.1f} s")
         print(f"test mAP@0.5 {metrics['mAP']:.3f}")
+
+
+def vgg_run(args: argparse.Namespace) -> None:
+    """The VGG16 Fast R-CNN for a few steps, then evaluated with +M (two scales) and +B (box voting)."""
     with tempfile.TemporaryDirectory() as out:
         overrides = MODELS["vgg16-frcn@600"] + [
             f"train.device={args.device}",
@@ -202,8 +218,6 @@ def main() -> None:
         what = f"{args.vgg_train_iters} OHEM iterations + eval with +M +B"
         print(f"train fast_rcnn_vgg16 on {args.device}, bf16, {what}: {seconds:.1f} s")
         print(f"test mAP@0.5 {metrics['mAP']:.3f} (random init, a few iterations: only that it runs)")
-    if args.e2e_iters:
-        end_to_end(args)
 
 
 E2E_MODELS = {  # end-to-end runs: 600 px images from the VOC-layout files, 2000 RoIs per image
@@ -241,7 +255,7 @@ def end_to_end(args: argparse.Namespace) -> None:
     print(f"\nend to end: {iters} iterations, {size} px, {args.workers} loader workers, 2000 RoIs/image")
     print(f"{'model':<11} {'amp':<5} {'sampler':<11} {'s/iter':>7} {'img/s':>6} {'data wait':>9} {'x heur':>7}")
     for model_name in args.e2e_models:
-        for amp in ("none", "bf16"):
+        for amp in args.e2e_amps:
             base = None
             for sampler in E2E_SAMPLERS:
                 sets = [*data, *E2E_MODELS[model_name], *SAMPLERS[sampler], f"train.amp={amp}",

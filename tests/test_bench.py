@@ -118,6 +118,17 @@ def test_schedule_is_scaled_with_the_run_length():
     scaled = load_config(None, ["solver.iterations=1000", *schedule_overrides(cfg, 3000)])
     assert (scaled.solver.iterations, scaled.solver.steps, scaled.solver.warmup_iterations) == (3000, [1800, 2400], 300)
     assert scaled.train.eval_every == 750
+    warm = load_config(None, ["solver.iterations=1000", "sampler.ohem_start=300"])
+    assert "sampler.ohem_start=150" in schedule_overrides(warm, 500)  # mining starts at the same fraction
+
+
+def test_warm_arm_starts_mining_at_a_third_of_any_schedule():
+    b = Bench(config="configs/demo.yaml", out=None, arms=["ohem-warm"], overrides=["solver.iterations=900"])
+    assert b.arm_overrides("ohem-warm")[-1] == "sampler.ohem_start=300"
+    assert load_config(b.config, b.arm_overrides("ohem-warm")).sampler.method == "ohem"
+    b.overrides = ["solver.iterations=100"]
+    assert b.arm_overrides("ohem-warm")[-1] == "sampler.ohem_start=33"
+    assert not any(o.startswith("sampler.ohem_start") for o in b.arm_overrides("ohem"))
 
 
 def test_seconds_budget_gives_each_arm_its_own_iterations():
@@ -186,13 +197,14 @@ def test_comparisons_read_the_curves_at_the_other_budget():
 def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
     assert main(["bench", "--list-arms"]) == 0
     out = capsys.readouterr().out
-    wanted = ["heuristic", "heuristic-bg0", "tv-default", "all-rois", "ohem", "ohem-no-nms", "ohem-cls", "ohem-1img",
-              "ohem-512", "ohem-zeroing"]  # fmt: skip
+    wanted = ["heuristic", "heuristic-bg0", "tv-default", "all-rois", "ohem", "ohem-warm", "ohem-no-nms", "ohem-cls",
+              "ohem-1img", "ohem-512", "ohem-zeroing"]  # fmt: skip
     assert wanted == list(ARMS)
     lines = out.splitlines()
     for name, arm in ARMS.items():
         assert f"{name:<15}{arm.description}" in lines
-        assert "sets " + " ".join(arm.overrides) in [line.strip() for line in lines]
+        warm = " sampler.ohem_start=0.333 x solver.iterations" if arm.warm_fraction else ""
+        assert "sets " + " ".join(arm.overrides) + warm in [line.strip() for line in lines]
     assert "config's solver.lr" in ARMS["all-rois"].description
 
 

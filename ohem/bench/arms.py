@@ -14,6 +14,9 @@ from dataclasses import dataclass
 class Arm:
     description: str  # one line, shown by ``ohem bench --list-arms``
     overrides: tuple[str, ...]
+    # OHEM mines from this fraction of the run on (``sampler.ohem_start``), a random sample before:
+    # a fraction, not an iteration, so that the arm means the same under any schedule or budget.
+    warm_fraction: float = 0.0
 
 
 def _sets(*groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -43,6 +46,9 @@ ARMS: dict[str, Arm] = {
                     "config's solver.lr (the paper raised the lr for this row; this arm does not)",
                     _sets(HEURISTIC, [f"sampler.batch_size_per_image={EVERY_ROI}", "sampler.bg_iou_low=0.0"])),
     "ohem": Arm("OHEM: the 64 RoIs/image of highest cls+box loss after NMS 0.7 among all RoIs (IoU from 0)", OHEM),
+    "ohem-warm": Arm("OHEM from a third of the run on; before it the heuristic's random sample with background "
+                     "from IoU 0 (our remedy for a from-scratch head collapsing on dense proposals; not in the paper)",
+                     OHEM, warm_fraction=1 / 3),
     "ohem-no-nms": Arm("OHEM without the NMS among RoIs before ranking", _sets(OHEM, ["sampler.nms_iou=null"])),
     "ohem-cls": Arm("OHEM ranking RoIs by classification loss only (as mmdetection)",
                     _sets(OHEM, ["sampler.mining_loss=cls"])),
@@ -72,5 +78,6 @@ def format_arms() -> str:
     lines = []
     for name, arm in ARMS.items():
         lines.append(f"{name:<{width}}{arm.description}")
-        lines.append(f"{'':<{width}}sets {' '.join(arm.overrides)}")
+        warm = f" sampler.ohem_start={arm.warm_fraction:.3g} x solver.iterations" if arm.warm_fraction else ""
+        lines.append(f"{'':<{width}}sets {' '.join(arm.overrides)}{warm}")
     return "\n".join(lines) + "\n"

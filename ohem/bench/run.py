@@ -86,7 +86,11 @@ class Bench:
 
     def arm_overrides(self, arm: str) -> list[str]:
         """The user's --set, then the arm's (arms apply on top)."""
-        return [*self.overrides, *ARMS[arm].overrides]
+        overrides = [*self.overrides, *ARMS[arm].overrides]
+        if ARMS[arm].warm_fraction:
+            iterations = load_config(self.config, overrides).solver.iterations
+            overrides.append(f"sampler.ohem_start={math.floor(iterations * ARMS[arm].warm_fraction + 0.5)}")
+        return overrides
 
 
 def budget_iterations(seconds: float, s_per_iter: float) -> int:
@@ -95,12 +99,15 @@ def budget_iterations(seconds: float, s_per_iter: float) -> int:
 
 
 def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
-    """``cfg``'s run stretched to ``iterations``: lr steps, warm-up and evaluation interval scaled by
-    the same factor (so every arm drops its lr and is evaluated at the same fractions of its run)."""
+    """``cfg``'s run stretched to ``iterations``: lr steps, warm-up, the start of mining and the
+    evaluation interval scaled by the same factor (so every arm drops its lr and is evaluated at the
+    same fractions of its run)."""
     factor = iterations / cfg.solver.iterations
     steps = [max(1, math.floor(step * factor + 0.5)) for step in cfg.solver.steps]
     overrides = [f"solver.iterations={iterations}", f"solver.steps=[{', '.join(map(str, steps))}]",
                  f"solver.warmup_iterations={math.floor(cfg.solver.warmup_iterations * factor + 0.5)}"]  # fmt: skip
+    if cfg.sampler.ohem_start:
+        overrides.append(f"sampler.ohem_start={math.floor(cfg.sampler.ohem_start * factor + 0.5)}")
     if cfg.train.eval_every:
         overrides.append(f"train.eval_every={max(1, math.floor(cfg.train.eval_every * factor + 0.5))}")
     return overrides
