@@ -2,6 +2,7 @@
 normalisation, Caffe input normalisation, bias decay per layer, Caffe's step schedule."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -31,6 +32,21 @@ def test_per_roi_box_term_by_hand_for_both_betas():
     one = 0.5 * 0.05**2 + 0.5 * 0.5**2 + (2.0 - 0.5)
     torch.testing.assert_close(box_ninth, torch.tensor([0.0, ninth]))
     torch.testing.assert_close(box_one, torch.tensor([0.0, one]))
+
+
+def test_background_box_term_is_zero_without_gradient_even_for_infinite_targets():
+    # A gt-less image's background RoIs have infinite box targets (encoded against a zero-size box).
+    deltas = torch.randn(3, 12, requires_grad=True)
+    labels = torch.tensor([0, 2, 0])
+    targets = torch.tensor([[float("-inf")] * 4, [0.1, 0.2, 0.0, -0.1], [float("inf")] * 4])
+    cls_loss, box_loss = per_roi_loss_terms(torch.zeros(3, 3), deltas, labels, targets, beta=1 / 9)
+    assert box_loss[0] == 0 and box_loss[2] == 0 and box_loss[1] > 0
+    box_loss.sum().backward()
+    grad = deltas.grad.reshape(3, 3, 4)
+    assert torch.isfinite(grad).all()
+    assert grad[0].abs().sum() == 0 and grad[2].abs().sum() == 0  # background rows: no gradient
+    assert grad[1, 2].abs().sum() > 0 and grad[1, :2].abs().sum() == 0  # only the fg RoI's own class
+    torch.testing.assert_close(cls_loss, torch.full((3,), math.log(3)))
 
 
 @pytest.mark.parametrize("enable", [enable_ohem, enable_heuristic_sampling])

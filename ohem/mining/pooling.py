@@ -34,7 +34,7 @@ def readonly_pool(
 
     def pool(part: tuple[Tensor, Tensor]) -> Tensor:
         with torch.no_grad():  # grad mode is per thread
-            return heads.box_roi_pool(features, [part[0][part[1] == i] for i in range(num_images)], image_shapes)
+            return heads.box_roi_pool(features, split_by_image(*part, num_images), image_shapes)
 
     def pool_in_worker(part: tuple[Tensor, Tensor]) -> Tensor:
         # One OpenMP thread here: a second OpenMP team would outnumber the cores, and libgomp would then
@@ -53,6 +53,12 @@ def readonly_pool(
     splits = list(zip(boxes.tensor_split(parts), image_ids.tensor_split(parts)))
     others = [_pool_threads(parts - 1, os.getpid()).submit(pool_in_worker, split) for split in splits[1:]]
     return torch.cat([pool(splits[0]), *(f.result() for f in others)])
+
+
+def split_by_image(rows: Tensor, image_ids: Tensor, num_images: int) -> list[Tensor]:
+    """``rows`` (in image order, ``image_ids`` ascending) as one tensor per image: one host copy of
+    the counts, where a boolean mask per image would sync with the device once per image."""
+    return list(rows.split(torch.bincount(image_ids, minlength=num_images).tolist()))
 
 
 @functools.cache

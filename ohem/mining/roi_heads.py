@@ -26,7 +26,7 @@ from torchvision.ops import box_area, box_iou
 
 from ohem.config import SamplerConfig
 from ohem.mining.box_targets import BoxTargetNorm
-from ohem.mining.pooling import can_reuse_pooling, readonly_pool, reuse_pooling, rows_of
+from ohem.mining.pooling import can_reuse_pooling, readonly_pool, reuse_pooling, rows_of, split_by_image
 from ohem.mining.select import select_hard_examples
 
 
@@ -44,7 +44,7 @@ class LabelledRoIs:
 
     def per_image(self, rows: torch.Tensor) -> tuple[list[torch.Tensor], ...]:
         """``rows`` (in image order) as torchvision's per-image (proposals, matched idxs, labels, targets)."""
-        parts = [rows[self.image_ids[rows] == i] for i in range(self.num_images)]
+        parts = split_by_image(rows, self.image_ids[rows], self.num_images)
         fields = (self.boxes, self.matched_idxs, self.labels, self.box_targets)
         return tuple([field[p] for p in parts] for field in fields)
 
@@ -68,9 +68,9 @@ def match_rois(
             label = torch.zeros_like(best_gt)
         else:
             best_iou, best_gt = box_iou(gt, boxes).max(dim=0)
-            label = classes[best_gt].to(torch.int64)
-            label[best_iou < fg_iou] = 0
-        label[((best_iou >= bg_iou_high) & (best_iou < fg_iou)) | (best_iou < bg_iou_low)] = -1
+            label = classes[best_gt].to(torch.int64).masked_fill(best_iou < fg_iou, 0)
+        # masked_fill, not boolean-mask assignment: that one is a nonzero, a host sync on CUDA
+        label = label.masked_fill(((best_iou >= bg_iou_high) & (best_iou < fg_iou)) | (best_iou < bg_iou_low), -1)
         matched_idxs.append(best_gt)
         labels.append(label)
     return matched_idxs, labels
@@ -99,10 +99,15 @@ def per_roi_loss_terms(
     """Unreduced (cross-entropy, smooth-L1 with ``beta``) of each RoI, the box term 0 on background: the
     terms of torchvision's ``fastrcnn_loss`` (summed over 4 coordinates), so their mean is what training optimises."""
     cls_loss = F.cross_entropy(class_logits, labels, reduction="none")
-    fg = torch.nonzero(labels > 0).squeeze(1)
-    box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
-    fg_box = F.smooth_l1_loss(box_regression[fg, labels[fg]], box_targets[fg], beta=beta, reduction="none").sum(1)
-    return cls_loss, torch.zeros_like(cls_loss).index_add(0, fg, fg_box)
+    # Every RoI's deltas for its own class, the background's term masked to 0 rather than the
+    # foreground picked out by index: no nonzero, so no host sync on CUDA. Background targets are
+    # masked first (a gt-less image's are infinite).
+    fg = labels > 0
+    rows = torch.arange(labels.numel(), device=labels.device)
+    own = box_regression.reshape(box_regression.shape[0], -1, 4)[rows, labels]
+    targets = torch.where(fg.unsqueeze(1), box_targets, 0.0)
+    box_loss = F.smooth_l1_loss(own, targets, beta=beta, reduction="none").sum(1)
+    return cls_loss, torch.where(fg, box_loss, 0.0)
 
 
 def mining_loss(cls_loss: torch.Tensor, box_loss: torch.Tensor, kind: str) -> torch.Tensor:
