@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ SAMPLERS = {
     "ohem-ro-fp32": ["sampler.method=ohem", "sampler.readonly_precision=fp32"],  # read-only pass in IEEE fp32
     "ohem": ["sampler.method=ohem"],  # the default: read-only pass with TF32 matmuls and convolutions
     "ohem-ro-bf16": ["sampler.method=ohem", "sampler.readonly_precision=bf16"],
+    "ohem-ro-nodrop": ["sampler.method=ohem", "sampler.readonly_dropout=false"],  # what dropout costs there
 }
 MODELS = {
     "small@160": [],
@@ -92,7 +94,9 @@ def proposal_overrides(overrides: list[str], num_train: int, num_test: int) -> l
     return [f"data.proposals={paths[0]}", f"data.test_proposals={paths[1]}"]
 
 
-def time_steps(overrides: list[str], iters: int, device: torch.device, amp: str = "none") -> tuple[float, float, float]:
+def time_steps(
+    overrides: list[str], iters: int, device: torch.device, amp: str = "none", profile: int = 0
+) -> tuple[float, float, float]:
     overrides = overrides + ["data.num_train=16"]
     cfg = load_config("configs/demo.yaml", overrides + proposal_overrides(overrides, 16, 4))
     data = build_dataset(cfg.data, "train")
@@ -106,11 +110,8 @@ def time_steps(overrides: list[str], iters: int, device: torch.device, amp: str 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    for i, (images, targets) in enumerate(batches):
-        if i == 3:  # warm-up done
-            if cuda:
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
+
+    def step(images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             losses = model(images, targets)
         loss = sum(v.float() for k, v in losses.items() if k.startswith("loss_"))
@@ -118,11 +119,36 @@ def time_steps(overrides: list[str], iters: int, device: torch.device, amp: str 
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        return loss
+
+    for i, (images, targets) in enumerate(batches):
+        if i == 3:  # warm-up done
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        loss = step(images, targets)
     if cuda:
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / iters
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
+    if profile:
+        print_profile(lambda: [step(*batch) for batch in batches[:profile]], device)
     return seconds, peak, loss.item()
+
+
+def print_profile(run: Callable[[], object], device: torch.device, rows: int = 15) -> None:
+    """``run`` under ``torch.profiler``: the top ops by time on the device (or the CPU) and by CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    table = prof.key_averages()
+    keys = ["self_device_time_total", "cpu_time_total"] if device.type == "cuda" else ["self_cpu_time_total"]
+    for key in keys:
+        print(table.table(sort_by=key, row_limit=rows, max_name_column_width=48), flush=True)
 
 
 def main() -> None:
@@ -130,6 +156,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--amps", nargs="+", choices=["none", "bf16", "fp16"], help="step table (default: all)")
+    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="step table (default: all)")
     parser.add_argument("--train-iters", type=int, default=200, help="small model's run (0: skip it)")
     parser.add_argument("--vgg-train-iters", type=int, default=20, help="VGG16 +M +B run (0: skip it)")
     parser.add_argument("--vgg-size", type=int, default=600, help="shorter side for VGG16 (smaller for a CPU dry run)")
@@ -140,6 +167,9 @@ def main() -> None:
     parser.add_argument("--e2e-models", nargs="+", default=list(E2E_MODELS), choices=list(E2E_MODELS))
     parser.add_argument("--e2e-amps", nargs="+", default=["none", "bf16"], choices=["none", "bf16"])
     parser.add_argument("--only-e2e", action="store_true", help="skip the step table and the short checks")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="step table: profile this many more steps of each row (torch.profiler)"
+    )
     args = parser.parse_args()
     if args.only_e2e:
         end_to_end(args)
@@ -156,8 +186,9 @@ def main() -> None:
         model_overrides = MODELS[model_name]
         for amp in amps:
             base = None
-            for sampler, sampler_overrides in SAMPLERS.items():
-                sec, mem, loss = time_steps(model_overrides + sampler_overrides, args.iters, device, amp)
+            for sampler in args.samplers or SAMPLERS:
+                sampler_overrides = SAMPLERS[sampler]
+                sec, mem, loss = time_steps(model_overrides + sampler_overrides, args.iters, device, amp, args.profile)
                 base = base or (sec, mem)
                 print(
                     f"{model_name:<12} {amp:<5} {sampler:<13} {sec:8.4f} {mem:9.0f} {sec / base[0]:12.2f} "
