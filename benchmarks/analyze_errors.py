@@ -1,14 +1,14 @@
-"""What the trained detectors of the sampler benchmark get wrong, per arm, on the synthetic test split.
+"""What the trained detectors of a benchmark get wrong, per arm, on their own test split (any dataset).
 
-    python benchmarks/analyze_errors.py [--runs runs/bench/runs] [--score 0.5]
+    python benchmarks/analyze_errors.py [--runs runs/bench/runs] [--score 0.5] [--out FILE.csv]
 
-For every ``accuracy-*`` run: detections scoring at least ``--score`` on the test images, each put
-in the first class that fits, in score order per image: **TP** (IoU >= 0.5 with a not yet matched
-gt box of its class), **look-alike** (IoU >= 0.5 with a distractor: ellipse, frame, down-triangle,
-tee, c-shape), **duplicate** (its gt box already matched), **wrong class** (IoU >= 0.5 with a gt
-box of another class), **mislocalized** (IoU in [0.1, 0.5) with a gt box of its class),
-**background** (anything else); plus the gt boxes left unmatched (**missed**). Counts are per run
-and averaged over an arm's seeds. Writes ``errors.csv`` beside the runs.
+For every ``accuracy-ARM-seedN`` run of an ``ohem bench`` output (its ``runs/`` folder) that has a
+``checkpoint_last.pt``: its detections on the test split of its own config (synthetic, VOC or COCO,
+with its test proposals for Fast R-CNN), scoring at least ``--score``, sorted into kinds of error by
+``ohem.evaluation.errors`` (TP, difficult, look-alike, duplicate, wrong class, mislocalized,
+background, missed; look-alikes only where the data marks distractors, as the synthetic data does).
+Counts are per run and averaged over an arm's seeds. Writes ``errors.csv`` beside the runs folder
+(or ``--out``).
 """
 
 from __future__ import annotations
@@ -20,73 +20,51 @@ import sys
 from pathlib import Path
 
 import torch
-from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ohem.data import build_dataset  # noqa: E402
+from ohem.evaluation import KINDS, classify_detections  # noqa: E402
 from ohem.inference import model_from_checkpoint, predict  # noqa: E402
 
-KINDS = ["TP", "look-alike", "duplicate", "wrong class", "mislocalized", "background", "missed"]
 
-
-def classify(det, target, score: float) -> dict[str, int]:  # noqa: ANN001
-    counts = dict.fromkeys(KINDS, 0)
-    keep = det.scores >= score
-    boxes, labels = det.boxes[keep], det.labels[keep]
-    order = torch.argsort(det.scores[keep], descending=True)
-    gt, gt_labels, distractors = target["boxes"], target["labels"], target["distractor_boxes"]
-    gt_iou = box_iou(boxes, gt) if len(gt) else torch.zeros(len(boxes), 0)
-    lookalike_iou = box_iou(boxes, distractors) if len(distractors) else torch.zeros(len(boxes), 0)
-    taken = torch.zeros(len(gt), dtype=torch.bool)
-    for d in order.tolist():
-        same = gt_labels == labels[d]
-        same_iou = torch.where(same, gt_iou[d], torch.zeros_like(gt_iou[d])) if len(gt) else gt_iou[d]
-        best = int(same_iou.argmax()) if len(gt) else -1
-        if best >= 0 and same_iou[best] >= 0.5 and not taken[best]:
-            taken[best] = True
-            kind = "TP"
-        elif len(distractors) and lookalike_iou[d].max() >= 0.5:
-            kind = "look-alike"
-        elif best >= 0 and same_iou[best] >= 0.5:
-            kind = "duplicate"
-        elif len(gt) and gt_iou[d].max() >= 0.5:
-            kind = "wrong class"
-        elif best >= 0 and same_iou[best] >= 0.1:
-            kind = "mislocalized"
-        else:
-            kind = "background"
-        counts[kind] += 1
-    counts["missed"] = int((~taken).sum())
-    return counts
+def run_errors(run: Path, score: float, device: torch.device) -> dict[str, int]:
+    """Counts of each kind over the test split of ``run``'s config, from its last checkpoint."""
+    model, cfg, _ = model_from_checkpoint(run / "checkpoint_last.pt", device)
+    test_set = build_dataset(cfg.data, "test")
+    totals = dict.fromkeys(KINDS, 0)
+    for i, det in enumerate(predict(model, test_set, device)):
+        counts = classify_detections(det.boxes, det.scores, det.labels, test_set[i][1], score)
+        for kind, n in counts.items():
+            totals[kind] += n
+    return totals
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs/bench/runs")
+    parser.add_argument("--runs", default="runs/bench/runs", help="an ohem bench output's runs/ folder")
     parser.add_argument("--score", type=float, default=0.5)
+    parser.add_argument("--out", help="CSV to write (default: errors.csv beside --runs)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    device = torch.device("cpu")
     rows = []
     for run in sorted(Path(args.runs).glob("accuracy-*-seed*")):
-        checkpoint = run / "checkpoint_last.pt"
-        if not checkpoint.exists():
+        if not (run / "checkpoint_last.pt").exists():
             continue
-        model, cfg, _ = model_from_checkpoint(checkpoint, device)
-        test_set = build_dataset(cfg.data, "test")
-        detections = predict(model, test_set, device)
-        totals = dict.fromkeys(KINDS, 0)
-        for i, det in enumerate(detections):
-            for kind, n in classify(det, test_set[i][1], args.score).items():
-                totals[kind] += n
+        totals = run_errors(run, args.score, torch.device(args.device))
         arm, seed = run.name.removeprefix("accuracy-").rsplit("-seed", 1)
         rows.append({"arm": arm, "seed": int(seed), **totals})
         print(f"{run.name}: {totals}", flush=True)
-    with (Path(args.runs).parent / "errors.csv").open("w", newline="") as f:
+    if not rows:
+        sys.exit(f"analyze_errors: no accuracy-ARM-seedN run with a checkpoint_last.pt in {args.runs}")
+    out = Path(args.out) if args.out else Path(args.runs).parent / "errors.csv"
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", newline="") as f:  # written whole, then moved into place
         writer = csv.DictWriter(f, fieldnames=["arm", "seed", *KINDS])
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\nscore >= {args.score}, test split, mean over seeds")
+    partial.replace(out)
+    print(f"\nscore >= {args.score}, test split, mean over seeds; wrote {out}")
     print(f"{'arm':<14}{'runs':>5}" + "".join(f"{k:>14}" for k in KINDS))
     for arm in dict.fromkeys(r["arm"] for r in rows):
         mine = [r for r in rows if r["arm"] == arm]

@@ -17,6 +17,11 @@ loader processes), heuristic / torchvision default / OHEM, fp32 and bf16: s/iter
 share of the step spent waiting for data, and the OHEM / heuristic ratio of wall time per iteration.
 
     PYTHONPATH=. python benchmarks/gpu_check.py --only-e2e --device cpu --e2e-iters 12 --e2e-size 128  # dry run
+
+Parts can be left out or narrowed (``--amps``, ``--samplers``, ``--train-iters 0``,
+``--vgg-train-iters 0``, ``--e2e-iters 0``, ``--e2e-amps``); ``--profile N`` runs N more steps of
+each step-table row under ``torch.profiler`` and prints its top ops by device time and by CPU time
+(host-bound steps show up as kernel launches and ``cudaStreamSynchronize``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """Evaluation: score a detector (VOC AP, COCO AP), read and write detections files, and measure
-its loss over all RoIs."""
+its loss over all RoIs, and sort its detections into kinds of error."""
 
 from ohem.evaluation.coco import coco_evaluate
 from ohem.evaluation.detections_file import read_detections, write_detections
+from ohem.evaluation.errors import KINDS, classify_detections
 from ohem.evaluation.roi_loss import mean_roi_loss
 from ohem.evaluation.voc import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
 
 __all__ = [
+    "KINDS",
+    "classify_detections",
     "ImageAnnotations",
     "ImageDetections",
     "average_precision",
