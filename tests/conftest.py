@@ -41,3 +41,12 @@ def tiny_cfg():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    # A run with train.num_threads sets torch's thread count for the process; later tests (e.g. one
+    # comparing a subprocess's run with an in-process one) must see the count they started with.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
