@@ -177,6 +177,7 @@ def test_comparisons_read_the_curves_at_the_other_budget():
     at_iterations, at_time = comparisons(acc, curves, cost, "iterations")
     assert at_iterations.values == {"heuristic": [60.0], "ohem": [70.0]}
     assert at_time.budget.startswith("equal training time (6.0 s each")  # the faster arm's whole run
+    assert "read from the curves of runs scheduled by iterations: not runs given that time" in at_time.budget
     assert at_time.values == {"heuristic": [60.0], "ohem": [pytest.approx(55.0)]}  # ohem at 30 iterations = 6 s
     text = verdict([at_iterations, at_time])
     assert "ohem wins with 70.0 mAP, 10.0 points above heuristic" in text
@@ -189,7 +190,7 @@ def test_comparisons_read_the_curves_at_the_other_budget():
 
     timed = [dict(r, iterations=n) for r, n in zip(acc, ["60", "30"])]  # --budget seconds: 6 s each
     at_iterations, at_time = comparisons(timed, curves, cost, "seconds")
-    assert at_iterations.budget == "equal iterations (30 each)"
+    assert at_iterations.budget == "equal iterations (30 each, read from the curves of runs scheduled by time)"
     assert at_iterations.values == {"heuristic": [50.0], "ohem": [pytest.approx(55.0)]}
     assert at_time.values == {"heuristic": [60.0], "ohem": [70.0]}
 

@@ -112,14 +112,16 @@ def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget:
                      for r in curves if r["arm"] in timed]  # fmt: skip
             at_time = values_at(exact, list(timed), "seconds", limit)
             at_time.missing += [arm for arm in arms if arm not in timed]
-            at_time.budget = f"equal training time ({limit:.1f} s each at each arm's measured s/iter)"
+            at_time.budget = (f"equal training time ({limit:.1f} s each at each arm's measured s/iter, read from "
+                              "the curves of runs scheduled by iterations: not runs given that time)")  # fmt: skip
             result.append(at_time)
     else:
         seconds = [float(r["seconds"]) for r in acc if _number(r.get("seconds")) is not None]
         each = f" ({statistics.mean(seconds):.1f} s each)" if seconds else ""
         result.append(Comparison(f"equal training time{each}", final))
         at_iterations = values_at(curves, arms, "iteration", min(iterations.values()))
-        at_iterations.budget = f"equal iterations ({min(iterations.values())} each)"
+        at_iterations.budget = (f"equal iterations ({min(iterations.values())} each, read from the curves of "
+                                "runs scheduled by time)")  # fmt: skip
         result.insert(0, at_iterations)
     return result
 
