@@ -111,8 +111,8 @@ def _train(run: Run) -> dict[str, Any]:
         for it in bar:
             done = it + 1 == cfg.solver.iterations
             record = train_step(run, it, batches)
-            if watch and run.d.main and (warning := watch.add(it + 1, record["ohem_all_roi_loss"],
-                                                              record["ohem_mined_loss"])):  # fmt: skip
+            if watch and run.d.main and (warning := watch.add(it + 1, record["ohem_score_spread"],
+                                                              record["ohem_all_roi_loss"])):  # fmt: skip
                 bar.write(f"ohem train: warning: {warning}", file=sys.stderr)
             if t.check_sync_every and (it + 1) % t.check_sync_every == 0:
                 check_in_sync(run.d, run.core, it + 1)

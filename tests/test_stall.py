@@ -1,43 +1,61 @@
-"""The warning for OHEM runs whose all-RoI loss stops falling while the mined loss stays high."""
+"""The warning for OHEM runs whose box head collapses (every RoI scored alike), and the statistic it
+reads: the spread over all RoIs of the read-only pass's foreground probability."""
 
-import math
+import torch
 
-from ohem.mining.stall import StallWatch
+from ohem.mining import enable_ohem
+from ohem.mining.stall import COLLAPSED, StallWatch
+from tests.test_roi_heads import heads_inputs, small_model
 
 
-def feed(watch, all_roi, mined, steps):
+def feed(watch, spread, all_roi, steps):
     warnings = []
     for it in range(1, steps + 1):
-        message = watch.add(it, all_roi(it), mined(it))
+        message = watch.add(it, spread(it), all_roi(it))
         if message:
             warnings.append((it, message))
     return warnings
 
 
-def test_a_healthy_run_that_converges_low_is_not_warned_about():
-    watch = StallWatch(window=10)
-    # falls from 1.5 to ~0.08 and levels off there: converged, not stalled
-    warnings = feed(watch, lambda it: 0.08 + 1.42 * math.exp(-it / 15), lambda it: 0.9, 300)
-    assert warnings == []
-    assert len(watch.all_roi) == 30
-
-
-def test_a_stalled_run_is_warned_about_once_when_three_windows_bring_nothing():
+def test_a_head_that_keeps_ranking_rois_is_not_warned_about_even_when_its_loss_levels_off():
     watch = StallWatch(window=10, start=20)
-    # falls until iteration 44, then stays at 0.63 (64 % of the first window's mean) with mined 1.25
-    all_roi = lambda it: max(0.63, 1.5 - 0.02 * it)  # noqa: E731
-    warnings = feed(watch, all_roi, lambda it: 1.25, 400)
+    # all-RoI loss flat (or rising, as once mining starts), but the scores spread: a healthy head
+    warnings = feed(watch, lambda it: 0.05 + 0.0001 * it, lambda it: 0.3 + 0.0002 * it, 500)
+    assert warnings == []
+    assert len(watch.spread) == 48  # (500 - 20) / 10 windows after the start
+
+
+def test_a_collapsed_head_is_warned_about_once_after_three_windows():
+    watch = StallWatch(window=10, start=20)
+    # the spread falls from 0.1 and stays at 0.002 from iteration 40 on
+    spread = lambda it: max(0.002, 0.1 - 0.0025 * it)  # noqa: E731
+    warnings = feed(watch, spread, lambda it: 0.75, 400)
     assert len(warnings) == 1
     iteration, message = warnings[0]
-    # windows end at 30, 40, ...; the one ending at 50 is the best before the plateau (~0.64), and
-    # the three after it (60, 70, 80) bring nothing below 0.95 x that
-    assert iteration == 80
-    assert watch.all_roi[0] == sum(all_roi(it) for it in range(21, 31)) / 10  # warm-up steps not counted
-    assert message.startswith("iteration 80: OHEM's mean loss over all RoIs has not fallen for 30 iterations (0.630")
-    assert "stays at 1.250" in message
+    # windows 21-30 and 31-40 are above 0.01; 41-50, 51-60, 61-70 below: the warning at 70
+    assert [round(s, 4) for s in watch.spread[:4]] == [0.0363, 0.0115, 0.002, 0.002]
+    assert iteration == 70
+    assert message.startswith("iteration 70: the box head scores every RoI alike (std of the foreground "
+                              "probability over all RoIs 0.0020, below 0.01 for 30 iterations; mean loss over "
+                              "all RoIs 0.750)")  # fmt: skip
+    assert "sampler.ohem_start" in message
 
 
-def test_a_plateau_that_the_mined_loss_still_falls_through_is_not_a_stall():
-    watch = StallWatch(window=10)
-    warnings = feed(watch, lambda it: 0.7, lambda it: 2.0 * 0.97**it, 200)
-    assert warnings == []
+def test_steps_before_the_start_are_not_watched():
+    watch = StallWatch(window=10, start=100)
+    assert feed(watch, lambda it: 0.0, lambda it: 0.7, 120) == []  # collapsed, but only 2 windows watched
+    assert watch.spread == [0.0, 0.0]
+
+
+def test_the_spread_is_logged_zero_for_a_head_that_scores_every_roi_alike():
+    features, proposals, shapes, targets = heads_inputs()
+    heads = enable_ohem(small_model(), batch_size_per_image=8).roi_heads.train()
+    _, losses = heads(features, proposals, shapes, targets)
+    with torch.no_grad():  # larger class weights than at init: a head whose scores differ by RoI
+        heads.box_predictor.cls_score.weight.mul_(20)
+    _, losses = heads(features, proposals, shapes, targets)
+    assert float(losses["ohem_score_spread"]) > COLLAPSED
+    with torch.no_grad():  # the class scores no longer depend on the RoI: a collapsed head
+        heads.box_predictor.cls_score.weight.zero_()
+    _, losses = heads(features, proposals, shapes, targets)
+    assert float(losses["ohem_score_spread"]) < 1e-6

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ohem.mining.roi_heads import (
     OHEMRoIHeads,
+    foreground_probability,
     label_rois,
     mining_loss,
     mining_record,
@@ -45,5 +46,5 @@ class LossZeroingRoIHeads(OHEMRoIHeads):
         return [], {
             "loss_classifier": (cls_loss * keep).sum() / num,
             "loss_box_reg": (box_loss * keep).sum() / num,
-            **mining_stats(rois, losses, hard),
+            **mining_stats(rois, losses, hard, foreground_probability(logits)),
         }

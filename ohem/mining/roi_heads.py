@@ -110,6 +110,12 @@ def per_roi_loss_terms(
     return cls_loss, torch.where(fg, box_loss, 0.0)
 
 
+def foreground_probability(class_logits: Tensor) -> Tensor:
+    """(R,) 1 - P(background) of each RoI: their spread over RoIs tells a head that ranks RoIs from
+    a collapsed one (``ohem.mining.stall``)."""
+    return 1 - class_logits.detach().float().softmax(1)[:, 0]
+
+
 def mining_loss(cls_loss: torch.Tensor, box_loss: torch.Tensor, kind: str) -> torch.Tensor:
     """The loss RoIs are ranked by: ``cls`` (mmdetection) or ``cls+box`` (the paper)."""
     return cls_loss if kind == "cls" else cls_loss + box_loss
@@ -118,10 +124,11 @@ def mining_loss(cls_loss: torch.Tensor, box_loss: torch.Tensor, kind: str) -> to
 @torch.no_grad()
 def readonly_losses(
     heads: RoIHeads, features: dict, rois: LabelledRoIs, image_shapes: list[tuple[int, int]], sampler: SamplerConfig,
-    pooled: list[Tensor] | None = None,
+    pooled: list[Tensor] | None = None, fg_scores: list[Tensor] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """(R,) mining loss of every RoI, ``sampler.max_rois_per_chunk`` RoIs at a time, no graph kept, in
-    ``sampler.readonly_precision``; the pooled features are appended to ``pooled`` when given."""
+    ``sampler.readonly_precision``; the pooled features are appended to ``pooled`` and the foreground
+    probabilities to ``fg_scores`` when given."""
     chunks, step = [], sampler.max_rois_per_chunk
     with readonly_mode(heads, sampler.readonly_dropout), readonly_numerics(rois.boxes.device, sampler):
         for start in range(0, rois.boxes.shape[0], step):
@@ -130,6 +137,8 @@ def readonly_losses(
             if pooled is not None:
                 pooled.append(features_of_rois)
             logits, deltas = heads.box_predictor(heads.box_head(features_of_rois))
+            if fg_scores is not None:
+                fg_scores.append(foreground_probability(logits))
             labels, targets = rois.labels[start : start + step], rois.box_targets[start : start + step]
             terms = per_roi_loss_terms(logits, deltas, labels, targets, box_loss_beta(heads))
             chunks.append(mining_loss(*terms, sampler.mining_loss))
@@ -282,7 +291,8 @@ class OHEMRoIHeads(BoxLossRoIHeads):
         tic = clock(self.sync_timing, device)
         rois = label_rois(self, proposals, targets, s.bg_iou_floor)
         pooled: list[Tensor] | None = [] if can_reuse_pooling(self, features) else None
-        losses = readonly_losses(self, features, rois, image_shapes, s, pooled)
+        fg_scores: list[Tensor] = []
+        losses = readonly_losses(self, features, rois, image_shapes, s, pooled, fg_scores)
         if self.mining_on:
             per_label = rois.labels if s.nms_per_label else None
             hard = select_hard_examples(losses, rois.boxes, rois.image_ids, s.batch_size_per_image, s.nms_iou,
@@ -300,7 +310,7 @@ class OHEMRoIHeads(BoxLossRoIHeads):
         finally:
             self._sampled = None
         self.last_mining = mining_record(rois, losses, hard, image_shapes)
-        return result, {**train_losses, **mining_stats(rois, losses, hard)}
+        return result, {**train_losses, **mining_stats(rois, losses, hard, torch.cat(fg_scores))}
 
     def select_training_samples(
         self, proposals: list[Tensor], targets: list[dict[str, Tensor]] | None
@@ -323,10 +333,14 @@ def random_fg_bg(rois: LabelledRoIs, per_image: int, fg_fraction: float) -> torc
     return torch.cat(rows)
 
 
-def mining_stats(rois: LabelledRoIs, losses: torch.Tensor, hard: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Detached statistics for the loss dict: mean loss over all RoIs and over the mined ones, fg shares."""
+def mining_stats(
+    rois: LabelledRoIs, losses: torch.Tensor, hard: torch.Tensor, fg_scores: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Detached statistics for the loss dict: mean loss over all RoIs and over the mined ones, fg
+    shares, and the spread (std over all RoIs) of the foreground probability."""
     zero = losses.new_zeros(())
     return {
+        "ohem_score_spread": fg_scores.std() if fg_scores.numel() > 1 else zero,
         "ohem_all_roi_loss": losses.mean() if losses.numel() else zero,
         "ohem_mined_loss": losses[hard].mean() if hard.numel() else zero,
         "ohem_mined_fg_fraction": (rois.labels[hard] > 0).float().mean() if hard.numel() else zero,
