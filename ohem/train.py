@@ -155,8 +155,9 @@ def train_step(run: Run, it: int, batches: Iterator[Batch]) -> dict[str, float]:
         synchronize(run.device)  # the copies to the device count as data time
         waited, tic = waited + time.perf_counter() - tic, time.perf_counter()
         losses = forward_backward(run, it, part, images, targets)
-        for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + value.item() / accumulate
+        values = torch.stack([value.detach().float() for value in losses.values()]).tolist()  # one host copy
+        for key, value in zip(losses, values):
+            sums[key] = sums.get(key, 0.0) + value / accumulate
         stepped += time.perf_counter() - tic
         mining += sum(heads.last_mining_seconds for heads in mining_heads(run.core))
         run.log.mined(it + 1, run.core.roi_heads, indices, images, losses)
