@@ -14,7 +14,6 @@ Counts are per run and averaged over an arm's seeds. Writes ``errors.csv`` besid
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ohem.bench.run import write_csv  # noqa: E402
 from ohem.data import build_dataset  # noqa: E402
 from ohem.evaluation import KINDS, classify_detections  # noqa: E402
 from ohem.inference import model_from_checkpoint, predict  # noqa: E402
@@ -58,12 +58,7 @@ def main() -> None:
     if not rows:
         sys.exit(f"analyze_errors: no accuracy-ARM-seedN run with a checkpoint_last.pt in {args.runs}")
     out = Path(args.out) if args.out else Path(args.runs).parent / "errors.csv"
-    partial = out.with_name(out.name + ".partial")
-    with partial.open("w", newline="") as f:  # written whole, then moved into place
-        writer = csv.DictWriter(f, fieldnames=["arm", "seed", *KINDS])
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(out)
+    write_csv(out, rows)  # the whole file, atomically
     print(f"\nscore >= {args.score}, test split, mean over seeds; wrote {out}")
     print(f"{'arm':<14}{'runs':>5}" + "".join(f"{k:>14}" for k in KINDS))
     for arm in dict.fromkeys(r["arm"] for r in rows):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ohem.mining.pooling import split_by_image
 from ohem.mining.roi_heads import (
     OHEMRoIHeads,
     foreground_probability,
@@ -33,7 +34,7 @@ class LossZeroingRoIHeads(OHEMRoIHeads):
         features, proposals = poolable(features, proposals)
         s = self.sampler
         rois = label_rois(self, proposals, targets, s.bg_iou_floor)
-        pieces = [rois.boxes[rois.image_ids == i] for i in range(rois.num_images)]
+        pieces = split_by_image(rois.boxes, rois.image_ids, rois.num_images)
         logits, deltas = self.box_predictor(self.box_head(self.box_roi_pool(features, pieces, image_shapes)))
         cls_loss, box_loss = per_roi_loss_terms(logits, deltas, rois.labels, rois.box_targets, self.box_loss_beta)
         losses = mining_loss(cls_loss, box_loss, s.mining_loss).detach()

@@ -325,7 +325,7 @@ def random_fg_bg(rois: LabelledRoIs, per_image: int, fg_fraction: float) -> torc
     """Rows of a random sample per image, as torchvision's sampler draws it: at most ``fg_fraction``
     x ``per_image`` foreground, background for the rest."""
     sampler = BalancedPositiveNegativeSampler(per_image, fg_fraction)
-    labels = [rois.labels[rois.image_ids == i] for i in range(rois.num_images)]
+    labels = split_by_image(rois.labels, rois.image_ids, rois.num_images)
     rows, offset = [], 0
     for image_labels, pos, neg in zip(labels, *sampler(labels)):
         rows.append(torch.nonzero(pos | neg).squeeze(1) + offset)
