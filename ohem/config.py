@@ -90,7 +90,8 @@ class ModelConfig(_Section):
     SECTION = "model"
     # With an RPN: small | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 | fasterrcnn_mobilenet_v3_large_fpn
     # | maskrcnn_resnet50_fpn | faster_rcnn_vgg16 | faster_rcnn_vgg_cnn_m_1024.
-    # On external proposals (data.proposals): fast_rcnn_vgg16 | fast_rcnn_vgg_cnn_m_1024 | fast_rcnn_small.
+    # On external proposals (data.proposals): fast_rcnn_vgg16 | fast_rcnn_vgg_cnn_m_1024 | fast_rcnn_small
+    # | fast_rcnn_small_wide.
     name: str = "small"
     backbone_weights: str | None = None  # None (random init) | "imagenet" (torchvision) | path to a file
     trainable_backbone_layers: int | None = None  # torchvision models only

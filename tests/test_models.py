@@ -85,3 +85,20 @@ def test_imagenet_backbone_goes_through_torchvision_weights_api(monkeypatch):
     monkeypatch.setattr(detection, "fasterrcnn_resnet50_fpn", fake_builder)
     assert build_model(small_cfg(name="fasterrcnn_resnet50_fpn", backbone_weights="imagenet"), 20) == "model"
     assert seen["weights_backbone"] == "DEFAULT" and seen["weights"] is None and seen["num_classes"] == 21
+
+
+def test_wide_head_is_vgg16_shaped_and_mines():
+    cfg = ModelConfig(name="fast_rcnn_small_wide", min_size=128, max_size=128)
+    model = build_detector(cfg, SamplerConfig(batch_size_per_image=16), 5).train()
+    assert model.roi_heads.box_roi_pool.output_size == (7, 7)
+    assert model.roi_heads.box_head.fc6.in_features == 96 * 7 * 7 and model.roi_heads.box_head.fc7.out_features == 4096
+    assert model.roi_heads.box_predictor.cls_score.in_features == 4096
+    ds = SyntheticShapes("train", 2, image_size=128)
+    images, targets = zip(*[ds[i] for i in range(2)])
+    torch.manual_seed(0)
+    corners = torch.rand(40, 2) * 60
+    random_boxes = torch.cat([corners, corners + 8 + torch.rand(40, 2) * 50], dim=1)
+    proposals = [torch.cat([t["boxes"], random_boxes]) for t in targets]
+    losses = model(list(images), list(targets), proposals)
+    assert torch.isfinite(losses["loss_classifier"]) and torch.isfinite(losses["loss_box_reg"])
+    assert torch.bincount(model.roi_heads.last_mining["image_ids"]).tolist() == [16, 16]

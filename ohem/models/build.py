@@ -15,7 +15,7 @@ from ohem.checkpoint import load_state_dict_file
 from ohem.config import ModelConfig, SamplerConfig
 from ohem.mining import enable_heuristic_sampling, enable_ohem
 from ohem.models import vgg
-from ohem.models.small import small_fast_rcnn, small_faster_rcnn
+from ohem.models.small import small_fast_rcnn, small_fast_rcnn_wide, small_faster_rcnn
 
 
 def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_classes: int) -> nn.Module:
@@ -142,6 +142,7 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
 BUILDERS: dict[str, Callable[[ModelConfig, int, dict[str, Any]], nn.Module]] = {
     "small": _small(small_faster_rcnn),
     "fast_rcnn_small": _small(small_fast_rcnn),
+    "fast_rcnn_small_wide": _small(small_fast_rcnn_wide),
     "fasterrcnn_resnet50_fpn": _torchvision("fasterrcnn_resnet50_fpn"),
     "fasterrcnn_resnet50_fpn_v2": _torchvision("fasterrcnn_resnet50_fpn_v2"),
     "fasterrcnn_mobilenet_v3_large_fpn": _torchvision("fasterrcnn_mobilenet_v3_large_fpn"),
@@ -151,7 +152,7 @@ BUILDERS: dict[str, Callable[[ModelConfig, int, dict[str, Any]], nn.Module]] = {
     "faster_rcnn_vgg16": _vgg(vgg.faster_rcnn_vgg16),
     "faster_rcnn_vgg_cnn_m_1024": _vgg(vgg.faster_rcnn_vgg_cnn_m_1024),
 }
-PROPOSAL_MODELS = ("fast_rcnn_small", "fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024")  # need data.proposals
+PROPOSAL_MODELS = ("fast_rcnn_small", "fast_rcnn_small_wide", "fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024")  # need data.proposals
 
 
 def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
