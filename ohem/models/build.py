@@ -152,7 +152,8 @@ BUILDERS: dict[str, Callable[[ModelConfig, int, dict[str, Any]], nn.Module]] = {
     "faster_rcnn_vgg16": _vgg(vgg.faster_rcnn_vgg16),
     "faster_rcnn_vgg_cnn_m_1024": _vgg(vgg.faster_rcnn_vgg_cnn_m_1024),
 }
-PROPOSAL_MODELS = ("fast_rcnn_small", "fast_rcnn_small_wide", "fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024")  # need data.proposals
+# these need data.proposals
+PROPOSAL_MODELS = ("fast_rcnn_small", "fast_rcnn_small_wide", "fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024")
 
 
 def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
