@@ -26,9 +26,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from torchvision.ops import box_iou
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -36,6 +33,7 @@ from ohem.cli import main as ohem_main  # noqa: E402
 from ohem.data import VOCDetection  # noqa: E402
 from ohem.data.proposals import ProposalFile  # noqa: E402
 from ohem.data.synthetic import CLASSES  # noqa: E402
+from ohem.evaluation import proposal_recall  # noqa: E402
 
 
 def ohem(*args: str) -> None:
@@ -43,21 +41,8 @@ def ohem(*args: str) -> None:
 
 
 def recall(tree: Path, split: str, proposals: Path) -> dict[str, float]:
-    ds = VOCDetection(tree, split, classes=CLASSES, keep_difficult=True)
-    boxes = ProposalFile(proposals)
-    best, counts = [], []
-    for i in range(len(ds)):
-        gt = ds.annotations(i)["boxes"]
-        found = boxes.boxes(ds.image_name(i))[0]
-        counts.append(len(found))
-        if len(gt):
-            best.append(box_iou(gt, found).max(dim=1).values if len(found) else torch.zeros(len(gt)))
-    best = torch.cat(best)
-    return {
-        "proposals_per_image": sum(counts) / len(counts),
-        "recall@0.5": (best >= 0.5).float().mean().item(),
-        "recall@0.7": (best >= 0.7).float().mean().item(),
-    }
+    with ProposalFile(proposals) as boxes:
+        return proposal_recall(VOCDetection(tree, split, classes=CLASSES, keep_difficult=True), boxes)
 
 
 def main() -> int:

@@ -280,7 +280,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         max_boxes = 2000 if args.max_boxes is None else args.max_boxes
         path = dense_proposals(dataset, args.out, max_boxes, args.copies, args.jitter)
         print(f"wrote {path} ({len(dataset)} images, {max_boxes} boxes each)")
-        return 0
+        return _print_recall(dataset, path)
     if not args.import_mat:
         from ohem.data.proposals import compute_proposals
 
@@ -293,7 +293,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
                 raise
             raise ValueError(one_line(str(e))) from e  # the worker's message names the image and the problem
         print(f"wrote {path} ({len(dataset)} images)")
-        return 0
+        return _print_recall(dataset, path)
     from ohem.data.mat_proposals import import_mat_proposals
 
     try:
@@ -306,6 +306,18 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
         f"{done.duplicates} duplicates and {done.small} small boxes; {done.outside} boxes reach outside their image)"
     )
+    return _print_recall(dataset, done.path)
+
+
+def _print_recall(dataset: typing.Any, path: str | Path) -> int:
+    from ohem.data.proposals import ProposalFile
+    from ohem.evaluation import proposal_recall
+
+    with ProposalFile(path) as boxes:
+        r = proposal_recall(dataset, boxes)
+    counts = f"{r['proposals_per_image']:.0f} boxes per image (min {r['min_per_image']}, max {r['max_per_image']})"
+    recall = f"{r['recall@0.5']:.1%} at IoU 0.5, {r['recall@0.7']:.1%} at 0.7"
+    print(f"{counts}; recall of the {r['objects']} objects: {recall}")
     return 0
 
 

@@ -16,6 +16,7 @@ from ohem.data.proposals import (
     write_proposals,
 )
 from ohem.data.synthetic import SyntheticShapes
+from ohem.evaluation import proposal_recall
 
 SIZE = 128
 
@@ -106,6 +107,39 @@ def test_proposals_cover_most_ground_truth(tmp_path):
             gt = ds[i][1]["boxes"]
             best += box_iou(gt, f.proposals_for(ds.image_name(i), SIZE, SIZE)).max(1).values.tolist()
     assert np.mean(np.asarray(best) >= 0.5) >= 0.8
+
+
+class TwoImages:
+    """Two images: one with objects at known overlaps with its proposals, one with none."""
+
+    boxes = {"a": torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60]]), "b": torch.zeros(0, 4)}
+
+    def __len__(self):
+        return 2
+
+    def image_name(self, i):
+        return "ab"[i]
+
+    def annotations(self, i):
+        return {"boxes": self.boxes[self.image_name(i)]}
+
+
+def test_proposal_recall_counts_objects_found_at_each_iou(tmp_path):
+    proposals = {
+        # IoU 1.0 with the first object, 0.5625 with the second (15x15 inside its 20x20),
+        # none near the third
+        "a": np.array([[0, 0, 10, 10], [20, 20, 35, 35], [100, 100, 120, 120]], np.float32),
+        "b": np.array([[0, 0, 5, 5]], np.float32),
+    }
+    path = write_proposals(tmp_path / "p.npz", proposals)
+    with ProposalFile(path) as f:
+        r = proposal_recall(TwoImages(), f)
+        assert r == {"images": 2, "objects": 3, "proposals_per_image": 2.0, "min_per_image": 1, "max_per_image": 3,
+                     "recall@0.5": pytest.approx(2 / 3), "recall@0.7": pytest.approx(1 / 3)}  # fmt: skip
+        assert proposal_recall(TwoImages(), f, max_proposals=1)["recall@0.5"] == pytest.approx(1 / 3)
+    write_proposals(tmp_path / "q.npz", {"a": proposals["a"]})
+    with ProposalFile(tmp_path / "q.npz") as f, pytest.raises(ValueError, match="q.npz: no boxes for image 'b'"):
+        proposal_recall(TwoImages(), f)
 
 
 def test_resume_after_interruption_skips_finished_chunks(tmp_path):

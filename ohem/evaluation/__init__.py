@@ -1,9 +1,10 @@
 """Evaluation: score a detector (VOC AP, COCO AP), read and write detections files, and measure
-its loss over all RoIs, and sort its detections into kinds of error."""
+its loss over all RoIs, sort its detections into kinds of error; a proposals file's recall."""
 
 from ohem.evaluation.coco import coco_evaluate
 from ohem.evaluation.detections_file import read_detections, write_detections
 from ohem.evaluation.errors import KINDS, classify_detections
+from ohem.evaluation.recall import proposal_recall
 from ohem.evaluation.roi_loss import mean_roi_loss
 from ohem.evaluation.voc import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
 
@@ -15,6 +16,7 @@ __all__ = [
     "average_precision",
     "coco_evaluate",
     "mean_roi_loss",
+    "proposal_recall",
     "read_detections",
     "voc_evaluate",
     "write_detections",
