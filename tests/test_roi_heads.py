@@ -18,6 +18,7 @@ from ohem.mining import (
     per_roi_loss_terms,
     rebuild_roi_heads,
 )
+from ohem.mining.pooling import fixed_bincount, split_by_image
 from ohem.mining.roi_heads import mining_loss
 from ohem.models import SmallBackbone, small_faster_rcnn
 
@@ -451,3 +452,11 @@ def test_before_ohem_start_the_sample_is_random_with_the_foreground_share_capped
     heads.mining_on = True  # mining picks by loss: the hardest 8 per image, a different set
     _, mined = heads(features, proposals, shapes, targets)
     assert mined["ohem_mined_loss"] > losses["ohem_mined_loss"]
+
+
+def test_split_by_image_gives_each_image_its_rows_empty_ones_included():
+    rows, image_ids = torch.arange(10, 15), torch.tensor([0, 0, 2, 2, 2])
+    parts = split_by_image(rows, image_ids, num_images=4)
+    assert [p.tolist() for p in parts] == [[10, 11], [], [12, 13, 14], []]
+    assert fixed_bincount(image_ids, 4).tolist() == [2, 0, 3, 0]
+    assert fixed_bincount(torch.zeros(0, dtype=torch.long), 3).tolist() == [0, 0, 0]

@@ -58,7 +58,13 @@ def readonly_pool(
 def split_by_image(rows: Tensor, image_ids: Tensor, num_images: int) -> list[Tensor]:
     """``rows`` (in image order, ``image_ids`` ascending) as one tensor per image: one host copy of
     the counts, where a boolean mask per image would sync with the device once per image."""
-    return list(rows.split(torch.bincount(image_ids, minlength=num_images).tolist()))
+    return list(rows.split(fixed_bincount(image_ids, num_images).tolist()))
+
+
+def fixed_bincount(values: Tensor, bins: int) -> Tensor:
+    """``bincount`` of ``values`` in ``[0, bins)`` with a fixed length: CUDA's ``bincount`` reads the
+    maximum back to size its output, one more host sync."""
+    return torch.zeros(bins, dtype=torch.long, device=values.device).index_add_(0, values, torch.ones_like(values))
 
 
 @functools.cache

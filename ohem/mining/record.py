@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ohem.mining.pooling import fixed_bincount
+
 IOU_BINS = 10  # histogram of the mined RoIs' IoU with their best gt box over [0, 1]
 HARDEST_KEPT = 8  # hardest RoIs remembered per interval, for the gallery
 
@@ -47,8 +49,8 @@ class MiningRecorder:
         # labels above num_classes are dropped, as bincount(...)[: num_classes + 1] did
         classes = labels.clamp(max=self.num_classes + 1)
         step = {
-            "iou_hist": _counts(bins, IOU_BINS),
-            "label_counts": _counts(classes, self.num_classes + 2)[: self.num_classes + 1],
+            "iou_hist": fixed_bincount(bins, IOU_BINS),
+            "label_counts": fixed_bincount(classes, self.num_classes + 2)[: self.num_classes + 1],
             "mined_loss": losses.sum().double(),
             "all_loss": torch.as_tensor(all_roi_loss, device=device).detach().double(),
         }
@@ -111,8 +113,3 @@ class MiningRecorder:
                 "iou": round(float(h["iou"][j]), 4),
             })  # fmt: skip
         return sorted(out, key=lambda r: -r["loss"])
-
-
-def _counts(values: Tensor, bins: int) -> Tensor:
-    """``bincount`` with a fixed length: CUDA's bincount reads the maximum back to size its output."""
-    return torch.zeros(bins, dtype=torch.long, device=values.device).index_add_(0, values, torch.ones_like(values))
