@@ -241,12 +241,25 @@ def test_unknown_arm_and_missing_config_are_one_line_errors(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_no_cost_phase_gives_equal_iteration_rows_without_a_seconds_axis(tmp_path):
+    out = tmp_path / "b"
+    assert run_bench(tiny_bench(out, arms=["heuristic"], cost_iters=0)) == 0
+    assert not (out / "cost.csv").exists() and not (out / "runs" / "cost-heuristic").exists()
+    [row] = read(out / "accuracy.csv")
+    assert (row["arm"], row["iterations"], row["seconds"]) == ("heuristic", "4", "")
+    assert {p["seconds"] for p in read(out / "curves.csv")} == {""}
+    assert "| heuristic | 1 | 4 | – |" in (out / "summary.md").read_text(encoding="utf-8")
+
+
 def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
     base = ["bench", "--config", "configs/demo.yaml", "--arms", "ohem", "--out", str(tmp_path / "b")]
     assert main([*base, "--seconds", "5"]) == 1
     assert capsys.readouterr().err == "ohem bench: error: --seconds 5.0: needs --budget seconds and a positive number\n"
     assert main([*base, "--jobs", "0"]) == 1
     assert capsys.readouterr().err == "ohem bench: error: --jobs must be >= 1, got 0\n"
+    assert main([*base, "--cost-iters", "0", "--budget", "seconds"]) == 1
+    no_cost = "--cost-iters 0 (no cost phase) leaves --budget seconds nothing to divide the time by"
+    assert capsys.readouterr().err == f"ohem bench: error: {no_cost}\n"
     (tmp_path / "b").mkdir()
     with claim(tmp_path / "b"):  # another ohem bench is writing this folder
         assert main(base) == 1

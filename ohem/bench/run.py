@@ -74,11 +74,13 @@ class Bench:
         )  # fmt: skip
 
     def check(self) -> None:
-        for flag, value, low in (("--jobs", self.jobs, 1), ("--cost-iters", self.cost_iters, 1)):
+        for flag, value, low in (("--jobs", self.jobs, 1), ("--cost-iters", self.cost_iters, 0)):
             if value < low:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")
         if self.budget not in ("iterations", "seconds"):
             raise ValueError(f"--budget must be iterations or seconds, got {self.budget!r}")
+        if self.cost_iters == 0 and self.budget == "seconds":
+            raise ValueError("--cost-iters 0 (no cost phase) leaves --budget seconds nothing to divide the time by")
         if self.seconds is not None and (self.budget != "seconds" or not 0 < self.seconds < math.inf):
             raise ValueError(f"--seconds {self.seconds}: needs --budget seconds and a positive number")
         if not self.seeds:
@@ -211,7 +213,7 @@ def cost_phase(b: Bench, cores: int) -> tuple[dict[str, dict[str, Any]], list[st
     """A ``cost.csv`` row per arm (measured once: a rerun keeps them); returns the rows by arm and failures."""
     path = b.out / "cost.csv"
     rows = read_csv(path)
-    todo = [arm for arm in b.arms if arm not in {r["arm"] for r in rows}]
+    todo = [arm for arm in b.arms if arm not in {r["arm"] for r in rows}] if b.cost_iters else []
     failed = run_jobs([cost_job(b, arm, cores, rows, path) for arm in todo], parallel=1)
     return {r["arm"]: r for r in rows}, failed
 
