@@ -120,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                    "solver.iterations at the first arm's s/iter)")  # fmt: skip
     _add_overrides(p, "override for every arm, under the arm's own (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time, each on cores/jobs threads")
-    p.add_argument("--cost-iters", type=int, default=60, help="timed iterations per arm in the cost phase "
-                   "(0: none; equal iterations only, no seconds axis)")
+    p.add_argument(
+        "--cost-iters",
+        type=int,
+        default=60,
+        help="timed iterations per arm in the cost phase (0: none; equal iterations only, no seconds axis)",
+    )
     p.add_argument("--cost-init", metavar="CKPT", help="cost phase: start from these weights (a trained RPN "
                    "passes its steady-state number of RoIs)")  # fmt: skip
     p.add_argument("--out", help="benchmark folder; rerun into it to resume")
