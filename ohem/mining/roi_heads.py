@@ -82,15 +82,17 @@ def label_rois(heads: RoIHeads, proposals: list[torch.Tensor], targets: list[dic
     gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
     rois = heads.add_gt_proposals(proposals, gt_boxes)
     matched_idxs, labels = match_rois(heads, rois, gt_boxes, [t["labels"] for t in targets], bg_iou_low)
-    kept = [torch.nonzero(label >= 0).squeeze(1) for label in labels]
-    matched_gt = [(g if g.numel() else g.new_zeros((1, 4)))[m[k]] for g, m, k in zip(gt_boxes, matched_idxs, kept)]
-    boxes, labels = torch.cat([r[k] for r, k in zip(rois, kept)]), torch.cat([lab[k] for lab, k in zip(labels, kept)])
-    image_ids = torch.cat([torch.full((k.numel(),), i, device=boxes.device) for i, k in enumerate(kept)])
-    box_targets = heads.box_coder.encode_single(torch.cat(matched_gt), boxes)
+    kept = torch.nonzero(torch.cat(labels) >= 0).squeeze(1)  # one nonzero (a host sync on CUDA) per batch
+    gts = [g if g.numel() else g.new_zeros((1, 4)) for g in gt_boxes]  # no objects: matched to a dummy box
+    offsets = [sum(len(g) for g in gts[:i]) for i in range(len(gts))]  # image i's gt rows in torch.cat(gts)
+    matched_gt = torch.cat(gts)[torch.cat([m + o for m, o in zip(matched_idxs, offsets)])[kept]]
+    boxes, labels = torch.cat(rois)[kept], torch.cat(labels)[kept]
+    image_ids = torch.cat([torch.full((len(r),), i, device=boxes.device) for i, r in enumerate(rois)])[kept]
+    box_targets = heads.box_coder.encode_single(matched_gt, boxes)
     if getattr(heads, "box_target_norm", None) is not None:
         box_targets = heads.box_target_norm.normalise(box_targets, labels)
-    matched = torch.cat([m[k] for m, k in zip(matched_idxs, kept)])
-    return LabelledRoIs(boxes, image_ids, matched, labels, box_targets, torch.cat(matched_gt), len(rois))
+    matched = torch.cat(matched_idxs)[kept]
+    return LabelledRoIs(boxes, image_ids, matched, labels, box_targets, matched_gt, len(rois))
 
 
 def per_roi_loss_terms(
