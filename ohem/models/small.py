@@ -57,8 +57,8 @@ def small_fast_rcnn(num_classes: int, **kwargs) -> FastRCNN:
 
 
 def small_fast_rcnn_wide(num_classes: int, **kwargs) -> FastRCNN:
-    """The small backbone under a VGG16-shaped head (7 x 7 RoIs, two 4096-wide fc layers), so the
-    read-only pass weighs as in the paper: 36 M multiply-adds per RoI (VGG16's head: 120 M; small: 0.95 M)."""
+    """The small backbone under a VGG16-shaped head (7 x 7 RoIs, two 4096-wide fc layers): the head's
+    width as in the paper, 36 M multiply-adds per RoI (VGG16's head: 120 M; the small head's: 0.95 M)."""
     return FastRCNN(**_small_parts(num_classes, pool_size=7, fc_width=4096), **kwargs)
 
 
