@@ -260,6 +260,8 @@ def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
     assert main([*base, "--cost-iters", "0", "--budget", "seconds"]) == 1
     no_cost = "--cost-iters 0 (no cost phase) leaves --budget seconds nothing to divide the time by"
     assert capsys.readouterr().err == f"ohem bench: error: {no_cost}\n"
+    assert main([*base, "--cost-iters", "-1"]) == 1
+    assert capsys.readouterr().err == "ohem bench: error: --cost-iters must be >= 0, got -1\n"
     (tmp_path / "b").mkdir()
     with claim(tmp_path / "b"):  # another ohem bench is writing this folder
         assert main(base) == 1
