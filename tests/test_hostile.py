@@ -445,6 +445,13 @@ CASES = [
     Case("dense proposals, --jitter nan", lambda tmp, tr: ["proposals", "--data", "synthetic", "--split", "test",
          "--method", "dense", "--jitter", "nan", "--out", str(tmp / "out" / "p.npz"), "--set", "data.num_test=2"], 1,
          r"^ohem proposals: error: dense proposals: need .* got 2000, 20, nan$"),
+    # --- ohem bench's cost phase
+    Case("bench --cost-iters -1", lambda tmp, tr: ["bench", "--config", "configs/demo.yaml", "--arms", "ohem",
+         "--cost-iters", "-1", "--out", str(tmp / "out" / "b")], 1,
+         r"^ohem bench: error: --cost-iters must be >= 0, got -1$"),
+    Case("bench --cost-iters 0 with --budget seconds", lambda tmp, tr: ["bench", "--config", "configs/demo.yaml",
+         "--arms", "ohem", "--cost-iters", "0", "--budget", "seconds", "--out", str(tmp / "out" / "b")], 1,
+         r"^ohem bench: error: --cost-iters 0 \(no cost phase\) leaves --budget seconds nothing to divide"),
 ]
 # fmt: on
 
