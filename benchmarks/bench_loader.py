@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ohem.config import load_config  # noqa: E402
-from ohem.runlog import step_seconds  # noqa: E402
-from ohem.train import train  # noqa: E402
+from ohem.engine.runlog import step_seconds  # noqa: E402
+from ohem.engine.trainer import train  # noqa: E402
 
 
 def seconds_per_iteration(config: str, overrides: list[str], workers: int, iterations: int) -> tuple[float, float]:

@@ -35,13 +35,14 @@ from pathlib import Path
 import torch
 import torchvision
 
-from ohem import train as training
 from ohem.config import load_config
 from ohem.data import build_dataset
 from ohem.data.loader import eval_batches
 from ohem.data.proposals import write_proposals
-from ohem.models import PROPOSAL_MODELS, build_detector
-from ohem.runlog import step_seconds
+from ohem.engine import trainer as training
+from ohem.engine.runlog import step_seconds
+from ohem.mining import build_detector
+from ohem.models import PROPOSAL_MODELS
 
 SAMPLERS = {
     "heuristic": ["sampler.method=heuristic"],

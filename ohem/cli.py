@@ -143,7 +143,7 @@ def run_command(args: argparse.Namespace) -> int:
     import yaml
     from PIL import Image
 
-    from ohem.train import NonFiniteLossError  # torch and the models: imported once a command runs
+    from ohem.engine.trainer import NonFiniteLossError  # torch and the models: imported once a command runs
 
     expected = (ConfigError, ValueError, OSError, NonFiniteLossError, yaml.YAMLError, RecursionError, MemoryError,
                 Image.DecompressionBombError)  # fmt: skip
@@ -207,8 +207,8 @@ def _workers_override(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ohem.engine.trainer import train
     from ohem.evaluation.score import format_metrics
-    from ohem.train import train
 
     cfg = load_config(args.config, args.overrides + _workers_override(args))
     out = Path(args.out)
@@ -223,10 +223,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
     from ohem.data.loader import loader_workers
+    from ohem.engine.trainer import resolve_device
     from ohem.evaluation.detections_file import read_detections, write_detections
     from ohem.evaluation.score import format_metrics, score_detections
     from ohem.inference import TestTime, model_from_checkpoint, predict
-    from ohem.train import resolve_device
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -386,8 +386,8 @@ def _check_data_overrides(overrides: list[str]) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from ohem.data.common import read_image
+    from ohem.engine.trainer import resolve_device
     from ohem.inference import TestTime, check_image_size, model_from_checkpoint, predict
-    from ohem.train import resolve_device
     from ohem.visualize import draw_detections
 
     if not math.isfinite(args.score_thresh):

@@ -127,11 +127,12 @@ class SamplerConfig(_Section):
     ``enable_heuristic_sampling`` take this object; their keyword arguments are its fields."""
 
     SECTION = "sampler"
-    # ohem | heuristic (Fast R-CNN's fg-fraction rule; with 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's)
+    # a name in ohem.mining.SAMPLERS: ohem | heuristic (Fast R-CNN's fg-fraction rule; with 512 RoIs, fg 0.25,
+    # bg_iou_low 0: torchvision's)
     method: Literal["ohem", "heuristic"] = "ohem"
     batch_size_per_image: int = 64  # B / N: RoIs trained on per image
     fg_fraction: float = 0.25  # heuristic (and ohem before ohem_start)
-    bg_iou_low: float | None = None  # None: 0.1 for heuristic, 0.0 for ohem (docs/PAPER.md); see bg_iou_floor
+    bg_iou_low: float | None = None  # None: the sampler's own (heuristic 0.1, ohem 0.0: docs/PAPER.md)
     nms_iou: float | None = 0.7  # ohem: NMS among RoIs by loss; None = off
     mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
     nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
@@ -140,21 +141,12 @@ class SamplerConfig(_Section):
     # ohem: the read-only pass's numerics: tf32 (float32 with TF32 matmuls/convolutions on CUDA; on the CPU
     # the same as fp32) | fp32 | bf16 / fp16 (autocast). The trainable pass keeps train.amp's precision.
     readonly_precision: Literal["fp32", "tf32", "bf16", "fp16"] = "tf32"
-    # ohem: two-pass (the paper's) | loss-zeroing (the variant the paper rejects; a benchmark arm, for its cost)
-    implementation: Literal["two-pass", "loss-zeroing"] = "two-pass"
     # ohem: the first iteration that mines; before it, a random sample of fg_fraction foreground and
     # background from bg_iou_low. Not in the paper (which starts from ImageNet weights): a from-scratch
     # box head can collapse under mining from the first step (docs/BENCHMARKS.md, "When OHEM pays").
     ohem_start: int = 0
     rpn_ohem: bool = False  # OHEM for the RPN too: loss-ranked anchors with NMS instead of 256 random 1:1
     rpn_nms_iou: float | None = 0.7  # rpn_ohem: NMS among anchors by loss; None = off
-
-    @property
-    def bg_iou_floor(self) -> float:
-        """``bg_iou_low`` resolved: the paper's 0.1 for the heuristic, 0 (every RoI) for OHEM."""
-        if self.bg_iou_low is not None:
-            return self.bg_iou_low
-        return 0.1 if self.method == "heuristic" else 0.0
 
 
 @dataclass

@@ -15,7 +15,7 @@ from ohem.checkpoint import load_checkpoint
 from ohem.config import Config, ModelConfig, config_from_dict
 from ohem.data.loader import eval_batches
 from ohem.evaluation.voc import ImageDetections
-from ohem.models import build_detector
+from ohem.mining import build_detector
 from ohem.models.box_voting import iterative_box_regression_detect
 from ohem.models.multiscale import pyramid_detect
 

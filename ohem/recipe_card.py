@@ -258,8 +258,7 @@ def _images_per_step(cfg: Config) -> Shown:
 
 
 def _sampler(cfg: Config) -> str:
-    s = cfg.sampler
-    return f"ohem ({s.implementation})" if s.method == "ohem" else s.method
+    return cfg.sampler.method
 
 
 def _fg_fraction(cfg: Config) -> Any:
@@ -269,8 +268,10 @@ def _fg_fraction(cfg: Config) -> Any:
 
 
 def _bg_lo(cfg: Config) -> Shown:
+    from ohem.mining import build_sampler  # torch: only when a card is made
+
     s = cfg.sampler
-    floor = s.bg_iou_floor
+    floor = build_sampler(s).bg_iou_low
     return Shown(floor, _fmt(floor) if s.bg_iou_low is not None else f"null: {_fmt(floor)} for {s.method}")
 
 
@@ -476,8 +477,8 @@ SETTINGS: tuple[Setting, ...] = (
          "heuristic": f"{CFG_PY} (TRAIN.BATCH_SIZE 128 / IMS_PER_BATCH 2)"},
     ),
     Setting(
-        "sampler", ("sampler.method", "sampler.implementation"),
-        {"ohem": "ohem (two-pass)", "heuristic": "heuristic"},
+        "sampler", ("sampler.method",),
+        {"ohem": "ohem", "heuristic": "heuristic"},
         {"ohem": f"{PAPER} (one training step); {TRAIN_PT} (read-only RoI network)",
          "heuristic": f"{MINIBATCH_PY} (_sample_rois)"},
         value=_sampler,

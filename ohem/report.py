@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from ohem.config import Config, config_from_dict
 from ohem.data import build_dataset
-from ohem.runlog import read_jsonl_records
+from ohem.engine.runlog import read_jsonl_records
 from ohem.util import is_number, make_out_dir, one_line, regular_file
 from ohem.visualize import draw_box, image_grid, save_figure
 

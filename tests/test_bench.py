@@ -12,6 +12,7 @@ from ohem.bench import ARMS, Bench, Comparison, budget_iterations, comparisons, 
 from ohem.bench.run import claim, run_overrides
 from ohem.cli import main
 from ohem.config import load_config
+from ohem.mining import build_sampler
 from tests.conftest import TINY
 
 TINY_BENCH = [*TINY, "train.eval_every=2", "train.roi_loss_images=2", "train.vis_images=1"]
@@ -224,7 +225,8 @@ def test_arms_apply_over_the_config_and_the_users_set(arm, expected):
     b = Bench(config="configs/demo.yaml", out=None, arms=[arm], overrides=["sampler.bg_iou_low=0.3", "solver.lr=0.01"])
     cfg = load_config(b.config, b.arm_overrides(arm))
     s = cfg.sampler
-    assert (s.method, s.batch_size_per_image, s.bg_iou_floor, cfg.solver.images_per_batch, s.nms_iou) == expected
+    bg_iou_low = build_sampler(s).bg_iou_low
+    assert (s.method, s.batch_size_per_image, bg_iou_low, cfg.solver.images_per_batch, s.nms_iou) == expected
     assert cfg.solver.lr == 0.01  # what the arm does not set stays the user's
 
 

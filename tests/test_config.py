@@ -76,9 +76,11 @@ def test_choices_are_checked_by_the_loader_and_by_hand_built_configs():
 
 
 def test_bg_iou_low_default_depends_on_the_method_and_is_resolved_in_one_place():
-    assert SamplerConfig().bg_iou_floor == 0.0  # OHEM: every RoI is a candidate
-    assert SamplerConfig(method="heuristic").bg_iou_floor == 0.1  # Fast R-CNN's bg_lo
-    assert SamplerConfig(method="heuristic", bg_iou_low=0.0).bg_iou_floor == 0.0
+    from ohem.mining import build_sampler
+
+    assert build_sampler(SamplerConfig()).bg_iou_low == 0.0  # OHEM: every RoI is a candidate
+    assert build_sampler(SamplerConfig(method="heuristic")).bg_iou_low == 0.1  # Fast R-CNN's bg_lo
+    assert build_sampler(SamplerConfig(method="heuristic", bg_iou_low=0.0)).bg_iou_low == 0.0
     assert SamplerConfig().bg_iou_low is None  # written to config.yaml unresolved
 
 

@@ -11,11 +11,11 @@ from torch.nn import functional as F
 from ohem.checkpoint import load_checkpoint
 from ohem.config import load_config
 from ohem.data import build_dataset
+from ohem.engine.trainer import lr_factor, param_groups, train
+from ohem.events import EventStorage
 from ohem.inference import model_from_checkpoint, predict
-from ohem.mining import enable_heuristic_sampling, enable_ohem, per_roi_loss_terms
-from ohem.mining.box_targets import BoxTargetNorm
-from ohem.models import build_detector
-from ohem.train import lr_factor, param_groups, train
+from ohem.mining import build_detector, enable_heuristic_sampling, enable_ohem, per_roi_loss_terms
+from ohem.models.box_targets import BoxTargetNorm
 from ohem.util import strict_json
 from tests.test_roi_heads import heads_inputs, small_model
 
@@ -56,12 +56,22 @@ def test_beta_reaches_the_trainable_pass(enable, beta):
     heads = enable(small_model(), batch_size_per_image=8, box_loss_beta=beta).roi_heads.train()
     outputs, sampled = [], []
     heads.box_predictor.register_forward_hook(lambda m, i, o: outputs.append(o))
-    select = heads.select_training_samples
-    heads.select_training_samples = lambda p, t: sampled.append(select(p, t)) or sampled[-1]
+    inner = heads.sampler
+
+    class Recording:  # the sampler's own choice, recorded
+        bg_iou_low, readonly = inner.bg_iou_low, inner.readonly
+
+        def sample(self, rois, losses, iteration):
+            sample = inner.sample(rois, losses, iteration)
+            sampled.append((rois, sample.rows))
+            return sample
+
+    heads.sampler = Recording()
     _, losses = heads(features, proposals, shapes, targets)
     # torchvision's formula by hand, on what the trainable pass saw: smooth-L1 (beta) over fg / all sampled
     _, deltas = outputs[-1]
-    labels, box_targets = torch.cat(sampled[-1][2]), torch.cat(sampled[-1][3])
+    rois, rows = sampled[-1]
+    labels, box_targets = rois.labels[rows], rois.box_targets[rows]
     fg = labels > 0
     assert fg.any() and (~fg).any()
     picked = deltas.reshape(len(labels), -1, 4)[fg, labels[fg]]
@@ -74,8 +84,9 @@ def test_beta_reaches_the_readonly_pass():
     per_roi = {}
     for beta in (1 / 9, 1.0):
         heads = enable_ohem(small_model(), batch_size_per_image=1000, nms_iou=None, box_loss_beta=beta).roi_heads
-        heads.train()(features, proposals, shapes, targets)
-        m = heads.last_mining  # every RoI (k >= R), with its read-only loss
+        with EventStorage() as storage:
+            heads.train()(features, proposals, shapes, targets)
+        m = storage.latest("roi_mining")  # every RoI (k >= R), with its read-only loss
         keys = zip(m["image_ids"].tolist(), map(tuple, m["boxes"].tolist()), m["labels"].tolist())
         per_roi[beta] = dict(zip(keys, m["losses"].tolist()))
     assert per_roi[1 / 9].keys() == per_roi[1.0].keys()

@@ -483,7 +483,7 @@ def test_hostile_input(case: Case, trained: Path, tmp_path: Path, capsys) -> Non
 
 # ------------------------------------------------------------------------------- beyond one command
 def test_a_forked_loader_worker_does_not_keep_the_run_folder_locked(tmp_path: Path) -> None:
-    from ohem import run_folder
+    from ohem.engine import run_folder
 
     with run_folder.claim(tmp_path):
         (fd,) = run_folder._HELD_LOCKS

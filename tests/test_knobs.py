@@ -9,9 +9,17 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from ohem.config import ConfigError, load_config
 from ohem.inference import TestTime
-from ohem.mining import HeuristicRoIHeads, LabelledRoIs, LossZeroingRoIHeads, OHEMRoIHeads, enable_ohem, readonly_losses
+from ohem.mining import (
+    HeuristicSampler,
+    LabelledRoIs,
+    OHEMSampler,
+    SamplingRoIHeads,
+    build_detector,
+    enable_ohem,
+    readonly_losses,
+)
 from ohem.mining.rpn import OHEMRegionProposalNetwork
-from ohem.models import SmallBackbone, build_detector
+from ohem.models import SmallBackbone
 from ohem.models.fast_rcnn import FastRCNN
 from ohem.models.vgg import VGGBoxHead
 
@@ -27,34 +35,38 @@ def _build(*overrides):
     "overrides, attribute, expected",
     [
         (["sampler.batch_size_per_image=32"], "batch_size_per_image", 32),  # B / N
-        (["sampler.bg_iou_low=0.1"], "bg_iou_floor", 0.1),
-        ([], "bg_iou_floor", 0.0),  # the paper's OHEM default
+        (["sampler.bg_iou_low=0.1"], "bg_iou_low", 0.1),
+        ([], "bg_iou_low", 0.0),  # the paper's OHEM default
+        (["sampler.ohem_start=7"], "start", 7),
         (["sampler.nms_iou=null"], "nms_iou", None),  # NMS off
         (["sampler.nms_iou=0.5"], "nms_iou", 0.5),
         (["sampler.mining_loss=cls"], "mining_loss", "cls"),
-        (["sampler.readonly_dropout=false"], "readonly_dropout", False),
+        (["sampler.readonly_dropout=false"], "readonly.dropout", False),
+        (["sampler.max_rois_per_chunk=99"], "readonly.max_rois_per_chunk", 99),
         (["sampler.nms_per_label=true"], "nms_per_label", True),
-        (["sampler.readonly_precision=bf16"], "readonly_precision", "bf16"),
-        ([], "readonly_precision", "tf32"),
+        (["sampler.readonly_precision=bf16"], "readonly.precision", "bf16"),
+        ([], "readonly.precision", "tf32"),
     ],
 )
 def test_ohem_knob_reaches_the_roi_heads(overrides, attribute, expected):
     heads = _build("sampler.method=ohem", *overrides).roi_heads
-    assert type(heads) is OHEMRoIHeads and getattr(heads.sampler, attribute) == expected
+    value = heads.sampler
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    assert type(heads) is SamplingRoIHeads and type(heads.sampler) is OHEMSampler and value == expected
 
 
 def test_heuristic_knobs_reach_torchvision_sampler():
-    heads = _build("sampler.method=heuristic", "sampler.fg_fraction=0.5").roi_heads
-    assert type(heads) is HeuristicRoIHeads and heads.bg_iou_low == 0.1  # Fast R-CNN's bg_lo
-    assert heads.fg_bg_sampler.positive_fraction == 0.5 and heads.fg_bg_sampler.batch_size_per_image == 64
+    sampler = _build("sampler.method=heuristic", "sampler.fg_fraction=0.5").roi_heads.sampler
+    assert type(sampler) is HeuristicSampler and sampler.bg_iou_low == 0.1  # Fast R-CNN's bg_lo
+    assert sampler.fg_fraction == 0.5 and sampler.batch_size_per_image == 64
     all_rois = _build("sampler.method=heuristic", "sampler.batch_size_per_image=2048", "sampler.bg_iou_low=0").roi_heads
-    assert all_rois.fg_bg_sampler.batch_size_per_image == 2048 and all_rois.bg_iou_low == 0.0
+    assert all_rois.sampler.batch_size_per_image == 2048 and all_rois.sampler.bg_iou_low == 0.0
 
 
-def test_loss_zeroing_is_its_own_class():
-    assert type(_build("sampler.implementation=loss-zeroing").roi_heads) is LossZeroingRoIHeads
-    with pytest.raises(ConfigError, match="'sampler.implementation' must be one of two-pass, loss-zeroing"):
-        _build("sampler.implementation=zeroing")
+def test_a_retired_or_unknown_sampler_key_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="unknown key 'sampler.implementation'"):
+        _build("sampler.implementation=loss-zeroing")
 
 
 def test_rpn_ohem_key():
@@ -109,14 +121,15 @@ def _dropout_model(readonly_dropout: bool) -> FastRCNN:
 @pytest.mark.parametrize("readonly_dropout", [True, False])
 def test_readonly_dropout_on_or_off(readonly_dropout):
     model = _dropout_model(readonly_dropout).train()
-    heads: OHEMRoIHeads = model.roi_heads
+    heads: SamplingRoIHeads = model.roi_heads
     features = {"0": torch.rand(1, 96, 16, 16)}
     boxes = torch.tensor([[0.0, 0.0, 60.0, 60.0], [20.0, 30.0, 90.0, 100.0], [5.0, 5.0, 40.0, 70.0]])
     zeros = torch.zeros(3, dtype=torch.long)
     rois = LabelledRoIs(boxes, zeros, zeros, torch.tensor([1, 0, 2]), torch.zeros(3, 4), torch.zeros(3, 4), 1)
 
     def losses():
-        return readonly_losses(heads, features, rois, [(128, 128)], heads.sampler)
+        scores = readonly_losses(heads, features, rois, [(128, 128)], heads.sampler.readonly, heads.box_loss_beta)
+        return scores.cls + scores.box
 
     first, second = losses(), losses()
     head = heads.box_head
@@ -130,7 +143,7 @@ def test_readonly_dropout_on_or_off(readonly_dropout):
 
 
 def test_bias_lr_factor_and_weight_decay_groups():
-    from ohem.train import param_groups
+    from ohem.engine.trainer import param_groups
 
     cfg = load_config(None, [*SMALL, "solver.lr=0.01", "solver.bias_lr_factor=2", "solver.bias_weight_decay=0"])
     model = build_detector(cfg.model, cfg.sampler, 5)

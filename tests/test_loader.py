@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from ohem import train as training
 from ohem.checkpoint import load_checkpoint
 from ohem.config import apply_overrides
 from ohem.data import SyntheticShapes, batch_indices, hflip
 from ohem.data.loader import TrainBatches, eval_batches, flipped, train_loader
+from ohem.engine import trainer as training
 from ohem.inference import predict
 
 CPU = torch.device("cpu")
@@ -133,7 +133,7 @@ def test_loader_settings_are_checked_before_anything_is_written(tiny_cfg, tmp_pa
 
 
 def test_step_seconds_reads_wall_time_and_data_share_after_the_warm_up(tmp_path):
-    from ohem.runlog import step_seconds
+    from ohem.engine.runlog import step_seconds
 
     lines = [{"iteration": i, "time_data": 9.0, "time_step": 9.0} for i in range(1, 3)]  # warm-up
     lines += [{"iteration": 3, "time_data": 0.1, "time_step": 0.3}, {"iteration": 3, "eval": {"mAP": 0.5}},

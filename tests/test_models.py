@@ -6,8 +6,9 @@ from torchvision.models import detection
 
 from ohem.config import ConfigError, ModelConfig, SamplerConfig
 from ohem.data import SyntheticShapes
-from ohem.mining import HeuristicRoIHeads, OHEMRoIHeads
-from ohem.models import build_detector, build_model
+from ohem.events import EventStorage
+from ohem.mining import HeuristicSampler, OHEMSampler, SamplingRoIHeads, build_detector
+from ohem.models import build_model
 
 
 def small_cfg(**kwargs):
@@ -16,14 +17,15 @@ def small_cfg(**kwargs):
 
 def test_sampler_choice_sets_roi_heads():
     ohem = build_detector(small_cfg(), SamplerConfig(method="ohem", batch_size_per_image=32), 5)
-    assert type(ohem.roi_heads) is OHEMRoIHeads and ohem.roi_heads.sampler.bg_iou_floor == 0.0
+    assert type(ohem.roi_heads) is SamplingRoIHeads and type(ohem.roi_heads.sampler) is OHEMSampler
+    assert ohem.roi_heads.sampler.bg_iou_low == 0.0 and ohem.roi_heads.sampler.batch_size_per_image == 32
     heuristic = build_detector(small_cfg(), SamplerConfig(method="heuristic"), 5)
-    assert type(heuristic.roi_heads) is HeuristicRoIHeads and heuristic.roi_heads.bg_iou_low == 0.1
-    assert heuristic.roi_heads.fg_bg_sampler.positive_fraction == 0.25
+    assert type(heuristic.roi_heads.sampler) is HeuristicSampler and heuristic.roi_heads.sampler.bg_iou_low == 0.1
+    assert heuristic.roi_heads.sampler.fg_fraction == 0.25
     tv_default = build_detector(
         small_cfg(), SamplerConfig(method="heuristic", batch_size_per_image=512, bg_iou_low=0.0), 5
     )
-    assert tv_default.roi_heads.bg_iou_low == 0.0 and tv_default.roi_heads.fg_bg_sampler.batch_size_per_image == 512
+    assert tv_default.roi_heads.sampler.bg_iou_low == 0.0 and tv_default.roi_heads.sampler.batch_size_per_image == 512
     with pytest.raises(ConfigError, match="sampler.method: expected one of ohem, heuristic, got 'random'"):
         build_detector(small_cfg(), SamplerConfig(method="random"), 5)
 
@@ -34,9 +36,10 @@ def test_torchvision_model_trains_with_ohem():
     assert model.roi_heads.box_predictor.cls_score.out_features == 6  # 5 classes + background
     ds = SyntheticShapes("train", 2, image_size=128)
     images, targets = zip(*[ds[i] for i in range(2)])
-    losses = model(list(images), list(targets))
+    with EventStorage() as storage:
+        losses = model(list(images), list(targets))
     assert torch.isfinite(sum(v for k, v in losses.items() if k.startswith("loss_")))
-    assert torch.bincount(model.roi_heads.last_mining["image_ids"]).tolist() == [16, 16]
+    assert torch.bincount(storage.latest("roi_mining")["image_ids"]).tolist() == [16, 16]
 
 
 def test_backbone_weights_from_a_local_file(tmp_path):
@@ -99,6 +102,7 @@ def test_wide_head_is_vgg16_shaped_and_mines():
     corners = torch.rand(40, 2) * 60
     random_boxes = torch.cat([corners, corners + 8 + torch.rand(40, 2) * 50], dim=1)
     proposals = [torch.cat([t["boxes"], random_boxes]) for t in targets]
-    losses = model(list(images), list(targets), proposals)
+    with EventStorage() as storage:
+        losses = model(list(images), list(targets), proposals)
     assert torch.isfinite(losses["loss_classifier"]) and torch.isfinite(losses["loss_box_reg"])
-    assert torch.bincount(model.roi_heads.last_mining["image_ids"]).tolist() == [16, 16]
+    assert torch.bincount(storage.latest("roi_mining")["image_ids"]).tolist() == [16, 16]

@@ -3,7 +3,7 @@
 import torch
 
 from ohem.config import load_config
-from ohem.models import build_detector
+from ohem.mining import build_detector
 from ohem.models.box_voting import iterative_box_regression_detect
 from ohem.models.multiscale import ImagePyramid, pyramid_detect
 

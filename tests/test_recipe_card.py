@@ -30,7 +30,7 @@ COMMON = [
     "solver.images_per_batch=2", "solver.accumulate_steps=1", "sampler.batch_size_per_image=64",
 ]  # fmt: skip
 OHEM = [
-    "sampler.method=ohem", "sampler.implementation=two-pass", "sampler.bg_iou_low=0.0", "sampler.nms_iou=0.7",
+    "sampler.method=ohem", "sampler.bg_iou_low=0.0", "sampler.nms_iou=0.7",
     "sampler.nms_per_label=true", "sampler.mining_loss=cls+box", "sampler.readonly_dropout=true",
     "data.aspect_grouping=false", "solver.bias_weight_decay=0.0", "solver.bias_weight_decay_on=roi_heads",
     "model.box_detections_per_img=2000", "model.box_score_thresh=0.00001",

@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from ohem import train as training
 from ohem.checkpoint import load_checkpoint
 from ohem.cli import main
 from ohem.config import SamplerConfig, load_config
@@ -20,9 +19,10 @@ from ohem.data import SyntheticShapes, build_dataset
 from ohem.data.export import export_synthetic
 from ohem.data.loader import eval_batches
 from ohem.data.proposals import write_proposals
+from ohem.engine import trainer as training
+from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
-from ohem.mining import OHEMRoIHeads, label_rois, readonly_losses
-from ohem.models import build_detector
+from ohem.mining import OHEMSampler, ReadOnlySettings, build_detector, build_sampler, label_rois, readonly_losses
 
 ROOT = Path(__file__).parent.parent
 PAPER_CONFIGS = sorted(ROOT.joinpath("configs", "paper").glob("*.yaml"))  # the recipes; not base/
@@ -180,10 +180,11 @@ def test_paper_config_has_the_papers_settings(path):
     # the heuristic samples 64 per image, 25 % fg, bg from IoU [0.1, 0.5)
     assert s.method == ("ohem" if ohem else "heuristic") and s.batch_size_per_image == 64
     if ohem:
-        assert (s.bg_iou_floor, s.nms_iou, s.mining_loss, s.readonly_dropout) == (0.0, 0.7, "cls+box", True)
-        assert s.nms_per_label and s.implementation == "two-pass"  # NMS per image and per label
+        bg_iou_low = build_sampler(s).bg_iou_low
+        assert (bg_iou_low, s.nms_iou, s.mining_loss, s.readonly_dropout) == (0.0, 0.7, "cls+box", True)
+        assert s.nms_per_label  # NMS per image and per label
     else:
-        assert (s.bg_iou_floor, s.fg_fraction) == (0.1, 0.25)
+        assert (build_sampler(s).bg_iou_low, s.fg_fraction) == (0.1, 0.25)
     # N = 2 images per SGD step (1 x 2 passes in the authors' code); SGD 0.001, momentum 0.9, wd 5e-4
     assert (o.images_per_batch, o.accumulate_steps) == ((1, 2) if "accum2" in name else (2, 1))
     assert (o.lr, o.momentum, o.weight_decay, o.gamma, o.warmup_iterations) == (0.001, 0.9, 5e-4, 0.1, 0)
@@ -214,14 +215,15 @@ def test_paper_config_trains_a_step_and_detects(path, trees):
     model.train()
     first = list(range(cfg.solver.images_per_batch))
     _, images, targets = next(eval_batches(train_set, first, len(first), 0, torch.device("cpu")))
-    losses = model(images, targets)
+    with EventStorage() as storage:
+        losses = model(images, targets)
     loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
     assert math.isfinite(loss.item()) and loss.item() > 0
     loss.backward()
     heads = model.roi_heads
     if cfg.sampler.method == "ohem":
-        assert isinstance(heads, OHEMRoIHeads)
-        counts = torch.bincount(heads.last_mining["image_ids"], minlength=len(images))
+        assert isinstance(heads.sampler, OHEMSampler)
+        counts = torch.bincount(storage.latest("roi_mining")["image_ids"], minlength=len(images))
         assert counts.tolist() == [cfg.sampler.batch_size_per_image] * len(images)  # B/N per image, no fg quota
     # conv1 stays frozen as in Fast R-CNN; the heads get gradients
     first_conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
@@ -313,6 +315,8 @@ def test_mean_roi_loss_reads_the_proposal_file_for_fast_rcnn(trees, tmp_path):
     with torch.no_grad():
         features = {"0": model.backbone(model.transform(images)[0].tensors)}
         rois = label_rois(heads, [targets[0]["proposals"]], targets, bg_iou_low=0.0)
-        by_hand = readonly_losses(heads, features, rois, [(128, 128)], SamplerConfig())
+        terms = readonly_losses(heads, features, rois, [(128, 128)], ReadOnlySettings.from_config(SamplerConfig()),
+                                heads.box_loss_beta)  # fmt: skip
+    by_hand = terms.cls + terms.box
     assert len(rois.boxes) == len(targets[0]["proposals"]) + len(targets[0]["boxes"])
     assert math.isfinite(loss) and loss == pytest.approx(by_hand.mean().item(), rel=1e-5)

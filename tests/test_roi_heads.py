@@ -1,4 +1,5 @@
-"""OHEMRoIHeads / HeuristicRoIHeads: labelling, the read-only pass, what gets gradients, drop-in use."""
+"""SamplingRoIHeads with OHEM's and the heuristic's samplers: labelling, the read-only pass, what gets
+gradients, drop-in use."""
 
 import copy
 import dataclasses
@@ -10,16 +11,19 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from ohem.data import SyntheticShapes
+from ohem.events import EventStorage
 from ohem.mining import (
-    HeuristicRoIHeads,
-    OHEMRoIHeads,
+    HeuristicSampler,
+    OHEMSampler,
+    RoILosses,
+    SamplingRoIHeads,
     enable_heuristic_sampling,
     enable_ohem,
+    label_rois,
     per_roi_loss_terms,
-    rebuild_roi_heads,
 )
 from ohem.mining.pooling import fixed_bincount, split_by_image
-from ohem.mining.roi_heads import mining_loss
+from ohem.mining.rois import match_rois
 from ohem.models import SmallBackbone, small_faster_rcnn
 
 
@@ -49,7 +53,8 @@ def test_enable_ohem_keeps_modules_weights_and_settings():
     old = model.roi_heads
     assert enable_ohem(model, batch_size_per_image=32, nms_iou=0.5) is model
     heads = model.roi_heads
-    assert isinstance(heads, OHEMRoIHeads) and isinstance(heads, RoIHeads)
+    assert isinstance(heads, SamplingRoIHeads) and isinstance(heads, RoIHeads)
+    assert isinstance(heads.sampler, OHEMSampler)
     assert heads.box_head is old.box_head and heads.box_predictor is old.box_predictor
     assert heads.box_roi_pool is old.box_roi_pool
     assert heads.sampler.batch_size_per_image == 32 and heads.sampler.nms_iou == 0.5
@@ -78,7 +83,7 @@ def test_enable_ohem_rejects_non_detectors():
         enable_ohem(torch.nn.Linear(2, 2))
 
 
-def make_heads(k=4, nms_iou=0.7, chunk=1024, mining_loss="cls+box", bg_iou_low=0.0, implementation="two-pass"):
+def make_heads(k=4, nms_iou=0.7, chunk=1024, mining_loss="cls+box", bg_iou_low=0.0):
     torch.manual_seed(0)
     model = small_model()
     enable_ohem(
@@ -88,7 +93,6 @@ def make_heads(k=4, nms_iou=0.7, chunk=1024, mining_loss="cls+box", bg_iou_low=0
         max_rois_per_chunk=chunk,
         mining_loss=mining_loss,
         bg_iou_low=bg_iou_low,
-        implementation=implementation,
     )
     return model.roi_heads.train()
 
@@ -97,6 +101,19 @@ def grid_proposals(size=128, step=16, box=20):
     starts = torch.arange(0, size - box + 1, step, dtype=torch.float)
     ys, xs = torch.meshgrid(starts, starts, indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten(), xs.flatten() + box, ys.flatten() + box], 1)
+
+
+def train_forward(heads, features, proposals, shapes, targets, iteration=0):
+    """A training forward inside an EventStorage: (losses, the mined-RoI record, the storage)."""
+    with EventStorage(iteration) as storage:
+        _, losses = heads(features, proposals, shapes, targets)
+    return losses, storage.latest("roi_mining"), storage
+
+
+def with_readonly(heads, **changes):
+    """The heads' OHEM sampler with its read-only pass's settings changed."""
+    heads.sampler = dataclasses.replace(heads.sampler, readonly=dataclasses.replace(heads.sampler.readonly, **changes))
+    return heads
 
 
 def heads_inputs(num_images=2):
@@ -112,7 +129,7 @@ def heads_inputs(num_images=2):
 def test_training_loss_is_the_mean_mined_loss_and_selection_is_top_loss():
     heads = make_heads(k=5)
     features, proposals, shapes, targets = heads_inputs()
-    _, losses = heads(features, proposals, shapes, targets)
+    losses, mined, _ = train_forward(heads, features, proposals, shapes, targets)
     assert set(losses) >= {
         "loss_classifier",
         "loss_box_reg",
@@ -126,7 +143,6 @@ def test_training_loss_is_the_mean_mined_loss_and_selection_is_top_loss():
     total = losses["loss_classifier"] + losses["loss_box_reg"]
     assert torch.allclose(total.detach(), losses["ohem_mined_loss"], rtol=1e-5)
     assert losses["ohem_mined_loss"] > losses["ohem_all_roi_loss"]
-    mined = heads.last_mining
     assert torch.bincount(mined["image_ids"]).tolist() == [5, 5]
     for i in range(2):
         mine = mined["losses"][mined["image_ids"] == i]
@@ -144,24 +160,24 @@ def test_gradient_reaches_only_the_selected_rois_and_readonly_pass_has_no_graph(
     pooled, head_inputs = [], []
     heads.box_roi_pool.register_forward_hook(lambda m, i, o: pooled.append(o))
     heads.box_head.register_forward_hook(lambda m, i, o: head_inputs.append(i[0]))
-    _, losses = heads(features, proposals, shapes, targets)
+    losses, mined, _ = train_forward(heads, features, proposals, shapes, targets)
     num_rois = proposals[0].shape[0] + 2  # + gt boxes
     # Read-only pass: ceil(num_rois / 50) chunks, none with an autograd graph. On the CPU the trainable
     # pass reuses their pooling of the mined RoIs instead of calling the pooler again.
     assert len(pooled) == -(-num_rois // 50)
     assert sum(o.shape[0] for o in pooled) == num_rois
     assert all(o.grad_fn is None and not o.requires_grad for o in pooled)
-    assert type(heads.box_roi_pool) is MultiScaleRoIAlign  # the pooler is back
+    assert type(heads.box_roi_pool) is MultiScaleRoIAlign  # never swapped
     # Trainable pass: exactly the mined RoIs, pooled as the read-only pass pooled them.
     trained = head_inputs[-1]
     assert trained.requires_grad and trained.shape[0] == 3
     rois = torch.cat([proposals[0], targets[0]["boxes"]])  # every RoI, in the read-only pass's order
-    rows = torch.stack([torch.nonzero((rois == box).all(1))[0, 0] for box in heads.last_mining["boxes"]])
+    rows = torch.stack([torch.nonzero((rois == box).all(1))[0, 0] for box in mined["boxes"]])
     assert torch.equal(trained.detach(), torch.cat(pooled)[rows])
     sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
     grad = features["0"].grad[0].abs().sum(0)  # (16, 16) at stride 8
     covered = torch.zeros_like(grad, dtype=torch.bool)
-    for x1, y1, x2, y2 in heads.last_mining["boxes"].tolist():
+    for x1, y1, x2, y2 in mined["boxes"].tolist():
         # RoIAlign samples bilinearly inside the box: its gradient stays within one cell of it.
         covered[max(int(y1 // 8) - 1, 0) : int(y2 // 8) + 2, max(int(x1 // 8) - 1, 0) : int(x2 // 8) + 2] = True
     assert grad[covered].sum() > 0
@@ -174,8 +190,7 @@ def test_readonly_losses_do_not_depend_on_chunk_size():
     results = []
     for chunk in (7, 100000):
         heads = make_heads(k=8, chunk=chunk)
-        heads(features, proposals, shapes, targets)
-        results.append(heads.last_mining)
+        results.append(train_forward(heads, features, proposals, shapes, targets)[1])
     assert torch.equal(results[0]["boxes"], results[1]["boxes"])
     assert torch.allclose(results[0]["losses"], results[1]["losses"], atol=1e-6)
 
@@ -186,8 +201,8 @@ def test_per_roi_loss_cls_and_box_terms():
     regression[1, 4:8] = torch.tensor([0.1, 0.0, 0.0, 0.0])
     labels = torch.tensor([0, 1])
     targets = torch.zeros(2, 4)
-    terms = per_roi_loss_terms(logits, regression, labels, targets, beta=1 / 9)
-    cls, both = mining_loss(*terms, "cls"), mining_loss(*terms, "cls+box")
+    terms = RoILosses(*per_roi_loss_terms(logits, regression, labels, targets, beta=1 / 9), torch.zeros(2), None)
+    cls, both = terms.ranked_by("cls"), terms.ranked_by("cls+box")
     expected_cls = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert torch.allclose(cls, expected_cls)
     # smooth-L1, beta 1/9: |0.1| >= 1/9? no -> 0.5 * 0.1^2 / (1/9) = 0.045, only on the fg RoI.
@@ -195,7 +210,7 @@ def test_per_roi_loss_cls_and_box_terms():
 
 
 def test_bg_iou_low_and_label_assignment():
-    heads = rebuild_roi_heads(HeuristicRoIHeads, small_model().roi_heads, bg_iou_low=0.1, box_loss_beta=1 / 9)
+    heads = small_model().roi_heads
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     rois = torch.tensor(
         [
@@ -206,12 +221,11 @@ def test_bg_iou_low_and_label_assignment():
             [50.0, 50.0, 60.0, 60.0],  # IoU 0    -> ignored
         ]
     )
-    matched, labels = heads.assign_targets_to_proposals([rois], [gt], [torch.tensor([4])])
+    matched, labels = match_rois(heads, [rois], [gt], [torch.tensor([4])], bg_iou_low=0.1)
     assert labels[0].tolist() == [4, 4, 0, -1, -1]
-    heads.bg_iou_low = 0.0
-    _, labels = heads.assign_targets_to_proposals([rois], [gt], [torch.tensor([4])])
+    _, labels = match_rois(heads, [rois], [gt], [torch.tensor([4])], bg_iou_low=0.0)
     assert labels[0].tolist() == [4, 4, 0, 0, 0]
-    _, labels = heads.assign_targets_to_proposals([rois], [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)])
+    _, labels = match_rois(heads, [rois], [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], bg_iou_low=0.0)
     assert labels[0].tolist() == [0] * 5
 
 
@@ -219,9 +233,13 @@ def test_heuristic_sampler_takes_fg_fraction_and_bg_from_the_band():
     model = small_model()
     enable_heuristic_sampling(model, batch_size_per_image=16, fg_fraction=0.25, bg_iou_low=0.1)
     heads = model.roi_heads.train()
+    assert isinstance(heads.sampler, HeuristicSampler) and heads.sampler.readonly is None  # no read-only pass
     features, proposals, shapes, targets = heads_inputs()
-    rois, _, labels, _ = heads.select_training_samples([p.clone() for p in proposals], targets)
-    for r, lab, t in zip(rois, labels, targets):
+    rois = label_rois(heads, proposals, targets, heads.sampler.bg_iou_low)
+    rows = heads.sampler.sample(rois, None, None).rows
+    for image, t in enumerate(targets):
+        mine = rows[rois.image_ids[rows] == image]
+        r, lab = rois.boxes[mine], rois.labels[mine]
         assert 0 < len(lab) <= 16
         assert (lab > 0).sum() <= 4
         best = box_iou(r, t["boxes"]).max(dim=1).values
@@ -231,18 +249,25 @@ def test_heuristic_sampler_takes_fg_fraction_and_bg_from_the_band():
 
 def test_ohem_ignores_rois_below_bg_iou_low():
     heads = make_heads(k=1000, nms_iou=None, bg_iou_low=0.1)
-    features, proposals, shapes, targets = heads_inputs()
-    heads(features, proposals, shapes, targets)
-    mined = heads.last_mining
+    _, mined, _ = train_forward(heads, *heads_inputs())
     assert torch.all(mined["iou"] >= 0.1)
     assert torch.all(mined["iou"][mined["labels"] == 0] < 0.5)
 
 
 def test_mining_by_classification_loss_only_ranks_by_cross_entropy():
-    heads = make_heads(k=6, nms_iou=None, mining_loss="cls")
+    from ohem.mining import readonly_losses
+
+    heads = with_readonly(make_heads(k=6, nms_iou=None, mining_loss="cls"), dropout=False)
     features, proposals, shapes, targets = heads_inputs()
-    _, losses = heads(features, proposals, shapes, targets)
-    assert torch.allclose(losses["loss_classifier"].detach(), losses["ohem_mined_loss"], rtol=1e-5)
+    rois = label_rois(heads, proposals, targets, 0.0)
+    scores = readonly_losses(heads, features, rois, shapes, heads.sampler.readonly, heads.box_loss_beta)
+    rows = heads.sampler.sample(rois, scores, 0).rows
+    for image in range(2):
+        mine = torch.nonzero(rois.image_ids == image).squeeze(1)
+        want = mine[scores.cls[mine].sort(descending=True, stable=True).indices[:6]]
+        assert torch.equal(rows[rois.image_ids[rows] == image], want)
+    both = dataclasses.replace(heads.sampler, mining_loss="cls+box").sample(rois, scores, 0).rows
+    assert not torch.equal(both, rows)  # the box term changes the ranking here
 
 
 def test_ohem_on_mask_rcnn_trains_the_mask_branch_on_mined_positives():
@@ -273,27 +298,6 @@ def test_ohem_on_mask_rcnn_trains_the_mask_branch_on_mined_positives():
     assert model.roi_heads.mask_head[0][0].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("mining_loss", ["cls+box", "cls"])
-def test_loss_zeroing_selects_the_same_rois_and_gives_the_same_gradients(mining_loss):
-    features, proposals, shapes, targets = heads_inputs()
-    runs = []
-    for implementation in ("two-pass", "loss-zeroing"):
-        heads = make_heads(k=6, mining_loss=mining_loss, implementation=implementation)
-        feats = {"0": features["0"].detach().clone().requires_grad_()}
-        _, losses = heads(feats, proposals, shapes, targets)
-        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
-        grads = {n: p.grad.clone() for n, p in heads.named_parameters() if p.grad is not None}
-        runs.append((heads.last_mining, losses, grads, feats["0"].grad))
-    (mined_a, losses_a, grads_a, feat_a), (mined_b, losses_b, grads_b, feat_b) = runs
-    assert torch.equal(mined_a["boxes"], mined_b["boxes"]) and torch.equal(mined_a["labels"], mined_b["labels"])
-    for key in ("loss_classifier", "loss_box_reg", "ohem_all_roi_loss", "ohem_mined_loss"):
-        assert torch.allclose(losses_a[key], losses_b[key], rtol=1e-5, atol=1e-7), key
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
-    for name in grads_a:
-        assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-7), name
-    assert torch.allclose(feat_a, feat_b, rtol=1e-4, atol=1e-8)
-
-
 def test_mean_roi_loss_does_not_depend_on_the_sampler():
     from ohem.evaluation import mean_roi_loss
 
@@ -313,16 +317,15 @@ def test_low_precision_readonly_pass_ranks_nearly_like_float32():
     features, proposals, shapes, targets = heads_inputs()
     mined = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        heads = make_heads(k=16)
-        heads.sampler = dataclasses.replace(heads.sampler, readonly_precision=precision)
+        heads = with_readonly(make_heads(k=16), precision=precision)
         seen = []
         handle = heads.box_head.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
-        _, losses = heads(features, proposals, shapes, targets)
+        losses, record, _ = train_forward(heads, features, proposals, shapes, targets)
         handle.remove()
         # The read-only pass runs in the asked precision; the trainable pass stays float32.
         assert seen[0] == dtype and seen[-1] == torch.float32
         assert losses["loss_classifier"].dtype == torch.float32
-        mined[precision] = {tuple(b) for b in heads.last_mining["boxes"].tolist()}
+        mined[precision] = {tuple(b) for b in record["boxes"].tolist()}
     assert len(mined["fp32"] & mined["bf16"]) >= 0.75 * len(mined["fp32"])
 
 
@@ -330,15 +333,14 @@ def test_tf32_readonly_pass_is_float32_on_the_cpu():
     features, proposals, shapes, targets = heads_inputs()
     runs = []
     for precision in ("fp32", "tf32"):
-        heads = make_heads(k=8)
-        heads.sampler = dataclasses.replace(heads.sampler, readonly_precision=precision)
+        heads = with_readonly(make_heads(k=8), precision=precision)
         feats = {"0": features["0"].detach().clone().requires_grad_()}
         torch.manual_seed(1)  # the same dropout masks
-        _, losses = heads(feats, proposals, shapes, targets)
+        losses, record, _ = train_forward(heads, feats, proposals, shapes, targets)
         sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
-        runs.append((heads.last_mining, losses, feats["0"].grad))
+        runs.append((record, losses, feats["0"].grad))
     (mined_a, losses_a, grad_a), (mined_b, losses_b, grad_b) = runs
-    assert all(torch.equal(mined_a[k], mined_b[k]) for k in ("boxes", "labels", "losses", "iou"))
+    assert all(torch.equal(mined_a[k], mined_b[k]) for k in ("boxes", "labels", "losses", "iou", "all_roi_loss"))
     assert all(torch.equal(losses_a[k], losses_b[k]) for k in losses_a)
     assert torch.equal(grad_a, grad_b)
 
@@ -346,7 +348,7 @@ def test_tf32_readonly_pass_is_float32_on_the_cpu():
 @pytest.mark.parametrize("enabled, inside", [(True, "tf32"), (False, "ieee")])
 def test_cuda_tf32_switch_is_restored(enabled, inside):
     # Global flags only (no CUDA needed): TF32 on (tf32) or off (fp32) inside, the user's setting after.
-    from ohem.mining.roi_heads import cuda_tf32
+    from ohem.mining.readonly import cuda_tf32
 
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
     before = (matmul.fp32_precision, conv.conv.fp32_precision) if hasattr(matmul, "fp32_precision") else None
@@ -363,29 +365,30 @@ def test_cuda_tf32_switch_is_restored(enabled, inside):
 def test_readonly_precision_inside_an_enclosing_autocast_of_another_dtype():
     # A nested autocast of another dtype would poison the shared weight-cast cache of the outer one.
     features, proposals, shapes, targets = heads_inputs()
-    heads = make_heads(k=8)
-    heads.sampler = dataclasses.replace(heads.sampler, readonly_precision="fp16")
+    heads = with_readonly(make_heads(k=8), precision="fp16")
     seen = []
     heads.box_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, losses = heads(features, proposals, shapes, targets)
+        losses, mined, _ = train_forward(heads, features, proposals, shapes, targets)
     assert set(seen) == {torch.bfloat16}  # both passes stay under the enclosing autocast
     assert torch.isfinite(losses["loss_classifier"])
-    assert torch.bincount(heads.last_mining["image_ids"]).tolist() == [8, 8]
+    assert torch.bincount(mined["image_ids"]).tolist() == [8, 8]
 
 
-def test_mining_time_is_measured_and_sync_timing_is_off_by_default():
+def test_mining_time_and_record_go_to_the_open_storage_only():
     heads = make_heads(k=4)
-    assert heads.sync_timing is False and heads.last_mining_seconds == 0.0
-    heads.sync_timing = True  # on the CPU there is nothing to wait for
-    heads(*heads_inputs())
-    assert heads.last_mining_seconds > 0
+    inputs = heads_inputs()
+    _, losses = heads(*inputs)  # a user's own loop: no storage, nothing reported, the losses as usual
+    assert "ohem_mined_loss" in losses
+    with EventStorage(0, sync_timing=True) as storage:  # on the CPU there is nothing to wait for
+        heads(*inputs)
+        heads(*inputs)  # two forward passes of one step (gradient accumulation)
+    assert storage.scalars["time_mining"] > 0 and len(storage.records["roi_mining"]) == 2
 
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_readonly_pool_split_among_threads_gives_the_same_values_and_no_graph(threads):
     from ohem.mining.pooling import readonly_pool
-    from ohem.mining.roi_heads import label_rois
 
     heads = make_heads()
     features, proposals, shapes, targets = heads_inputs()
@@ -406,13 +409,12 @@ def test_reused_pooling_gives_the_same_losses_and_gradients_as_pooling_again(mon
     runs = []
     for reuse in (False, True):
         monkeypatch.setattr(core, "can_reuse_pooling", lambda heads, feats, reuse=reuse: reuse)
-        heads = make_heads(k=6, nms_iou=nms_iou)
-        heads.sampler = dataclasses.replace(heads.sampler, readonly_dropout=dropout)
+        heads = with_readonly(make_heads(k=6, nms_iou=nms_iou), dropout=dropout)
         calls = []
         heads.box_roi_pool.register_forward_hook(lambda m, i, o, calls=calls: calls.append(o.requires_grad))
         feats = {"0": features["0"].detach().clone().requires_grad_()}
         torch.manual_seed(3)  # the same dropout masks
-        _, losses = heads(feats, proposals, shapes, targets)
+        losses, _, _ = train_forward(heads, feats, proposals, shapes, targets)
         sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
         grads = {n: p.grad for n, p in heads.named_parameters() if p.grad is not None}
         runs.append((calls, losses, grads, feats["0"].grad))
@@ -438,20 +440,21 @@ def test_pooling_is_reused_only_for_one_level_roi_align_on_the_cpu_outside_autoc
 
 def test_before_ohem_start_the_sample_is_random_with_the_foreground_share_capped():
     heads = make_heads(k=8)
+    heads.sampler = dataclasses.replace(heads.sampler, start=5)
     features, proposals, shapes, targets = heads_inputs()
-    heads.mining_on = False
     torch.manual_seed(1)
-    _, losses = heads(features, proposals, shapes, targets)
-    record = heads.last_mining
+    losses, record, _ = train_forward(heads, features, proposals, shapes, targets, iteration=4)
     counts = torch.bincount(record["image_ids"], minlength=2)
     assert counts.tolist() == [8, 8]  # the budget per image is kept
     for image in range(2):
         fg = int((record["labels"][record["image_ids"] == image] > 0).sum())
         assert 1 <= fg <= 2  # at most 25 % of 8 foreground; the gt box itself is always there
     assert losses["ohem_mined_fg_fraction"] <= 0.25
-    heads.mining_on = True  # mining picks by loss: the hardest 8 per image, a different set
-    _, mined = heads(features, proposals, shapes, targets)
+    # from iteration 5 on, mining picks by loss: the hardest 8 per image, a different set
+    mined, _, _ = train_forward(heads, features, proposals, shapes, targets, iteration=5)
     assert mined["ohem_mined_loss"] > losses["ohem_mined_loss"]
+    with pytest.raises(RuntimeError, match="sampler.ohem_start needs the iteration"):
+        heads(features, proposals, shapes, targets)  # outside a trainer, the iteration is unknown
 
 
 def test_split_by_image_gives_each_image_its_rows_empty_ones_included():

@@ -10,6 +10,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_p
 from torchvision.ops import batched_nms, box_iou
 
 from ohem.data.synthetic import SyntheticShapes
+from ohem.events import EventStorage
 from ohem.mining import OHEMRegionProposalNetwork, enable_ohem, enable_rpn_ohem, per_anchor_loss
 from ohem.models import small_faster_rcnn
 
@@ -85,6 +86,13 @@ def reference_selection(objectness, deltas, labels, targets, anchors, k, nms_iou
     return torch.cat([kept[image_ids[kept] == i][:k] for i in range(len(anchors))])
 
 
+def mine(rpn, *inputs):
+    """A training forward inside an EventStorage: (boxes, losses, the ``rpn_mining`` record)."""
+    with EventStorage() as storage:
+        boxes, losses = rpn(*inputs)
+    return boxes, losses, storage.latest("rpn_mining")
+
+
 def ohem_rpn(model, **kwargs):
     enable_rpn_ohem(model, **kwargs)
     model.rpn.head = RandomHead(model.rpn.head)
@@ -106,10 +114,10 @@ def test_labels_follow_matcher_semantics():
     model = small_model()
     image_list, features, targets = rpn_inputs(model)
     rpn = ohem_rpn(model)
-    rpn(image_list, features, targets)
+    _, _, mined = mine(rpn, image_list, features, targets)
     anchors = rpn.anchor_generator(image_list, list(features.values()))
     want = torch.cat([reference_labels(a, t["boxes"])[0] for a, t in zip(anchors, targets)])
-    got = rpn.last_mining["labels"]
+    got = mined["labels"]
     assert torch.equal(got, want)
     assert (got == 1).any() and (got == 0).any() and (got == -1).any()
 
@@ -119,11 +127,11 @@ def test_selection_equals_reference_on_random_inputs():
     image_list, features, targets = rpn_inputs(model)
     for k, nms_iou in [(256, 0.7), (32, 0.5), (40, None)]:
         rpn = ohem_rpn(small_model(), batch_size_per_image=k, nms_iou=nms_iou)
-        rpn(image_list, features, targets)
+        _, _, mined = mine(rpn, image_list, features, targets)
         anchors, labels, reg_targets = labels_and_targets(rpn, image_list, features, targets)
         objectness, deltas = flat_head_outputs(rpn.head.outputs)
         want = reference_selection(objectness.detach(), deltas.detach(), labels, reg_targets, anchors, k, nms_iou)
-        got = rpn.last_mining["selected"]
+        got = mined["selected"]
         assert torch.equal(got, want), (k, nms_iou)
         assert got.numel() == k * len(anchors)  # thousands of anchors: every image fills its quota
         # The public pieces agree with the forward too.
@@ -136,10 +144,10 @@ def test_loss_is_torchvision_formula_on_selected_anchors():
     model = small_model()
     image_list, features, targets = rpn_inputs(model)
     rpn = ohem_rpn(model, batch_size_per_image=64)
-    _, losses = rpn(image_list, features, targets)
+    _, losses, mined = mine(rpn, image_list, features, targets)
     _, labels, reg_targets = labels_and_targets(rpn, image_list, features, targets)
     objectness, deltas = flat_head_outputs(rpn.head.outputs)
-    sel = rpn.last_mining["selected"]
+    sel = mined["selected"]
     x, y = objectness.detach()[sel], labels[sel]
     bce = -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x)))
     pos = sel[labels[sel] > 0]
@@ -157,7 +165,7 @@ def test_loss_is_torchvision_formula_on_selected_anchors():
     torch.testing.assert_close(losses["rpn_ohem_all_loss"], (all_bce + all_box)[valid].mean())
     # The ranking loss of the selected anchors averages to the trained loss.
     torch.testing.assert_close(
-        rpn.last_mining["losses"][sel].mean(), losses["loss_objectness"] + losses["loss_rpn_box_reg"]
+        mined["losses"][sel].mean(), losses["loss_objectness"] + losses["loss_rpn_box_reg"]
     )
 
 
@@ -165,12 +173,12 @@ def test_gradients_reach_only_selected_anchors():
     model = small_model()
     image_list, features, targets = rpn_inputs(model)
     rpn = ohem_rpn(model, batch_size_per_image=48)
-    _, losses = rpn(image_list, features, targets)
+    _, losses, mined = mine(rpn, image_list, features, targets)
     (losses["loss_objectness"] + losses["loss_rpn_box_reg"]).backward()
     logits, deltas = rpn.head.outputs
     obj_grad, box_grad = flat_head_outputs(([t.grad for t in logits], [t.grad for t in deltas]))
-    sel = rpn.last_mining["selected"]
-    pos = sel[rpn.last_mining["labels"][sel] > 0]
+    sel = mined["selected"]
+    pos = sel[mined["labels"][sel] > 0]
     assert 0 < pos.numel() < sel.numel()
     assert torch.equal(torch.nonzero(obj_grad).squeeze(1), sel.sort().values)
     assert torch.equal(torch.nonzero(box_grad.abs().sum(1)).squeeze(1), pos.sort().values)
@@ -190,14 +198,14 @@ def test_ranking_pass_builds_no_graph(monkeypatch):
             return out
 
         monkeypatch.setattr(F, name, recording)
-    _, losses = rpn(image_list, features, targets)
+    _, losses, mined = mine(rpn, image_list, features, targets)
     assert all(v.requires_grad for k, v in losses.items() if k.startswith("loss_"))
     assert not any(v.requires_grad for k, v in losses.items() if k.startswith("rpn_ohem_"))
-    mined = rpn.last_mining["losses"]
-    assert not mined.requires_grad and mined.grad_fn is None
-    num_anchors = mined.numel()
-    sel = rpn.last_mining["selected"]
-    num_pos = int((rpn.last_mining["labels"][sel] > 0).sum())
+    mined_losses = mined["losses"]
+    assert not mined_losses.requires_grad and mined_losses.grad_fn is None
+    num_anchors = mined_losses.numel()
+    sel = mined["selected"]
+    num_pos = int((mined["labels"][sel] > 0).sum())
     # Over all anchors: no graph. With a graph: exactly the selected (positives for the box term).
     assert sorted(c for c in calls if c[1] == num_anchors) == [
         ("binary_cross_entropy_with_logits", num_anchors, False),
@@ -265,9 +273,9 @@ def test_quota_above_candidates_uses_all_non_ignored():
     model = small_model()
     image_list, features, targets = rpn_inputs(model)
     rpn = ohem_rpn(model, batch_size_per_image=10**6, nms_iou=None)
-    _, losses = rpn(image_list, features, targets)
-    labels = rpn.last_mining["labels"]
-    sel = rpn.last_mining["selected"]
+    _, losses, mined = mine(rpn, image_list, features, targets)
+    labels = mined["labels"]
+    sel = mined["selected"]
     assert torch.equal(sel.sort().values, torch.nonzero(labels >= 0).squeeze(1))
     objectness, _ = flat_head_outputs(rpn.head.outputs)
     valid = labels >= 0
@@ -275,11 +283,11 @@ def test_quota_above_candidates_uses_all_non_ignored():
     torch.testing.assert_close(losses["loss_objectness"], want)
     # With NMS: every survivor of NMS over the non-ignored anchors, nothing more.
     rpn.nms_iou = 0.7
-    rpn(image_list, features, targets)
+    _, _, mined = mine(rpn, image_list, features, targets)
     anchors, labels, reg_targets = labels_and_targets(rpn, image_list, features, targets)
     objectness, deltas = flat_head_outputs(rpn.head.outputs)
     want = reference_selection(objectness.detach(), deltas.detach(), labels, reg_targets, anchors, 10**6, 0.7)
-    assert torch.equal(rpn.last_mining["selected"], want)
+    assert torch.equal(mined["selected"], want)
     assert want.numel() < int(valid.sum())
 
 
@@ -287,7 +295,7 @@ def test_zero_quota_gives_zero_loss():
     model = small_model()
     image_list, features, targets = rpn_inputs(model)
     rpn = ohem_rpn(model, batch_size_per_image=0)
-    _, losses = rpn(image_list, features, targets)
+    _, losses, mined = mine(rpn, image_list, features, targets)
     assert losses["loss_objectness"] == 0 and losses["loss_rpn_box_reg"] == 0
     (losses["loss_objectness"] + losses["loss_rpn_box_reg"]).backward()
 
@@ -296,9 +304,8 @@ def test_mining_time_is_measured_and_the_all_anchor_loss_is_the_mean_over_non_ig
     model = small_model()
     image_list, features, targets = rpn_inputs(model)
     rpn = ohem_rpn(model)
-    assert rpn.sync_timing is False and rpn.last_mining_seconds == 0.0
-    rpn.sync_timing = True  # on the CPU there is nothing to wait for
-    _, losses = rpn(image_list, features, targets)
-    assert rpn.last_mining_seconds > 0
-    mined = rpn.last_mining
+    with EventStorage(sync_timing=True) as storage:  # on the CPU there is nothing to wait for
+        _, losses = rpn(image_list, features, targets)
+    assert storage.scalars["time_mining"] > 0
+    mined = storage.latest("rpn_mining")
     assert torch.equal(losses["rpn_ohem_all_loss"], mined["losses"][mined["labels"] >= 0].mean())

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from ohem import train as training
 from ohem.checkpoint import load_checkpoint, load_state_dict_file
 from ohem.config import apply_overrides, load_config
 from ohem.data import batch_indices, build_dataset
+from ohem.engine import trainer as training
 from ohem.evaluation.score import evaluate
 from ohem.inference import model_from_checkpoint
 

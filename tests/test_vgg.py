@@ -7,7 +7,8 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from ohem.mining import OHEMRoIHeads, enable_ohem
+from ohem.events import EventStorage
+from ohem.mining import OHEMSampler, enable_ohem
 from ohem.models import vgg
 from ohem.models.fast_rcnn import FastRCNN
 from ohem.models.vgg import (
@@ -152,12 +153,13 @@ def test_fast_rcnn_vgg_cnn_m_1024_trains_with_ohem():
     torch.manual_seed(0)
     model = enable_ohem(fast_rcnn_vgg_cnn_m_1024(num_classes=2, **SMALL), batch_size_per_image=8, nms_iou=None)
     model.train()
-    assert isinstance(model.roi_heads, OHEMRoIHeads) and model.roi_heads.box_roi_pool.pool.output_size == (6, 6)
+    assert isinstance(model.roi_heads.sampler, OHEMSampler) and model.roi_heads.box_roi_pool.pool.output_size == (6, 6)
     images, targets = zip(*[sample(), sample()])
-    losses = model(list(images), list(targets))
+    with EventStorage() as storage:
+        losses = model(list(images), list(targets))
     finite_losses(losses).backward()
     assert {"ohem_all_roi_loss", "ohem_mined_loss", "ohem_mined_fg_fraction"} <= set(losses)
-    assert torch.bincount(model.roi_heads.last_mining["image_ids"]).tolist() == [4, 4]  # 3 proposals + 1 gt each
+    assert torch.bincount(storage.latest("roi_mining")["image_ids"]).tolist() == [4, 4]  # 3 proposals + 1 gt each
     assert model.backbone.conv2.weight.grad.abs().sum() > 0 and model.backbone.conv1.weight.grad is None
 
 

@@ -31,7 +31,7 @@ def _sets(*groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 HEURISTIC = ("sampler.method=heuristic", "sampler.fg_fraction=0.25", "sampler.batch_size_per_image=64",
              "sampler.bg_iou_low=0.1")  # fmt: skip
 OHEM = ("sampler.method=ohem", "sampler.batch_size_per_image=64", "sampler.nms_iou=0.7",
-        "sampler.mining_loss=cls+box", "sampler.implementation=two-pass", "sampler.bg_iou_low=0.0")  # fmt: skip
+        "sampler.mining_loss=cls+box", "sampler.bg_iou_low=0.0")  # fmt: skip
 # More RoIs than any image has (proposals + gt boxes): torchvision's sampler then takes every one.
 EVERY_ROI = 1_000_000
 
@@ -56,9 +56,6 @@ ARMS: dict[str, Arm] = {
                      _sets(OHEM, ["solver.images_per_batch=1", "sampler.batch_size_per_image=128"])),
     "ohem-512": Arm("OHEM with 512 RoIs/image: tv-default's RoI count, the hardest instead of random ones",
                     _sets(OHEM, ["sampler.batch_size_per_image=512"])),
-    "ohem-zeroing": Arm("OHEM as one pass over all RoIs with the unselected ones' loss zeroed (the variant the "
-                        "paper rejects: the same RoIs, more time and memory)",
-                        _sets(OHEM, ["sampler.implementation=loss-zeroing"])),
 }  # fmt: skip
 
 

@@ -3,7 +3,7 @@
     python -m ohem.bench.cost '{"config": ..., "overrides": [...], "run_dir": ..., "result": ...,
                                 "warmup": 10, "iterations": 60}'
 
-It trains through ``ohem.train.train`` and stops the run right after ``warmup + iterations``
+It trains through ``ohem.engine.train`` and stops the run right after ``warmup + iterations``
 steps (no final evaluation, so the phase costs the same on any test set). The seconds per
 iteration are measured here, between the starts of consecutive training steps, so they include
 everything an iteration costs (data, forward, backward, update, logging); the per-step fields of
@@ -32,30 +32,26 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Train ``spec``'s config for ``warmup + iterations`` steps; wall s/iter, peak memory, mining share."""
     import torch
 
-    from ohem import train as training
+    from ohem.engine import Hook, train
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # others' use of the CPU
     cfg = load_config(spec["config"], spec["overrides"])
     warmup, iterations = spec["warmup"], spec["iterations"]
     rss_before = _rss_mib()
     starts: list[float] = []
-    step = training.train_step
 
-    def timed_step(*args: Any, **kwargs: Any) -> Any:
-        starts.append(time.perf_counter())
-        if len(starts) > warmup + iterations:  # the start of the step after the last timed one
-            raise _Timed
-        return step(*args, **kwargs)
+    class StepStarts(Hook):  # the first hook of each step: its start time, and the stop after the timed ones
+        def before_step(self, run: Any, storage: Any) -> None:
+            starts.append(time.perf_counter())
+            if len(starts) > warmup + iterations:  # the start of the step after the last timed one
+                raise _Timed
 
-    training.train_step = timed_step  # the loop looks train_step up at each call
     try:
-        training.train(cfg, spec["run_dir"], force=True)
+        train(cfg, spec["run_dir"], force=True, hooks=[StepStarts()])
     except _Timed:
         pass
     else:
         raise RuntimeError(f"the run ended after {len(starts)} steps, before the timed ones were done")
-    finally:
-        training.train_step = step
     s_per_iter = (starts[warmup + iterations] - starts[warmup]) / iterations
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = {"s_per_iter": s_per_iter, "rss_before_mib": rss_before, "peak_rss_mib": peak, "load_before": load_before}

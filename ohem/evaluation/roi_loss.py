@@ -17,10 +17,11 @@ from torchvision.models.detection.roi_heads import RoIHeads
 
 from ohem.config import SamplerConfig
 from ohem.data.loader import eval_batches
-from ohem.mining import label_rois, readonly_losses
+from ohem.mining import ReadOnlySettings, label_rois, readonly_losses
 from ohem.models import FastRCNN, backbone_features
 
-STRICT = SamplerConfig(readonly_precision="fp32")  # the measure in float32 on every device, not TF32
+# the measure in float32 on every device, not TF32
+STRICT = ReadOnlySettings.from_config(SamplerConfig(readonly_precision="fp32"))
 
 
 @torch.no_grad()
@@ -43,9 +44,15 @@ def mean_roi_loss(
             else:
                 proposals, _ = model.rpn(image_list, features)
             rois = label_rois(heads, proposals, targets, bg_iou_low=0.0)
-            losses = readonly_losses(heads, features, rois, image_list.image_sizes, STRICT)
+            terms = readonly_losses(heads, features, rois, image_list.image_sizes, STRICT, box_loss_beta(heads))
+            losses = terms.cls + terms.box
             total += losses.sum().item()
             count += losses.numel()
     finally:
         model.train(was_training)
     return total / max(count, 1)
+
+
+def box_loss_beta(heads: RoIHeads) -> float:
+    """The smooth-L1 beta the heads train with (torchvision's own heads: the 1/9 it hard-codes)."""
+    return getattr(heads, "box_loss_beta", 1 / 9)

@@ -1,4 +1,5 @@
-"""Swap a sampler into any torchvision two-stage detector, in place, keeping every module and weight."""
+"""Swap a sampler into any torchvision two-stage detector, in place, keeping every module and weight; and
+``build_detector``: the configured detector with its configured sampler."""
 
 from __future__ import annotations
 
@@ -10,10 +11,41 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from ohem.config import ModelConfig, SamplerConfig
-from ohem.mining.heuristic import HeuristicRoIHeads
-from ohem.mining.loss_zeroing import LossZeroingRoIHeads
-from ohem.mining.roi_heads import OHEMRoIHeads
+from ohem.mining.roi_heads import SamplingRoIHeads
 from ohem.mining.rpn import OHEMRegionProposalNetwork
+from ohem.mining.sampler import Sampler
+from ohem.mining.table import build_sampler
+from ohem.models import PROPOSAL_MODELS, build_model
+
+
+def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_classes: int) -> nn.Module:
+    """The configured detector for ``num_classes`` object classes (background excluded), with its sampler."""
+    model = build_model(model_cfg, num_classes)
+    if sampler_cfg.rpn_ohem and getattr(model, "rpn", None) is None:
+        raise ValueError(f"sampler.rpn_ohem: {model_cfg.name} has no RPN (it reads its proposals from a file)")
+    enable_sampler(model, sampler_cfg, box_loss_beta=model_cfg.box_loss_beta)
+    if model_cfg.box_target_norm == "empirical":
+        if model_cfg.name not in PROPOSAL_MODELS:
+            raise ValueError(
+                f"model.box_target_norm: empirical is measured on proposal files; {model_cfg.name} has an RPN "
+                "whose proposals change as it trains (use fixed)"
+            )
+        model.roi_heads.use_empirical_box_targets()
+    return model
+
+
+def enable_sampler(
+    model: nn.Module, sampler: SamplerConfig | Sampler, box_loss_beta: float = ModelConfig.box_loss_beta
+) -> nn.Module:
+    """A ``SamplingRoIHeads`` training on what ``sampler`` picks in ``model.roi_heads`` (and, with
+    ``rpn_ohem`` in a ``SamplerConfig``, OHEM in the RPN too); returns ``model``. ``sampler``: a
+    ``SamplerConfig`` (its ``method`` names the sampler in ``ohem.mining.SAMPLERS``) or a sampler
+    object. ``box_loss_beta``: the box loss's smooth-L1 beta (torchvision's 1/9; Fast R-CNN's 1)."""
+    config = sampler if isinstance(sampler, SamplerConfig) else None
+    chosen = build_sampler(config) if config else sampler
+    model.roi_heads = rebuild_roi_heads(SamplingRoIHeads, _roi_heads_of(model), sampler=chosen,
+                                        box_loss_beta=box_loss_beta)  # fmt: skip
+    return enable_rpn_ohem(model, config.rpn_nms_iou) if config and config.rpn_ohem else model
 
 
 def enable_ohem(
@@ -22,14 +54,11 @@ def enable_ohem(
     box_loss_beta: float = ModelConfig.box_loss_beta,
     **settings: Any,
 ) -> nn.Module:
-    """``OHEMRoIHeads`` in ``model.roi_heads``; returns ``model``. ``settings`` are ``SamplerConfig``
-    fields (``batch_size_per_image=64, nms_iou=0.7, mining_loss="cls+box", ...``) over ``sampler``.
-    With ``rpn_ohem=True`` the RPN mines its anchors too. ``box_loss_beta``: the box loss's smooth-L1
-    beta in both passes (torchvision's 1/9; Fast R-CNN's 1)."""
-    sampler = dataclasses.replace(sampler or SamplerConfig(), method="ohem", **settings)
-    cls = LossZeroingRoIHeads if sampler.implementation == "loss-zeroing" else OHEMRoIHeads
-    model.roi_heads = rebuild_roi_heads(cls, _roi_heads_of(model), sampler=sampler, box_loss_beta=box_loss_beta)
-    return enable_rpn_ohem(model, sampler.rpn_nms_iou) if sampler.rpn_ohem else model
+    """OHEM in ``model.roi_heads``; returns ``model``. ``settings`` are ``SamplerConfig`` fields
+    (``batch_size_per_image=64, nms_iou=0.7, mining_loss="cls+box", ...``) over ``sampler``.
+    With ``rpn_ohem=True`` the RPN mines its anchors too."""
+    return enable_sampler(model, dataclasses.replace(sampler or SamplerConfig(), method="ohem", **settings),
+                          box_loss_beta)  # fmt: skip
 
 
 def enable_heuristic_sampling(
@@ -40,12 +69,8 @@ def enable_heuristic_sampling(
 ) -> nn.Module:
     """Fast R-CNN's sampler in ``model.roi_heads``: ``fg_fraction`` foreground, background from IoU
     in [``bg_iou_low`` (default 0.1), 0.5); ``settings`` are ``SamplerConfig`` fields over ``sampler``."""
-    sampler = dataclasses.replace(sampler or SamplerConfig(), method="heuristic", **settings)
-    model.roi_heads = rebuild_roi_heads(
-        HeuristicRoIHeads, _roi_heads_of(model), batch_size_per_image=sampler.batch_size_per_image,
-        positive_fraction=sampler.fg_fraction, bg_iou_low=sampler.bg_iou_floor, box_loss_beta=box_loss_beta,
-    )  # fmt: skip
-    return enable_rpn_ohem(model, sampler.rpn_nms_iou) if sampler.rpn_ohem else model
+    return enable_sampler(model, dataclasses.replace(sampler or SamplerConfig(), method="heuristic", **settings),
+                          box_loss_beta)  # fmt: skip
 
 
 def enable_rpn_ohem(

@@ -1,23 +1,31 @@
-"""Fast R-CNN's heuristic sampler, the baseline OHEM replaces: a fixed foreground fraction, and
-background only from RoIs whose best IoU is in [``bg_iou_low``, 0.5). With 512 RoIs per image and
-``bg_iou_low=0`` it is torchvision's default sampler."""
+"""Fast R-CNN's heuristic sampler, the baseline OHEM replaces: per image ``batch_size_per_image`` RoIs
+at random, at most ``fg_fraction`` of them foreground, background only from RoIs whose best IoU is
+in [``bg_iou_low``, 0.5). With 512 RoIs and ``bg_iou_low=0`` it is torchvision's default sampler. It
+needs no read-only pass."""
 
 from __future__ import annotations
 
-from torch import Tensor
+from dataclasses import dataclass
 
-from ohem.mining.roi_heads import BoxLossRoIHeads, match_rois
+from ohem.config import SamplerConfig
+from ohem.mining.readonly import ReadOnlySettings, RoILosses
+from ohem.mining.rois import LabelledRoIs
+from ohem.mining.sampler import Sample, random_fg_bg
 
 
-class HeuristicRoIHeads(BoxLossRoIHeads):
-    """``RoIHeads`` whose background comes from IoU in [``bg_iou_low``, bg threshold)."""
+@dataclass
+class HeuristicSampler:
+    """The settings are ``SamplerConfig``'s (defaults there); ``bg_iou_low`` defaults to Fast R-CNN's own."""
 
-    def __init__(self, *args, bg_iou_low: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.bg_iou_low = bg_iou_low
+    batch_size_per_image: int
+    fg_fraction: float
+    bg_iou_low: float = 0.1  # Fast R-CNN's bg_lo
+    readonly: ReadOnlySettings | None = None  # no read-only pass
 
-    def assign_targets_to_proposals(
-        self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """torchvision's hook: labels with -1 (ignored, never sampled) below ``bg_iou_low``."""
-        return match_rois(self, proposals, gt_boxes, gt_labels, self.bg_iou_low)
+    @classmethod
+    def from_config(cls, cfg: SamplerConfig) -> HeuristicSampler:
+        bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
+        return cls(cfg.batch_size_per_image, cfg.fg_fraction, bg_iou_low)
+
+    def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
+        return Sample(random_fg_bg(rois, self.batch_size_per_image, self.fg_fraction))

@@ -2,23 +2,21 @@
 and pools every RoI on its own (so any split of the RoIs gives the same values):
 
 * ``readonly_pool``: the read-only pass pools its RoIs in a thread per intra-op thread;
-* ``reuse_pooling``: the trainable pass takes the read-only pass's pooling of its RoIs instead of
-  pooling them again, with torchvision's own RoIAlign gradient in backward (what a second pooling
+* ``pooled_with_gradient``: the trainable pass takes the read-only pass's pooling of its RoIs instead
+  of pooling them again, with torchvision's own RoIAlign gradient in backward (what a second pooling
   would give, bit for bit). Only for a one-level ``MultiScaleRoIAlign`` on the CPU outside autocast;
   elsewhere the trainable pass pools as usual (on a GPU pooling is a small part of the step).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -88,35 +86,18 @@ def rows_of(pooled: list[Tensor], rows: Tensor) -> Tensor:
     return pooled[0][rows] if len(pooled) == 1 else torch.cat(pooled)[rows]
 
 
-@contextlib.contextmanager
-def reuse_pooling(heads: RoIHeads, rows: Tensor) -> Iterator[None]:
-    """Within the block, ``heads.box_roi_pool`` returns ``rows``: the pooled features of the boxes it is
-    called with, in order (the read-only pass pooled them already)."""
-    pool = heads.box_roi_pool
-    heads.box_roi_pool = PooledRows(pool, rows)
-    try:
-        yield
-    finally:
-        heads.box_roi_pool = pool
-
-
-class PooledRows(nn.Module):
-    """Stands in for a one-level ``MultiScaleRoIAlign`` whose output for the next call is known."""
-
-    def __init__(self, pool: MultiScaleRoIAlign, rows: Tensor) -> None:
-        super().__init__()
-        self.__dict__["pool"] = pool  # not a submodule: the heads' modules stay as they were
-        self.rows = rows
-
-    def forward(self, features: dict, boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
-        pool = self.pool
-        if pool.scales is None:  # the read-only pass had no RoI to pool
-            return pool(features, boxes, image_shapes)
-        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
-        if rois.shape[0] != self.rows.shape[0]:
-            raise RuntimeError(f"pooled {self.rows.shape[0]} RoIs in the read-only pass, asked for {rois.shape[0]}")
-        args = (pool.scales[0], *pool.output_size, pool.sampling_ratio)
-        return _RoIAlignOfRows.apply(features[pool.featmap_names[0]], self.rows, rois, args)
+def pooled_with_gradient(
+    pool: MultiScaleRoIAlign, features: dict, boxes: list[Tensor], image_shapes: list[tuple[int, int]], rows: Tensor
+) -> Tensor:
+    """``pool(features, boxes, image_shapes)`` whose value is known already (``rows``, the read-only
+    pass's pooling of the same boxes in the same order), with torchvision's RoIAlign gradient."""
+    if pool.scales is None:  # the read-only pass had no RoI to pool: nothing is known
+        return pool(features, boxes, image_shapes)
+    rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
+    if rois.shape[0] != rows.shape[0]:
+        raise RuntimeError(f"pooled {rows.shape[0]} RoIs in the read-only pass, asked for {rois.shape[0]}")
+    args = (pool.scales[0], *pool.output_size, pool.sampling_ratio)
+    return _RoIAlignOfRows.apply(features[pool.featmap_names[0]], rows, rois, args)
 
 
 class _RoIAlignOfRows(torch.autograd.Function):

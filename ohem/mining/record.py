@@ -19,7 +19,8 @@ HARDEST_KEPT = 8  # hardest RoIs remembered per interval, for the gallery
 
 
 class MiningRecorder:
-    """Accumulates ``OHEMRoIHeads.last_mining`` over steps; ``flush`` returns one JSON-able record."""
+    """Accumulates the ``roi_mining`` records of ``SamplingRoIHeads`` over steps; ``flush`` returns one
+    JSON-able record."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 
-from ohem.mining.roi_heads import clock
+from ohem.events import clock, current_storage
 from ohem.mining.select import select_hard_examples
 
 
@@ -66,26 +66,18 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
 
     ``batch_size_per_image`` anchors per image (``fg_bg_sampler.batch_size_per_image``; its
     ``positive_fraction`` is unused: the fg/bg mix is whatever the losses give). ``nms_iou=None``
-    turns NMS off. The loss dict keeps torchvision's keys and gains detached ``rpn_ohem_*`` stats.
-    ``last_mining`` holds the latest training step's selection (detached, on the input device);
-    ``last_mining_seconds`` the ranking and selection time, after a CUDA sync when ``sync_timing``.
+    turns NMS off. The loss dict keeps torchvision's keys and gains detached ``rpn_ohem_*`` stats; the
+    open ``ohem.events.EventStorage`` (if any) receives the selection (``rpn_mining``) and the time of
+    ranking and selection (``time_mining``).
     """
 
     def __init__(self, *args, nms_iou: float | None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.nms_iou = nms_iou
-        self.last_mining: dict[str, torch.Tensor] = {}
-        self.last_mining_seconds = 0.0
-        self.sync_timing = False
-        self._anchors: list[torch.Tensor] | None = None
-        self._mining_stats: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_rpn(
-        cls,
-        rpn: RegionProposalNetwork,
-        nms_iou: float | None,
-        batch_size_per_image: int | None = None,
+        cls, rpn: RegionProposalNetwork, nms_iou: float | None, batch_size_per_image: int | None = None
     ) -> OHEMRegionProposalNetwork:
         """A new RPN of this class holding the same modules and settings as ``rpn``.
 
@@ -93,18 +85,13 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
         """
         sampler = rpn.fg_bg_sampler
         new = cls(
-            rpn.anchor_generator,
-            rpn.head,
-            fg_iou_thresh=rpn.proposal_matcher.high_threshold,
-            bg_iou_thresh=rpn.proposal_matcher.low_threshold,
+            rpn.anchor_generator, rpn.head,
+            fg_iou_thresh=rpn.proposal_matcher.high_threshold, bg_iou_thresh=rpn.proposal_matcher.low_threshold,
             batch_size_per_image=sampler.batch_size_per_image if batch_size_per_image is None else batch_size_per_image,
-            positive_fraction=sampler.positive_fraction,
-            pre_nms_top_n=dict(rpn._pre_nms_top_n),
-            post_nms_top_n=dict(rpn._post_nms_top_n),
-            nms_thresh=rpn.nms_thresh,
-            score_thresh=rpn.score_thresh,
+            positive_fraction=sampler.positive_fraction, pre_nms_top_n=dict(rpn._pre_nms_top_n),
+            post_nms_top_n=dict(rpn._post_nms_top_n), nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh,
             nms_iou=nms_iou,
-        )
+        )  # fmt: skip
         # The same objects, so any non-default matcher (e.g. allow_low_quality_matches) or coder carries over.
         new.proposal_matcher = rpn.proposal_matcher
         new.box_coder = rpn.box_coder
@@ -123,43 +110,41 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
         if not self.training:
             return super().forward(images, features, targets)
-        # torchvision's forward passes the anchors to assign_targets_to_anchors but not to
-        # compute_loss, which needs them for NMS: they are kept for the duration of the call.
-        try:
-            boxes, losses = super().forward(images, features, targets)
-        finally:
-            self._anchors = None
-        losses.update(self._mining_stats)
-        return boxes, losses
+        if targets is None:
+            raise ValueError("targets should not be None")
+        # torchvision's RPN forward, written out: proposals as it makes them, then the loss on mined anchors
+        levels = list(features.values())
+        objectness, pred_bbox_deltas = self.head(levels)
+        anchors = self.anchor_generator(images, levels)
+        num_anchors_per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+        # no backprop through the proposals (Faster R-CNN's approximate joint training)
+        proposals = self.box_coder.decode(pred_bbox_deltas.detach(), anchors).view(len(anchors), -1, 4)
+        boxes, _ = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors, targets)
+        regression_targets = self.box_coder.encode(matched_gt_boxes, anchors)
 
-    def assign_targets_to_anchors(
-        self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        self._anchors = anchors
-        return super().assign_targets_to_anchors(anchors, targets)
-
-    def compute_loss(
-        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        if self._anchors is None:
-            raise RuntimeError("OHEMRegionProposalNetwork.compute_loss is called from forward() only")
-        tic = clock(self.sync_timing, objectness.device)
+        tic = clock(objectness.device)
         all_labels = torch.cat(labels)
         losses = per_anchor_loss(objectness, pred_bbox_deltas, all_labels, torch.cat(regression_targets))
         candidates = torch.nonzero(all_labels >= 0).squeeze(1)
-        selected = self.select_anchors(losses, candidates, self._anchors)
-        self.last_mining_seconds = clock(self.sync_timing, objectness.device) - tic
+        selected = self.select_anchors(losses, candidates, anchors)
+        storage = current_storage()
+        if storage is not None:
+            storage.put_scalar("time_mining", clock(objectness.device) - tic)
+            storage.put_record("rpn_mining", {"selected": selected, "losses": losses, "labels": all_labels})
+        loss_objectness, loss_rpn_box_reg = selected_anchor_loss(
+            objectness, pred_bbox_deltas, labels, regression_targets, selected
+        )
         zero = losses.new_zeros(())
-        self._mining_stats = {  # sizes known on the host: no value is read back
+        return boxes, {  # sizes known on the host: no value is read back
+            "loss_objectness": loss_objectness,
+            "loss_rpn_box_reg": loss_rpn_box_reg,
             "rpn_ohem_fg_fraction": (all_labels[selected] > 0).float().mean() if selected.numel() else zero,
             "rpn_ohem_all_loss": losses[candidates].mean() if candidates.numel() else zero,
         }
-        self.last_mining = {"selected": selected, "losses": losses, "labels": all_labels}
-        return selected_anchor_loss(objectness, pred_bbox_deltas, labels, regression_targets, selected)
 
-    def select_anchors(
-        self, losses: torch.Tensor, candidates: torch.Tensor, anchors: list[torch.Tensor]
-    ) -> torch.Tensor:
+    def select_anchors(self, losses: torch.Tensor, candidates: torch.Tensor, anchors: list[torch.Tensor]) -> Tensor:
         """Hard anchors among ``candidates`` (the non-ignored ones): indices into the concatenated anchors
         of all images, per image by loss, after NMS among anchors, at most ``num_per_image`` each."""
         # filled on the device (a tensor built from host counts would be a blocking copy on CUDA)

@@ -1,7 +1,8 @@
 """Detectors: torchvision's two-stage family, the paper's VGG networks, a small CPU model, and
-Fast R-CNN on proposal files; ``build_detector`` makes the configured one with its sampler."""
+Fast R-CNN on proposal files; ``build_model`` makes the configured one (``ohem.mining.build_detector``
+adds its sampler)."""
 
-from ohem.models.build import BUILDERS, PROPOSAL_MODELS, build_detector, build_model, load_backbone_weights
+from ohem.models.build import BUILDERS, PROPOSAL_MODELS, build_model, load_backbone_weights
 from ohem.models.fast_rcnn import FastRCNN, backbone_features
 from ohem.models.small import SmallBackbone, small_fast_rcnn, small_faster_rcnn
 
@@ -11,7 +12,6 @@ __all__ = [
     "FastRCNN",
     "SmallBackbone",
     "backbone_features",
-    "build_detector",
     "build_model",
     "load_backbone_weights",
     "small_fast_rcnn",

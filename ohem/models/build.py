@@ -1,5 +1,5 @@
-"""The configured detector: ``BUILDERS[model.name]`` builds a torchvision two-stage detector, then
-the sampler (OHEM or Fast R-CNN's heuristic) is swapped into it the way a user would do it."""
+"""The configured detector: ``BUILDERS[model.name]`` builds a torchvision two-stage detector with its
+own sampler (``ohem.mining.build_detector`` then swaps in the configured one)."""
 
 from __future__ import annotations
 
@@ -12,27 +12,9 @@ from torchvision.models import detection
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ohem.checkpoint import load_state_dict_file
-from ohem.config import ModelConfig, SamplerConfig
-from ohem.mining import enable_heuristic_sampling, enable_ohem
+from ohem.config import ModelConfig
 from ohem.models import vgg
 from ohem.models.small import small_fast_rcnn, small_fast_rcnn_wide, small_faster_rcnn
-
-
-def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_classes: int) -> nn.Module:
-    """The configured detector for ``num_classes`` object classes (background excluded)."""
-    model = build_model(model_cfg, num_classes)
-    if sampler_cfg.rpn_ohem and getattr(model, "rpn", None) is None:
-        raise ValueError(f"sampler.rpn_ohem: {model_cfg.name} has no RPN (it reads its proposals from a file)")
-    enable = enable_ohem if sampler_cfg.method == "ohem" else enable_heuristic_sampling
-    enable(model, sampler_cfg, box_loss_beta=model_cfg.box_loss_beta)
-    if model_cfg.box_target_norm == "empirical":
-        if model_cfg.name not in PROPOSAL_MODELS:
-            raise ValueError(
-                f"model.box_target_norm: empirical is measured on proposal files; {model_cfg.name} has an RPN "
-                "whose proposals change as it trains (use fixed)"
-            )
-        model.roi_heads.use_empirical_box_targets()
-    return model
 
 
 def set_input_normalisation(model: nn.Module, cfg: ModelConfig) -> None:

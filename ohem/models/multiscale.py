@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
-from ohem.mining.roi_heads import raw_box_deltas
+from ohem.models.box_targets import raw_box_deltas
 from ohem.models.fast_rcnn import FastRCNN, backbone_features
 
 TARGET_AREA = 224 * 224

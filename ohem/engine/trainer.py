@@ -1,9 +1,11 @@
-"""Training: ``train(cfg, out_dir)`` sets a run up, then for each iteration takes one SGD step
-(``train_step``), logs it, and evaluates and checkpoints on schedule. The run directory holds
-``config.yaml``, the logs of ``ohem.runlog``, ``checkpoint_last.pt`` (written atomically),
-``metrics.json`` (strict JSON) and ``detections.png``; it belongs to one run (``ohem.run_folder``:
-locked while training, a run in it continued only with ``resume`` or moved aside with ``force``).
-Every config check that needs no data (``check_run_config``) runs before anything is written."""
+"""Training: ``train(cfg, out_dir)`` sets a run up, then ``run_loop`` takes one SGD step per iteration
+(``train_step``) between the calls of its hooks (``ohem.engine.hooks``: logging, the collapse watch,
+evaluation and checkpoints on schedule). Modules report what they did in a step through the step's
+``ohem.events.EventStorage``; the hooks read it there. The run directory holds ``config.yaml``, the
+logs of ``ohem.engine.runlog``, ``checkpoint_last.pt`` (written atomically), ``metrics.json`` (strict
+JSON) and ``detections.png``; it belongs to one run (``ohem.engine.run_folder``: locked while
+training, a run in it continued only with ``resume`` or moved aside with ``force``). Every config
+check that needs no data (``check_run_config``) runs before anything is written."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,20 +22,18 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from tqdm import tqdm
 
-from ohem import distributed, run_folder
-from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng, save_checkpoint
+from ohem import distributed
+from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng
 from ohem.config import Config
 from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch_indices
 from ohem.data.loader import Batch, TrainBatches, loader_workers, train_loader
-from ohem.evaluation.roi_loss import mean_roi_loss
-from ohem.evaluation.score import METRIC_NAMES, evaluate
-from ohem.inference import TestTime, load_weights_into, predict, state_dict_problems
-from ohem.mining import OHEMRoIHeads
-from ohem.mining.stall import StallWatch
-from ohem.models import build_detector
-from ohem.runlog import RunLog
+from ohem.engine import run_folder
+from ohem.engine.hooks import EvalHook, Hook, default_hooks, draw_test_images, test_metrics
+from ohem.engine.runlog import RunLog
+from ohem.events import EventStorage
+from ohem.inference import load_weights_into, state_dict_problems
+from ohem.mining import build_detector
 from ohem.util import atomic_open, make_out_dir, one_line, strict_json
 
 
@@ -73,11 +73,14 @@ class Run:
         return self.out / "checkpoint_last.pt"
 
 
-def train(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
+def train(
+    cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False, hooks: Sequence[Hook] = ()
+) -> dict[str, Any]:  # fmt: skip
     """Train as configured, evaluate on the test split, write the run directory; returns the metrics.
 
-    ``out_dir`` belongs to this run while it trains (``ohem.run_folder``): a folder that holds a run
-    is continued with ``resume`` or, with ``force``, its old run is moved to ``previous-N/`` first."""
+    ``out_dir`` belongs to this run while it trains (``ohem.engine.run_folder``): a folder that holds a
+    run is continued with ``resume`` or, with ``force``, its old run is moved to ``previous-N/`` first.
+    ``hooks`` run before the default ones (``ohem.engine.hooks.default_hooks``) at each call."""
     out = Path(out_dir)
     d = distributed.setup(cfg.train.device)
     device = check_run_config(cfg, d)  # every config check before any file is touched
@@ -88,7 +91,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = 
     try:
         with run_folder.claim(out, enabled=d.main):
             run = setup(cfg, out, resume, d, device, force)
-            return _train(run)
+            return _train(run, list(hooks))
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty folder behind
             with contextlib.suppress(OSError):
@@ -96,42 +99,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = 
         raise
 
 
-def _train(run: Run) -> dict[str, Any]:
+def _train(run: Run, extra_hooks: list[Hook]) -> dict[str, Any]:
     """The iterations of a set-up run, then the final evaluation, ``metrics.json`` and the drawing."""
-    cfg = run.cfg
-    t, metrics, speed = cfg.train, {}, None
-    bar = tqdm(range(run.start, cfg.solver.iterations), initial=run.start, total=cfg.solver.iterations,
-               desc="train", dynamic_ncols=True, **({} if run.d.main else {"disable": True}))  # fmt: skip
-    # (on rank 0, TQDM_DISABLE and tqdm's other environment settings apply)
-    batches = training_batches(run)
-    ohem = isinstance(run.core.roi_heads, OHEMRoIHeads)
-    watched_from = max(cfg.solver.warmup_iterations, cfg.sampler.ohem_start)
-    watch = StallWatch(t.mining_log_every, watched_from) if ohem else None
-    try:
-        for it in bar:
-            done = it + 1 == cfg.solver.iterations
-            record = train_step(run, it, batches)
-            if watch and run.d.main and (warning := watch.add(it + 1, record["ohem_score_spread"],
-                                                              record["ohem_all_roi_loss"])):  # fmt: skip
-                bar.write(f"ohem train: warning: {warning}", file=sys.stderr)
-            if t.check_sync_every and (it + 1) % t.check_sync_every == 0:
-                check_in_sync(run.d, run.core, it + 1)
-            if (it + 1) % t.mining_log_every == 0 or done:
-                run.log.flush_mining(it + 1)
-            run.log.step(record)
-            rate = run.images_per_step / (record["time_data"] + record["time_step"])
-            speed = rate if speed is None else 0.9 * speed + 0.1 * rate  # smoothed images/s
-            bar.set_postfix({"loss": f"{record['loss']:.3f}", "img/s": f"{speed:.1f}"}, refresh=False)
-            if done or (t.eval_every and (it + 1) % t.eval_every == 0):
-                metrics = evaluate_during_training(run, it + 1, bar.write)
-            if done or (t.checkpoint_every and (it + 1) % t.checkpoint_every == 0):
-                save(run, it + 1)
-            run.log.flush()
-    finally:
-        bar.close()
-        run.log.close()
-    if not metrics:  # resumed a finished run
-        metrics = test_metrics(run)
+    hooks = [*extra_hooks, *default_hooks(run)]
+    run_loop(run, hooks)
+    evaluated = next((h.metrics for h in hooks if isinstance(h, EvalHook)), None)
+    metrics = evaluated or test_metrics(run)  # none when a finished run was resumed
     if run.d.main:
         with atomic_open(run.out / "metrics.json") as f:
             f.write(strict_json(metrics))
@@ -139,16 +112,35 @@ def _train(run: Run) -> dict[str, Any]:
     return metrics
 
 
-def train_step(run: Run, it: int, batches: Iterator[Batch]) -> dict[str, float]:
+def run_loop(run: Run, hooks: list[Hook]) -> None:
+    """Iterations ``run.start`` to ``solver.iterations``: one ``train_step`` each, inside the step's
+    ``EventStorage``, between the hooks' ``before_step`` and ``after_step``."""
+    batches = training_batches(run)
+    for hook in hooks:
+        hook.before_train(run)
+    try:
+        for it in range(run.start, run.cfg.solver.iterations):
+            storage = EventStorage(it)
+            for hook in hooks:
+                hook.before_step(run, storage)
+            with storage:
+                record = train_step(run, it, batches, storage)
+            for hook in hooks:
+                hook.after_step(run, storage, record)
+    finally:
+        for hook in hooks:
+            hook.after_train(run)
+
+
+def train_step(run: Run, it: int, batches: Iterator[Batch], storage: EventStorage) -> dict[str, float]:
     """One SGD step: ``solver.accumulate_steps`` forward/backward passes, then the update. Times the
-    wait for data (``time_data``), forward + backward + update (``time_step``) and, within it, the
-    mining (``time_mining``: OHEM's read-only pass and selection, on CUDA every ``train.timing_every``)."""
+    wait for data (``time_data``) and forward + backward + update (``time_step``); each pass's batch
+    (dataset indices, image sizes) goes to ``storage`` as ``batch``."""
     accumulate, d = run.cfg.solver.accumulate_steps, run.d
     run.model.train()
     run.optimizer.zero_grad(set_to_none=True)
-    timed_mining = prepare_mining(run, it)
     sums: dict[str, float] = {}
-    waited = stepped = mining = 0.0
+    waited = stepped = 0.0
     for part in range(accumulate):
         tic = time.perf_counter()
         indices, images, targets = next(batches)
@@ -159,8 +151,7 @@ def train_step(run: Run, it: int, batches: Iterator[Batch]) -> dict[str, float]:
         for key, value in zip(losses, values):
             sums[key] = sums.get(key, 0.0) + value / accumulate
         stepped += time.perf_counter() - tic
-        mining += sum(heads.last_mining_seconds for heads in mining_heads(run.core))
-        run.log.mined(it + 1, run.core.roi_heads, indices, images, losses)
+        storage.put_record("batch", (indices, [tuple(image.shape[-2:]) for image in images]))
     tic = time.perf_counter()
     run.scaler.step(run.optimizer)
     run.scaler.update()
@@ -168,8 +159,6 @@ def train_step(run: Run, it: int, batches: Iterator[Batch]) -> dict[str, float]:
     synchronize(run.device)
     record = {"iteration": it + 1, "lr": run.optimizer.param_groups[0]["lr"], **distributed.mean(d, sums)}
     record.update(time_data=waited, time_step=stepped + time.perf_counter() - tic)
-    if timed_mining:
-        record["time_mining"] = mining
     return record
 
 
@@ -196,24 +185,6 @@ def training_batches(run: Run) -> Iterator[Batch]:
     positions = TrainBatches(lambda position: batch_of(run, position), run.start * accumulate,
                              cfg.solver.iterations * accumulate, run.d.rank, run.d.world)  # fmt: skip
     return train_loader(run.train_set, positions, run.workers, run.device, cfg.train.seed if cfg.data.hflip else None)
-
-
-def mining_heads(model: nn.Module) -> list[nn.Module]:
-    """The model's modules that mine (OHEM RoI heads, OHEM RPN): each times its mining."""
-    return [m for m in (model.roi_heads, getattr(model, "rpn", None)) if hasattr(m, "last_mining_seconds")]
-
-
-def prepare_mining(run: Run, it: int) -> bool:
-    """Set the mining heads for step ``it``: OHEM mines from ``sampler.ohem_start`` on; the mining is
-    timed always on the CPU and on CUDA every ``train.timing_every`` steps, with synchronizes around it
-    (each stalls the GPU's queue, so not on every step). Returns whether this step times it."""
-    if isinstance(run.core.roi_heads, OHEMRoIHeads):
-        run.core.roi_heads.mining_on = it >= run.cfg.sampler.ohem_start
-    cuda, mining = run.device.type == "cuda", mining_heads(run.core)
-    timed = not cuda or (it + 1) % run.cfg.train.timing_every == 0
-    for heads in mining:
-        heads.sync_timing = cuda and timed
-    return timed and bool(mining)
 
 
 def synchronize(device: torch.device) -> None:
@@ -262,8 +233,7 @@ def setup(
     core = model
     if d.active:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    mining_classes = len(classes) if isinstance(core.roi_heads, OHEMRoIHeads) else None
-    log = RunLog(out, start if resume else None, d.main, mining_classes)
+    log = RunLog(out, start if resume else None, d.main, len(classes))
     groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
     workers = loader_workers(cfg.data.workers)
     return Run(cfg, out, d, device, model, core, train_set, test_set, classes, optimizer, scheduler, scaler,
@@ -301,57 +271,6 @@ def restore(
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"checkpoint {path}: solver state: cannot be restored ({one_line(str(e))})") from None
     return state["iteration"]
-
-
-def save(run: Run, iteration: int) -> None:
-    rng = distributed.gather(run.d, torch.get_rng_state())
-    if run.d.main:
-        solver = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                  "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None}  # fmt: skip
-        save_checkpoint(run.checkpoint_path, run.core, run.cfg, run.classes, iteration, solver,
-                        rng if run.d.active else None)  # fmt: skip
-    distributed.barrier(run.d)
-
-
-def evaluate_during_training(run: Run, iteration: int, write: Any) -> dict[str, Any]:
-    """Test-set metrics (and, with ``train.roi_loss_images``, the mean loss over all RoIs of training images)."""
-    cfg, d = run.cfg, run.d
-    metrics = test_metrics(run)
-    entry: dict[str, Any] = {"iteration": iteration, "eval": metrics}
-    message = f"iteration {iteration}: test {METRIC_NAMES[cfg.train.eval_metric]} {metrics['mAP']:.4f}"
-    indices = list(range(min(cfg.train.roi_loss_images, len(run.train_set))))
-    if indices:
-        mine = mean_roi_loss(run.core, run.train_set, indices[d.rank :: d.world], run.device,
-                             cfg.test.images_per_batch, run.workers)  # fmt: skip
-        entry["train_roi_loss"] = distributed.mean(d, {"v": mine})["v"]
-        message += f", mean loss over all RoIs of train images {entry['train_roi_loss']:.4f}"
-    run.log.evaluation(entry)
-    write(message)
-    return metrics
-
-
-def test_metrics(run: Run) -> dict[str, Any]:
-    """The model's ``train.eval_metric`` on the test split, with the config's test-time options."""
-    cfg = run.cfg
-    test_time = TestTime.from_config(cfg.model)
-    return evaluate(run.core, run.test_set, run.device, cfg.test.images_per_batch, cfg.train.eval_metric,
-                    test_time, run.d, run.workers)  # fmt: skip
-
-
-def draw_test_images(run: Run) -> None:
-    """``detections.png``: the first ``train.vis_images`` test images with their detections (0: none)."""
-    from ohem.visualize import draw_detections  # matplotlib: imported only when drawing
-
-    t = run.cfg.train
-    if t.vis_images == 0:  # drawing turned off
-        return
-    subset = [run.test_set[i] for i in range(min(t.vis_images, len(run.test_set)))]
-    detections = predict(run.core, subset, run.device, run.cfg.test.images_per_batch,
-                         test_time=TestTime.from_config(run.cfg.model))  # fmt: skip
-    images, boxes = [image for image, _ in subset], [target["boxes"] for _, target in subset]
-    titles = [run.test_set.image_name(i) for i in range(len(subset))]
-    path = run.out / "detections.png"
-    draw_detections(images, detections, run.classes, path, t.vis_score_thresh, titles=titles, ground_truth=boxes)
 
 
 def batch_of(run: Run, position: int) -> list[int]:
@@ -407,16 +326,6 @@ def check_solver(cfg: Config, d: distributed.Dist) -> None:
         raise ValueError(f"solver.accumulate_steps must be >= 1, got {s.accumulate_steps}")
     if s.iterations < 1:
         raise ValueError(f"solver.iterations must be >= 1, got {s.iterations}")
-
-
-def check_in_sync(d: distributed.Dist, model: nn.Module, iteration: int) -> None:
-    """Raise if the processes' weights have drifted apart (they must be equal after every step)."""
-    if not d.active:
-        return
-    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
-    sums = distributed.gather(d, checksum)
-    if any(not torch.equal(sums[0], other) for other in sums[1:]):
-        raise RuntimeError(f"processes hold different weights after iteration {iteration}")
 
 
 def resolve_device(name: str, local_rank: int = 0, what: str = "train.device") -> torch.device:

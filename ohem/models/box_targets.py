@@ -59,3 +59,9 @@ class BoxTargetNorm(nn.Module):
         std[std == 0] = 1.0
         self.mean.copy_(mean.float())
         self.std.copy_(std.float())
+
+
+def raw_box_deltas(heads: nn.Module, box_regression: Tensor) -> Tensor:
+    """The box predictor's output as ``heads.box_coder`` decodes it (unnormalised when the heads have a norm)."""
+    norm = getattr(heads, "box_target_norm", None)
+    return box_regression if norm is None else norm.unnormalise(box_regression)

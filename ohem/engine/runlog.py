@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ohem.mining.record import MiningRecorder
 from ohem.util import atomic_open, one_line, open_append
 
@@ -18,9 +16,9 @@ LOG_FILES = ("log.jsonl", "mining.jsonl")
 
 
 class RunLog:
-    def __init__(self, out: Path, resume_from: int | None, enabled: bool, num_classes: int | None) -> None:
+    def __init__(self, out: Path, resume_from: int | None, enabled: bool, num_classes: int) -> None:
         """``resume_from``: the checkpoint's iteration (later records are dropped), None for a new run
-        (earlier logs are removed). ``num_classes``: set for OHEM runs, which record what they mine."""
+        (earlier logs are removed). ``mining.jsonl`` is written only by runs that report what they mine."""
         self.enabled = enabled
         if not enabled:
             return
@@ -33,8 +31,9 @@ class RunLog:
 
         self.writer = SummaryWriter(str(out / "tb"), purge_step=None if resume_from is None else resume_from + 1)
         self.log = open_append(out / "log.jsonl")
-        self.recorder = MiningRecorder(num_classes) if num_classes else None
-        self.mining_file = open_append(out / "mining.jsonl") if self.recorder else None
+        self.recorder = MiningRecorder(num_classes)
+        self.mining_path = out / "mining.jsonl"
+        self.mining_file: Any = None  # opened at the first record
 
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -44,16 +43,18 @@ class RunLog:
             if key != "iteration":
                 self.writer.add_scalar(f"train/{key}", value, record["iteration"])
 
-    def mined(self, iteration: int, heads: torch.nn.Module, indices: list[int], images: list, losses: dict) -> None:
-        """One forward pass's mined RoIs (``heads.last_mining``), for ``mining.jsonl``."""
-        if self.enabled and self.recorder:
-            sizes = [tuple(image.shape[-2:]) for image in images]
-            # the tensor, not its value: reading it here would wait for the step's kernels on CUDA
-            self.recorder.add(iteration, heads.last_mining, indices, sizes, losses["ohem_all_roi_loss"])
+    def mined(self, iteration: int, mining: dict[str, Any], indices: list[int], sizes: list[tuple[int, int]]) -> None:
+        """One forward pass's mined RoIs (a ``roi_mining`` record of ``ohem.events``), for ``mining.jsonl``;
+        ``sizes``: the batch's images' original (h, w)."""
+        if self.enabled:
+            # tensors, not values: reading them here would wait for the step's kernels on CUDA
+            self.recorder.add(iteration, mining, indices, sizes, mining["all_roi_loss"])
 
     def flush_mining(self, iteration: int) -> None:
-        if not (self.enabled and self.recorder):
+        if not self.enabled or self.recorder.steps == 0:
             return
+        if self.mining_file is None:
+            self.mining_file = open_append(self.mining_path)
         record = self.recorder.flush(iteration)
         self.mining_file.write(json.dumps(record) + "\n")
         self.mining_file.flush()

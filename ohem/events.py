@@ -1,0 +1,66 @@
+"""What modules report during a training step, for whoever runs the step to read (detectron2's
+``EventStorage`` idea): the RoI heads and the RPN put their mining records and timings here instead
+of keeping them in attributes that a trainer would have to know about.
+
+    with EventStorage(iteration=it) as storage:
+        losses = model(images, targets)
+    storage.records["roi_mining"], storage.scalars["time_mining"]
+
+Outside a ``with EventStorage()`` block (a user's own training loop) ``current_storage()`` is None
+and modules report nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_STACK: list[EventStorage] = []
+
+
+class EventStorage:
+    """One training step's reports. ``iteration`` (0-based) is the step being taken; ``sync_timing``
+    asks modules to wait for queued CUDA kernels around what they time (a sync stalls the queue, so
+    a trainer sets it on some steps only)."""
+
+    def __init__(self, iteration: int = 0, sync_timing: bool = False) -> None:
+        self.iteration = iteration
+        self.sync_timing = sync_timing
+        self.scalars: dict[str, float] = {}  # summed over the step's forward passes
+        self.records: dict[str, list[Any]] = {}  # one entry per forward pass, in order
+
+    def put_scalar(self, name: str, value: float) -> None:
+        self.scalars[name] = self.scalars.get(name, 0.0) + value
+
+    def put_record(self, name: str, record: Any) -> None:
+        self.records.setdefault(name, []).append(record)
+
+    def latest(self, name: str) -> Any:
+        """The last record put under ``name``; KeyError when there is none."""
+        if not self.records.get(name):
+            raise KeyError(f"no {name!r} record in this step")
+        return self.records[name][-1]
+
+    def __enter__(self) -> EventStorage:
+        _STACK.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _STACK.remove(self)
+
+
+def current_storage() -> EventStorage | None:
+    """The innermost open ``EventStorage``, or None."""
+    return _STACK[-1] if _STACK else None
+
+
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()``, after the queued CUDA kernels of ``device`` have run when the current
+    storage asks for ``sync_timing`` (without it, CUDA time is only the time to queue them)."""
+    import time
+
+    storage = current_storage()
+    if storage is not None and storage.sync_timing and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

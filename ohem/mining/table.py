@@ -1,0 +1,23 @@
+"""``SAMPLERS``: ``sampler.method`` names to sampler factories (``SamplerConfig`` -> sampler). A new
+sampler is a file with a class that has ``from_config``, one entry here, and its tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ohem.config import SamplerConfig
+from ohem.mining.hard_examples import OHEMSampler
+from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.sampler import Sampler
+
+SAMPLERS: dict[str, Callable[[SamplerConfig], Sampler]] = {
+    "heuristic": HeuristicSampler.from_config,
+    "ohem": OHEMSampler.from_config,
+}
+
+
+def build_sampler(cfg: SamplerConfig) -> Sampler:
+    """The sampler ``cfg.method`` names, with ``cfg``'s settings."""
+    if cfg.method not in SAMPLERS:
+        raise ValueError(f"sampler.method: unknown sampler {cfg.method!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[cfg.method](cfg)

@@ -1,0 +1,86 @@
+"""The sampler plug-in contract: the table, a sampler written outside the package, weights."""
+
+import typing
+
+import pytest
+import torch
+
+from ohem.config import SamplerConfig
+from ohem.events import EventStorage
+from ohem.mining import SAMPLERS, LabelledRoIs, Sample, SamplingRoIHeads, build_sampler, enable_sampler
+from ohem.mining.rois import per_roi_loss_terms, sampled_roi_loss
+from tests.test_roi_heads import heads_inputs, small_model
+
+
+def test_the_table_names_every_method_the_config_accepts():
+    choices = typing.get_args(typing.get_type_hints(SamplerConfig)["method"])
+    assert set(SAMPLERS) == set(choices)
+    for name in SAMPLERS:
+        sampler = build_sampler(SamplerConfig(method=name))
+        assert hasattr(sampler, "sample") and hasattr(sampler, "bg_iou_low") and hasattr(sampler, "readonly")
+    assert build_sampler(SamplerConfig(method="heuristic")).readonly is None  # pays for no read-only pass
+    assert build_sampler(SamplerConfig(method="ohem")).readonly is not None
+
+
+class FirstRowsWeighted:
+    """A sampler from outside the package: the first 3 rows of each image, weights 1, 2, 3."""
+
+    bg_iou_low = 0.0
+    readonly = None
+
+    def __init__(self):
+        self.seen = []
+
+    def sample(self, rois: LabelledRoIs, losses, iteration) -> Sample:
+        self.seen.append((losses, iteration))
+        rows = torch.cat([torch.nonzero(rois.image_ids == i).squeeze(1)[:3] for i in range(rois.num_images)])
+        return Sample(rows, torch.tensor([1.0, 2.0, 3.0]).repeat(rois.num_images))
+
+
+def test_a_sampler_object_plugs_in_and_its_weights_weight_the_loss():
+    model = small_model()
+    sampler = FirstRowsWeighted()
+    heads = enable_sampler(model, sampler).roi_heads.train()
+    assert isinstance(heads, SamplingRoIHeads) and heads.sampler is sampler
+    features, proposals, shapes, targets = heads_inputs()
+    inputs = []
+    heads.box_head.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    with EventStorage(7) as storage:
+        _, losses = heads(features, proposals, shapes, targets)
+    assert sampler.seen == [(None, 7)]  # no read-only pass was asked for, so none ran; the step's iteration
+    assert len(inputs) == 1 and inputs[0].shape[0] == 6  # the trainable pass alone, on the 6 rows
+    assert "ohem_mined_loss" not in losses and "roi_mining" not in storage.records
+    # the same rows by hand: weighted sum of the per-RoI terms over the number of rows
+    boxes = [torch.cat([p, t["boxes"]])[:3] for p, t in zip(proposals, targets)]
+    with torch.no_grad():
+        logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, boxes, shapes)))
+    from ohem.mining import label_rois
+
+    rois = label_rois(heads, proposals, targets, 0.0)
+    rows = sampler.sample(rois, None, 0).rows
+    cls, box = per_roi_loss_terms(logits, deltas, rois.labels[rows], rois.box_targets[rows], heads.box_loss_beta)
+    weights = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0, 3.0])
+    assert torch.allclose(losses["loss_classifier"], (cls * weights).sum() / 6, rtol=1e-5)
+    assert torch.allclose(losses["loss_box_reg"], (box * weights).sum() / 6, rtol=1e-5, atol=1e-8)
+
+
+def test_unweighted_loss_is_torchvisions_and_weights_of_one_agree_with_it():
+    from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+    torch.manual_seed(0)
+    logits, deltas = torch.randn(50, 6), torch.randn(50, 24)
+    labels, targets = torch.randint(0, 6, (50,)), torch.randn(50, 4)
+    cls, box = sampled_roi_loss(logits, deltas, labels, targets, 1 / 9, None)
+    want_cls, want_box = fastrcnn_loss(logits, deltas, [labels], [targets])
+    assert torch.equal(cls, want_cls) and torch.equal(box, want_box)  # bit for bit
+    cls_1, box_1 = sampled_roi_loss(logits, deltas, labels, targets, 1 / 9, torch.ones(50))
+    assert torch.allclose(cls_1, cls, rtol=1e-6) and torch.allclose(box_1, box, rtol=1e-6)
+    cls_2, box_2 = sampled_roi_loss(logits, deltas, labels, targets, 1 / 9, torch.full((50,), 2.0))
+    assert torch.allclose(cls_2, 2 * cls, rtol=1e-6) and torch.allclose(box_2, 2 * box, rtol=1e-6)
+
+
+def test_an_unknown_method_is_a_one_line_error():
+    cfg = SamplerConfig()
+    object.__setattr__(cfg, "method", "random")  # past the config's own check, as a hand-made object could be
+    with pytest.raises(ValueError, match=r"^sampler.method: unknown sampler 'random'; choose one of heuristic, ohem$"):
+        build_sampler(cfg)
