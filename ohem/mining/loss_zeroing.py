@@ -1,5 +1,5 @@
 """The OHEM variant the paper rejects, kept only to measure its cost (the ``ohem-zeroing`` arm of
-``benchmarks/bench_samplers.py``): one forward *with* gradients over all RoIs, the loss zeroed
+``ohem bench``): one forward *with* gradients over all RoIs, the loss zeroed
 outside the hard ones. It selects the same RoIs and gives the same gradients as ``OHEMRoIHeads``,
 but keeps every RoI's activations and graph."""
 
