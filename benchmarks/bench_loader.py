@@ -12,16 +12,12 @@ warm-up iterations (no evaluation or checkpoint inside the window).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ohem.config import load_config  # noqa: E402
-from ohem.engine.runlog import step_seconds  # noqa: E402
-from ohem.engine.trainer import train  # noqa: E402
+from ohem.config import load_config
+from ohem.engine.runlog import step_seconds
+from ohem.engine.trainer import train
 
 
 def seconds_per_iteration(config: str, overrides: list[str], workers: int, iterations: int) -> tuple[float, float]:

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: ohem, tests
-
-from ohem.evaluation import ImageAnnotations, ImageDetections, voc_evaluate  # noqa: E402
-from tests.voc_reference import reference_voc_evaluate  # noqa: E402
+from ohem.evaluation import ImageAnnotations, ImageDetections, voc_evaluate
+from ohem.evaluation.voc_reference import reference_voc_evaluate
 
 CLASSES = [f"class{k}" for k in range(1, 21)]
 

@@ -8,9 +8,9 @@ random init, synthetic images resized to 600 px, 2000 proposals per image from a
 selective search gives); optionally torchvision's fasterrcnn_resnet50_fpn (600 px, 2000 RPN
 proposals). Each with the Fast R-CNN heuristic (64 RoIs/image), torchvision's default sampler
 (512/image) and OHEM (64/image mined from all) with its read-only pass in fp32, tf32 (the default) and
-bf16 (``sampler.readonly_precision``). Then short ``ohem.train.train`` runs with evaluation: the small
+bf16 (``sampler.readonly_precision``). Then short ``ohem.engine.train`` runs with evaluation: the small
 model (bf16) and the VGG16 Fast R-CNN with +M (two test scales) and +B (box voting), to exercise the
-whole CUDA path. Last, end to end (``--e2e-iters``, default 200): ``ohem.train.train`` of the VGG16
+whole CUDA path. Last, end to end (``--e2e-iters``, default 200): ``ohem.engine.train`` of the VGG16
 Fast R-CNN (on dense proposal files, 2000 per image) and the ResNet-50 FPN Faster R-CNN (2000 RPN
 RoIs) on the synthetic data exported to the VOC layout at 600 px (PNG files decoded by ``--workers``
 loader processes), heuristic / torchvision default / OHEM, fp32 and bf16: s/iter, images/s, the
@@ -285,7 +285,7 @@ def voc_copy(root: Path, num_train: int, num_test: int, size: int) -> list[str]:
 
 
 def end_to_end(args: argparse.Namespace) -> None:
-    """``ohem.train.train`` runs through the whole input pipeline (PNG decoding in ``--workers``
+    """``ohem.engine.train`` runs through the whole input pipeline (PNG decoding in ``--workers``
     loader processes): images/s, the share of the step spent waiting for data, OHEM / heuristic."""
     iters, size = args.e2e_iters, args.e2e_size
     data = voc_copy(Path(PROPOSAL_DIR) / f"voc{size}", 2 * iters, 4, size)

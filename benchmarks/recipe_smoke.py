@@ -24,12 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ohem.data.synthetic import SyntheticShapes
+from ohem.evaluation.score import format_metrics
+from ohem.recipe_card import DOC, recipe_files, write_cards
 
-from ohem.data.synthetic import SyntheticShapes  # noqa: E402
-from ohem.evaluation.score import format_metrics  # noqa: E402
-from ohem.recipe_card import DOC, recipe_files, write_cards  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the repository: relative paths and the recipes are under it
 
 
 def run(args: list[str], env: dict[str, str]) -> float:

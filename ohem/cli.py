@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cost-init", metavar="CKPT", help="cost phase: start from these weights (a trained RPN "
                    "passes its steady-state number of RoIs)")  # fmt: skip
+    p.add_argument("--error-score", type=float, help="error phase: sort the test detections scoring at least "
+                   "this into kinds of error, errors.csv (default 0.5)")  # fmt: skip
+    p.add_argument("--no-errors", action="store_true", help="skip the error phase (one test-split pass per run)")
     p.add_argument("--out", help="benchmark folder; rerun into it to resume")
     p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
     p.set_defaults(func=cmd_bench)

@@ -1,21 +1,29 @@
 """``ohem bench``: a tiny real benchmark (2 arms x 1 seed, in subprocesses) writes the rows it
-promises and a rerun skips them; the budget arithmetic, the comparisons and the verdict are
-checked on exact, hand-made numbers; arm listing and errors."""
+promises (error counts included) and a rerun skips them; the budget arithmetic, the comparisons,
+the verdict and the error table are checked on exact, hand-made numbers; arm listing and errors."""
 
 import csv
 import json
 import os
 
 import pytest
+import torch
 
 from ohem.bench import ARMS, Bench, Comparison, budget_iterations, comparisons, run_bench, schedule_overrides, verdict
+from ohem.bench.errors import annotations
 from ohem.bench.run import claim, run_overrides
+from ohem.bench.summary import summary_markdown
 from ohem.cli import main
 from ohem.config import load_config
+from ohem.data import build_dataset
+from ohem.evaluation import KINDS, ImageDetections, classify_detections, count_errors
+from ohem.inference import model_from_checkpoint, predict
 from ohem.mining import build_sampler
 from tests.conftest import TINY
 
 TINY_BENCH = [*TINY, "train.eval_every=2", "train.roi_loss_images=2", "train.vis_images=1"]
+# A threshold the 4-iteration detectors' scores reach (~1/6 per class), so that the kinds hold detections.
+ERROR_SCORE = 0.05
 
 
 def read(path):
@@ -25,7 +33,7 @@ def read(path):
 
 def tiny_bench(out, **changes):
     settings = dict(config="configs/demo.yaml", out=out, arms=["heuristic", "ohem"], seeds=[0],
-                    overrides=list(TINY_BENCH), cost_iters=2, cost_warmup=1)  # fmt: skip
+                    overrides=list(TINY_BENCH), cost_iters=2, cost_warmup=1, error_score=ERROR_SCORE)  # fmt: skip
     return Bench(**{**settings, **changes})
 
 
@@ -69,8 +77,30 @@ def test_rows_hold_each_runs_numbers(bench_out):
         assert (bench_out / name).stat().st_size > 0
 
 
+def test_error_rows_sort_every_detection_and_every_object_of_the_test_split(bench_out):
+    rows = read(bench_out / "errors.csv")
+    assert list(rows[0]) == ["arm", "seed", "score", *KINDS]
+    assert [(r["arm"], r["seed"], float(r["score"])) for r in rows] == [("heuristic", "0", ERROR_SCORE),
+                                                                        ("ohem", "0", ERROR_SCORE)]  # fmt: skip
+    for r in rows:
+        model, cfg, _ = model_from_checkpoint(bench_out / "runs" / f"accuracy-{r['arm']}-seed0" / "checkpoint_last.pt",
+                                              torch.device("cpu"))  # fmt: skip
+        test_set = build_dataset(cfg.data, "test")
+        objects = sum(len(annotations(test_set, i)["boxes"]) for i in range(len(test_set)))  # synthetic: none difficult
+        detections = predict(model, test_set, torch.device("cpu"))
+        kept = sum(int((d.scores >= ERROR_SCORE).sum()) for d in detections)
+        assert kept > 0  # the check below is not 0 == 0
+        assert sum(int(r[kind]) for kind in KINDS if kind != "missed") == kept  # each detection in one kind
+        assert int(r["TP"]) + int(r["missed"]) == objects  # each object found once or missed
+        assert int(r["difficult"]) == 0
+    summary = (bench_out / "summary.md").read_text()
+    assert f"Every test detection scoring >= {ERROR_SCORE} put in the first kind" in summary
+    table = f"| {rows[1]['arm']} | 1 | " + " | ".join(f"{float(rows[1][k]):.1f}" for k in KINDS) + " |"
+    assert table in summary
+
+
 def test_rerun_skips_finished_rows_and_resumes_an_unrecorded_run(bench_out, capsys):
-    files = ["cost.csv", "accuracy.csv", "curves.csv"]
+    files = ["cost.csv", "accuracy.csv", "curves.csv", "errors.csv"]
     before = {name: (bench_out / name).stat().st_mtime_ns for name in files}
     runs = sorted(p.name for p in (bench_out / "runs").iterdir())
     assert run_bench(tiny_bench(bench_out)) == 0
@@ -79,6 +109,7 @@ def test_rerun_skips_finished_rows_and_resumes_an_unrecorded_run(bench_out, caps
     assert "started" not in capsys.readouterr().out  # no process was started
 
     # A run that finished but whose row was never written (stopped in between): resumed, not redone.
+    errors = read(bench_out / "errors.csv")
     rows = read(bench_out / "accuracy.csv")
     with (bench_out / "accuracy.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -92,6 +123,22 @@ def test_rerun_skips_finished_rows_and_resumes_an_unrecorded_run(bench_out, caps
     assert len(commands) == 2 and "--force" in commands[0] and "--resume" in commands[1]
     assert not (bench_out / "runs" / "accuracy-ohem-seed0" / "previous-1").exists()
     assert len([r for r in read(bench_out / "curves.csv") if r["arm"] == "ohem"]) == 2  # replaced, not doubled
+    assert read(bench_out / "errors.csv") == errors  # its error row redone from the same weights: the same counts
+    assert (bench_out / "logs" / "errors-ohem-seed0.log").read_text().count("$ ") == 2  # it was redone
+    assert (bench_out / "logs" / "errors-heuristic-seed0.log").read_text().count("$ ") == 1  # this one was not
+
+
+def test_a_rerun_at_another_error_score_redoes_only_those_rows(bench_out):
+    before = {r["arm"]: r for r in read(bench_out / "errors.csv")}
+    assert run_bench(tiny_bench(bench_out, arms=["heuristic"], error_score=1.0)) == 0
+    after = {r["arm"]: r for r in read(bench_out / "errors.csv")}
+    assert after["ohem"] == before["ohem"]  # not in this call: kept
+    assert float(after["heuristic"]["score"]) == 1.0 and int(after["heuristic"]["TP"]) == 0  # none scores 1
+    assert int(after["heuristic"]["TP"]) + int(after["heuristic"]["missed"]) == int(before["heuristic"]["TP"]) + int(
+        before["heuristic"]["missed"]
+    )
+    summary = (bench_out / "summary.md").read_text()
+    assert "scoring >= 1.0 put" in summary and "| ohem |" not in summary.split("## What the detectors")[1]
 
 
 def test_a_folder_of_another_benchmark_is_refused(bench_out, capsys):
@@ -200,7 +247,7 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
     assert main(["bench", "--list-arms"]) == 0
     out = capsys.readouterr().out
     wanted = ["heuristic", "heuristic-bg0", "tv-default", "all-rois", "ohem", "ohem-warm", "ohem-no-nms", "ohem-cls",
-              "ohem-1img", "ohem-512", "ohem-zeroing"]  # fmt: skip
+              "ohem-1img", "ohem-512"]  # fmt: skip
     assert wanted == list(ARMS)
     lines = out.splitlines()
     for name, arm in ARMS.items():
@@ -245,12 +292,14 @@ def test_unknown_arm_and_missing_config_are_one_line_errors(tmp_path, capsys):
 
 def test_no_cost_phase_gives_equal_iteration_rows_without_a_seconds_axis(tmp_path):
     out = tmp_path / "b"
-    assert run_bench(tiny_bench(out, arms=["heuristic"], cost_iters=0)) == 0
+    assert run_bench(tiny_bench(out, arms=["heuristic"], cost_iters=0, error_score=None)) == 0
     assert not (out / "cost.csv").exists() and not (out / "runs" / "cost-heuristic").exists()
     [row] = read(out / "accuracy.csv")
     assert (row["arm"], row["iterations"], row["seconds"]) == ("heuristic", "4", "")
     assert {p["seconds"] for p in read(out / "curves.csv")} == {""}
     assert "| heuristic | 1 | 4 | – |" in (out / "summary.md").read_text(encoding="utf-8")
+    assert not (out / "errors.csv").exists()  # error_score None: --no-errors
+    assert "What the detectors get wrong" not in (out / "summary.md").read_text(encoding="utf-8")
 
 
 def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
@@ -264,6 +313,12 @@ def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
     assert capsys.readouterr().err == f"ohem bench: error: {no_cost}\n"
     assert main([*base, "--cost-iters", "-1"]) == 1
     assert capsys.readouterr().err == "ohem bench: error: --cost-iters must be >= 0, got -1\n"
+    for score in ("1.5", "-0.1", "nan"):
+        assert main([*base, "--error-score", score]) == 1
+        assert capsys.readouterr().err == f"ohem bench: error: --error-score must be in [0, 1], got {float(score)}\n"
+    assert main([*base, "--error-score", "0.3", "--no-errors"]) == 1
+    both = "--error-score and --no-errors: give one (--no-errors skips the error phase)"
+    assert capsys.readouterr().err == f"ohem bench: error: {both}\n"
     (tmp_path / "b").mkdir()
     with claim(tmp_path / "b"):  # another ohem bench is writing this folder
         assert main(base) == 1
@@ -271,3 +326,32 @@ def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
     busy = f"{tmp_path / 'b'}: in use by another ohem bench; wait for it to end or use another --out"
     assert err == f"ohem bench: error: {busy}\n"
     assert not (tmp_path / "b" / "bench.json").exists()
+
+
+def test_count_errors_sums_each_kind_over_the_images():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    targets = [{"boxes": boxes, "labels": torch.tensor([1, 2])}, {"boxes": boxes[:1], "labels": torch.tensor([1])}]
+    detections = [
+        ImageDetections(boxes, torch.tensor([0.9, 0.8]), torch.tensor([1, 1])),  # TP, wrong class; missed 1
+        ImageDetections(torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10]]),
+                        torch.tensor([0.9, 0.7, 0.2]), torch.tensor([1, 1, 1])),  # TP, background; one below 0.5
+    ]  # fmt: skip
+    totals = count_errors(detections, targets, 0.5)
+    per_image = [classify_detections(d.boxes, d.scores, d.labels, t, 0.5) for d, t in zip(detections, targets)]
+    assert totals == {kind: sum(c[kind] for c in per_image) for kind in KINDS}
+    assert totals == {**dict.fromkeys(KINDS, 0), "TP": 2, "wrong class": 1, "background": 1, "missed": 1}
+    with pytest.raises(ValueError, match="^2 detection lists for 1 images$"):
+        count_errors(detections, targets[:1])
+
+
+def test_error_table_is_the_mean_over_each_arms_seeds():
+    def row(arm, seed, tp, missed):
+        return {"arm": arm, "seed": seed, "score": "0.5", **dict.fromkeys(KINDS, "0"), "TP": tp, "missed": missed}
+
+    errors = [row("heuristic", "0", "10", "4"), row("heuristic", "1", "13", "1"), row("ohem", "0", "12", "2")]
+    text = summary_markdown("t", ["heuristic", "ohem"], [], [], {}, "iterations", errors)
+    zeros = " | ".join(["0.0"] * 6)
+    assert f"| arm | seeds | {' | '.join(KINDS)} |" in text
+    assert f"| heuristic | 2 | 11.5 | {zeros} | 2.5 |" in text and f"| ohem | 1 | 12.0 | {zeros} | 2.0 |" in text
+    assert "Every test detection scoring >= 0.5 put" in text
+    assert "What the detectors get wrong" not in summary_markdown("t", ["ohem"], [], [], {}, "iterations")

@@ -1,5 +1,5 @@
 """VOC AP against hand-computed cases and a straightforward devkit-style reference loop
-(``tests/voc_reference.py``)."""
+(``ohem/evaluation/voc_reference.py``)."""
 
 import math
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ohem.evaluation import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
-from tests.voc_reference import reference_ap, reference_voc_evaluate
+from ohem.evaluation.voc_reference import reference_ap, reference_voc_evaluate
 
 
 def random_case(seed, num_images=30, num_classes=3):

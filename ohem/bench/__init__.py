@@ -1,7 +1,8 @@
 """``ohem bench``: the sampler benchmark for any config. ``ARMS`` (``ohem.bench.arms``) names the
 sampler settings compared; ``run_bench`` trains every arm x seed and writes the CSVs, the tables,
-a verdict and the plots (``ohem.bench.run``, ``ohem.bench.summary``); ``ohem.bench.cost`` times
-one arm's steps in its own process."""
+a verdict, the error counts and the plots (``ohem.bench.run``, ``ohem.bench.summary``);
+``ohem.bench.cost`` times one arm's steps in its own process, ``ohem.bench.errors`` sorts one
+finished run's test detections into kinds of error in its own."""
 
 from ohem.bench.arms import ARMS, Arm, format_arms, parse_arms
 from ohem.bench.run import Bench, budget_iterations, run_bench, schedule_overrides

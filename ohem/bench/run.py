@@ -1,15 +1,19 @@
 """``ohem bench``: every arm x seed of one config, each trained in its own process; resumable.
 
-Two phases. **Cost**: each arm alone (one process, every core) for ``cost_warmup + cost_iters``
+Three phases. **Cost**: each arm alone (one process, every core) for ``cost_warmup + cost_iters``
 steps, timed on the wall clock (``ohem.bench.cost``). **Accuracy**: full ``ohem train`` runs,
 ``jobs`` at a time with ``cores // jobs`` threads each, for the config's ``solver.iterations``
 (``budget="iterations"``) or, with ``budget="seconds"``, for ``seconds / s_per_iter`` iterations
-with the lr schedule scaled to match. The folder ``OUT``:
+with the lr schedule scaled to match. **Errors** (unless ``--no-errors``): each finished run's
+detections on its test split scoring at least ``--error-score``, sorted into kinds of error by
+``ohem.evaluation.errors`` (``ohem.bench.errors``, one process per run). The folder ``OUT``:
 
 * ``bench.json``: the config (after ``--set``), budget and seconds it measures; a rerun must match;
 * ``cost.csv`` (a row per arm), ``accuracy.csv`` (a row per finished arm and seed), ``curves.csv``
-  (every evaluation of every finished run), each rewritten whole and atomically as a run ends, so
-  a rerun skips what is there; an unfinished run is resumed from its checkpoint, else restarted;
+  (every evaluation of every finished run), ``errors.csv`` (a row per analysed arm and seed: the
+  score threshold and the count of each kind), each rewritten whole and atomically as a run ends,
+  so a rerun skips what is there (an ``errors.csv`` row at another score is redone); an unfinished
+  run is resumed from its checkpoint, else restarted;
 * ``summary.md`` and the plots (``ohem.bench.summary``); ``runs/`` the run folders
   (``runs/accuracy-ARM-seedN``, ``runs/cost-ARM``); ``logs/`` each process's output.
 """
@@ -34,6 +38,7 @@ from typing import Any
 from ohem.bench.arms import ARMS, parse_arms
 from ohem.bench.summary import plot_curves, summary_markdown
 from ohem.config import Config, load_config
+from ohem.evaluation.errors import KINDS
 from ohem.util import atomic_open, make_out_dir, open_append
 
 try:
@@ -44,6 +49,7 @@ except ImportError:  # not on POSIX
 COST_WARMUP = 10  # untimed steps first: allocator and thread pools settle
 POLL_SECONDS = 0.5
 CHECKPOINT = "checkpoint_last.pt"
+ERROR_SCORE = 0.5  # the error phase's default score threshold
 
 
 @dataclass
@@ -61,16 +67,20 @@ class Bench:
     cost_iters: int = 60
     cost_warmup: int = COST_WARMUP
     cost_init: str | None = None  # cost phase: start from these weights
+    error_score: float | None = ERROR_SCORE  # error phase: detections scoring at least this; None: no phase
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Bench:
         missing = [flag for flag, value in (("--config", args.config), ("--out", args.out)) if not value]
         if missing:
             raise ValueError(f"{' and '.join(missing)} required (or --list-arms)")
+        if args.no_errors and args.error_score is not None:
+            raise ValueError("--error-score and --no-errors: give one (--no-errors skips the error phase)")
+        error_score = None if args.no_errors else ERROR_SCORE if args.error_score is None else args.error_score
         return cls(
             config=args.config, out=Path(args.out), arms=parse_arms(args.arms), seeds=list(dict.fromkeys(args.seeds)),
             overrides=list(args.overrides), budget=args.budget, seconds=args.seconds, jobs=args.jobs,
-            cost_iters=args.cost_iters, cost_init=args.cost_init,
+            cost_iters=args.cost_iters, cost_init=args.cost_init, error_score=error_score,
         )  # fmt: skip
 
     def check(self) -> None:
@@ -85,6 +95,8 @@ class Bench:
             raise ValueError(f"--seconds {self.seconds}: needs --budget seconds and a positive number")
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
+        if self.error_score is not None and not 0 <= self.error_score <= 1:  # scores are probabilities
+            raise ValueError(f"--error-score must be in [0, 1], got {self.error_score}")
 
     def arm_overrides(self, arm: str) -> list[str]:
         """The user's --set, then the arm's (arms apply on top)."""
@@ -143,6 +155,7 @@ def _run_claimed(b: Bench, base: Config) -> int:
         print(f"ohem bench: --seconds {b.seconds:.1f} ({base.solver.iterations} iterations of {b.arms[0]})")
     save_settings(b, settings)
     failed += accuracy_phase(b, cost, threads)
+    failed += error_phase(b, threads)
     for path in write_summary(b, cost):
         print(f"wrote {path}")
     if failed:
@@ -296,6 +309,9 @@ def accuracy_job(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float 
         row.update(wall_s=round(wall, 1), threads=threads, run=str(run_dir.relative_to(b.out)))
         curves = [r for r in read_csv(b.out / "curves.csv") if (r["arm"], str(r["seed"])) != (arm, str(seed))]
         write_csv(b.out / "curves.csv", curves + points)  # before the row: a row's curve is always there
+        errors = read_csv(b.out / "errors.csv")  # counts of an earlier run in this folder no longer hold
+        if any((r["arm"], str(r["seed"])) == (arm, str(seed)) for r in errors):
+            write_csv(b.out / "errors.csv", [r for r in errors if (r["arm"], str(r["seed"])) != (arm, str(seed))])
         rows.append(row)
         write_csv(b.out / "accuracy.csv", rows)
         score = "none (no class measured)" if row["mAP"] is None else f"{row['mAP']:.4f}"
@@ -322,15 +338,56 @@ def read_run(run_dir: Path, arm: str, seed: int, iterations: int, s_per_iter: fl
     return row, points
 
 
+def error_phase(b: Bench, threads: int) -> list[str]:
+    """An ``errors.csv`` row per finished run of this call's arms and seeds, at ``--error-score``
+    (a row at another score is redone); returns failures. Nothing with ``--no-errors``."""
+    if b.error_score is None:
+        return []
+    rows = read_csv(b.out / "errors.csv")
+    done = {(r["arm"], str(r["seed"])) for r in rows if _float(r.get("score")) == b.error_score}
+    wanted = {(arm, str(seed)) for arm in b.arms for seed in b.seeds}
+    runs = [r for r in read_csv(b.out / "accuracy.csv") if (r["arm"], str(r["seed"])) in wanted - done]
+    return run_jobs([error_job(b, r["arm"], r["seed"], b.out / r["run"], threads, rows) for r in runs], b.jobs)
+
+
+def error_job(b: Bench, arm: str, seed: int | str, run_dir: Path, threads: int, rows: list[dict[str, Any]]) -> Job:
+    name = f"errors-{arm}-seed{seed}"
+    result = b.out / "logs" / f"{name}.json"
+    spec = {"run_dir": str(run_dir), "score": b.error_score, "result": str(result)}
+
+    def finish(wall: float) -> str:
+        counts = json.loads(result.read_text(encoding="utf-8"))
+        row = {"arm": arm, "seed": seed, "score": b.error_score, **{kind: int(counts[kind]) for kind in KINDS}}
+        rows[:] = [r for r in rows if (r["arm"], str(r["seed"])) != (arm, str(seed))] + [row]
+        write_csv(b.out / "errors.csv", rows)
+        return f"{', '.join(f'{row[kind]} {kind}' for kind in KINDS)} at score >= {b.error_score} ({wall:.0f} s)"
+
+    result.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "ohem.bench.errors", json.dumps(spec)]
+    return Job(f"errors {arm} seed {seed}", argv, b.out / "logs" / f"{name}.log", threads, finish)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
-    """``summary.md`` (also printed) and the plots, for this call's arms and seeds."""
+    """``summary.md`` (also printed) and the plots, for this call's arms and seeds (error counts at this
+    call's ``--error-score``; none with ``--no-errors``)."""
     wanted = {(arm, str(seed)) for arm in b.arms for seed in b.seeds}
     acc = [r for r in read_csv(b.out / "accuracy.csv") if (r["arm"], str(r["seed"])) in wanted]
     curves = [r for r in read_csv(b.out / "curves.csv") if (r["arm"], str(r["seed"])) in wanted]
-    acc.sort(key=lambda r: (b.arms.index(r["arm"]), b.seeds.index(int(r["seed"]))))
+    errors = [r for r in read_csv(b.out / "errors.csv")
+              if (r["arm"], str(r["seed"])) in wanted and _float(r.get("score")) == b.error_score]  # fmt: skip
+    for rows in (acc, errors):
+        rows.sort(key=lambda r: (b.arms.index(r["arm"]), b.seeds.index(int(r["seed"]))))
     budget = f"{b.seconds:.1f} s of training per run" if b.budget == "seconds" else "equal iterations"
     title = f"ohem bench: {b.config}, {budget}"
-    text = summary_markdown(title, b.arms, acc, curves, {a: r for a, r in cost.items() if a in b.arms}, b.budget)
+    text = summary_markdown(title, b.arms, acc, curves, {a: r for a, r in cost.items() if a in b.arms}, b.budget,
+                            errors)  # fmt: skip
     with atomic_open(b.out / "summary.md") as f:
         f.write(text)
     print(text)

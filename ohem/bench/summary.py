@@ -1,5 +1,5 @@
-"""What ``ohem bench`` makes of its CSVs: ``summary.md`` (the tables and a verdict written from the
-numbers) and the plots. Everything here reads rows; nothing trains."""
+"""What ``ohem bench`` makes of its CSVs: ``summary.md`` (the tables, a verdict written from the
+numbers, the error counts) and the plots. Everything here reads rows; nothing trains."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ohem.bench.arms import ARMS
+from ohem.evaluation.errors import KINDS
 
 Row = dict[str, Any]
 BASELINES = ("heuristic", "tv-default")  # the arms every other arm is compared with
@@ -127,9 +128,16 @@ def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget:
 
 
 def summary_markdown(
-    title: str, arms: list[str], acc: list[Row], curves: list[Row], cost: dict[str, Row], budget: str
+    title: str,
+    arms: list[str],
+    acc: list[Row],
+    curves: list[Row],
+    cost: dict[str, Row],
+    budget: str,
+    errors: list[Row] | None = None,
 ) -> str:
-    """``summary.md``: the table per arm, the arms at both budgets, the verdict, the arms' definitions."""
+    """``summary.md``: the table per arm, the arms at both budgets, the verdict, the error counts
+    (``errors.csv`` rows, if any), the arms' definitions."""
     maps = {a: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == a and _number(r["mAP"]) is not None] for a in arms}
     header = ["arm", "seeds", "iterations", "train s", "mAP % (mean ± sd)", "per seed", "− heuristic",
               "− tv-default", "s/iter", "× heuristic", "× tv-default", "peak RSS MiB", "× heuristic",
@@ -161,8 +169,27 @@ def summary_markdown(
         parts += ["## At equal iterations and at equal time", "",
                   _table(["arm", *(c.budget for c in found)], budgets), "",
                   "## Verdict", "", verdict(found), ""]  # fmt: skip
+    if errors:
+        parts += [errors_markdown(arms, errors), ""]
     parts += ["## Arms", "", *(f"- **{arm}**: {ARMS[arm].description}" for arm in arms if arm in ARMS), ""]
     return "\n".join(parts)
+
+
+def errors_markdown(arms: list[str], errors: list[Row]) -> str:
+    """The error-phase section: each arm's count of each kind, mean over its seeds."""
+    scores = ", ".join(dict.fromkeys(str(r["score"]) for r in errors))
+    rows = []
+    for arm in arms:
+        mine = [r for r in errors if r["arm"] == arm]
+        if mine:
+            rows.append([arm, str(len(mine)), *(_fmt(_mean(r[kind] for r in mine), 1) for kind in KINDS)])
+    return "\n".join([
+        "## What the detectors get wrong", "",
+        f"Every test detection scoring >= {scores} put in the first kind of error that fits "
+        "(`ohem.evaluation.errors`, IoU 0.5); missed: ground-truth boxes (not difficult) that no detection "
+        "matched. Counts per run, mean over an arm's seeds (`errors.csv`).", "",
+        _table(["arm", "seeds", *KINDS], rows),
+    ])  # fmt: skip
 
 
 def plot_curves(out: Path, curves: list[Row], arms: list[str]) -> list[Path]:

@@ -3,7 +3,7 @@ its loss over all RoIs, sort its detections into kinds of error; a proposals fil
 
 from ohem.evaluation.coco import coco_evaluate
 from ohem.evaluation.detections_file import read_detections, write_detections
-from ohem.evaluation.errors import KINDS, classify_detections
+from ohem.evaluation.errors import KINDS, classify_detections, count_errors
 from ohem.evaluation.recall import proposal_recall
 from ohem.evaluation.roi_loss import mean_roi_loss
 from ohem.evaluation.voc import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
@@ -15,6 +15,7 @@ __all__ = [
     "ImageDetections",
     "average_precision",
     "coco_evaluate",
+    "count_errors",
     "mean_roi_loss",
     "proposal_recall",
     "read_detections",

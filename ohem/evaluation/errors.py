@@ -14,9 +14,14 @@ first kind that fits (IoU 0.5 as VOC's AP, so that the kinds add up to what AP c
 - **background**: anything else;
 
 and **missed**: the gt boxes (not difficult) that no detection matched.
+
+``count_errors`` sums the kinds over a data set's images (``ohem bench``'s error phase).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchvision.ops import box_iou
@@ -60,3 +65,15 @@ def classify_detections(
         counts[kind] += 1
     counts["missed"] = int((~taken & ~difficult).sum())
     return counts
+
+
+def count_errors(detections: Sequence[Any], targets: Sequence[dict], score: float = 0.5) -> dict[str, int]:
+    """Counts of each kind in ``KINDS`` over all images: ``detections[i]`` (anything with ``boxes``,
+    ``scores`` and ``labels``, e.g. ``ImageDetections``) against ``targets[i]``."""
+    if len(detections) != len(targets):
+        raise ValueError(f"{len(detections)} detection lists for {len(targets)} images")
+    totals = dict.fromkeys(KINDS, 0)
+    for det, target in zip(detections, targets):
+        for kind, n in classify_detections(det.boxes, det.scores, det.labels, target, score).items():
+            totals[kind] += n
+    return totals

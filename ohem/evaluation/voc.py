@@ -12,7 +12,7 @@ No maintained library computes VOC AP, so it is written here:
 Boxes are continuous ``x1, y1, x2, y2`` (IoU without the devkit's +1 pixel convention).
 
 It runs as array operations over all images and classes at once (no loop per detection); the
-plain devkit-style loop it must agree with is ``tests/voc_reference.py``, and
+plain devkit-style loop it must agree with is ``ohem/evaluation/voc_reference.py``, and
 ``benchmarks/bench_voc_eval.py`` times the two.
 """
 

@@ -1,15 +1,20 @@
 """A plain devkit-style VOC AP (per class, per detection loops), the reference the vectorized
-``ohem.evaluation.voc_evaluate`` is checked and timed against. Kept deliberately simple: it is
-written from the devkit's rules, not from the vectorized code."""
+``ohem.evaluation.voc_evaluate`` is checked (``tests/test_voc_eval.py``) and timed
+(``benchmarks/bench_voc_eval.py``) against. Kept deliberately simple: it is written from the
+devkit's rules, not from the vectorized code. Slow: for checking, not for scoring."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 
-def reference_voc_evaluate(dets, gts, class_names, iou_thresh: float = 0.5, use_07: bool = False) -> dict:
+def reference_voc_evaluate(
+    dets: Sequence[Any], gts: Sequence[Any], class_names: Sequence[str], iou_thresh: float = 0.5, use_07: bool = False
+) -> dict[str, Any]:
     """``{"mAP", "AP": {class: ap}}`` with the devkit's rules; ``dets``/``gts`` are lists of
     ImageDetections/ImageAnnotations (anything with the same attributes)."""
     # Convert to Python lists once, as the devkit reads its text files once.
@@ -29,7 +34,9 @@ def reference_voc_evaluate(dets, gts, class_names, iou_thresh: float = 0.5, use_
     return {"mAP": float(np.mean(valid)) if valid else float("nan"), "AP": ap}
 
 
-def reference_ap(dets, gts, label: int, iou_thresh: float = 0.5, use_07: bool = False) -> float:
+def reference_ap(
+    dets: Sequence[Any], gts: Sequence[Any], label: int, iou_thresh: float = 0.5, use_07: bool = False
+) -> float:
     """AP of one class (see ``reference_voc_evaluate``)."""
     names = [str(k) for k in range(1, label + 1)]
     return reference_voc_evaluate(dets, gts, names, iou_thresh, use_07)["AP"][str(label)]
