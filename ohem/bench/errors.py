@@ -27,9 +27,9 @@ def run_errors(run_dir: str | Path, score: float) -> dict[str, int]:
 
     from ohem.data import build_dataset
     from ohem.data.loader import loader_workers
+    from ohem.engine.trainer import resolve_device
     from ohem.evaluation import count_errors
     from ohem.inference import TestTime, model_from_checkpoint, predict
-    from ohem.engine.trainer import resolve_device
 
     model, cfg, _ = model_from_checkpoint(Path(run_dir) / CHECKPOINT, torch.device("cpu"))
     if cfg.train.num_threads:
