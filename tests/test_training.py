@@ -10,6 +10,7 @@ import torch
 from ohem.checkpoint import load_checkpoint, load_state_dict_file
 from ohem.config import apply_overrides, load_config
 from ohem.data import batch_indices, build_dataset
+from ohem.engine import hooks
 from ohem.engine import trainer as training
 from ohem.evaluation.score import evaluate
 from ohem.inference import model_from_checkpoint
@@ -76,17 +77,17 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path, method):
 def test_resume_after_a_crash_drops_log_lines_past_the_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     cfg = apply_overrides(tiny_cfg, ["solver.iterations=4", "train.checkpoint_every=1", "train.mining_log_every=1"])
     training.train(cfg, tmp_path / "straight")
-    save = training.save_checkpoint
+    save = hooks.save_checkpoint
 
     def crash_at_third(path, model, cfg_, classes, iteration, *args):
         if iteration == 3:
             raise KeyboardInterrupt  # killed after logging iteration 3, before its checkpoint
         save(path, model, cfg_, classes, iteration, *args)
 
-    monkeypatch.setattr(training, "save_checkpoint", crash_at_third)
+    monkeypatch.setattr(hooks, "save_checkpoint", crash_at_third)
     with pytest.raises(KeyboardInterrupt):
         training.train(cfg, tmp_path / "crashed")
-    monkeypatch.setattr(training, "save_checkpoint", save)
+    monkeypatch.setattr(hooks, "save_checkpoint", save)
     training.train(cfg, tmp_path / "crashed", resume=True)
     for name in ("log.jsonl", "mining.jsonl"):
         lines = (tmp_path / "crashed" / name).read_text().splitlines()
