@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: ohem, tests
 
-from ohem.evaluation import ImageAnnotations, ImageDetections, voc_evaluate  # noqa: E402
+from ohem.evaluation import voc_evaluate  # noqa: E402
+from ohem.structures import ImageAnnotations, ImageDetections  # noqa: E402
 from tests.voc_reference import reference_voc_evaluate  # noqa: E402
 
 CLASSES = [f"class{k}" for k in range(1, 21)]

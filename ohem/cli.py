@@ -26,6 +26,7 @@ import typing
 from pathlib import Path
 
 from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
+from ohem.structures import DetectionDataset
 from ohem.util import atomic_open, make_out_dir, one_line, refuse_symlink, regular_file, strict_json
 
 
@@ -263,7 +264,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_not_empty(dataset: typing.Any) -> None:
+def _check_not_empty(dataset: DetectionDataset) -> None:
     if len(dataset) == 0:
         raise ValueError(f"--split {getattr(dataset, 'split', '')}: the split has no images to evaluate on")
 
@@ -314,7 +315,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     return _print_recall(dataset, done.path)
 
 
-def _print_recall(dataset: typing.Any, path: str | Path) -> int:
+def _print_recall(dataset: DetectionDataset, path: str | Path) -> int:
     from ohem.data.proposals import ProposalFile
     from ohem.evaluation import proposal_recall
 

@@ -34,6 +34,7 @@ from ohem.mining import OHEMRoIHeads
 from ohem.mining.stall import StallWatch
 from ohem.models import build_detector
 from ohem.runlog import RunLog
+from ohem.structures import DetectionDataset
 from ohem.util import atomic_open, make_out_dir, one_line, strict_json
 
 
@@ -51,8 +52,8 @@ class Run:
     device: torch.device
     model: nn.Module  # what trains (DistributedDataParallel under torchrun)
     core: nn.Module  # the detector itself: saved, evaluated, logged
-    train_set: Any
-    test_set: Any
+    train_set: DetectionDataset
+    test_set: DetectionDataset
     classes: list[str]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -389,7 +390,7 @@ def check_run_config(cfg: Config, d: distributed.Dist) -> torch.device:
     return device
 
 
-def check_splits(cfg: Config, train_set: Any, test_set: Any) -> None:
+def check_splits(cfg: Config, train_set: DetectionDataset, test_set: DetectionDataset) -> None:
     """A run needs training images and test images."""
     for role, dataset in (("train", train_set), ("test", test_set)):
         if len(dataset) == 0:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ohem.evaluation import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
+from ohem.evaluation import average_precision, voc_evaluate
+from ohem.structures import ImageAnnotations, ImageDetections
 from tests.voc_reference import reference_ap, reference_voc_evaluate
 
 

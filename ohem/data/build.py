@@ -11,6 +11,7 @@ from ohem.data.coco import COCODetection
 from ohem.data.proposals import DEFAULT_MAX_BOXES, DEFAULT_MAX_BOXES_PER_IMAGE, ProposalFile
 from ohem.data.synthetic import SyntheticShapes
 from ohem.data.voc import VOCDetection
+from ohem.structures import DetectionDataset
 
 DEFAULT_SPLITS = {  # dataset: (train split, test split)
     "synthetic": ("train", "test"),
@@ -19,7 +20,7 @@ DEFAULT_SPLITS = {  # dataset: (train split, test split)
 }
 
 
-def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> torch.utils.data.Dataset:
+def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> DetectionDataset:
     """The dataset for ``role`` "train" (difficult objects and empty images as configured) or
     "test" (everything kept, difficult flagged); ``split`` overrides the configured split name.
     With ``data.proposals`` / ``data.test_proposals`` set, targets carry their ``proposals``.
@@ -44,7 +45,7 @@ def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> torch
     return dataset
 
 
-def _source(dataset: torch.utils.data.Dataset) -> str:
+def _source(dataset: DetectionDataset) -> str:
     """The file (or setting) a dataset's image list comes from, for an error message."""
     if isinstance(dataset, COCODetection):
         return f"COCO annotations {dataset.ann_file}"
@@ -53,7 +54,7 @@ def _source(dataset: torch.utils.data.Dataset) -> str:
     return f"synthetic {getattr(dataset, 'split', '')} split".replace("  ", " ")
 
 
-def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> torch.utils.data.Dataset:
+def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> DetectionDataset:
     """The dataset of ``build_dataset`` before any proposals are attached."""
     if cfg.dataset not in DEFAULT_SPLITS:
         raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; available: {', '.join(DEFAULT_SPLITS)}")
@@ -94,11 +95,12 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> to
 
 class WithProposals(torch.utils.data.Dataset):
     """A dataset whose targets also carry ``proposals`` (n, 4) read from a proposal file: Fast
-    R-CNN's input. The file is checked against the dataset once, when this is built."""
+    R-CNN's input (a ``ProposalDataset``). The file is checked against the dataset once, when this
+    is built; the rest of ``DetectionDataset`` is the wrapped dataset's."""
 
     def __init__(
         self,
-        dataset: torch.utils.data.Dataset,
+        dataset: DetectionDataset,
         path: str,
         max_proposals: int | None,
         allow_empty: bool,
