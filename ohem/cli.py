@@ -242,9 +242,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
         test_time = TestTime.from_config(cfg.model)
         workers = loader_workers(cfg.data.workers)
-        if workers < 0 or cfg.test.images_per_batch < 1:
-            raise ValueError(f"data.workers must be >= 0 and test.images_per_batch >= 1, got {workers} and "
-                             f"{cfg.test.images_per_batch}")  # fmt: skip
         detections = predict(model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers)
         make_out_dir(out)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)

@@ -25,10 +25,6 @@ def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> Detec
     "test" (everything kept, difficult flagged); ``split`` overrides the configured split name.
     With ``data.proposals`` / ``data.test_proposals`` set, targets carry their ``proposals``.
     A split without images is an error naming its file: nothing to train on or to evaluate."""
-    for key in ("max_image_pixels", "max_proposal_boxes_per_image", "max_proposal_boxes"):
-        value = getattr(cfg, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"data.{key}: must be a positive integer or null (no limit), got {value!r}")
     dataset = _images_and_annotations(cfg, role, split)
     if len(dataset) == 0:
         raise ValueError(f"{_source(dataset)}: no images to {'train on' if role == 'train' else 'evaluate on'}")
@@ -63,10 +59,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> De
     configured = cfg.train_split if role == "train" else cfg.test_split
     split = split or configured or DEFAULT_SPLITS[cfg.dataset][role == "test"]
     if cfg.dataset == "synthetic":
-        key = "num_train" if split == "train" else "num_test"
-        num = getattr(cfg, key)
-        if num < 1:
-            raise ValueError(f"data.{key}: must be at least 1 (images in the synthetic {split} split), got {num}")
+        num = cfg.num_train if split == "train" else cfg.num_test
         return SyntheticShapes(split, num_images=num, image_size=cfg.image_size, seed=cfg.seed)
     if not cfg.root:
         raise ValueError(f"data.root: the {cfg.dataset} dataset needs its folder (--data {cfg.dataset}:ROOT)")
