@@ -66,7 +66,7 @@ def main() -> int:
         npz = out / f"ss_{split}.npz"
         if not npz.exists():
             data = ["--data", f"voc:{tree}", "--split", split, "--classes", classes]
-            ohem("proposals", *data, "--mode", "fast", "--workers", str(args.workers), "--out", str(npz))
+            ohem("proposals", *data, "--mode", "fast", "--processes", str(args.workers), "--out", str(npz))
         print(f"selective search on {split}: {recall(tree, split, npz)}", flush=True)
 
     n = args.iterations

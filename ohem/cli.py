@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["fast", "quality"], help="(computing) default: fast")
     p.add_argument("--max-boxes", type=int, help="(computing) boxes kept per image, in selective search's order; "
                    "default: 2000")  # fmt: skip
-    p.add_argument("--workers", type=int, help="(computing) processes; default: one per core")
+    p.add_argument("--processes", type=int, help="(computing) selective-search processes; default: one per core")
+    p.add_argument("--workers", type=int, dest="processes", help=argparse.SUPPRESS)  # the old name of --processes
     p.add_argument("--min-size", type=int, default=2, help="drop boxes narrower or lower than this, px (default 2)")
     p.add_argument("--small-boxes", choices=["min-size", "fast-rcnn"], help="(--import-mat) fast-rcnn: "
                    "py-faster-rcnn's filter_small_boxes, as the authors trained (default); "
@@ -269,7 +270,8 @@ def _check_not_empty(dataset: DetectionDataset) -> None:
 def cmd_proposals(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
 
-    computing = {"--method": args.method, "--mode": args.mode, "--max-boxes": args.max_boxes, "--workers": args.workers}
+    computing = {"--method": args.method, "--mode": args.mode, "--max-boxes": args.max_boxes,
+                 "--processes": args.processes}  # fmt: skip
     if args.import_mat and (given := [flag for flag, value in computing.items() if value is not None]):
         raise ValueError(f"--import-mat reads the boxes from a file; not with {', '.join(given)} (for computing them)")
     if not args.import_mat and args.small_boxes:
@@ -288,9 +290,11 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         from ohem.data.proposals import compute_proposals
 
         max_boxes = 2000 if args.max_boxes is None else args.max_boxes
-        workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+        processes = (os.cpu_count() or 1) if args.processes is None else args.processes
         try:
-            path = compute_proposals(dataset, args.out, args.mode or "fast", max_boxes, args.min_size, workers=workers)
+            path = compute_proposals(
+                dataset, args.out, args.mode or "fast", max_boxes, args.min_size, workers=processes
+            )
         except RuntimeError as e:
             if not _bad_input_in_worker(e):
                 raise

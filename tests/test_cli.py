@@ -165,7 +165,7 @@ def test_export_then_proposals_then_scoring_a_detections_file(tmp_path, capsys):
     assert "--classes circle,square,triangle,plus,ring" in hint
     data = ["--data", f"voc:{tree}", "--split", "test", "--classes", "circle,square,triangle,plus,ring"]
     npz = tmp_path / "ss.npz"
-    assert main(["proposals", *data, "--mode", "fast", "--max-boxes", "50", "--workers", "1", "--out", str(npz)]) == 0
+    assert main(["proposals", *data, "--mode", "fast", "--max-boxes", "50", "--processes", "1", "--out", str(npz)]) == 0
     from ohem.data.proposals import ProposalFile
 
     proposals = ProposalFile(npz)

@@ -300,7 +300,7 @@ def _proposals_on_corrupt_image(tmp: Path, trained: Path) -> list[str]:
     images = sorted((tmp / "voc").rglob("*.png"))
     images[0].write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return ["proposals", "--data", f"voc:{tmp / 'voc'}", "--split", "test", "--classes",
-            "circle,square,triangle,plus,ring", "--workers", "1", "--out", str(tmp / "out" / "p.npz")]  # fmt: skip
+            "circle,square,triangle,plus,ring", "--processes", "1", "--out", str(tmp / "out" / "p.npz")]  # fmt: skip
 
 
 ONE_LINE_TRAIN = r"^ohem train: error: "
