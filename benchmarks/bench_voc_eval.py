@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from ohem.evaluation import ImageAnnotations, ImageDetections, voc_evaluate
+from ohem.evaluation import voc_evaluate
 from ohem.evaluation.voc_reference import reference_voc_evaluate
+from ohem.structures import ImageAnnotations, ImageDetections
 
 CLASSES = [f"class{k}" for k in range(1, 21)]
 

@@ -68,7 +68,7 @@ def smoke(recipe: Path, work: Path, num_train: int, num_test: int, size: int, it
         out = work / "proposals" / f"{split}.npz"
         seconds[f"proposals {split}"] = run(
             ["proposals", "--data", f"voc:{work / 'VOCdevkit'}", "--split", f"2007:{split}", "--classes", classes,
-             "--mode", "fast", "--workers", "2", "--out", str(out)], env)  # fmt: skip
+             "--mode", "fast", "--processes", "2", "--out", str(out)], env)  # fmt: skip
     run_dir = work / "run"
     shutil.rmtree(ROOT / run_dir, ignore_errors=True)  # a fresh run each time (paths are relative to ROOT)
     sets = [a for o in train_overrides(work, iterations, size) for a in ("--set", o)]

@@ -26,6 +26,7 @@ import typing
 from pathlib import Path
 
 from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
+from ohem.structures import DetectionDataset
 from ohem.util import atomic_open, make_out_dir, one_line, refuse_symlink, regular_file, strict_json
 
 
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["fast", "quality"], help="(computing) default: fast")
     p.add_argument("--max-boxes", type=int, help="(computing) boxes kept per image, in selective search's order; "
                    "default: 2000")  # fmt: skip
-    p.add_argument("--workers", type=int, help="(computing) processes; default: one per core")
+    p.add_argument("--processes", type=int, help="(computing) selective-search processes; default: one per core")
+    p.add_argument("--workers", type=int, dest="processes", help=argparse.SUPPRESS)  # the old name of --processes
     p.add_argument("--min-size", type=int, default=2, help="drop boxes narrower or lower than this, px (default 2)")
     p.add_argument("--small-boxes", choices=["min-size", "fast-rcnn"], help="(--import-mat) fast-rcnn: "
                    "py-faster-rcnn's filter_small_boxes, as the authors trained (default); "
@@ -244,9 +246,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
         test_time = TestTime.from_config(cfg.model)
         workers = loader_workers(cfg.data.workers)
-        if workers < 0 or cfg.test.images_per_batch < 1:
-            raise ValueError(f"data.workers must be >= 0 and test.images_per_batch >= 1, got {workers} and "
-                             f"{cfg.test.images_per_batch}")  # fmt: skip
         detections = predict(model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers)
         make_out_dir(out)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
@@ -266,7 +265,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_not_empty(dataset: typing.Any) -> None:
+def _check_not_empty(dataset: DetectionDataset) -> None:
     if len(dataset) == 0:
         raise ValueError(f"--split {getattr(dataset, 'split', '')}: the split has no images to evaluate on")
 
@@ -274,7 +273,8 @@ def _check_not_empty(dataset: typing.Any) -> None:
 def cmd_proposals(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
 
-    computing = {"--method": args.method, "--mode": args.mode, "--max-boxes": args.max_boxes, "--workers": args.workers}
+    computing = {"--method": args.method, "--mode": args.mode, "--max-boxes": args.max_boxes,
+                 "--processes": args.processes}  # fmt: skip
     if args.import_mat and (given := [flag for flag, value in computing.items() if value is not None]):
         raise ValueError(f"--import-mat reads the boxes from a file; not with {', '.join(given)} (for computing them)")
     if not args.import_mat and args.small_boxes:
@@ -293,9 +293,11 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         from ohem.data.proposals import compute_proposals
 
         max_boxes = 2000 if args.max_boxes is None else args.max_boxes
-        workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+        processes = (os.cpu_count() or 1) if args.processes is None else args.processes
         try:
-            path = compute_proposals(dataset, args.out, args.mode or "fast", max_boxes, args.min_size, workers=workers)
+            path = compute_proposals(
+                dataset, args.out, args.mode or "fast", max_boxes, args.min_size, workers=processes
+            )
         except RuntimeError as e:
             if not _bad_input_in_worker(e):
                 raise
@@ -317,7 +319,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     return _print_recall(dataset, done.path)
 
 
-def _print_recall(dataset: typing.Any, path: str | Path) -> int:
+def _print_recall(dataset: DetectionDataset, path: str | Path) -> int:
     from ohem.data.proposals import ProposalFile
     from ohem.evaluation import proposal_recall
 

@@ -2,16 +2,20 @@
 
     cfg = load_config("configs/demo.yaml", ["solver.lr=0.01", "sampler.method=heuristic"])
 
-Unknown keys, values of the wrong type and choices outside a ``Literal`` are errors that name the
-file (or override) and the key. Every default is written here, once. A YAML file may start from
-others with ``base: other.yaml`` or ``base: [a.yaml, b.yaml]`` (paths relative to the file, later
-ones overriding earlier ones) and change only what differs.
+Unknown keys, values of the wrong type, choices outside a ``Literal`` and numbers outside a field's
+range are errors that name the file (or override) and the key. Every default is written here, once,
+with its range (``metadata=ge(1)``: at least 1; ``between(0, 1)``; ``FINITE``) and whether
+``ohem train --resume`` may change it (``RESUMABLE``). A section checks its fields when
+it is made, so a YAML file, a ``--set`` override and ``SamplerConfig(...)`` in code meet one rule.
+A YAML file may start from others with ``base: other.yaml`` or ``base: [a.yaml, b.yaml]`` (paths
+relative to the file, later ones overriding earlier ones) and change only what differs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +31,15 @@ class ConfigError(ValueError):
     pass
 
 
+# The model builders (ohem.models.build.BUILDERS, which a test keeps equal to this list). With an RPN:
+# small | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 | fasterrcnn_mobilenet_v3_large_fpn |
+# maskrcnn_resnet50_fpn | faster_rcnn_vgg16 | faster_rcnn_vgg_cnn_m_1024. On external proposals
+# (data.proposals): fast_rcnn_vgg16 | fast_rcnn_vgg_cnn_m_1024 | fast_rcnn_small | fast_rcnn_small_wide.
+ModelName = Literal[
+    "small", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+    "maskrcnn_resnet50_fpn", "faster_rcnn_vgg16", "faster_rcnn_vgg_cnn_m_1024",
+    "fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024", "fast_rcnn_small", "fast_rcnn_small_wide",
+]  # fmt: skip
 Metric = Literal["voc", "voc07", "coco"]  # voc: area AP@0.5; voc07: 11-point (the paper's); coco: AP@[.5:.95]
 EmptyImages = Literal["skip", "keep", "error"]
 InvalidBoxes = Literal["fix", "error"]
@@ -39,16 +52,67 @@ def check_choice(name: str, value: Any, choices: Any) -> None:
         raise ConfigError(f"{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Range:
+    """A field's valid numbers: finite, and within ``low`` and ``high`` where given (both included).
+    None is valid where the field's type allows it; a list's numbers are checked one by one."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low}, {self.high}]"
+        if self.low is not None:
+            return f">= {self.low}"
+        return f"<= {self.high}" if self.high is not None else "a finite number"
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise a one-line ``ConfigError`` naming ``name`` and ``value`` unless it is in range."""
+        if isinstance(value, list):
+            if not value:
+                raise ConfigError(f"{name} must be a number {self} or a non-empty list of them, got []")
+            for i, v in enumerate(value):
+                self.check(f"{name}[{i}]", v)
+            return
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            finite = "a finite number" + ("" if self.low is None and self.high is None else f" {self}")
+            raise ConfigError(f"{name} must be {finite}, got {value!r}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ConfigError(f"{name} must be {self}, got {value!r}")
+
+
+def ge(low: float) -> dict[str, Range]:
+    """Field metadata: at least ``low``."""
+    return {"range": Range(low)}
+
+
+def between(low: float, high: float) -> dict[str, Range]:
+    """Field metadata: from ``low`` to ``high``, both included."""
+    return {"range": Range(low, high)}
+
+
+FINITE = {"range": Range()}  # field metadata: any finite number
+# Field metadata: ``ohem train --resume`` may give another value (``ohem.engine.run_folder``). Only for what
+# changes how long the run goes on, what it evaluates, logs and draws on the way, and where it runs:
+# never the training the checkpoint holds.
+RESUMABLE = {"resume": "may change"}
+
+
 class _Section:
-    """Checks ``Literal`` fields on construction, so code that builds a config by hand is held to
-    the same choices as a YAML file."""
+    """Checks its fields on construction (``Literal`` choices, ``Range`` metadata), so code that
+    builds a config by hand is held to the same rules as a YAML file."""
 
     def __post_init__(self) -> None:
-        for name, hint in _hints(type(self)).items():
-            for choices in _literals(hint):
-                value = getattr(self, name)
-                if value is not None or type(None) not in typing.get_args(hint):
-                    check_choice(f"{type(self).SECTION}.{name}", value, choices)
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            name, value = f"{type(self).SECTION}.{f.name}", getattr(self, f.name)
+            for choices in _literals(hints[f.name]):
+                if value is not None or type(None) not in typing.get_args(hints[f.name]):
+                    check_choice(name, value, choices)
+            if "range" in f.metadata and value is not None:
+                f.metadata["range"].check(name, value)
 
 
 @dataclass
@@ -67,20 +131,21 @@ class DataConfig(_Section):
     invalid_boxes: InvalidBoxes = "fix"  # boxes outside the image / empty: fix (clip or drop, counted, warned) | error
     # Images with more pixels are refused (the size read from the file's header, before decoding); null: no limit.
     # 50 M pixels: 600 MB as float RGB, far above any VOC/COCO image (COCO's largest is 640x640).
-    max_image_pixels: int | None = 50_000_000
+    max_image_pixels: int | None = field(default=50_000_000, metadata=ge(1))
     proposals: str | None = None  # Fast R-CNN: proposal file (.npz, docs/PROPOSALS.md) of the train split
     test_proposals: str | None = None  # ... and of the test split
     max_proposals: int | None = 2000  # first boxes of each image's proposals (file order = rank); null: all
     # Proposal files are refused when an image holds more boxes, or the file more boxes in all, than these (read
     # from the .npz headers before any array is loaded); null: no limit. Per image 100 000 boxes is 50x selective
     # search's ~2000 and 1.6 MB; in all 1e9 boxes (16 GB of float32) is twice COCO train2017 at 4000 per image.
-    max_proposal_boxes_per_image: int | None = 100_000
-    max_proposal_boxes: int | None = 1_000_000_000
+    max_proposal_boxes_per_image: int | None = field(default=100_000, metadata=ge(1))
+    max_proposal_boxes: int | None = field(default=1_000_000_000, metadata=ge(1))
     hflip: bool = False  # training: mirror each image with probability 0.5
     aspect_grouping: bool = False  # training: batches of images of one orientation (wide or tall)
-    workers: int | None = None  # loader processes (0: in the training process); None: one per 4 cores, at most 4
-    num_train: int = 1000  # synthetic only
-    num_test: int = 200  # synthetic only
+    # loader processes (0: in the training process); None: one per 4 cores, at most 4
+    workers: int | None = field(default=None, metadata=ge(0) | RESUMABLE)
+    num_train: int = field(default=1000, metadata=ge(1))  # synthetic only
+    num_test: int = field(default=200, metadata=ge(1))  # synthetic only
     image_size: int = 160  # synthetic only
     seed: int = 0  # synthetic: the data's seed, separate from the training seed
 
@@ -88,21 +153,20 @@ class DataConfig(_Section):
 @dataclass
 class ModelConfig(_Section):
     SECTION = "model"
-    # With an RPN: small | fasterrcnn_resnet50_fpn | fasterrcnn_resnet50_fpn_v2 | fasterrcnn_mobilenet_v3_large_fpn
-    # | maskrcnn_resnet50_fpn | faster_rcnn_vgg16 | faster_rcnn_vgg_cnn_m_1024.
-    # On external proposals (data.proposals): fast_rcnn_vgg16 | fast_rcnn_vgg_cnn_m_1024 | fast_rcnn_small
-    # | fast_rcnn_small_wide.
-    name: str = "small"
+    name: ModelName = "small"  # the list: ModelName, above
     backbone_weights: str | None = None  # None (random init) | "imagenet" (torchvision) | path to a file
     trainable_backbone_layers: int | None = None  # torchvision models only
     init_weights: str | None = None  # train: start from this ohem checkpoint's (or state dict's) weights
-    min_size: int | list[int] = 160  # shorter side; a list: one drawn per training image (multi-scale, +M)
-    max_size: int = 160
-    test_min_size: int | list[int] | None = None  # None: min_size (its last); a list: image pyramid (+M)
-    box_nms_thresh: float | None = None  # test NMS; None: the model's (torchvision 0.5, Fast R-CNN's VGG 0.3)
+    # shorter side; a list: one drawn per training image (multi-scale, +M)
+    min_size: int | list[int] = field(default=160, metadata=ge(1))
+    max_size: int = field(default=160, metadata=ge(1))
+    # None: min_size (its last); a list: image pyramid (+M)
+    test_min_size: int | list[int] | None = field(default=None, metadata=ge(1))
+    # test NMS; None: the model's (torchvision 0.5, Fast R-CNN's VGG 0.3)
+    box_nms_thresh: float | None = field(default=None, metadata=between(0, 1))
     box_voting: bool = False  # +B: iterative box regression with weighted voting at test time
     # Smooth-L1 beta of the box loss in every RoI head's passes: torchvision's 1/9; Fast R-CNN's sigma = 1 is beta 1.
-    box_loss_beta: float = 1 / 9
+    box_loss_beta: float = field(default=1 / 9, metadata=ge(0))
     # Box regression targets: fixed (the box coder's weights 10, 10, 5, 5) | empirical (Fast R-CNN: per-class
     # mean/std of the training set's fg RoI targets, measured once at the start of a run; proposal-file models)
     box_target_norm: Literal["fixed", "empirical"] = "fixed"
@@ -130,13 +194,14 @@ class SamplerConfig(_Section):
     # a name in ohem.mining.SAMPLERS: ohem | heuristic (Fast R-CNN's fg-fraction rule; with 512 RoIs, fg 0.25,
     # bg_iou_low 0: torchvision's)
     method: Literal["ohem", "heuristic"] = "ohem"
-    batch_size_per_image: int = 64  # B / N: RoIs trained on per image
-    fg_fraction: float = 0.25  # heuristic (and ohem before ohem_start)
-    bg_iou_low: float | None = None  # None: the sampler's own (heuristic 0.1, ohem 0.0: docs/PAPER.md)
-    nms_iou: float | None = 0.7  # ohem: NMS among RoIs by loss; None = off
+    batch_size_per_image: int = field(default=64, metadata=ge(1))  # B / N: RoIs trained on per image
+    fg_fraction: float = field(default=0.25, metadata=between(0, 1))  # heuristic (and ohem before ohem_start)
+    # None: the sampler's own (heuristic 0.1, ohem 0.0: docs/PAPER.md)
+    bg_iou_low: float | None = field(default=None, metadata=between(0, 1))
+    nms_iou: float | None = field(default=0.7, metadata=between(0, 1))  # ohem: NMS among RoIs by loss; None = off
     mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
     nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
-    max_rois_per_chunk: int = 1024  # ohem: read-only pass memory bound
+    max_rois_per_chunk: int = field(default=1024, metadata=ge(1))  # ohem: read-only pass memory bound
     readonly_dropout: bool = True  # ohem: dropout stays on in the read-only pass (authors' code)
     # ohem: the read-only pass's numerics: tf32 (float32 with TF32 matmuls/convolutions on CUDA; on the CPU
     # the same as fp32) | fp32 | bf16 / fp16 (autocast). The trainable pass keeps train.amp's precision.
@@ -144,49 +209,63 @@ class SamplerConfig(_Section):
     # ohem: the first iteration that mines; before it, a random sample of fg_fraction foreground and
     # background from bg_iou_low. Not in the paper (which starts from ImageNet weights): a from-scratch
     # box head can collapse under mining from the first step (docs/BENCHMARKS.md, "When OHEM pays").
-    ohem_start: int = 0
+    ohem_start: int = field(default=0, metadata=ge(0))
     rpn_ohem: bool = False  # OHEM for the RPN too: loss-ranked anchors with NMS instead of 256 random 1:1
-    rpn_nms_iou: float | None = 0.7  # rpn_ohem: NMS among anchors by loss; None = off
+    # rpn_ohem: NMS among anchors by loss; None = off
+    rpn_nms_iou: float | None = field(default=0.7, metadata=between(0, 1))
 
 
 @dataclass
 class SolverConfig(_Section):
     SECTION = "solver"
-    iterations: int = 1500
-    images_per_batch: int = 2  # N: images per forward pass
-    accumulate_steps: int = 1  # forward/backward passes per SGD step (the authors' 1 image x 2 = N 2)
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    bias_lr_factor: float = 1.0  # biases train at lr x this (Caffe's Fast R-CNN: 2)
-    bias_weight_decay: float | None = None  # None: weight_decay (the authors' OHEM nets: 0 on fc biases)
+    iterations: int = field(default=1500, metadata=ge(1) | RESUMABLE)
+    images_per_batch: int = field(default=2, metadata=ge(1))  # N: images per forward pass
+    # forward/backward passes per SGD step (the authors' 1 image x 2 = N 2)
+    accumulate_steps: int = field(default=1, metadata=ge(1))
+    lr: float = field(default=0.02, metadata=ge(0))
+    momentum: float = field(default=0.9, metadata=ge(0))
+    weight_decay: float = field(default=5e-4, metadata=ge(0))
+    bias_lr_factor: float = field(default=1.0, metadata=ge(0))  # biases train at lr x this (Caffe's Fast R-CNN: 2)
+    # None: weight_decay (the authors' OHEM nets: 0 on fc biases)
+    bias_weight_decay: float | None = field(default=None, metadata=ge(0))
     # which biases bias_weight_decay applies to: all | roi_heads (fc6, fc7, cls, bbox: the OHEM prototxts;
     # conv biases keep weight_decay)
     bias_weight_decay_on: Literal["all", "roi_heads"] = "all"
-    warmup_iterations: int = 100
-    warmup_factor: float = 0.001
-    steps: list[int] = field(default_factory=lambda: [1000, 1300])  # lr x gamma at each
-    gamma: float = 0.1
+    warmup_iterations: int = field(default=100, metadata=ge(0))
+    warmup_factor: float = field(default=0.001, metadata=ge(0))
+    steps: list[int] = field(default_factory=lambda: [1000, 1300])  # lr x gamma at each (in order)
+    gamma: float = field(default=0.1, metadata=ge(0))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # In order; a repeated step is allowed (gamma twice there): ohem bench's budget scaling can merge two.
+        if any(later < earlier for earlier, later in zip(self.steps, self.steps[1:])):
+            raise ConfigError(f"solver.steps must be in increasing order, got {self.steps}")
 
 
 @dataclass
 class TrainConfig(_Section):
     SECTION = "train"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = field(default="auto", metadata=RESUMABLE)  # auto | cpu | cuda | cuda:N
     amp: Literal["none", "bf16", "fp16"] = (
         "none"  # none | bf16 | fp16 (CUDA, with a grad scaler): mixed precision for the whole step
     )
-    eval_every: int = 500  # 0: only at the end
+    eval_every: int = field(default=500, metadata=ge(0) | RESUMABLE)  # 0: only at the end
     eval_metric: Metric = "voc"  # voc (area AP@0.5) | voc07 (11-point, the paper's) | coco (pycocotools)
-    checkpoint_every: int = 500
-    num_threads: int | None = None  # torch CPU threads; None = torch's default
-    roi_loss_images: int = 0  # at each evaluation: mean loss over all RoIs of this many train images
-    mining_log_every: int = 50  # ohem: iterations per record of what was mined (mining.jsonl)
-    check_sync_every: int = 0  # torchrun: compare the processes' weights every N steps (0: never)
-    vis_images: int = 4  # test images drawn in detections.png
-    vis_score_thresh: float = 0.5
-    timing_every: int = 10  # CUDA: synchronize to time the mining every N iterations (a sync stalls the queue)
+    checkpoint_every: int = field(default=500, metadata=ge(0) | RESUMABLE)
+    # torch CPU threads; None = torch's default
+    num_threads: int | None = field(default=None, metadata=ge(1) | RESUMABLE)
+    # at each evaluation: mean loss over all RoIs of this many train images
+    roi_loss_images: int = field(default=0, metadata=ge(0) | RESUMABLE)
+    # ohem: iterations per record of what was mined (mining.jsonl)
+    mining_log_every: int = field(default=50, metadata=ge(1) | RESUMABLE)
+    # torchrun: compare the processes' weights every N steps (0: never)
+    check_sync_every: int = field(default=0, metadata=ge(0) | RESUMABLE)
+    vis_images: int = field(default=4, metadata=ge(0) | RESUMABLE)  # test images drawn in detections.png
+    vis_score_thresh: float = field(default=0.5, metadata=FINITE | RESUMABLE)
+    # CUDA: synchronize to time the mining every N iterations (a sync stalls the queue)
+    timing_every: int = field(default=10, metadata=ge(1) | RESUMABLE)
 
 
 @dataclass
@@ -195,7 +274,8 @@ class TestConfig(_Section):
 
     SECTION = "test"
     __test__ = False  # a class named Test* that pytest must not collect
-    images_per_batch: int = 4  # images per forward pass at test time
+    # images per forward pass at test time
+    images_per_batch: int = field(default=4, metadata=ge(1) | RESUMABLE)
 
 
 @dataclass
@@ -298,7 +378,10 @@ def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
             changes[key] = merge(current, value, source, prefix=f"{name}.")
         else:
             changes[key] = _coerce(value, hints[key], source, name)
-    return dataclasses.replace(obj, **changes)
+    try:  # a section checks its fields' ranges when made: say which file or override gave the value
+        return dataclasses.replace(obj, **changes)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 @functools.cache

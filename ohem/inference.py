@@ -14,10 +14,10 @@ from torchvision.ops import batched_nms
 from ohem.checkpoint import load_checkpoint
 from ohem.config import Config, ModelConfig, config_from_dict
 from ohem.data.loader import eval_batches
-from ohem.evaluation.voc import ImageDetections
 from ohem.mining import build_detector
 from ohem.models.box_voting import iterative_box_regression_detect
 from ohem.models.multiscale import pyramid_detect
+from ohem.structures import ImageDetections, Images
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _merge(per_scale: list[list[dict]], heads: nn.Module) -> list[dict]:
 @torch.no_grad()
 def predict(
     model: nn.Module,
-    dataset: torch.utils.data.Dataset,
+    dataset: Images,
     device: torch.device,
     batch_size: int = 2,
     indices: list[int] | None = None,

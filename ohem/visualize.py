@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ohem.evaluation import ImageDetections
+from ohem.structures import ImageDetections
 from ohem.util import atomic_open
 
 if TYPE_CHECKING:

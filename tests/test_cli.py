@@ -165,7 +165,7 @@ def test_export_then_proposals_then_scoring_a_detections_file(tmp_path, capsys):
     assert "--classes circle,square,triangle,plus,ring" in hint
     data = ["--data", f"voc:{tree}", "--split", "test", "--classes", "circle,square,triangle,plus,ring"]
     npz = tmp_path / "ss.npz"
-    assert main(["proposals", *data, "--mode", "fast", "--max-boxes", "50", "--workers", "1", "--out", str(npz)]) == 0
+    assert main(["proposals", *data, "--mode", "fast", "--max-boxes", "50", "--processes", "1", "--out", str(npz)]) == 0
     from ohem.data.proposals import ProposalFile
 
     proposals = ProposalFile(npz)
@@ -204,5 +204,6 @@ def test_eval_refuses_bad_loader_settings_in_one_line(trained_run, tmp_path, cap
     args = ["eval", "--checkpoint", str(trained_run / "checkpoint_last.pt"), "--out", str(tmp_path / "e"), *bad]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ohem eval: error: data.workers must be >= 0 and test.images_per_batch >= 1, got ")
+    key = bad[1].split("=")[0] if bad[0] == "--set" else "data.workers"
+    assert err.startswith(f"ohem eval: error: override '{key}=") and f"': {key} must be >= " in err
     assert "\n" not in err and not (tmp_path / "e").exists()

@@ -1,6 +1,11 @@
+import dataclasses
+import math
+import typing
+
 import pytest
 
-from ohem.config import Config, ConfigError, SamplerConfig, apply_overrides, config_from_dict, load_config
+from ohem.config import Config, ConfigError, Range, SamplerConfig, apply_overrides, config_from_dict, load_config
+from ohem.engine.run_folder import RESUME_MAY_CHANGE, RunFolderError, check_resume_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -92,3 +97,83 @@ def test_importing_the_package_and_cli_loads_no_plotting_or_tensorboard():
     code = f"import sys, ohem, ohem.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def ranged_fields() -> list[tuple[type, str, Range]]:
+    """(section class, field name, range) of every range-checked field of every section."""
+    sections = [type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)]
+    return [(s, f.name, f.metadata["range"]) for s in sections for f in dataclasses.fields(s) if "range" in f.metadata]
+
+
+def out_of_range(r: Range) -> list[float]:
+    """Values ``r`` refuses: just below, just above, and not finite."""
+    values: list[float] = [float("nan"), float("inf")]
+    if r.low is not None:
+        values.append(r.low - 1)
+    if r.high is not None:
+        values.append(r.high + 0.5)
+    return values
+
+
+def test_the_checks_that_used_to_live_in_train_and_cli_are_ranges_of_the_config():
+    keys = {f"{s.SECTION}.{name}" for s, name, _ in ranged_fields()}
+    required = {"sampler.batch_size_per_image", "sampler.ohem_start", "sampler.fg_fraction", "sampler.nms_iou",
+            "sampler.bg_iou_low", "sampler.rpn_nms_iou", "model.box_nms_thresh", "model.min_size", "model.max_size",
+            "model.box_loss_beta", "data.workers", "data.num_train", "data.num_test", "data.max_image_pixels",
+            "solver.images_per_batch", "solver.accumulate_steps", "solver.iterations", "solver.lr",
+            "solver.weight_decay", "solver.gamma", "solver.momentum", "train.num_threads", "train.eval_every",
+            "train.checkpoint_every", "train.mining_log_every", "train.check_sync_every", "train.vis_images",
+            "train.roi_loss_images", "train.timing_every", "train.vis_score_thresh",
+            "test.images_per_batch"}  # fmt: skip
+    assert required <= keys, required - keys
+
+
+@pytest.mark.parametrize(("section", "name", "valid"), ranged_fields(), ids=lambda v: getattr(v, "SECTION", v))
+def test_every_range_checked_field_refuses_out_of_range_values_in_one_line(section, name, valid):
+    key = f"{section.SECTION}.{name}"
+    hint = typing.get_type_hints(section)[name]
+    whole = hint is not float and float not in typing.get_args(hint)  # an int field
+    # An int field is given ints (the range, not the type, refuses them; nan is not an int).
+    for value in [int(v) for v in out_of_range(valid) if math.isfinite(v)] if whole else out_of_range(valid):
+        text = {math.inf: ".inf"}.get(value, ".nan" if math.isnan(value) else repr(value))
+        with pytest.raises(ConfigError) as by_override:
+            load_config(None, [f"{key}={text}"])
+        with pytest.raises(ConfigError) as by_hand:
+            section(**{name: value})
+        for message, prefix in ((str(by_override.value), f"override '{key}={text}': "), (str(by_hand.value), "")):
+            assert "\n" not in message
+            assert message.startswith(f"{prefix}{key}") and repr(value) in message, message
+            if math.isfinite(value):
+                assert str(valid) in message, message
+
+
+def test_a_range_error_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sampler:\n  fg_fraction: 1.5\n")
+    with pytest.raises(ConfigError, match=r"^config .*c\.yaml: sampler\.fg_fraction must be in \[0, 1\], got 1\.5$"):
+        load_config(path)
+
+
+def test_lists_are_checked_number_by_number_and_steps_must_increase():
+    with pytest.raises(ConfigError, match=r"^override 'model.min_size=\[\]': model.min_size must be .*non-empty"):
+        load_config(None, ["model.min_size=[]"])
+    with pytest.raises(ConfigError, match=r"model\.test_min_size\[1\] must be >= 1, got 0$"):
+        load_config(None, ["model.test_min_size=[600, 0]"])
+    with pytest.raises(ConfigError, match=r"^override 'solver.steps=\[6, 5\]': solver\.steps must be in increasing"):
+        load_config(None, ["solver.steps=[6, 5]"])
+    assert load_config(None, ["solver.steps=[]", "model.min_size=[480, 600]"]).solver.steps == []
+    assert load_config(None, ["solver.steps=[1, 1]"]).solver.steps == [1, 1]  # a budget scaled down merges steps
+    assert load_config(None, ["data.workers=null", "sampler.nms_iou=null"]).sampler.nms_iou is None  # None: off
+
+
+def test_resume_may_change_exactly_the_fields_marked_so():
+    assert set(RESUME_MAY_CHANGE) == {
+        "solver.iterations", "train.eval_every", "train.checkpoint_every", "train.mining_log_every",
+        "train.roi_loss_images", "train.vis_images", "train.vis_score_thresh", "train.num_threads", "train.device",
+        "train.check_sync_every", "train.timing_every", "data.workers", "test.images_per_batch",
+    }  # fmt: skip
+    before = load_config(None, ["solver.iterations=10"])
+    state = {"config": before.to_dict(), "iteration": 5}
+    check_resume_config(load_config(None, ["solver.iterations=20", "train.device=cpu", "data.workers=0"]), state, "c")
+    with pytest.raises(RunFolderError, match=r"^checkpoint c: solver\.lr: the run was trained with 0\.02, the config "):
+        check_resume_config(load_config(None, ["solver.iterations=10", "solver.lr=0.1"]), state, "c")

@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from ohem.evaluation import ImageDetections, detections_file, read_detections, write_detections
+from ohem.evaluation import detections_file, read_detections, write_detections
+from ohem.structures import ImageDetections
 
 VOC_IDS = ["000001", "000002", "000004"]
 VOC_CATS = list(range(1, 21))

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from ohem.config import load_config
+from ohem.config import ConfigError, load_config
 from ohem.data import COCODetection, ProposalFile, SyntheticShapes, VOCDetection, build_dataset
 from ohem.data.common import read_image
 from ohem.data.export import export_synthetic
@@ -201,8 +201,7 @@ def fifo_at(tmp: Path, name: str) -> Path:
 
 
 def build(tmp: Path, *overrides: str) -> Callable[[], object]:
-    cfg = load_config(None, list(overrides)).data
-    return lambda: build_dataset(cfg, "test")
+    return lambda: build_dataset(load_config(None, list(overrides)).data, "test")
 
 
 def deep(depth: int) -> str:
@@ -428,10 +427,10 @@ CASES = [
     # ---- empty splits and bad limits
     Case("voc-empty-split-eval", empty_voc_split, ValueError, V + r": no images to evaluate on"),
     Case("coco-no-images-eval", coco_without_images, ValueError, C + r": no images to evaluate on"),
-    Case("synthetic-num-test-0", lambda t: build(t, "data.num_test=0"), ValueError,
-         r"data\.num_test: must be at least 1"),
-    Case("max-image-pixels-0", lambda t: build(t, "data.max_image_pixels=0"), ValueError,
-         r"data\.max_image_pixels: must be a positive integer or null"),
+    Case("synthetic-num-test-0", lambda t: build(t, "data.num_test=0"), ConfigError,
+         r"^override 'data\.num_test=0': data\.num_test must be >= 1, got 0$"),
+    Case("max-image-pixels-0", lambda t: build(t, "data.max_image_pixels=0"), ConfigError,
+         r"^override 'data\.max_image_pixels=0': data\.max_image_pixels must be >= 1, got 0$"),
     # ---- coco_evaluate on hand-made ground truth and results
     Case("eval-duplicate-names", lambda t: evaluate(t, categories=[{"id": 1, "name": "a"}, {"id": 2, "name": "a"}]),
          ValueError, r"coco_evaluate: ground truth category names repeat \('a'\)"),

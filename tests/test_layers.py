@@ -60,7 +60,9 @@ def test_no_module_imports_from_a_layer_above_its_own():
 
 
 def test_module_level_imports_form_no_loop():
-    graph = {name: {t for t in imports(path, top_level_only=True) if t in modules()} for name, path in modules().items()}
+    graph = {
+        name: {t for t in imports(path, top_level_only=True) if t in modules()} for name, path in modules().items()
+    }
     for name in graph:  # a package imports its modules through __init__: only module-to-module edges count
         graph[name] = {t for t in graph[name] if not name.startswith(t + ".") and t != "ohem"}
     state: dict[str, int] = {}

@@ -1,6 +1,7 @@
 """The input pipeline: worker processes give the batches, flips and errors of in-process loading."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -127,7 +128,7 @@ def test_flipped_training_with_workers_resumes_exactly_like_an_in_process_run(ti
      ("sampler.ohem_start=-1", "sampler.ohem_start must be >= 0, got -1")],
 )  # fmt: skip
 def test_loader_settings_are_checked_before_anything_is_written(tiny_cfg, tmp_path, override, message):
-    with pytest.raises(ValueError, match=f"^{message}$"):
+    with pytest.raises(ValueError, match=f"^override '{re.escape(override)}': {message}$"):
         training.train(apply_overrides(tiny_cfg, [override]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

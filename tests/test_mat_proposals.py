@@ -372,6 +372,13 @@ def test_cli_import_end_to_end(voc, tmp_path, capsys, monkeypatch):
     assert (
         err == "ohem proposals: error: --import-mat reads the boxes from a file; not with --mode (for computing them)"
     )
+    for flag in ("--processes", "--workers"):  # --workers: the old, hidden name of --processes
+        assert main(["proposals", *data, "--import-mat", str(mat), flag, "2", "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert (
+            err == "ohem proposals: error: --import-mat reads the boxes from a file; not with --processes (for "
+            "computing them)"
+        )
     assert main(["proposals", *data, "--small-boxes", "fast-rcnn", "--out", str(out)]) == 1
     assert "--small-boxes applies only to --import-mat" in capsys.readouterr().err
     assert main(["proposals", *data, "--import-mat", str(tmp_path / "nope.mat"), "--out", str(out)]) == 1

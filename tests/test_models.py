@@ -1,14 +1,16 @@
 """Model builders: the small model, torchvision's family, backbone weights from a file or the API."""
 
+import typing
+
 import pytest
 import torch
 from torchvision.models import detection
 
-from ohem.config import ConfigError, ModelConfig, SamplerConfig
+from ohem.config import ConfigError, ModelConfig, ModelName, SamplerConfig, load_config
 from ohem.data import SyntheticShapes
 from ohem.events import EventStorage
 from ohem.mining import HeuristicSampler, OHEMSampler, SamplingRoIHeads, build_detector
-from ohem.models import build_model
+from ohem.models import BUILDERS, build_model
 
 
 def small_cfg(**kwargs):
@@ -73,8 +75,21 @@ def test_backbone_weights_errors(tmp_path):
         build_model(small_cfg(backbone_weights=str(tmp_path / "evil.pth")), 5)
     with pytest.raises(ValueError, match="no ImageNet weights"):
         build_model(small_cfg(backbone_weights="imagenet"), 5)
-    with pytest.raises(ValueError, match="unknown model 'yolo'"):
+    with pytest.raises(ConfigError, match=r"^model\.name: expected one of small, .*, got 'yolo'$"):
         build_model(small_cfg(name="yolo"), 5)
+
+
+def test_model_names_of_the_config_are_the_builders():
+    # config.py cannot import the models (a cycle), so it lists their names; this keeps the two equal.
+    assert sorted(typing.get_args(ModelName)) == sorted(BUILDERS)
+
+
+def test_unknown_model_name_is_a_one_line_error_when_the_config_is_loaded():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.name=yolo"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("override 'model.name=yolo': 'model.name' must be one of small, ") and "'yolo'" in message
 
 
 def test_imagenet_backbone_goes_through_torchvision_weights_api(monkeypatch):

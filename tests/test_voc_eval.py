@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ohem.evaluation import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
+from ohem.evaluation import average_precision, voc_evaluate
 from ohem.evaluation.voc_reference import reference_ap, reference_voc_evaluate
+from ohem.structures import ImageAnnotations, ImageDetections
 
 
 def random_case(seed, num_images=30, num_classes=3):

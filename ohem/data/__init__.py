@@ -1,7 +1,8 @@
 """Datasets and batching. Every dataset yields ``(image (3, H, W) float in [0, 1], target dict)``
 with ``boxes`` (n, 4) ``x1, y1, x2, y2`` pixels, ``labels`` (n,) int64 in 1..C, ``image_id``, and
 has ``classes``, ``image_ids`` / ``category_ids`` (what detection files call images and labels),
-``image_name(i)``, ``image_size(i)`` -> (H, W) and ``annotations(i)`` (the target, no pixels)."""
+``image_name(i)``, ``image_size(i)`` -> (H, W) and ``annotations(i)`` (the target, no pixels): the
+``DetectionDataset`` protocol of ``ohem.structures``."""
 
 from ohem.data.batching import aspect_groups, batch_indices, grouped_batch_indices
 from ohem.data.build import DEFAULT_SPLITS, WithProposals, build_dataset

@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import torch
 
+from ohem.structures import DetectionDataset
+
 
 def batch_indices(iteration: int, dataset_size: int, batch_size: int, seed: int) -> list[int]:
     """Image indices of one iteration's batch: epochs of seeded permutations, last partial batch
@@ -26,7 +28,7 @@ def batch_indices(iteration: int, dataset_size: int, batch_size: int, seed: int)
     return order[position * batch_size : (position + 1) * batch_size].tolist()
 
 
-def aspect_groups(dataset: torch.utils.data.Dataset) -> list[int]:
+def aspect_groups(dataset: DetectionDataset) -> list[int]:
     """0 for images at least as wide as tall, 1 for tall ones (from the dataset's ``image_size``,
     no decoding)."""
     sizes = [dataset.image_size(i) for i in range(len(dataset))]

@@ -11,6 +11,7 @@ from ohem.data.coco import COCODetection
 from ohem.data.proposals import DEFAULT_MAX_BOXES, DEFAULT_MAX_BOXES_PER_IMAGE, ProposalFile
 from ohem.data.synthetic import SyntheticShapes
 from ohem.data.voc import VOCDetection
+from ohem.structures import DetectionDataset
 
 DEFAULT_SPLITS = {  # dataset: (train split, test split)
     "synthetic": ("train", "test"),
@@ -19,15 +20,11 @@ DEFAULT_SPLITS = {  # dataset: (train split, test split)
 }
 
 
-def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> torch.utils.data.Dataset:
+def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> DetectionDataset:
     """The dataset for ``role`` "train" (difficult objects and empty images as configured) or
     "test" (everything kept, difficult flagged); ``split`` overrides the configured split name.
     With ``data.proposals`` / ``data.test_proposals`` set, targets carry their ``proposals``.
     A split without images is an error naming its file: nothing to train on or to evaluate."""
-    for key in ("max_image_pixels", "max_proposal_boxes_per_image", "max_proposal_boxes"):
-        value = getattr(cfg, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"data.{key}: must be a positive integer or null (no limit), got {value!r}")
     dataset = _images_and_annotations(cfg, role, split)
     if len(dataset) == 0:
         raise ValueError(f"{_source(dataset)}: no images to {'train on' if role == 'train' else 'evaluate on'}")
@@ -44,7 +41,7 @@ def build_dataset(cfg: DataConfig, role: str, split: str | None = None) -> torch
     return dataset
 
 
-def _source(dataset: torch.utils.data.Dataset) -> str:
+def _source(dataset: DetectionDataset) -> str:
     """The file (or setting) a dataset's image list comes from, for an error message."""
     if isinstance(dataset, COCODetection):
         return f"COCO annotations {dataset.ann_file}"
@@ -53,7 +50,7 @@ def _source(dataset: torch.utils.data.Dataset) -> str:
     return f"synthetic {getattr(dataset, 'split', '')} split".replace("  ", " ")
 
 
-def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> torch.utils.data.Dataset:
+def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> DetectionDataset:
     """The dataset of ``build_dataset`` before any proposals are attached."""
     if cfg.dataset not in DEFAULT_SPLITS:
         raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; available: {', '.join(DEFAULT_SPLITS)}")
@@ -62,10 +59,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> to
     configured = cfg.train_split if role == "train" else cfg.test_split
     split = split or configured or DEFAULT_SPLITS[cfg.dataset][role == "test"]
     if cfg.dataset == "synthetic":
-        key = "num_train" if split == "train" else "num_test"
-        num = getattr(cfg, key)
-        if num < 1:
-            raise ValueError(f"data.{key}: must be at least 1 (images in the synthetic {split} split), got {num}")
+        num = cfg.num_train if split == "train" else cfg.num_test
         return SyntheticShapes(split, num_images=num, image_size=cfg.image_size, seed=cfg.seed)
     if not cfg.root:
         raise ValueError(f"data.root: the {cfg.dataset} dataset needs its folder (--data {cfg.dataset}:ROOT)")
@@ -94,11 +88,12 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> to
 
 class WithProposals(torch.utils.data.Dataset):
     """A dataset whose targets also carry ``proposals`` (n, 4) read from a proposal file: Fast
-    R-CNN's input. The file is checked against the dataset once, when this is built."""
+    R-CNN's input (a ``ProposalDataset``). The file is checked against the dataset once, when this
+    is built; the rest of ``DetectionDataset`` is the wrapped dataset's."""
 
     def __init__(
         self,
-        dataset: torch.utils.data.Dataset,
+        dataset: DetectionDataset,
         path: str,
         max_proposals: int | None,
         allow_empty: bool,

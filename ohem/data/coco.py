@@ -32,12 +32,13 @@ from ohem.data.common import (
     to_target,
 )
 from ohem.data.files import check_inside, entry_path, json_text, load_json
+from ohem.structures import DetectionDatasetBase
 from ohem.util import finite_box_corners, is_coco_bbox, is_int, is_number, json_object
 
 Objects = list[tuple[list[float], int]]  # one image's (box x1, y1, x2, y2, label 1..C)
 
 
-class COCODetection(torch.utils.data.Dataset):
+class COCODetection(DetectionDatasetBase):
     """``(image, target)`` with ``boxes``, ``labels`` (1..C), ``difficult`` (all False), ``image_id``."""
 
     def __init__(

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ohem.data.transforms import hflip
+from ohem.structures import Images
 
 Batch = tuple[list[int], list[torch.Tensor], list[dict[str, torch.Tensor]]]  # indices, images, targets
 
@@ -61,7 +62,7 @@ class _Images(torch.utils.data.Dataset):
     """Maps a key (an image index, or ``(position, index)`` for training) to ``(index, image, target)``,
     flipped when training with ``flip``; a failure is returned, not raised (see the module docstring)."""
 
-    def __init__(self, dataset: Any, flip_seed: int | None = None) -> None:
+    def __init__(self, dataset: Images, flip_seed: int | None = None) -> None:
         self.dataset, self.flip_seed = dataset, flip_seed
 
     def __len__(self) -> int:
@@ -107,14 +108,14 @@ def _loader(images: _Images, batch_sampler: Any, workers: int, pin: bool) -> tor
 
 
 def train_loader(
-    dataset: Any, sampler: TrainBatches, workers: int, device: torch.device, flip_seed: int | None
+    dataset: Images, sampler: TrainBatches, workers: int, device: torch.device, flip_seed: int | None
 ) -> Iterator[Batch]:
     """The training batches of ``sampler``, on ``device``; ``flip_seed``: mirror images (``flipped``)."""
     return _on_device(_loader(_Images(dataset, flip_seed), sampler, workers, device.type == "cuda"), device)
 
 
 def eval_batches(
-    dataset: Any, indices: list[int], batch_size: int, workers: int, device: torch.device
+    dataset: Images, indices: list[int], batch_size: int, workers: int, device: torch.device
 ) -> Iterator[Batch]:
     """``dataset``'s images ``indices`` in order, ``batch_size`` at a time, on ``device``."""
     chunks = [indices[k : k + batch_size] for k in range(0, len(indices), batch_size)]

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ohem.structures import DetectionDatasetBase
+
 CLASSES = ("circle", "square", "triangle", "plus", "ring")
 DISTRACTORS = ("ellipse", "frame", "down-triangle", "tee", "c-shape")
 SPLITS = {"train": 0, "test": 1}
@@ -39,7 +41,7 @@ MIN_VISIBLE = 0.5
 NOISE_SIGMA = 8.0
 
 
-class SyntheticShapes(torch.utils.data.Dataset):
+class SyntheticShapes(DetectionDatasetBase):
     """``(image, target)`` pairs: image float (3, H, W) in [0, 1]; target ``boxes`` (n, 4) float32
     ``x1, y1, x2, y2`` in pixels, ``labels`` (n,) int64 in 1..5, ``image_id`` int, and
     ``distractor_boxes`` (m, 4), where the look-alikes are (for analysis; no model reads it)."""
@@ -81,9 +83,6 @@ class SyntheticShapes(torch.utils.data.Dataset):
 
     def image_size(self, index: int) -> tuple[int, int]:
         return self.image_size_px, self.image_size_px
-
-    def annotations(self, index: int) -> dict[str, torch.Tensor]:
-        return self[index][1]
 
     @property
     def image_ids(self) -> list[str]:  # what detection files call the images

@@ -36,6 +36,7 @@ from ohem.data.common import (
     to_target,
 )
 from ohem.data.files import check_inside, entry_path, read_bytes, read_text
+from ohem.structures import DetectionDatasetBase
 from ohem.util import regular_file
 
 VOC_CLASSES = (
@@ -45,7 +46,7 @@ VOC_CLASSES = (
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
-class VOCDetection(torch.utils.data.Dataset):
+class VOCDetection(DetectionDatasetBase):
     """``(image, target)`` with ``boxes``, ``labels`` (1..C in ``classes`` order), ``difficult``, ``image_id``."""
 
     def __init__(

@@ -8,20 +8,22 @@
   afresh: ``move_aside`` moves the old run's files to ``OUT/previous-N/``; nothing is deleted). The
   files a run writes must not be symbolic links.
 * ``check_resume_config``: ``--resume`` continues the checkpoint's run; the config may differ from
-  the checkpoint's only in ``RESUME_MAY_CHANGE`` (length of the run, evaluation, logging, threads,
-  device), else the first differing key is named.
+  the checkpoint's only in ``RESUME_MAY_CHANGE``, the fields ``ohem.config`` marks with
+  ``RESUMABLE`` (length of the run, evaluation, logging, threads, device), else the
+  first differing key is named.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ohem.config import Config, config_from_dict
+from ohem.config import RESUMABLE, Config, config_from_dict
 from ohem.util import refuse_symlink
 
 try:
@@ -35,23 +37,21 @@ CHECKPOINT = "checkpoint_last.pt"
 RUN_MARKERS = (CHECKPOINT, "log.jsonl", "mining.jsonl", "config.yaml")
 # What a run writes (moved aside together by --force; none may be a symbolic link).
 RUN_FILES = (*RUN_MARKERS, "metrics.json", "detections.png", "tb", "report")
-# Config keys a --resume may change: how long the run goes on, and what it evaluates, logs and draws
-# on the way, and where it runs; none changes the training the checkpoint holds.
-RESUME_MAY_CHANGE = (
-    "solver.iterations",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.mining_log_every",
-    "train.roi_loss_images",
-    "train.vis_images",
-    "train.vis_score_thresh",
-    "train.num_threads",
-    "train.device",
-    "train.check_sync_every",
-    "train.timing_every",
-    "data.workers",
-    "test.images_per_batch",
-)
+
+
+def _may_change_on_resume() -> tuple[str, ...]:
+    """The ``section.key`` of every config field whose metadata says ``--resume`` may change it."""
+    cfg = Config()
+    sections = [(s.name, getattr(cfg, s.name)) for s in dataclasses.fields(cfg)]
+    return tuple(
+        f"{name}.{f.name}"
+        for name, section in sections
+        for f in dataclasses.fields(section)
+        if RESUMABLE.items() <= f.metadata.items()
+    )
+
+
+RESUME_MAY_CHANGE = _may_change_on_resume()  # config keys a --resume may change
 
 
 # Descriptors of the locks this process holds. A forked child (a DataLoader worker) closes its

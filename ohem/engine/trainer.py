@@ -10,7 +10,6 @@ check that needs no data (``check_run_config``) runs before anything is written.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import sys
 import time
@@ -34,6 +33,7 @@ from ohem.engine.runlog import RunLog
 from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
 from ohem.mining import build_detector
+from ohem.structures import DetectionDataset
 from ohem.util import atomic_open, make_out_dir, one_line, strict_json
 
 
@@ -51,8 +51,8 @@ class Run:
     device: torch.device
     model: nn.Module  # what trains (DistributedDataParallel under torchrun)
     core: nn.Module  # the detector itself: saved, evaluated, logged
-    train_set: Any
-    test_set: Any
+    train_set: DetectionDataset
+    test_set: DetectionDataset
     classes: list[str]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -200,7 +200,7 @@ def setup(
     if d.main:
         run_folder.check_folder(out, resume, force)
     state = None
-    if resume:  # the checkpoint is the truth: its config must be this one (bar the allow-list)
+    if resume:  # the checkpoint is the truth: its config must be this one (bar the RESUMABLE keys)
         state = load_checkpoint(out / run_folder.CHECKPOINT)
         run_folder.check_resume_config(cfg, state, out / run_folder.CHECKPOINT)
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
@@ -282,33 +282,16 @@ def batch_of(run: Run, position: int) -> list[int]:
 
 
 def check_run_config(cfg: Config, d: distributed.Dist) -> torch.device:
-    """Every check of a training config that needs no data: solver, sampler, logging and device
-    settings. Returns the device. Runs before any file is written or data loaded."""
+    """The checks of a training config that need runtime facts but no data (the processes, the
+    device; ranges are checked by the config itself). Returns the device. Runs before any file is
+    written or data loaded."""
     check_solver(cfg, d)
-    t = cfg.train
-    at_least = {"sampler.batch_size_per_image": (cfg.sampler.batch_size_per_image, 1),
-                "train.mining_log_every": (t.mining_log_every, 1), "train.eval_every": (t.eval_every, 0),
-                "train.checkpoint_every": (t.checkpoint_every, 0), "train.check_sync_every": (t.check_sync_every, 0),
-                "train.vis_images": (t.vis_images, 0), "train.roi_loss_images": (t.roi_loss_images, 0),
-                "train.timing_every": (t.timing_every, 1), "sampler.ohem_start": (cfg.sampler.ohem_start, 0),
-                "test.images_per_batch": (cfg.test.images_per_batch, 1)}  # fmt: skip
-    if cfg.data.workers is not None:
-        at_least["data.workers"] = (cfg.data.workers, 0)
-    if t.num_threads is not None:
-        at_least["train.num_threads"] = (t.num_threads, 1)
-    if cfg.data.dataset == "synthetic":
-        at_least.update({"data.num_train": (cfg.data.num_train, 1), "data.num_test": (cfg.data.num_test, 1)})
-    for key, (value, low) in at_least.items():
-        if value < low:
-            raise ValueError(f"{key} must be >= {low}, got {value}")
-    if not math.isfinite(t.vis_score_thresh):
-        raise ValueError(f"train.vis_score_thresh must be a finite number, got {t.vis_score_thresh}")
-    device = resolve_device(t.device, d.local_rank)
-    autocast_dtype(t.amp, device)
+    device = resolve_device(cfg.train.device, d.local_rank)
+    autocast_dtype(cfg.train.amp, device)
     return device
 
 
-def check_splits(cfg: Config, train_set: Any, test_set: Any) -> None:
+def check_splits(cfg: Config, train_set: DetectionDataset, test_set: DetectionDataset) -> None:
     """A run needs training images and test images."""
     for role, dataset in (("train", train_set), ("test", test_set)):
         if len(dataset) == 0:
@@ -318,14 +301,8 @@ def check_splits(cfg: Config, train_set: Any, test_set: Any) -> None:
 
 def check_solver(cfg: Config, d: distributed.Dist) -> None:
     s = cfg.solver
-    if s.images_per_batch < 1 or s.images_per_batch % d.world:
-        raise ValueError(
-            f"solver.images_per_batch {s.images_per_batch} must be >= 1 and divisible by {d.world} processes"
-        )
-    if s.accumulate_steps < 1:
-        raise ValueError(f"solver.accumulate_steps must be >= 1, got {s.accumulate_steps}")
-    if s.iterations < 1:
-        raise ValueError(f"solver.iterations must be >= 1, got {s.iterations}")
+    if s.images_per_batch % d.world:
+        raise ValueError(f"solver.images_per_batch {s.images_per_batch} must be divisible by {d.world} processes")
 
 
 def resolve_device(name: str, local_rank: int = 0, what: str = "train.device") -> torch.device:

@@ -6,7 +6,8 @@ from ohem.evaluation.detections_file import read_detections, write_detections
 from ohem.evaluation.errors import KINDS, classify_detections, count_errors
 from ohem.evaluation.recall import proposal_recall
 from ohem.evaluation.roi_loss import mean_roi_loss
-from ohem.evaluation.voc import ImageAnnotations, ImageDetections, average_precision, voc_evaluate
+from ohem.evaluation.voc import average_precision, voc_evaluate
+from ohem.structures import ImageAnnotations, ImageDetections  # re-exported: where they were before ohem.structures
 
 __all__ = [
     "KINDS",

@@ -23,7 +23,7 @@ import torch
 from torchvision.ops import box_convert
 
 from ohem.data.files import load_json
-from ohem.evaluation.voc import ImageDetections
+from ohem.structures import ImageDetections
 from ohem.util import atomic_open, is_coco_bbox, is_int, is_number, json_object, json_type, xywh_to_xyxy
 
 _KEYS = ("image_id", "category_id", "bbox", "score")

@@ -3,15 +3,16 @@ ground-truth boxes with a proposal at IoU >= 0.5 and >= 0.7 (difficult objects i
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torchvision.ops import box_iou
 
 from ohem.data.proposals import ProposalFile
+from ohem.structures import DetectionDataset
 
 
-def proposal_recall(dataset: Any, proposals: ProposalFile, max_proposals: int | None = None) -> dict[str, float]:
+def proposal_recall(
+    dataset: DetectionDataset, proposals: ProposalFile, max_proposals: int | None = None
+) -> dict[str, float]:
     """``dataset`` needs ``image_name(i)`` and ``annotations(i)["boxes"]``; every image must be in
     ``proposals``. ``max_proposals`` counts only each image's first boxes, as training does."""
     best, counts = [], []

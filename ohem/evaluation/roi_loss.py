@@ -9,8 +9,6 @@ smooth-L1 (fg) as in training, averaged.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -19,6 +17,7 @@ from ohem.config import SamplerConfig
 from ohem.data.loader import eval_batches
 from ohem.mining import ReadOnlySettings, label_rois, readonly_losses
 from ohem.models import FastRCNN, backbone_features
+from ohem.structures import Images
 
 # the measure in float32 on every device, not TF32
 STRICT = ReadOnlySettings.from_config(SamplerConfig(readonly_precision="fp32"))
@@ -26,7 +25,7 @@ STRICT = ReadOnlySettings.from_config(SamplerConfig(readonly_precision="fp32"))
 
 @torch.no_grad()
 def mean_roi_loss(
-    model: nn.Module, dataset: Any, indices: list[int], device: torch.device, batch_size: int = 2, workers: int = 0
+    model: nn.Module, dataset: Images, indices: list[int], device: torch.device, batch_size: int = 2, workers: int = 0
 ) -> float:
     heads = getattr(model, "roi_heads", None)
     if not isinstance(heads, RoIHeads):

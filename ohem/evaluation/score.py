@@ -13,15 +13,16 @@ from torchvision.ops import box_area, box_convert
 from ohem import distributed
 from ohem.config import Metric, check_choice
 from ohem.evaluation.detections_file import to_coco_results
-from ohem.evaluation.voc import ImageAnnotations, ImageDetections, voc_evaluate
+from ohem.evaluation.voc import voc_evaluate
 from ohem.inference import TestTime, predict
+from ohem.structures import DetectionDataset, ImageAnnotations, ImageDetections
 
 METRIC_NAMES = {"voc": "mAP@0.5", "voc07": "mAP@0.5 (VOC07 11-point)", "coco": "AP@[.5:.95]"}
 
 
 def evaluate(
     model: nn.Module,
-    dataset: torch.utils.data.Dataset,
+    dataset: DetectionDataset,
     device: torch.device,
     batch_size: int = 2,
     metric: Metric = "voc",
@@ -42,7 +43,7 @@ def evaluate(
 
 
 def score_detections(
-    dataset: torch.utils.data.Dataset, detections: list[ImageDetections], metric: Metric = "voc"
+    dataset: DetectionDataset, detections: list[ImageDetections], metric: Metric = "voc"
 ) -> dict[str, Any]:
     """``{"mAP", "AP": {class: AP}, "metric", "num_images", ...}`` of one detection list per image.
 
@@ -64,16 +65,17 @@ def score_detections(
     return {**metrics, "metric": metric, "num_images": len(dataset)}
 
 
-def _annotations(dataset: torch.utils.data.Dataset, index: int) -> ImageAnnotations:
-    target = dataset.annotations(index) if hasattr(dataset, "annotations") else dataset[index][1]
+def _annotations(dataset: DetectionDataset, index: int) -> ImageAnnotations:
+    target = dataset.annotations(index)
     return ImageAnnotations(target["boxes"], target["labels"], target.get("difficult"))
 
 
-def coco_ground_truth(dataset: torch.utils.data.Dataset, annotations: list[ImageAnnotations]) -> tuple[dict, list[int]]:
+def coco_ground_truth(dataset: DetectionDataset, annotations: list[ImageAnnotations]) -> tuple[dict, list[int]]:
     """A COCO-format ground truth of ``dataset`` and the integer image id of each image.
     A COCO dataset's own file (crowd regions included) is used as it is."""
-    if hasattr(dataset, "coco_ground_truth"):
-        return dataset.coco_ground_truth(), list(dataset.image_ids)
+    own = dataset.coco_ground_truth()
+    if own is not None:
+        return own, list(dataset.image_ids)
     images, anns = [], []
     for i, a in enumerate(annotations):
         h, w = dataset.image_size(i)

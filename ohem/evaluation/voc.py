@@ -18,24 +18,10 @@ plain devkit-style loop it must agree with is ``ohem/evaluation/voc_reference.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-
-@dataclass
-class ImageDetections:
-    boxes: torch.Tensor  # (n, 4)
-    scores: torch.Tensor  # (n,)
-    labels: torch.Tensor  # (n,) in 1..num_classes
-
-
-@dataclass
-class ImageAnnotations:
-    boxes: torch.Tensor  # (m, 4)
-    labels: torch.Tensor  # (m,)
-    difficult: torch.Tensor | None = None  # (m,) bool
+from ohem.structures import ImageAnnotations, ImageDetections
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:

@@ -5,12 +5,12 @@ of the RoI heads, and undone when detections are decoded."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import box_iou
+
+from ohem.structures import ProposalDataset
 
 
 class BoxTargetNorm(nn.Module):
@@ -27,7 +27,7 @@ class BoxTargetNorm(nn.Module):
         return box_regression * self.std.reshape(1, -1) + self.mean.reshape(1, -1)
 
     @torch.no_grad()
-    def fit(self, dataset: Any, fg_iou: float, hflip: bool) -> None:
+    def fit(self, dataset: ProposalDataset, fg_iou: float, hflip: bool) -> None:
         """Mean and std per class of the raw (weights 1) targets of every RoI at IoU >= ``fg_iou`` with a
         gt box, over ``dataset``'s proposals plus gt boxes (and their mirror images with ``hflip``, whose
         dx is negated). A class without fg RoIs keeps mean 0, std 1; a zero std becomes 1."""
