@@ -22,8 +22,16 @@ from ohem.engine.trainer import train
 
 def seconds_per_iteration(config: str, overrides: list[str], workers: int, iterations: int) -> tuple[float, float]:
     """(wall s/iter, data-wait share) of a run with ``workers`` loader processes."""
-    sets = [*overrides, f"data.workers={workers}", f"solver.iterations={iterations}", "train.eval_every=0",
-            "train.checkpoint_every=0", "train.vis_images=0", "data.num_test=1", "train.roi_loss_images=0"]  # fmt: skip
+    sets = [
+        *overrides,
+        f"data.workers={workers}",
+        f"solver.iterations={iterations}",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.vis_images=0",
+        "data.num_test=1",
+        "train.roi_loss_images=0",
+    ]
     with tempfile.TemporaryDirectory() as out:
         train(load_config(config, sets), out)
         return step_seconds(Path(out) / "log.jsonl")

@@ -259,9 +259,12 @@ def vgg_run(args: argparse.Namespace) -> None:
 
 E2E_MODELS = {  # end-to-end runs: 600 px images from the VOC-layout files, 2000 RoIs per image
     "vgg16-frcn": ["model.name=fast_rcnn_vgg16", "model.box_nms_thresh=0.3"],
-    "r50fpn": ["model.name=fasterrcnn_resnet50_fpn", "model.rpn_pre_nms_top_n_train=12000",
-               "model.rpn_post_nms_top_n_train=2000"],
-}  # fmt: skip
+    "r50fpn": [
+        "model.name=fasterrcnn_resnet50_fpn",
+        "model.rpn_pre_nms_top_n_train=12000",
+        "model.rpn_post_nms_top_n_train=2000",
+    ],
+}
 E2E_SAMPLERS = ["heuristic", "tv-default", "ohem"]
 
 
@@ -273,8 +276,13 @@ def voc_copy(root: Path, num_train: int, num_test: int, size: int) -> list[str]:
     from ohem.data.export import export_synthetic
     from ohem.data.synthetic import CLASSES
 
-    overrides = ["data.dataset=voc", f"data.root={root}", f"data.classes=[{','.join(CLASSES)}]",
-                 "data.train_split=train", "data.test_split=test"]  # fmt: skip
+    overrides = [
+        "data.dataset=voc",
+        f"data.root={root}",
+        f"data.classes=[{','.join(CLASSES)}]",
+        "data.train_split=train",
+        "data.test_split=test",
+    ]
     for split, count in (("train", num_train), ("test", num_test)):
         if not (root / "ImageSets" / "Main" / f"{split}.txt").exists():
             export_synthetic(SyntheticShapes(split, num_images=count, image_size=size), root, "voc")
@@ -295,17 +303,31 @@ def end_to_end(args: argparse.Namespace) -> None:
         for amp in args.e2e_amps:
             base = None
             for sampler in E2E_SAMPLERS:
-                sets = [*data, *E2E_MODELS[model_name], *SAMPLERS[sampler], f"train.amp={amp}",
-                        f"train.device={args.device}",
-                        f"solver.iterations={iters}", "solver.warmup_iterations=0", "solver.lr=0.001",
-                        "train.eval_every=0", "train.checkpoint_every=0", "train.vis_images=0",
-                        f"data.workers={args.workers}", f"model.min_size={size}", "model.max_size=1000"]  # fmt: skip
+                sets = [
+                    *data,
+                    *E2E_MODELS[model_name],
+                    *SAMPLERS[sampler],
+                    f"train.amp={amp}",
+                    f"train.device={args.device}",
+                    f"solver.iterations={iters}",
+                    "solver.warmup_iterations=0",
+                    "solver.lr=0.001",
+                    "train.eval_every=0",
+                    "train.checkpoint_every=0",
+                    "train.vis_images=0",
+                    f"data.workers={args.workers}",
+                    f"model.min_size={size}",
+                    "model.max_size=1000",
+                ]
                 with tempfile.TemporaryDirectory() as out:
                     training.train(load_config("configs/demo.yaml", sets), out)
                     per_iter, wait = step_seconds(Path(out) / "log.jsonl")
                 base = base or per_iter
-                print(f"{model_name:<11} {amp:<5} {sampler:<11} {per_iter:7.4f} {2 / per_iter:6.1f} "
-                      f"{wait:9.1%} {per_iter / base:7.2f}", flush=True)  # fmt: skip
+                print(
+                    f"{model_name:<11} {amp:<5} {sampler:<11} {per_iter:7.4f} {2 / per_iter:6.1f} "
+                    f"{wait:9.1%} {per_iter / base:7.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

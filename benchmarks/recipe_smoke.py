@@ -44,13 +44,23 @@ def train_overrides(work: Path, iterations: int, size: int) -> list[str]:
     classes = ", ".join(SyntheticShapes.classes)
     steps = max(1, iterations * 4 // 5)
     return [
-        f"data.root={work / 'VOCdevkit'}", "data.train_split=2007:train", "data.test_split=2007:test",
-        f"data.classes=[{classes}]", f"data.proposals={work / 'proposals' / 'train.npz'}",
-        f"data.test_proposals={work / 'proposals' / 'test.npz'}", "model.backbone_weights=null",
-        f"model.min_size={size}", f"model.max_size={size}", f"solver.iterations={iterations}",
-        f"solver.warmup_iterations={max(1, iterations // 10)}", f"solver.steps=[{steps}]", "train.device=cpu",
-        "train.eval_every=0", f"train.checkpoint_every={iterations}", "train.vis_images=2",
-    ]  # fmt: skip
+        f"data.root={work / 'VOCdevkit'}",
+        "data.train_split=2007:train",
+        "data.test_split=2007:test",
+        f"data.classes=[{classes}]",
+        f"data.proposals={work / 'proposals' / 'train.npz'}",
+        f"data.test_proposals={work / 'proposals' / 'test.npz'}",
+        "model.backbone_weights=null",
+        f"model.min_size={size}",
+        f"model.max_size={size}",
+        f"solver.iterations={iterations}",
+        f"solver.warmup_iterations={max(1, iterations // 10)}",
+        f"solver.steps=[{steps}]",
+        "train.device=cpu",
+        "train.eval_every=0",
+        f"train.checkpoint_every={iterations}",
+        "train.vis_images=2",
+    ]
 
 
 def smoke(recipe: Path, work: Path, num_train: int, num_test: int, size: int, iterations: int) -> dict:
@@ -61,14 +71,30 @@ def smoke(recipe: Path, work: Path, num_train: int, num_test: int, size: int, it
     seconds = {}
     for split in ("train", "test"):
         sets = [a for o in data for a in ("--set", o)]
-        seconds[f"export {split}"] = run(["export", "--layout", "voc", "--split", split, "--out", str(devkit), *sets],
-                                         env)  # fmt: skip
+        seconds[f"export {split}"] = run(
+            ["export", "--layout", "voc", "--split", split, "--out", str(devkit), *sets], env
+        )
     classes = ",".join(SyntheticShapes.classes)
     for split in ("train", "test"):
         out = work / "proposals" / f"{split}.npz"
         seconds[f"proposals {split}"] = run(
-            ["proposals", "--data", f"voc:{work / 'VOCdevkit'}", "--split", f"2007:{split}", "--classes", classes,
-             "--mode", "fast", "--processes", "2", "--out", str(out)], env)  # fmt: skip
+            [
+                "proposals",
+                "--data",
+                f"voc:{work / 'VOCdevkit'}",
+                "--split",
+                f"2007:{split}",
+                "--classes",
+                classes,
+                "--mode",
+                "fast",
+                "--processes",
+                "2",
+                "--out",
+                str(out),
+            ],
+            env,
+        )
     run_dir = work / "run"
     shutil.rmtree(ROOT / run_dir, ignore_errors=True)  # a fresh run each time (paths are relative to ROOT)
     sets = [a for o in train_overrides(work, iterations, size) for a in ("--set", o)]
@@ -99,8 +125,10 @@ def main() -> int:
         return 0
     recipe, work = _from_root(args.recipe), _from_root(args.work)
     result = smoke(recipe, work, args.num_train, args.num_test, args.size, args.iterations)
-    print(f"\n== {recipe.name}: {args.iterations} iterations on {args.num_train} train / {args.num_test} test "
-          f"synthetic images of {args.size} px, CPU ==")  # fmt: skip
+    print(
+        f"\n== {recipe.name}: {args.iterations} iterations on {args.num_train} train / {args.num_test} test "
+        f"synthetic images of {args.size} px, CPU =="
+    )
     print(format_metrics(result["metrics"]))
     print("seconds: " + ", ".join(f"{step} {s:.0f}" for step, s in result["seconds"].items()))
     return 0

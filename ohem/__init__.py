@@ -3,5 +3,11 @@
 from ohem.mining import SAMPLERS, SamplingRoIHeads, enable_heuristic_sampling, enable_ohem, select_hard_examples
 
 __version__ = "0.1.0"
-__all__ = ["SAMPLERS", "SamplingRoIHeads", "enable_heuristic_sampling", "enable_ohem", "select_hard_examples",
-           "__version__"]  # fmt: skip
+__all__ = [
+    "SAMPLERS",
+    "SamplingRoIHeads",
+    "enable_heuristic_sampling",
+    "enable_ohem",
+    "select_hard_examples",
+    "__version__",
+]

@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="YAML config file")
     _add_overrides(p, "dotted override, e.g. --set solver.lr=0.01 (repeatable)")
     p.add_argument("--out", required=True, help="run directory (one run at a time: it is locked while training)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt (same config, bar "
-                   "the run length, evaluation, logging, threads and device: docs/RELIABILITY.md)")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint_last.pt (same config, bar "
+        "the run length, evaluation, logging, threads and device: docs/RELIABILITY.md)",
+    )
     p.add_argument("--force", action="store_true", help="OUT holds a run: move it to OUT/previous-N/ and start afresh")
     _add_workers(p)
     p.set_defaults(func=cmd_train)
@@ -54,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--detections", help="a COCO-results JSON file (image_id, category_id, bbox x,y,w,h, score)")
     p.add_argument("--out", required=True)
     _add_data_arguments(p)
-    p.add_argument("--metric", default="voc", choices=typing.get_args(Metric),
-                   help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools)")  # fmt: skip
+    p.add_argument(
+        "--metric",
+        default="voc",
+        choices=typing.get_args(Metric),
+        help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools)",
+    )
     _add_overrides(p, "override the data or test config, e.g. --set data.num_test=500 --set test.images_per_batch=8")
     p.add_argument("--device", default="auto")
     _add_workers(p)
@@ -74,26 +82,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
-    p = add_parser("proposals", help="compute selective-search proposals for a dataset split, or import "
-                       "Fast R-CNN's .mat ones (.npz)")  # fmt: skip
+    p = add_parser(
+        "proposals",
+        help="compute selective-search proposals for a dataset split, or import Fast R-CNN's .mat ones (.npz)",
+    )
     _add_data_arguments(p)
-    p.add_argument("--import-mat", metavar="FILE.mat", help="convert Fast R-CNN's selective-search boxes of the split "
-                   "(selective_search_data/*.mat) instead of computing them; see docs/PROPOSALS.md")  # fmt: skip
-    p.add_argument("--method", choices=["selective-search", "dense"], help="(computing) default: selective-search; "
-                   "dense: boxes around each ground-truth box plus random ones, for benchmarks "
-                   "(docs/PROPOSALS.md)")  # fmt: skip
+    p.add_argument(
+        "--import-mat",
+        metavar="FILE.mat",
+        help="convert Fast R-CNN's selective-search boxes of the split "
+        "(selective_search_data/*.mat) instead of computing them; see docs/PROPOSALS.md",
+    )
+    p.add_argument(
+        "--method",
+        choices=["selective-search", "dense"],
+        help="(computing) default: selective-search; "
+        "dense: boxes around each ground-truth box plus random ones, for benchmarks "
+        "(docs/PROPOSALS.md)",
+    )
     p.add_argument("--copies", type=int, default=20, help="(dense) boxes around each ground-truth box (default 20)")
-    p.add_argument("--jitter", type=float, default=0.15, help="(dense) their coordinates' normal noise, as a "
-                   "fraction of the box's width or height (default 0.15)")  # fmt: skip
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=0.15,
+        help="(dense) their coordinates' normal noise, as a fraction of the box's width or height (default 0.15)",
+    )
     p.add_argument("--mode", choices=["fast", "quality"], help="(computing) default: fast")
-    p.add_argument("--max-boxes", type=int, help="(computing) boxes kept per image, in selective search's order; "
-                   "default: 2000")  # fmt: skip
+    p.add_argument(
+        "--max-boxes", type=int, help="(computing) boxes kept per image, in selective search's order; default: 2000"
+    )
     p.add_argument("--processes", type=int, help="(computing) selective-search processes; default: one per core")
     p.add_argument("--workers", type=int, dest="processes", help=argparse.SUPPRESS)  # the old name of --processes
     p.add_argument("--min-size", type=int, default=2, help="drop boxes narrower or lower than this, px (default 2)")
-    p.add_argument("--small-boxes", choices=["min-size", "fast-rcnn"], help="(--import-mat) fast-rcnn: "
-                   "py-faster-rcnn's filter_small_boxes, as the authors trained (default); "
-                   "min-size: width and height >= --min-size")  # fmt: skip
+    p.add_argument(
+        "--small-boxes",
+        choices=["min-size", "fast-rcnn"],
+        help="(--import-mat) fast-rcnn: "
+        "py-faster-rcnn's filter_small_boxes, as the authors trained (default); "
+        "min-size: width and height >= --min-size",
+    )
     p.add_argument("--out", required=True, help="the .npz file; an interrupted run resumes from FILE.parts/")
     _add_overrides(p, "override the data config")
     p.set_defaults(func=cmd_proposals)
@@ -115,11 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML config every arm trains")
     p.add_argument("--arms", default="heuristic,tv-default,ohem", help="comma-separated arm names (--list-arms)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (initial weights, data order)")
-    p.add_argument("--budget", choices=["iterations", "seconds"], default="iterations", help="iterations: "
-                   "every arm trains solver.iterations; seconds: --seconds at its measured s/iter, lr schedule "
-                   "scaled")  # fmt: skip
-    p.add_argument("--seconds", type=float, help="--budget seconds: training seconds per run (default: "
-                   "solver.iterations at the first arm's s/iter)")  # fmt: skip
+    p.add_argument(
+        "--budget",
+        choices=["iterations", "seconds"],
+        default="iterations",
+        help="iterations: "
+        "every arm trains solver.iterations; seconds: --seconds at its measured s/iter, lr schedule "
+        "scaled",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        help="--budget seconds: training seconds per run (default: solver.iterations at the first arm's s/iter)",
+    )
     _add_overrides(p, "override for every arm, under the arm's own (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time, each on cores/jobs threads")
     p.add_argument(
@@ -128,10 +163,17 @@ def main(argv: list[str] | None = None) -> int:
         default=60,
         help="timed iterations per arm in the cost phase (0: none; equal iterations only, no seconds axis)",
     )
-    p.add_argument("--cost-init", metavar="CKPT", help="cost phase: start from these weights (a trained RPN "
-                   "passes its steady-state number of RoIs)")  # fmt: skip
-    p.add_argument("--error-score", type=float, help="error phase: sort the test detections scoring at least "
-                   "this into kinds of error, errors.csv (default 0.5)")  # fmt: skip
+    p.add_argument(
+        "--cost-init",
+        metavar="CKPT",
+        help="cost phase: start from these weights (a trained RPN passes its steady-state number of RoIs)",
+    )
+    p.add_argument(
+        "--error-score",
+        type=float,
+        help="error phase: sort the test detections scoring at least "
+        "this into kinds of error, errors.csv (default 0.5)",
+    )
     p.add_argument("--no-errors", action="store_true", help="skip the error phase (one test-split pass per run)")
     p.add_argument("--out", help="benchmark folder; rerun into it to resume")
     p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
@@ -150,8 +192,16 @@ def run_command(args: argparse.Namespace) -> int:
 
     from ohem.engine.trainer import NonFiniteLossError  # torch and the models: imported once a command runs
 
-    expected = (ConfigError, ValueError, OSError, NonFiniteLossError, yaml.YAMLError, RecursionError, MemoryError,
-                Image.DecompressionBombError)  # fmt: skip
+    expected = (
+        ConfigError,
+        ValueError,
+        OSError,
+        NonFiniteLossError,
+        yaml.YAMLError,
+        RecursionError,
+        MemoryError,
+        Image.DecompressionBombError,
+    )
     try:
         return args.func(args)
     except expected as e:
@@ -201,9 +251,15 @@ def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, metavar="N", dest="loader_workers", help="image-loading processes, "
-                        "as --set data.workers=N (0: in this process; default: the config's, else one per 4 cores, "
-                        "at most 4)")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        dest="loader_workers",
+        help="image-loading processes, "
+        "as --set data.workers=N (0: in this process; default: the config's, else one per 4 cores, "
+        "at most 4)",
+    )
 
 
 def _workers_override(args: argparse.Namespace) -> list[str]:
@@ -273,8 +329,12 @@ def _check_not_empty(dataset: DetectionDataset) -> None:
 def cmd_proposals(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
 
-    computing = {"--method": args.method, "--mode": args.mode, "--max-boxes": args.max_boxes,
-                 "--processes": args.processes}  # fmt: skip
+    computing = {
+        "--method": args.method,
+        "--mode": args.mode,
+        "--max-boxes": args.max_boxes,
+        "--processes": args.processes,
+    }
     if args.import_mat and (given := [flag for flag, value in computing.items() if value is not None]):
         raise ValueError(f"--import-mat reads the boxes from a file; not with {', '.join(given)} (for computing them)")
     if not args.import_mat and args.small_boxes:
@@ -335,8 +395,16 @@ def _bad_input_in_worker(error: RuntimeError) -> bool:
     """Whether selective search failed on bad input (an image that cannot be read: the data's
     ValueError or OSError, quoted by the worker as ``Type: message``), not on a bug."""
     text = str(error)
-    bad_input = ("ValueError", "OSError", "FileNotFoundError", "PermissionError", "IsADirectoryError",
-                 "UnidentifiedImageError", "DecompressionBombError", "MemoryError")  # fmt: skip
+    bad_input = (
+        "ValueError",
+        "OSError",
+        "FileNotFoundError",
+        "PermissionError",
+        "IsADirectoryError",
+        "UnidentifiedImageError",
+        "DecompressionBombError",
+        "MemoryError",
+    )
     return text.startswith("selective search failed on image") and any(f": {t}: " in text for t in bad_input)
 
 
@@ -375,8 +443,13 @@ def _data_config(cfg: Config, args: argparse.Namespace) -> Config:
             raise ValueError(f"--data: expected synthetic, voc:ROOT or coco:ROOT, got {args.data!r}")
         overrides += [f"data.dataset={kind}", f"data.root={root}" if root else "data.root=null"]
         if kind != cfg.data.dataset:  # the checkpoint's split names mean nothing to another dataset
-            overrides += ["data.train_split=null", "data.test_split=null", "data.classes=null", "data.proposals=null",
-                          "data.test_proposals=null"]  # fmt: skip
+            overrides += [
+                "data.train_split=null",
+                "data.test_split=null",
+                "data.classes=null",
+                "data.proposals=null",
+                "data.test_proposals=null",
+            ]
     cfg = apply_overrides(cfg, overrides + args.overrides)
     if args.classes:
         cfg.data.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
@@ -416,9 +489,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for path, image, png, det in zip(args.images, images, pngs, detections):
         draw_detections([image], [det], classes, png, args.score_thresh, titles=[Path(path).name])
         keep = det.scores >= args.score_thresh
-        results.append({"image": str(path), "drawing": str(png), "boxes": det.boxes[keep].tolist(),
-                        "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
-                        "scores": det.scores[keep].tolist()})  # fmt: skip
+        results.append(
+            {
+                "image": str(path),
+                "drawing": str(png),
+                "boxes": det.boxes[keep].tolist(),
+                "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
+                "scores": det.scores[keep].tolist(),
+            }
+        )
         print(f"{path}: {int(keep.sum())} detections -> {png}")
     with atomic_open(out / "detections.json") as f:
         f.write(strict_json(results))

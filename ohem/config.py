@@ -36,10 +36,18 @@ class ConfigError(ValueError):
 # maskrcnn_resnet50_fpn | faster_rcnn_vgg16 | faster_rcnn_vgg_cnn_m_1024. On external proposals
 # (data.proposals): fast_rcnn_vgg16 | fast_rcnn_vgg_cnn_m_1024 | fast_rcnn_small | fast_rcnn_small_wide.
 ModelName = Literal[
-    "small", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
-    "maskrcnn_resnet50_fpn", "faster_rcnn_vgg16", "faster_rcnn_vgg_cnn_m_1024",
-    "fast_rcnn_vgg16", "fast_rcnn_vgg_cnn_m_1024", "fast_rcnn_small", "fast_rcnn_small_wide",
-]  # fmt: skip
+    "small",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "maskrcnn_resnet50_fpn",
+    "faster_rcnn_vgg16",
+    "faster_rcnn_vgg_cnn_m_1024",
+    "fast_rcnn_vgg16",
+    "fast_rcnn_vgg_cnn_m_1024",
+    "fast_rcnn_small",
+    "fast_rcnn_small_wide",
+]
 Metric = Literal["voc", "voc07", "coco"]  # voc: area AP@0.5; voc07: 11-point (the paper's); coco: AP@[.5:.95]
 EmptyImages = Literal["skip", "keep", "error"]
 InvalidBoxes = Literal["fix", "error"]

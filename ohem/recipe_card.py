@@ -388,225 +388,308 @@ def _split_text(value: tuple[str, str | None]) -> str:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
-        "train data", ("data.dataset", "data.train_split"),
-        {"voc07": ("voc", "2007:trainval"), "voc0712": ("voc", "2007:trainval+2012:trainval"),
-         "voc07pp12": ("voc", "2007:trainval+2007:test+2012:trainval"), "voc12": ("voc", "2012:trainval"),
-         "coco": ("coco", "train2014")},
-        {"coco": f"{FRCN_SH} (coco_2014_train; commented out in {OHEM_SH}); {PAPER} names no COCO split",
-         "*": f"{PAPER} (numbers to reach); {OHEM_SH}, {OHEM_0712_SH}"},
+        "train data",
+        ("data.dataset", "data.train_split"),
+        {
+            "voc07": ("voc", "2007:trainval"),
+            "voc0712": ("voc", "2007:trainval+2012:trainval"),
+            "voc07pp12": ("voc", "2007:trainval+2007:test+2012:trainval"),
+            "voc12": ("voc", "2012:trainval"),
+            "coco": ("coco", "train2014"),
+        },
+        {
+            "coco": f"{FRCN_SH} (coco_2014_train; commented out in {OHEM_SH}); {PAPER} names no COCO split",
+            "*": f"{PAPER} (numbers to reach); {OHEM_SH}, {OHEM_0712_SH}",
+        },
         show=_split_text,
-        reasons={"voc12": "2012 test has no public annotations; 2012:train keeps 2012:val unseen for local "
-                          "scoring (set data.train_split=2012:trainval for the paper's protocol)"},
+        reasons={
+            "voc12": "2012 test has no public annotations; 2012:train keeps 2012:val unseen for local "
+            "scoring (set data.train_split=2012:trainval for the paper's protocol)"
+        },
     ),
     Setting(
-        "test data", ("data.test_split",),
-        {"voc07": "2007:test", "voc0712": "2007:test",
-         "voc12": Shown(SERVER, "VOC12 test (evaluation server)"),
-         "voc07pp12": Shown(SERVER, "VOC12 test (evaluation server)"),
-         "coco": Shown(SERVER, "test-dev (evaluation server); the authors' script: coco_2014_minival")},
+        "test data",
+        ("data.test_split",),
+        {
+            "voc07": "2007:test",
+            "voc0712": "2007:test",
+            "voc12": Shown(SERVER, "VOC12 test (evaluation server)"),
+            "voc07pp12": Shown(SERVER, "VOC12 test (evaluation server)"),
+            "coco": Shown(SERVER, "test-dev (evaluation server); the authors' script: coco_2014_minival"),
+        },
         {"coco": f"{PAPER} (numbers to reach); {FRCN_SH}", "*": f"{PAPER} (numbers to reach)"},
-        reasons={"voc12": "VOC12 test is scored only by the evaluation server",
-                 "voc07pp12": "VOC12 test is scored only by the evaluation server",
-                 "coco": "COCO test-dev is scored only by the evaluation server"},
+        reasons={
+            "voc12": "VOC12 test is scored only by the evaluation server",
+            "voc07pp12": "VOC12 test is scored only by the evaluation server",
+            "coco": "COCO test-dev is scored only by the evaluation server",
+        },
     ),
     Setting(
-        "metric", ("train.eval_metric",),
-        {"voc07": Shown("voc07", "voc07 (11-point)"), "voc0712": Shown("voc07", "voc07 (11-point)"),
-         "voc12": Shown("voc", "voc (area; the VOC12 server's)"),
-         "voc07pp12": Shown("voc", "voc (area; the VOC12 server's)"),
-         "coco": Shown("coco", "coco (AP, AP50)")},
+        "metric",
+        ("train.eval_metric",),
+        {
+            "voc07": Shown("voc07", "voc07 (11-point)"),
+            "voc0712": Shown("voc07", "voc07 (11-point)"),
+            "voc12": Shown("voc", "voc (area; the VOC12 server's)"),
+            "voc07pp12": Shown("voc", "voc (area; the VOC12 server's)"),
+            "coco": Shown("coco", "coco (AP, AP50)"),
+        },
         {"*": f"{PAPER} (numbers to reach)"},
     ),
     Setting(
-        "network", ("model.name",),
+        "network",
+        ("model.name",),
         {"vgg_cnn_m_1024": "fast_rcnn_vgg_cnn_m_1024", "*": "fast_rcnn_vgg16"},
         {"*": f"{PAPER} (numbers to reach); {TRAIN_PT}"},
     ),
     Setting(
-        "proposals", ("data.proposals", "data.test_proposals"),
-        {"coco": Shown(UNCHECKABLE, "selective search, the released .mat boxes"),
-         "*": Shown(UNCHECKABLE, "selective search, the .mat boxes released with Fast R-CNN")},
-        {"coco": "`lib/datasets/coco.py` (selective_search .mat files)",
-         "*": f"{PAPER} (authors' code: proposals); `data/scripts/fetch_selective_search_data.sh`"},
+        "proposals",
+        ("data.proposals", "data.test_proposals"),
+        {
+            "coco": Shown(UNCHECKABLE, "selective search, the released .mat boxes"),
+            "*": Shown(UNCHECKABLE, "selective search, the .mat boxes released with Fast R-CNN"),
+        },
+        {
+            "coco": "`lib/datasets/coco.py` (selective_search .mat files)",
+            "*": f"{PAPER} (authors' code: proposals); `data/scripts/fetch_selective_search_data.sh`",
+        },
         value=_proposals,
-        reasons={"*": "which boxes a file holds is not a config value (`ohem proposals --import-mat` converts "
-                      "the released boxes; without it, OpenCV's selective search)"},
+        reasons={
+            "*": "which boxes a file holds is not a config value (`ohem proposals --import-mat` converts "
+            "the released boxes; without it, OpenCV's selective search)"
+        },
     ),
     Setting(
-        "proposals per image", ("data.max_proposals",),
+        "proposals per image",
+        ("data.max_proposals",),
         {"coco": 2000, "*": None},
-        {"coco": "`lib/datasets/coco.py` (top_k 2000, after duplicates and boxes < 2 px are removed)",
-         "*": f"{PAPER} (authors' code: no cap); `lib/datasets/pascal_voc.py` (duplicates, boxes < 2 px removed)"},
+        {
+            "coco": "`lib/datasets/coco.py` (top_k 2000, after duplicates and boxes < 2 px are removed)",
+            "*": f"{PAPER} (authors' code: no cap); `lib/datasets/pascal_voc.py` (duplicates, boxes < 2 px removed)",
+        },
         show=_max_proposals,
     ),
     Setting(
-        "flipped images", ("data.hflip",),
+        "flipped images",
+        ("data.hflip",),
         {"*": True},
         {"*": f"{CFG_PY} (TRAIN.USE_FLIPPED: every image also flipped)"},
         show=lambda v: "true (each image flipped with p 0.5)" if v else "false",
     ),
     Setting(
-        "aspect grouping", ("data.aspect_grouping",),
+        "aspect grouping",
+        ("data.aspect_grouping",),
         {"ohem": False, "heuristic": True},
-        {"ohem": f"{OHEM_YML} (ASPECT_GROUPING: False, 'wasn't used in the paper')",
-         "heuristic": f"{CFG_PY} (TRAIN.ASPECT_GROUPING True; {FRCN_SH} passes no --cfg)"},
+        {
+            "ohem": f"{OHEM_YML} (ASPECT_GROUPING: False, 'wasn't used in the paper')",
+            "heuristic": f"{CFG_PY} (TRAIN.ASPECT_GROUPING True; {FRCN_SH} passes no --cfg)",
+        },
     ),
     Setting(
-        "train scales", ("model.min_size", "model.max_size"),
+        "train scales",
+        ("model.min_size", "model.max_size"),
         {"+M": (SCALES_M, 1000), "*": (600, 1000)},
         {"+M": f"{PAPER} (+M; not in the authors' code)", "*": f"{CFG_PY} (TRAIN.SCALES, TRAIN.MAX_SIZE)"},
-        value=_train_scales, show=_scales_text,
+        value=_train_scales,
+        show=_scales_text,
     ),
     Setting(
-        "test scales", ("model.test_min_size", "model.max_size"),
+        "test scales",
+        ("model.test_min_size", "model.max_size"),
         {"+M": (TEST_SCALES_M, 1000), "*": (600, 1000)},
         {"+M": f"{PAPER} (+M; not in the authors' code)", "*": f"{CFG_PY} (TEST.SCALES, TEST.MAX_SIZE)"},
-        value=_test_scales, show=_scales_text,
+        value=_test_scales,
+        show=_scales_text,
     ),
     Setting(
-        "images per step N", ("solver.images_per_batch", "solver.accumulate_steps"),
+        "images per step N",
+        ("solver.images_per_batch", "solver.accumulate_steps"),
         {"ohem": Shown(2, "2 (1 image x iter_size 2)"), "heuristic": 2},
-        {"ohem": f"{OHEM_YML} (IMS_PER_BATCH 1); {SOLVER} (iter_size 2)",
-         "heuristic": f"{CFG_PY} (TRAIN.IMS_PER_BATCH 2)"},
+        {
+            "ohem": f"{OHEM_YML} (IMS_PER_BATCH 1); {SOLVER} (iter_size 2)",
+            "heuristic": f"{CFG_PY} (TRAIN.IMS_PER_BATCH 2)",
+        },
         value=_images_per_step,
     ),
     Setting(
-        "RoIs per image B/N", ("sampler.batch_size_per_image",),
+        "RoIs per image B/N",
+        ("sampler.batch_size_per_image",),
         {"*": 64},
-        {"ohem": f"{OHEM_YML} (BATCH_SIZE 64 per 1-image pass)",
-         "heuristic": f"{CFG_PY} (TRAIN.BATCH_SIZE 128 / IMS_PER_BATCH 2)"},
+        {
+            "ohem": f"{OHEM_YML} (BATCH_SIZE 64 per 1-image pass)",
+            "heuristic": f"{CFG_PY} (TRAIN.BATCH_SIZE 128 / IMS_PER_BATCH 2)",
+        },
     ),
     Setting(
-        "sampler", ("sampler.method",),
+        "sampler",
+        ("sampler.method",),
         {"ohem": "ohem", "heuristic": "heuristic"},
-        {"ohem": f"{PAPER} (one training step); {TRAIN_PT} (read-only RoI network)",
-         "heuristic": f"{MINIBATCH_PY} (_sample_rois)"},
+        {
+            "ohem": f"{PAPER} (one training step); {TRAIN_PT} (read-only RoI network)",
+            "heuristic": f"{MINIBATCH_PY} (_sample_rois)",
+        },
         value=_sampler,
     ),
     Setting(
-        "fg fraction", ("sampler.fg_fraction",),
+        "fg fraction",
+        ("sampler.fg_fraction",),
         {"ohem": Shown("none", "none (no fg quota)"), "heuristic": 0.25},
         {"ohem": f"{PAPER} (one training step)", "heuristic": f"{CFG_PY} (TRAIN.FG_FRACTION)"},
         value=_fg_fraction,
     ),
     Setting(
-        "bg_lo", ("sampler.bg_iou_low",),
+        "bg_lo",
+        ("sampler.bg_iou_low",),
         {"ohem": 0.0, "heuristic": 0.1},
         {"ohem": f"{OHEM_YML} (BG_THRESH_LO 0.0)", "heuristic": f"{CFG_PY} (TRAIN.BG_THRESH_LO)"},
         value=_bg_lo,
     ),
     Setting(
-        "mining loss", ("sampler.mining_loss",),
+        "mining loss",
+        ("sampler.mining_loss",),
         {"*": "cls+box"},
         {"*": f"{PAPER} (one training step); {LAYER_PY} (OHEMDataLayer: -log p + smooth-L1)"},
         applies="ohem",
     ),
     Setting(
-        "smooth-L1 beta", ("model.box_loss_beta",),
+        "smooth-L1 beta",
+        ("model.box_loss_beta",),
         {"*": Shown(1.0, "1 (sigma 1)")},
-        {"ohem": f"{TRAIN_PT} (SmoothL1Loss, no sigma); {LAYER_PY} (read-only loss)",
-         "heuristic": f"{TRAIN_PT} (SmoothL1Loss, no sigma)"},
+        {
+            "ohem": f"{TRAIN_PT} (SmoothL1Loss, no sigma); {LAYER_PY} (read-only loss)",
+            "heuristic": f"{TRAIN_PT} (SmoothL1Loss, no sigma)",
+        },
     ),
     Setting(
-        "mining NMS", ("sampler.nms_iou",),
+        "mining NMS",
+        ("sampler.nms_iou",),
         {"*": 0.7},
         {"*": f"{CFG_PY} (TRAIN.OHEM_USE_NMS, OHEM_NMS_THRESH)"},
         applies="ohem",
     ),
     Setting(
-        "mining NMS per label", ("sampler.nms_per_label",),
+        "mining NMS per label",
+        ("sampler.nms_per_label",),
         {"*": True},
         {"*": f"{MINIBATCH_PY} (get_ohem_minibatch: per image, per label)"},
         applies="ohem",
     ),
     Setting(
-        "box target normalisation", ("model.box_target_norm",),
+        "box target normalisation",
+        ("model.box_target_norm",),
         {"*": "empirical"},
         {"*": f"{CFG_PY} (BBOX_NORMALIZE_TARGETS, BBOX_NORMALIZE_TARGETS_PRECOMPUTED False)"},
     ),
     Setting(
-        "input", ("model.channel_order", "model.pixel_scale", "model.image_mean", "model.image_std"),
-        {"torchvision-weights": Shown("torchvision", "BGR, 0-255, minus PIXEL_MEANS for the authors' Caffe "
-                                                     "weights; for torchvision's: RGB, 0-1, ImageNet mean/std"),
-         "file-weights": AnyOf(("caffe", "caffe-rgb"), "BGR, 0-255, minus PIXEL_MEANS (Caffe weights)"),
-         "*": Shown("caffe", "BGR, 0-255, minus PIXEL_MEANS (Caffe weights)")},
+        "input",
+        ("model.channel_order", "model.pixel_scale", "model.image_mean", "model.image_std"),
+        {
+            "torchvision-weights": Shown(
+                "torchvision",
+                "BGR, 0-255, minus PIXEL_MEANS for the authors' Caffe "
+                "weights; for torchvision's: RGB, 0-1, ImageNet mean/std",
+            ),
+            "file-weights": AnyOf(("caffe", "caffe-rgb"), "BGR, 0-255, minus PIXEL_MEANS (Caffe weights)"),
+            "*": Shown("caffe", "BGR, 0-255, minus PIXEL_MEANS (Caffe weights)"),
+        },
         {"*": f"{PAPER} (authors' code: inputs); {CFG_PY} (PIXEL_MEANS)"},
         value=_input,
-        notes={"torchvision-weights": "the normalisation matches the weights' source (torchvision's VGG16 "
-                                      "was trained on RGB 0-1 ImageNet mean/std input)",
-               "file-weights": "the normalisation is Caffe's, as a converted Caffe model expects"},
+        notes={
+            "torchvision-weights": "the normalisation matches the weights' source (torchvision's VGG16 "
+            "was trained on RGB 0-1 ImageNet mean/std input)",
+            "file-weights": "the normalisation is Caffe's, as a converted Caffe model expects",
+        },
     ),
     Setting(
-        "init", ("model.backbone_weights",),
+        "init",
+        ("model.backbone_weights",),
         {"*": Shown("ImageNet", "ImageNet")},
-        {"ohem": f"{OHEM_SH} (--weights data/imagenet_models/NET.v2.caffemodel)",
-         "heuristic": f"{FRCN_SH} (--weights data/imagenet_models/NET.v2.caffemodel)"},
+        {
+            "ohem": f"{OHEM_SH} (--weights data/imagenet_models/NET.v2.caffemodel)",
+            "heuristic": f"{FRCN_SH} (--weights data/imagenet_models/NET.v2.caffemodel)",
+        },
         value=_init,
     ),
     Setting(
-        "frozen layers", ("model.name",),
+        "frozen layers",
+        ("model.name",),
         {"vgg_cnn_m_1024": "conv1", "*": "conv1-conv2"},
         {"*": f"{PAPER} (defaults); {TRAIN_PT} (lr_mult 0)"},
         value=_frozen,
     ),
     Setting(
-        "dropout", ("sampler.readonly_dropout",),
+        "dropout",
+        ("sampler.readonly_dropout",),
         {"ohem": Shown((0.5, True), "0.5 on fc6, fc7; also in the read-only copy"), "heuristic": 0.5},
         {"*": f"{TRAIN_PT} (drop6, drop7)"},
         value=_dropout,
     ),
     Setting(
-        "lr", ("solver.lr", "solver.warmup_iterations"),
+        "lr",
+        ("solver.lr", "solver.warmup_iterations"),
         {"*": Shown((0.001, 0), "0.001, no warmup")},
         {"*": f"{SOLVER} (base_lr)"},
         value=_lr,
     ),
     Setting(
-        "schedule", ("solver.iterations", "solver.steps", "solver.gamma"),
-        {"voc07": Shown((40000, [30000], 0.1), _schedule_text(40000, [30000])),
-         "voc0712": Shown((80000, [30000, 60000], 0.1), _schedule_text(80000, [30000, 60000])),
-         "voc07pp12": Shown((80000, [30000, 60000], 0.1), _schedule_text(80000, [30000, 60000])),
-         "voc12": Shown(UNCHECKABLE, "not given"),
-         "coco": Shown((280000, [200000], 0.1), _schedule_text(280000, [200000]))},
-        {"voc07": f"{PAPER} (defaults); {OHEM_SH} (ITERS 40000); {SOLVER} (step, stepsize 30000)",
-         "voc0712": f"{PAPER} (defaults); {OHEM_0712_SH} (ITERS 80000); {SOLVER} (step, stepsize 30000)",
-         "voc07pp12": f"as 07+12: {PAPER} (defaults); the authors' code has no 07++12 script",
-         "voc12": f"{PAPER} and the authors' scripts give no VOC12 schedule",
-         "coco": f"{FRCN_SH} (coco: ITERS 280000); stepsize 200000 from py-faster-rcnn "
-                 "`models/coco/VGG16/fast_rcnn/solver.prototxt` (the fork ships no COCO solver); not in "
-                 f"{PAPER}"},
+        "schedule",
+        ("solver.iterations", "solver.steps", "solver.gamma"),
+        {
+            "voc07": Shown((40000, [30000], 0.1), _schedule_text(40000, [30000])),
+            "voc0712": Shown((80000, [30000, 60000], 0.1), _schedule_text(80000, [30000, 60000])),
+            "voc07pp12": Shown((80000, [30000, 60000], 0.1), _schedule_text(80000, [30000, 60000])),
+            "voc12": Shown(UNCHECKABLE, "not given"),
+            "coco": Shown((280000, [200000], 0.1), _schedule_text(280000, [200000])),
+        },
+        {
+            "voc07": f"{PAPER} (defaults); {OHEM_SH} (ITERS 40000); {SOLVER} (step, stepsize 30000)",
+            "voc0712": f"{PAPER} (defaults); {OHEM_0712_SH} (ITERS 80000); {SOLVER} (step, stepsize 30000)",
+            "voc07pp12": f"as 07+12: {PAPER} (defaults); the authors' code has no 07++12 script",
+            "voc12": f"{PAPER} and the authors' scripts give no VOC12 schedule",
+            "coco": f"{FRCN_SH} (coco: ITERS 280000); stepsize 200000 from py-faster-rcnn "
+            "`models/coco/VGG16/fast_rcnn/solver.prototxt` (the fork ships no COCO solver); not in "
+            f"{PAPER}",
+        },
         value=_schedule,
         reasons={"voc12": "no source gives a VOC12 schedule"},
     ),
     Setting("momentum", ("solver.momentum",), {"*": 0.9}, {"*": f"{SOLVER} (momentum)"}),
     Setting("weight decay", ("solver.weight_decay",), {"*": 0.0005}, {"*": f"{SOLVER} (weight_decay)"}),
     Setting(
-        "bias lr", ("solver.bias_lr_factor",),
+        "bias lr",
+        ("solver.bias_lr_factor",),
         {"*": Shown(2.0, "x2")},
         {"*": f"{TRAIN_PT} (lr_mult 2 on biases)"},
         show=lambda v: f"x{_fmt(v)}",
     ),
     Setting(
-        "bias decay", ("solver.bias_weight_decay", "solver.bias_weight_decay_on"),
+        "bias decay",
+        ("solver.bias_weight_decay", "solver.bias_weight_decay_on"),
         {"ohem": Shown((0.0005, 0.0), _bias_text(0.0005, 0.0)), "heuristic": Shown((0.0005, 0.0005), "all 0.0005")},
-        {"ohem": f"{TRAIN_PT} (decay_mult 0 on fc6, fc7, cls_score, bbox_pred biases)",
-         "heuristic": f"{TRAIN_PT} (no decay_mult: every bias decays)"},
+        {
+            "ohem": f"{TRAIN_PT} (decay_mult 0 on fc6, fc7, cls_score, bbox_pred biases)",
+            "heuristic": f"{TRAIN_PT} (no decay_mult: every bias decays)",
+        },
         value=_bias_decay,
     ),
     Setting(
-        "test NMS", ("model.box_nms_thresh",),
+        "test NMS",
+        ("model.box_nms_thresh",),
         {"*": 0.3},
         {"*": f"{CFG_PY} (TEST.NMS)"},
         value=_test_nms,
     ),
     Setting(
-        "test detections", ("model.box_detections_per_img", "model.box_score_thresh"),
+        "test detections",
+        ("model.box_detections_per_img", "model.box_score_thresh"),
         {"ohem": (2000, 1e-5), "heuristic": (100, 0.05)},
-        {"ohem": f"{OHEM_SH} (--num_dets 2000 --det_thresh 0.00001)",
-         "heuristic": f"`tools/test_net.py` (defaults --num_dets 100, --det_thresh 0.05; {FRCN_SH} sets neither)"},
+        {
+            "ohem": f"{OHEM_SH} (--num_dets 2000 --det_thresh 0.00001)",
+            "heuristic": f"`tools/test_net.py` (defaults --num_dets 100, --det_thresh 0.05; {FRCN_SH} sets neither)",
+        },
         show=_test_dets,
     ),
-)  # fmt: skip
+)
 
 
 def _row(setting: Setting, cfg: Config, kind: Kind) -> Row:
@@ -684,8 +767,9 @@ def render_card(card: Card, level: int = 3) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in card.rows:
-        lines.append("| " + " | ".join(_cell(c) for c in (r.setting, r.keys, r.config, r.expected, r.source, r.status))
-                     + " |")  # fmt: skip
+        lines.append(
+            "| " + " | ".join(_cell(c) for c in (r.setting, r.keys, r.config, r.expected, r.source, r.status)) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

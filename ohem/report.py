@@ -37,11 +37,22 @@ def is_box(value: object) -> bool:
 _NUMBER = (is_number, "a number")
 _COUNTS = (lambda v: isinstance(v, list) and all(is_number(x) for x in v), "a list of numbers")
 STEP_KEYS = {"iteration": _NUMBER, "loss_classifier": _NUMBER, "loss_box_reg": _NUMBER, "ohem_all_roi_loss": _NUMBER}
-MINING_KEYS = {"iteration": _NUMBER, "mined_fg_fraction": _NUMBER, "iou_hist": _COUNTS, "label_counts": _COUNTS,
-               "hardest": (lambda v: isinstance(v, list), "a list")}  # fmt: skip
+MINING_KEYS = {
+    "iteration": _NUMBER,
+    "mined_fg_fraction": _NUMBER,
+    "iou_hist": _COUNTS,
+    "label_counts": _COUNTS,
+    "hardest": (lambda v: isinstance(v, list), "a list"),
+}
 _INDEX = (lambda v: type(v) is int and v >= 0, "an integer >= 0")
-HARDEST_KEYS = {"image_index": _INDEX, "label": _INDEX, "box": (is_box, "a list of 4 numbers"), "iou": _NUMBER,
-                "loss": _NUMBER, "iteration": _NUMBER}  # fmt: skip
+HARDEST_KEYS = {
+    "image_index": _INDEX,
+    "label": _INDEX,
+    "box": (is_box, "a list of 4 numbers"),
+    "iou": _NUMBER,
+    "loss": _NUMBER,
+    "iteration": _NUMBER,
+}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -62,8 +73,10 @@ def check_records(path: Path, records: list[dict], keys: dict[str, tuple[Any, st
             if key not in record:
                 raise ValueError(f"{path}: {which} {number} (iteration {record.get('iteration')}): missing {key!r}")
             if not ok(record[key]):
-                raise ValueError(f"{path}: {which} {number} (iteration {record.get('iteration')}): "
-                                 f"{key!r} must be {expected}, got {record[key]!r:.60}")  # fmt: skip
+                raise ValueError(
+                    f"{path}: {which} {number} (iteration {record.get('iteration')}): "
+                    f"{key!r} must be {expected}, got {record[key]!r:.60}"
+                )
 
 
 def read_run_config(path: Path) -> Config:
@@ -96,8 +109,12 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
     steps = [r for r in log if "eval" not in r]
     evals = [r for r in log if "eval" in r]
     check_records(run / "log.jsonl", steps, STEP_KEYS, "step record")
-    check_records(run / "log.jsonl", evals, {"eval": (lambda v: isinstance(v, dict) and is_number(v.get("mAP")),
-                                                      "an object with a number 'mAP'")}, "evaluation")  # fmt: skip
+    check_records(
+        run / "log.jsonl",
+        evals,
+        {"eval": (lambda v: isinstance(v, dict) and is_number(v.get("mAP")), "an object with a number 'mAP'")},
+        "evaluation",
+    )
     check_mining(run / "mining.jsonl", mining)
     cfg = read_run_config(run / "config.yaml")
     dataset = build_dataset(cfg.data, "train")
@@ -136,8 +153,10 @@ def check_hardest(path: Path, mining: list[dict], num_images: int, num_labels: i
         check_records(path, record["hardest"], HARDEST_KEYS, f"{where} RoI")
         for pick in record["hardest"]:
             if pick["image_index"] >= num_images or pick["label"] >= num_labels:
-                raise ValueError(f"{path}: {where}: image {pick['image_index']} / label {pick['label']} is not in "
-                                 f"the run's training data ({num_images} images, {num_labels} labels)")  # fmt: skip
+                raise ValueError(
+                    f"{path}: {where}: image {pick['image_index']} / label {pick['label']} is not in "
+                    f"the run's training data ({num_images} images, {num_labels} labels)"
+                )
 
 
 def _plot_figure() -> tuple[Figure, Axes]:

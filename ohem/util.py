@@ -29,8 +29,10 @@ def current_umask() -> int:
 def refuse_symlink(path: str | os.PathLike) -> None:
     """Raise if ``path`` is a symbolic link: ohem writes files it made itself, never through a link."""
     if os.path.islink(path):
-        raise ValueError(f"{path}: is a symbolic link; ohem does not write through links it did not make "
-                         f"(remove the link or write elsewhere)")  # fmt: skip
+        raise ValueError(
+            f"{path}: is a symbolic link; ohem does not write through links it did not make "
+            f"(remove the link or write elsewhere)"
+        )
 
 
 @contextlib.contextmanager

@@ -32,8 +32,16 @@ def read(path):
 
 
 def tiny_bench(out, **changes):
-    settings = dict(config="configs/demo.yaml", out=out, arms=["heuristic", "ohem"], seeds=[0],
-                    overrides=list(TINY_BENCH), cost_iters=2, cost_warmup=1, error_score=ERROR_SCORE)  # fmt: skip
+    settings = dict(
+        config="configs/demo.yaml",
+        out=out,
+        arms=["heuristic", "ohem"],
+        seeds=[0],
+        overrides=list(TINY_BENCH),
+        cost_iters=2,
+        cost_warmup=1,
+        error_score=ERROR_SCORE,
+    )
     return Bench(**{**settings, **changes})
 
 
@@ -80,11 +88,14 @@ def test_rows_hold_each_runs_numbers(bench_out):
 def test_error_rows_sort_every_detection_and_every_object_of_the_test_split(bench_out):
     rows = read(bench_out / "errors.csv")
     assert list(rows[0]) == ["arm", "seed", "score", *KINDS]
-    assert [(r["arm"], r["seed"], float(r["score"])) for r in rows] == [("heuristic", "0", ERROR_SCORE),
-                                                                        ("ohem", "0", ERROR_SCORE)]  # fmt: skip
+    assert [(r["arm"], r["seed"], float(r["score"])) for r in rows] == [
+        ("heuristic", "0", ERROR_SCORE),
+        ("ohem", "0", ERROR_SCORE),
+    ]
     for r in rows:
-        model, cfg, _ = model_from_checkpoint(bench_out / "runs" / f"accuracy-{r['arm']}-seed0" / "checkpoint_last.pt",
-                                              torch.device("cpu"))  # fmt: skip
+        model, cfg, _ = model_from_checkpoint(
+            bench_out / "runs" / f"accuracy-{r['arm']}-seed0" / "checkpoint_last.pt", torch.device("cpu")
+        )
         test_set = build_dataset(cfg.data, "test")
         objects = sum(len(annotations(test_set, i)["boxes"]) for i in range(len(test_set)))  # synthetic: none difficult
         detections = predict(model, test_set, torch.device("cpu"))
@@ -159,10 +170,16 @@ def test_budget_iterations_fill_the_seconds():
 
 
 def test_schedule_is_scaled_with_the_run_length():
-    cfg = load_config(None, ["solver.iterations=1000", "solver.steps=[600, 800]", "solver.warmup_iterations=100",
-                             "train.eval_every=250"])  # fmt: skip
-    assert schedule_overrides(cfg, 500) == ["solver.iterations=500", "solver.steps=[300, 400]",
-                                            "solver.warmup_iterations=50", "train.eval_every=125"]  # fmt: skip
+    cfg = load_config(
+        None,
+        ["solver.iterations=1000", "solver.steps=[600, 800]", "solver.warmup_iterations=100", "train.eval_every=250"],
+    )
+    assert schedule_overrides(cfg, 500) == [
+        "solver.iterations=500",
+        "solver.steps=[300, 400]",
+        "solver.warmup_iterations=50",
+        "train.eval_every=125",
+    ]
     scaled = load_config(None, ["solver.iterations=1000", *schedule_overrides(cfg, 3000)])
     assert (scaled.solver.iterations, scaled.solver.steps, scaled.solver.warmup_iterations) == (3000, [1800, 2400], 300)
     assert scaled.train.eval_every == 750
@@ -184,8 +201,14 @@ def test_seconds_budget_gives_each_arm_its_own_iterations():
     b = Bench(config="configs/demo.yaml", out=None, arms=["heuristic", "ohem"], budget="seconds", seconds=30.0)
     iterations, overrides = run_overrides(b, "ohem", 2, 1, s_per_iter=0.1)
     assert iterations == 300
-    assert overrides[-6:] == ["train.seed=2", "train.num_threads=1", "solver.iterations=300", "solver.steps=[200, 260]",
-                              "solver.warmup_iterations=20", "train.eval_every=100"]  # fmt: skip
+    assert overrides[-6:] == [
+        "train.seed=2",
+        "train.num_threads=1",
+        "solver.iterations=300",
+        "solver.steps=[200, 260]",
+        "solver.warmup_iterations=20",
+        "train.eval_every=100",
+    ]
     iterations, overrides = run_overrides(b, "heuristic", 0, 1, s_per_iter=0.05)
     assert iterations == 600 and "solver.steps=[400, 520]" in overrides
     cfg = load_config("configs/demo.yaml", overrides)
@@ -198,10 +221,14 @@ def test_verdict_names_the_winner_and_says_whether_it_beats_the_spread():
     at_iterations = Comparison("equal iterations (60 each)", {"heuristic": [75, 76, 77], "ohem": [80, 81, 82]})
     at_time = Comparison("equal training time (6.0 s each)", {"heuristic": [79.5, 80, 80.5], "ohem": [77, 79, 81]})
     text = verdict([at_iterations, at_time])
-    assert ("At equal iterations (60 each), ohem wins with 81.0 mAP, 5.0 points above heuristic (76.0), beyond "
-            "the seeds' spread (5.0 > sd 1.0 + 1.0).") in text  # fmt: skip
-    assert ("At equal training time (6.0 s each), heuristic wins with 80.0 mAP, 1.0 points above ohem (79.0), "
-            "within the seeds' spread (1.0 <= sd 0.5 + 2.0): not a clear win.") in text  # fmt: skip
+    assert (
+        "At equal iterations (60 each), ohem wins with 81.0 mAP, 5.0 points above heuristic (76.0), beyond "
+        "the seeds' spread (5.0 > sd 1.0 + 1.0)."
+    ) in text
+    assert (
+        "At equal training time (6.0 s each), heuristic wins with 80.0 mAP, 1.0 points above ohem (79.0), "
+        "within the seeds' spread (1.0 <= sd 0.5 + 2.0): not a clear win."
+    ) in text
     assert "the winner depends on the budget: ohem at equal iterations, heuristic at equal training time." in text
     assert "Rule: a lead counts as beyond the seeds' spread when it exceeds the sum" in text
 
@@ -215,13 +242,17 @@ def test_verdict_names_the_winner_and_says_whether_it_beats_the_spread():
 
 
 def test_comparisons_read_the_curves_at_the_other_budget():
-    acc = [{"arm": "heuristic", "seed": "0", "iterations": "60", "mAP": "0.6", "seconds": "6"},
-           {"arm": "ohem", "seed": "0", "iterations": "60", "mAP": "0.7", "seconds": "12"}]  # fmt: skip
+    acc = [
+        {"arm": "heuristic", "seed": "0", "iterations": "60", "mAP": "0.6", "seconds": "6"},
+        {"arm": "ohem", "seed": "0", "iterations": "60", "mAP": "0.7", "seconds": "12"},
+    ]
     cost = {"heuristic": {"s_per_iter": "0.1"}, "ohem": {"s_per_iter": "0.2"}}
-    curves = [{"arm": "heuristic", "seed": "0", "iteration": "30", "seconds": "3", "mAP": "0.5"},
-              {"arm": "heuristic", "seed": "0", "iteration": "60", "seconds": "6", "mAP": "0.6"},
-              {"arm": "ohem", "seed": "0", "iteration": "30", "seconds": "6", "mAP": "0.55"},
-              {"arm": "ohem", "seed": "0", "iteration": "60", "seconds": "12", "mAP": "0.7"}]  # fmt: skip
+    curves = [
+        {"arm": "heuristic", "seed": "0", "iteration": "30", "seconds": "3", "mAP": "0.5"},
+        {"arm": "heuristic", "seed": "0", "iteration": "60", "seconds": "6", "mAP": "0.6"},
+        {"arm": "ohem", "seed": "0", "iteration": "30", "seconds": "6", "mAP": "0.55"},
+        {"arm": "ohem", "seed": "0", "iteration": "60", "seconds": "12", "mAP": "0.7"},
+    ]
     at_iterations, at_time = comparisons(acc, curves, cost, "iterations")
     assert at_iterations.values == {"heuristic": [60.0], "ohem": [70.0]}
     assert at_time.budget.startswith("equal training time (6.0 s each")  # the faster arm's whole run
@@ -246,8 +277,18 @@ def test_comparisons_read_the_curves_at_the_other_budget():
 def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
     assert main(["bench", "--list-arms"]) == 0
     out = capsys.readouterr().out
-    wanted = ["heuristic", "heuristic-bg0", "tv-default", "all-rois", "ohem", "ohem-warm", "ohem-no-nms", "ohem-cls",
-              "ohem-1img", "ohem-512"]  # fmt: skip
+    wanted = [
+        "heuristic",
+        "heuristic-bg0",
+        "tv-default",
+        "all-rois",
+        "ohem",
+        "ohem-warm",
+        "ohem-no-nms",
+        "ohem-cls",
+        "ohem-1img",
+        "ohem-512",
+    ]
     assert wanted == list(ARMS)
     lines = out.splitlines()
     for name, arm in ARMS.items():
@@ -333,9 +374,12 @@ def test_count_errors_sums_each_kind_over_the_images():
     targets = [{"boxes": boxes, "labels": torch.tensor([1, 2])}, {"boxes": boxes[:1], "labels": torch.tensor([1])}]
     detections = [
         ImageDetections(boxes, torch.tensor([0.9, 0.8]), torch.tensor([1, 1])),  # TP, wrong class; missed 1
-        ImageDetections(torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10]]),
-                        torch.tensor([0.9, 0.7, 0.2]), torch.tensor([1, 1, 1])),  # TP, background; one below 0.5
-    ]  # fmt: skip
+        ImageDetections(
+            torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10]]),
+            torch.tensor([0.9, 0.7, 0.2]),
+            torch.tensor([1, 1, 1]),
+        ),  # TP, background; one below 0.5
+    ]
     totals = count_errors(detections, targets, 0.5)
     per_image = [classify_detections(d.boxes, d.scores, d.labels, t, 0.5) for d, t in zip(detections, targets)]
     assert totals == {kind: sum(c[kind] for c in per_image) for kind in KINDS}

@@ -117,14 +117,39 @@ def out_of_range(r: Range) -> list[float]:
 
 def test_the_checks_that_used_to_live_in_train_and_cli_are_ranges_of_the_config():
     keys = {f"{s.SECTION}.{name}" for s, name, _ in ranged_fields()}
-    required = {"sampler.batch_size_per_image", "sampler.ohem_start", "sampler.fg_fraction", "sampler.nms_iou",
-            "sampler.bg_iou_low", "sampler.rpn_nms_iou", "model.box_nms_thresh", "model.min_size", "model.max_size",
-            "model.box_loss_beta", "data.workers", "data.num_train", "data.num_test", "data.max_image_pixels",
-            "solver.images_per_batch", "solver.accumulate_steps", "solver.iterations", "solver.lr",
-            "solver.weight_decay", "solver.gamma", "solver.momentum", "train.num_threads", "train.eval_every",
-            "train.checkpoint_every", "train.mining_log_every", "train.check_sync_every", "train.vis_images",
-            "train.roi_loss_images", "train.timing_every", "train.vis_score_thresh",
-            "test.images_per_batch"}  # fmt: skip
+    required = {
+        "sampler.batch_size_per_image",
+        "sampler.ohem_start",
+        "sampler.fg_fraction",
+        "sampler.nms_iou",
+        "sampler.bg_iou_low",
+        "sampler.rpn_nms_iou",
+        "model.box_nms_thresh",
+        "model.min_size",
+        "model.max_size",
+        "model.box_loss_beta",
+        "data.workers",
+        "data.num_train",
+        "data.num_test",
+        "data.max_image_pixels",
+        "solver.images_per_batch",
+        "solver.accumulate_steps",
+        "solver.iterations",
+        "solver.lr",
+        "solver.weight_decay",
+        "solver.gamma",
+        "solver.momentum",
+        "train.num_threads",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.mining_log_every",
+        "train.check_sync_every",
+        "train.vis_images",
+        "train.roi_loss_images",
+        "train.timing_every",
+        "train.vis_score_thresh",
+        "test.images_per_batch",
+    }
     assert required <= keys, required - keys
 
 
@@ -168,10 +193,20 @@ def test_lists_are_checked_number_by_number_and_steps_must_increase():
 
 def test_resume_may_change_exactly_the_fields_marked_so():
     assert set(RESUME_MAY_CHANGE) == {
-        "solver.iterations", "train.eval_every", "train.checkpoint_every", "train.mining_log_every",
-        "train.roi_loss_images", "train.vis_images", "train.vis_score_thresh", "train.num_threads", "train.device",
-        "train.check_sync_every", "train.timing_every", "data.workers", "test.images_per_batch",
-    }  # fmt: skip
+        "solver.iterations",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.mining_log_every",
+        "train.roi_loss_images",
+        "train.vis_images",
+        "train.vis_score_thresh",
+        "train.num_threads",
+        "train.device",
+        "train.check_sync_every",
+        "train.timing_every",
+        "data.workers",
+        "test.images_per_batch",
+    }
     before = load_config(None, ["solver.iterations=10"])
     state = {"config": before.to_dict(), "iteration": 5}
     check_resume_config(load_config(None, ["solver.iterations=20", "train.device=cpu", "data.workers=0"]), state, "c")

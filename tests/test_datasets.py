@@ -133,9 +133,11 @@ def test_coco_categories_crowd_and_empty_images(tmp_path):
     for name in ("a.png", "b.png", "c.png"):
         Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "images" / name)
     gt = {
-        "images": [{"id": 7, "file_name": "a.png", "width": 30, "height": 20},
-                   {"id": 9, "file_name": "b.png", "width": 30, "height": 20},
-                   {"id": 11, "file_name": "c.png", "width": 30, "height": 20}],
+        "images": [
+            {"id": 7, "file_name": "a.png", "width": 30, "height": 20},
+            {"id": 9, "file_name": "b.png", "width": 30, "height": 20},
+            {"id": 11, "file_name": "c.png", "width": 30, "height": 20},
+        ],
         "annotations": [
             {"id": 1, "image_id": 7, "category_id": 90, "bbox": [1, 2, 10, 5], "iscrowd": 0},
             {"id": 2, "image_id": 7, "category_id": 3, "bbox": [0, 0, 30, 20], "iscrowd": 1},
@@ -143,7 +145,7 @@ def test_coco_categories_crowd_and_empty_images(tmp_path):
             {"id": 4, "image_id": 11, "category_id": 3, "bbox": [25, 15, 10, 10], "iscrowd": 0},
         ],
         "categories": [{"id": 90, "name": "toothbrush"}, {"id": 3, "name": "car"}],
-    }  # fmt: skip
+    }
     (tmp_path / "train.json").write_text(json.dumps(gt))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -164,8 +166,11 @@ def test_coco_categories_crowd_and_empty_images(tmp_path):
 
 def test_hflip_mirrors_boxes_and_proposals():
     image = torch.arange(3 * 3 * 4, dtype=torch.float32).reshape(3, 3, 4)
-    target = {"boxes": torch.tensor([[0.0, 1.0, 1.0, 2.0]]), "proposals": torch.tensor([[1.0, 0.0, 4.0, 3.0]]),
-              "labels": torch.tensor([1])}  # fmt: skip
+    target = {
+        "boxes": torch.tensor([[0.0, 1.0, 1.0, 2.0]]),
+        "proposals": torch.tensor([[1.0, 0.0, 4.0, 3.0]]),
+        "labels": torch.tensor([1]),
+    }
     flipped_image, flipped = hflip(image, target)
     assert torch.equal(flipped_image[:, :, 0], image[:, :, 3])
     assert flipped["boxes"].tolist() == [[3.0, 1.0, 4.0, 2.0]] and flipped["proposals"].tolist() == [[0, 0, 3, 3]]
@@ -262,16 +267,24 @@ def test_voc_image_without_objects_policy(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda root: VOCDetection(root, "trainval", empty_images="drop"),
-         "data.empty_images: expected one of skip, keep, error, got 'drop'"),
-        (lambda root: VOCDetection(root, "trainval", invalid_boxes="clip"),
-         "data.invalid_boxes: expected one of fix, error, got 'clip'"),
-        (lambda root: COCODetection(root, "x", empty_images="drop"),
-         "data.empty_images: expected one of skip, keep, error, got 'drop'"),
-        (lambda root: COCODetection(root, "x", invalid_boxes="clip"),
-         "data.invalid_boxes: expected one of fix, error, got 'clip'"),
+        (
+            lambda root: VOCDetection(root, "trainval", empty_images="drop"),
+            "data.empty_images: expected one of skip, keep, error, got 'drop'",
+        ),
+        (
+            lambda root: VOCDetection(root, "trainval", invalid_boxes="clip"),
+            "data.invalid_boxes: expected one of fix, error, got 'clip'",
+        ),
+        (
+            lambda root: COCODetection(root, "x", empty_images="drop"),
+            "data.empty_images: expected one of skip, keep, error, got 'drop'",
+        ),
+        (
+            lambda root: COCODetection(root, "x", invalid_boxes="clip"),
+            "data.invalid_boxes: expected one of fix, error, got 'clip'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_unknown_choices_are_refused(tmp_path, make, message):
     write_voc_tree(tmp_path, {"000001": [("dog", 1, 1, 5, 5, 0)]})
     _coco_file(tmp_path, json.dumps({**ONE_IMAGE, "annotations": []}))
@@ -339,7 +352,7 @@ def _coco_file(tmp_path, text):
             "annotation 0 (id 5): bbox [0, 0, '1', 1] is not 4 numbers",
         ),
     ],
-)  # fmt: skip
+)
 def test_coco_bad_json(tmp_path, gt, match):
     _coco_file(tmp_path, gt if isinstance(gt, str) else json.dumps(gt))
     with pytest.raises(ValueError) as e:
@@ -358,8 +371,11 @@ def test_coco_image_without_objects_refused(tmp_path):
 def test_coco_missing_file_and_wrong_image_size(tmp_path):
     with pytest.raises(FileNotFoundError, match="instances_val2017.json: no such file"):
         COCODetection(tmp_path, "val2017")
-    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 9, "height": 9}], "categories": [{"id": 1, "name": "a"}],
-          "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}]}  # fmt: skip
+    gt = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 9, "height": 9}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}],
+    }
     _coco_file(tmp_path, json.dumps(gt))
     (tmp_path / "x").mkdir()
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "x" / "a.png")

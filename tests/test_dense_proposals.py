@@ -51,8 +51,23 @@ def test_the_file_holds_every_image_and_the_cli_writes_it(tmp_path, capsys):
         want = dense_boxes(data.annotations(i)["boxes"].numpy(), 128, 128, 300, 5, 0.1, np.random.default_rng([3, i]))
         assert torch.equal(got, torch.from_numpy(want))
     out = tmp_path / "cli.npz"
-    args = ["proposals", "--data", "synthetic", "--split", "test", "--method", "dense", "--max-boxes", "50",
-            "--copies", "3", "--out", str(out), "--set", "data.num_test=2"]  # fmt: skip
+    args = [
+        "proposals",
+        "--data",
+        "synthetic",
+        "--split",
+        "test",
+        "--method",
+        "dense",
+        "--max-boxes",
+        "50",
+        "--copies",
+        "3",
+        "--out",
+        str(out),
+        "--set",
+        "data.num_test=2",
+    ]
     assert main([*args, "--jitter", "0"]) == 0  # the copies are the objects' own boxes: all found, exactly
     objects = sum(len(SyntheticShapes("test", num_images=2, image_size=160).annotations(i)["boxes"]) for i in range(2))
     printed = capsys.readouterr().out

@@ -120,11 +120,23 @@ def _fast_rcnn_cfg(tmp_path, *extra):
         path = tmp_path / f"{role}.npz"
         _proposals_for(build_dataset(load_config(None, base).data, role), path)
         base.append(f"data.{'proposals' if role == 'train' else 'test_proposals'}={path}")
-    return load_config(None, [
-        *base, "model.name=fast_rcnn_small", "model.min_size=128", "model.max_size=128", "solver.iterations=2",
-        "solver.warmup_iterations=0", "train.eval_every=0", "train.checkpoint_every=0", "train.device=cpu",
-        "train.vis_images=1", "sampler.batch_size_per_image=16", *extra,
-    ])  # fmt: skip
+    return load_config(
+        None,
+        [
+            *base,
+            "model.name=fast_rcnn_small",
+            "model.min_size=128",
+            "model.max_size=128",
+            "solver.iterations=2",
+            "solver.warmup_iterations=0",
+            "train.eval_every=0",
+            "train.checkpoint_every=0",
+            "train.device=cpu",
+            "train.vis_images=1",
+            "sampler.batch_size_per_image=16",
+            *extra,
+        ],
+    )
 
 
 def test_empirical_box_targets_are_measured_saved_and_used_at_test_time(tmp_path):
@@ -159,10 +171,15 @@ def test_empirical_box_targets_need_proposal_files():
 
 
 def test_caffe_input_normalisation():
-    cfg = load_config(None, [
-        "model.image_mean=[102.9801, 115.9465, 122.7717]", "model.image_std=[1, 1, 1]", "model.pixel_scale=255",
-        "model.channel_order=BGR",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "model.image_mean=[102.9801, 115.9465, 122.7717]",
+            "model.image_std=[1, 1, 1]",
+            "model.pixel_scale=255",
+            "model.channel_order=BGR",
+        ],
+    )
     model = build_detector(cfg.model, cfg.sampler, 5)
     image = torch.rand(3, 8, 8)
     got = model.transform.normalize(image)

@@ -295,12 +295,25 @@ def _bad_middle_line(run: Path) -> None:
 
 
 def _proposals_on_corrupt_image(tmp: Path, trained: Path) -> list[str]:
-    assert main(["export", "--layout", "voc", "--split", "test", "--out", str(tmp / "voc"),
-                 "--set", "data.num_test=2"]) == 0  # fmt: skip
+    assert (
+        main(["export", "--layout", "voc", "--split", "test", "--out", str(tmp / "voc"), "--set", "data.num_test=2"])
+        == 0
+    )
     images = sorted((tmp / "voc").rglob("*.png"))
     images[0].write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    return ["proposals", "--data", f"voc:{tmp / 'voc'}", "--split", "test", "--classes",
-            "circle,square,triangle,plus,ring", "--processes", "1", "--out", str(tmp / "out" / "p.npz")]  # fmt: skip
+    return [
+        "proposals",
+        "--data",
+        f"voc:{tmp / 'voc'}",
+        "--split",
+        "test",
+        "--classes",
+        "circle,square,triangle,plus,ring",
+        "--processes",
+        "1",
+        "--out",
+        str(tmp / "out" / "p.npz"),
+    ]
 
 
 ONE_LINE_TRAIN = r"^ohem train: error: "
@@ -501,8 +514,21 @@ def test_a_forked_loader_worker_does_not_keep_the_run_folder_locked(tmp_path: Pa
 
 
 def test_second_train_into_a_folder_in_use_fails_at_once_naming_the_first(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "ohem", "train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "run"),
-           *SETS, "--set", "solver.iterations=200", "--set", "train.checkpoint_every=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ohem",
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        "--out",
+        str(tmp_path / "run"),
+        *SETS,
+        "--set",
+        "solver.iterations=200",
+        "--set",
+        "train.checkpoint_every=1",
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
@@ -523,8 +549,19 @@ def test_second_train_into_a_folder_in_use_fails_at_once_naming_the_first(tmp_pa
     lock = tmp_path / "run" / ".lock"
     assert lock.read_text().strip() == str(first.pid)  # the killed run's lock is left behind ...
     done = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["iteration"]
-    resume = ["train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "run"), *SETS, "--resume",
-              "--set", "train.checkpoint_every=1", "--set", f"solver.iterations={done}"]  # fmt: skip
+    resume = [
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        "--out",
+        str(tmp_path / "run"),
+        *SETS,
+        "--resume",
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        f"solver.iterations={done}",
+    ]
     assert main(resume) == 0  # ... and taken over by the next run, which removes it when it ends
     assert not lock.exists()
 

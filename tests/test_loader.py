@@ -122,11 +122,13 @@ def test_flipped_training_with_workers_resumes_exactly_like_an_in_process_run(ti
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("data.workers=-1", "data.workers must be >= 0, got -1"),
-     ("test.images_per_batch=0", "test.images_per_batch must be >= 1, got 0"),
-     ("train.timing_every=0", "train.timing_every must be >= 1, got 0"),
-     ("sampler.ohem_start=-1", "sampler.ohem_start must be >= 0, got -1")],
-)  # fmt: skip
+    [
+        ("data.workers=-1", "data.workers must be >= 0, got -1"),
+        ("test.images_per_batch=0", "test.images_per_batch must be >= 1, got 0"),
+        ("train.timing_every=0", "train.timing_every must be >= 1, got 0"),
+        ("sampler.ohem_start=-1", "sampler.ohem_start must be >= 0, got -1"),
+    ],
+)
 def test_loader_settings_are_checked_before_anything_is_written(tiny_cfg, tmp_path, override, message):
     with pytest.raises(ValueError, match=f"^override '{re.escape(override)}': {message}$"):
         training.train(apply_overrides(tiny_cfg, [override]), tmp_path / "run")
@@ -137,8 +139,11 @@ def test_step_seconds_reads_wall_time_and_data_share_after_the_warm_up(tmp_path)
     from ohem.engine.runlog import step_seconds
 
     lines = [{"iteration": i, "time_data": 9.0, "time_step": 9.0} for i in range(1, 3)]  # warm-up
-    lines += [{"iteration": 3, "time_data": 0.1, "time_step": 0.3}, {"iteration": 3, "eval": {"mAP": 0.5}},
-              {"iteration": 4, "time_data": 0.3, "time_step": 0.5}]  # fmt: skip
+    lines += [
+        {"iteration": 3, "time_data": 0.1, "time_step": 0.3},
+        {"iteration": 3, "eval": {"mAP": 0.5}},
+        {"iteration": 4, "time_data": 0.3, "time_step": 0.5},
+    ]
     path = tmp_path / "log.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     per_iter, wait = step_seconds(path, skip=2)

@@ -19,8 +19,14 @@ def step(ids, losses, labels, iou, boxes, shapes):
 
 def test_two_steps_by_hand():
     rec = MiningRecorder(num_classes=3)
-    first = step([0, 0, 1], [0.5, 2.0, 1.25], [0, 2, 1], [0.05, 0.55, 1.0],
-                 [[0, 0, 10, 10], [10, 10, 20, 30], [5, 5, 15, 15]], [(100, 200), (50, 50)])  # fmt: skip
+    first = step(
+        [0, 0, 1],
+        [0.5, 2.0, 1.25],
+        [0, 2, 1],
+        [0.05, 0.55, 1.0],
+        [[0, 0, 10, 10], [10, 10, 20, 30], [5, 5, 15, 15]],
+        [(100, 200), (50, 50)],
+    )
     # original sizes (h, w): image 0 is 2x its resized frame both ways, image 1 2x in x only
     rec.add(10, first, [7, 3], [(200, 400), (50, 100)], torch.tensor(0.25))
     second = step([0, 1], [3.0, 0.25], [1, 0], [0.72, 0.0999], [[1, 2, 3, 4], [2, 2, 4, 4]], [(100, 100), (100, 100)])
@@ -61,8 +67,15 @@ def test_hardest_keeps_the_highest_losses_over_steps_earlier_step_first_on_equal
     hardest = rec.flush(3)["hardest"]
     assert len(hardest) == HARDEST_KEPT
     assert [(h["iteration"], h["loss"]) for h in hardest] == [
-        (0, 9.0), (2, 9.0), (1, 3.5), (1, 3.4), (1, 3.3), (1, 3.2), (1, 3.1), (1, 3.0)
-    ]  # fmt: skip
+        (0, 9.0),
+        (2, 9.0),
+        (1, 3.5),
+        (1, 3.4),
+        (1, 3.3),
+        (1, 3.2),
+        (1, 3.1),
+        (1, 3.0),
+    ]
 
 
 def test_iou_histogram_equals_histc_at_the_bin_edges():

@@ -73,8 +73,13 @@ def test_compute_workers_agree_and_boxes_are_valid(tmp_path):
     assert not (tmp_path / "w1.npz.parts").exists() and not (tmp_path / "w2.npz.parts").exists()
     meta = ProposalFile(one).meta
     assert {k: meta[k] for k in ("method", "mode", "max_boxes", "min_size", "seed", "num_images")} == {
-        "method": "selective-search", "mode": "fast", "max_boxes": 100, "min_size": 2, "seed": 0, "num_images": 4
-    }  # fmt: skip
+        "method": "selective-search",
+        "mode": "fast",
+        "max_boxes": 100,
+        "min_size": 2,
+        "seed": 0,
+        "num_images": 4,
+    }
     assert ProposalFile(two).meta == meta  # the number of workers is not a setting of the result
 
 
@@ -134,8 +139,15 @@ def test_proposal_recall_counts_objects_found_at_each_iou(tmp_path):
     path = write_proposals(tmp_path / "p.npz", proposals)
     with ProposalFile(path) as f:
         r = proposal_recall(TwoImages(), f)
-        assert r == {"images": 2, "objects": 3, "proposals_per_image": 2.0, "min_per_image": 1, "max_per_image": 3,
-                     "recall@0.5": pytest.approx(2 / 3), "recall@0.7": pytest.approx(1 / 3)}  # fmt: skip
+        assert r == {
+            "images": 2,
+            "objects": 3,
+            "proposals_per_image": 2.0,
+            "min_per_image": 1,
+            "max_per_image": 3,
+            "recall@0.5": pytest.approx(2 / 3),
+            "recall@0.7": pytest.approx(1 / 3),
+        }
         assert proposal_recall(TwoImages(), f, max_proposals=1)["recall@0.5"] == pytest.approx(1 / 3)
     write_proposals(tmp_path / "q.npz", {"a": proposals["a"]})
     with ProposalFile(tmp_path / "q.npz") as f, pytest.raises(ValueError, match="q.npz: no boxes for image 'b'"):

@@ -22,23 +22,51 @@ PAPER = Path(__file__).parent.parent / "configs" / "paper"
 # Every setting at its source's value, whatever the recipes say today: the cards of these configs
 # must read "same" (or "n/a" with a reason) everywhere.
 COMMON = [
-    "data.max_proposals=null", "data.hflip=true", "model.box_loss_beta=1.0", "model.box_target_norm=empirical",
-    "model.box_nms_thresh=0.3", "model.backbone_weights=imagenet", "model.pixel_scale=1.0",
-    "model.channel_order=RGB", "model.image_mean=null", "model.image_std=null", "model.min_size=600",
-    "model.max_size=1000", "model.test_min_size=null", "solver.lr=0.001", "solver.warmup_iterations=0",
-    "solver.momentum=0.9", "solver.weight_decay=0.0005", "solver.bias_lr_factor=2.0", "solver.gamma=0.1",
-    "solver.images_per_batch=2", "solver.accumulate_steps=1", "sampler.batch_size_per_image=64",
-]  # fmt: skip
+    "data.max_proposals=null",
+    "data.hflip=true",
+    "model.box_loss_beta=1.0",
+    "model.box_target_norm=empirical",
+    "model.box_nms_thresh=0.3",
+    "model.backbone_weights=imagenet",
+    "model.pixel_scale=1.0",
+    "model.channel_order=RGB",
+    "model.image_mean=null",
+    "model.image_std=null",
+    "model.min_size=600",
+    "model.max_size=1000",
+    "model.test_min_size=null",
+    "solver.lr=0.001",
+    "solver.warmup_iterations=0",
+    "solver.momentum=0.9",
+    "solver.weight_decay=0.0005",
+    "solver.bias_lr_factor=2.0",
+    "solver.gamma=0.1",
+    "solver.images_per_batch=2",
+    "solver.accumulate_steps=1",
+    "sampler.batch_size_per_image=64",
+]
 OHEM = [
-    "sampler.method=ohem", "sampler.bg_iou_low=0.0", "sampler.nms_iou=0.7",
-    "sampler.nms_per_label=true", "sampler.mining_loss=cls+box", "sampler.readonly_dropout=true",
-    "data.aspect_grouping=false", "solver.bias_weight_decay=0.0", "solver.bias_weight_decay_on=roi_heads",
-    "model.box_detections_per_img=2000", "model.box_score_thresh=0.00001",
-]  # fmt: skip
+    "sampler.method=ohem",
+    "sampler.bg_iou_low=0.0",
+    "sampler.nms_iou=0.7",
+    "sampler.nms_per_label=true",
+    "sampler.mining_loss=cls+box",
+    "sampler.readonly_dropout=true",
+    "data.aspect_grouping=false",
+    "solver.bias_weight_decay=0.0",
+    "solver.bias_weight_decay_on=roi_heads",
+    "model.box_detections_per_img=2000",
+    "model.box_score_thresh=0.00001",
+]
 HEURISTIC = [
-    "sampler.method=heuristic", "sampler.fg_fraction=0.25", "sampler.bg_iou_low=0.1", "data.aspect_grouping=true",
-    "solver.bias_weight_decay=null", "model.box_detections_per_img=100", "model.box_score_thresh=0.05",
-]  # fmt: skip
+    "sampler.method=heuristic",
+    "sampler.fg_fraction=0.25",
+    "sampler.bg_iou_low=0.1",
+    "data.aspect_grouping=true",
+    "solver.bias_weight_decay=null",
+    "model.box_detections_per_img=100",
+    "model.box_score_thresh=0.05",
+]
 SCHEDULE = {
     "voc07": ["solver.iterations=40000", "solver.steps=[30000]"],
     "voc0712": ["solver.iterations=80000", "solver.steps=[30000, 60000]"],
@@ -155,7 +183,7 @@ def test_reasons_are_not_differences():
                 "model.image_std=[1, 1, 1]",
             ],
             "different",
-        ),  # fmt: skip
+        ),
         (
             "w.pt",
             [
@@ -165,12 +193,12 @@ def test_reasons_are_not_differences():
                 "model.image_std=[1, 1, 1]",
             ],
             "same",
-        ),  # fmt: skip
+        ),
         (
             "w.pt",
             ["model.image_mean=[0.48146, 0.45469, 0.40384]", "model.image_std=[0.00392157, 0.00392157, 0.00392157]"],
             "same",
-        ),  # fmt: skip  (conv1 flipped to RGB: Caffe's mean / 255, std 1/255)
+        ),  # conv1 flipped to RGB: Caffe's mean / 255, std 1/255
         ("w.pt", [], "different"),  # a Caffe model fed torchvision's normalisation
     ],
 )

@@ -167,7 +167,13 @@ def test_paper_config_has_the_papers_settings(path):
     ohem, multiscale, voting = "_ohem" in name, name.endswith(("_m", "_mb")), name.endswith("_mb")
     d, m, s, o, t = cfg.data, cfg.model, cfg.sampler, cfg.solver, cfg.train
     assert (d.dataset, d.train_split, d.test_split, o.iterations, o.steps, t.eval_metric) == (
-        dataset, train_split, test_split, iterations, steps, metric)  # fmt: skip
+        dataset,
+        train_split,
+        test_split,
+        iterations,
+        steps,
+        metric,
+    )
     # the released selective-search boxes (VOC: all of them) and flipped copies of every training image
     assert d.proposals and d.test_proposals and d.hflip
     assert d.max_proposals == (2000 if dataset == "coco" else None)  # coco.py: top_k 2000; VOC: every box
@@ -240,12 +246,23 @@ def test_paper_config_trains_a_step_and_detects(path, trees):
 
 def _small_fast_rcnn_overrides(trees, tmp_path):
     overrides = [
-        "data.dataset=voc", f"data.root={trees['voc']}", "data.train_split=2007:trainval", "data.test_split=2007:test",
-        f"data.classes=[{', '.join(CLASSES)}]", "model.name=fast_rcnn_small", "model.min_size=128",
-        "model.max_size=128", "sampler.batch_size_per_image=16", "solver.warmup_iterations=0", "solver.lr=0.01",
-        "solver.steps=[100]", "train.eval_every=0", "train.checkpoint_every=0", "train.device=cpu",
+        "data.dataset=voc",
+        f"data.root={trees['voc']}",
+        "data.train_split=2007:trainval",
+        "data.test_split=2007:test",
+        f"data.classes=[{', '.join(CLASSES)}]",
+        "model.name=fast_rcnn_small",
+        "model.min_size=128",
+        "model.max_size=128",
+        "sampler.batch_size_per_image=16",
+        "solver.warmup_iterations=0",
+        "solver.lr=0.01",
+        "solver.steps=[100]",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.device=cpu",
         "train.vis_images=1",
-    ]  # fmt: skip
+    ]
     for role, split in (("train", "2007:trainval"), ("test", "2007:test")):
         cfg = load_config(None, overrides[:5])
         path = tmp_path / f"{role}.npz"
@@ -274,8 +291,11 @@ def test_gradient_accumulation_equals_a_bigger_batch(trees, tmp_path):
 
 
 def test_eval_writes_results_that_rescore_to_the_same_metrics(trees, tmp_path, capsys):
-    overrides = _small_fast_rcnn_overrides(trees, tmp_path) + ["solver.iterations=3", "data.hflip=true",
-                                                                "data.aspect_grouping=true"]  # fmt: skip
+    overrides = _small_fast_rcnn_overrides(trees, tmp_path) + [
+        "solver.iterations=3",
+        "data.hflip=true",
+        "data.aspect_grouping=true",
+    ]
     run = tmp_path / "run"
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text("")
@@ -290,8 +310,21 @@ def test_eval_writes_results_that_rescore_to_the_same_metrics(trees, tmp_path, c
         assert {r["image_id"] for r in results} <= {"synthetic-train-000002", "synthetic-train-000003"}
         metrics = json.loads((out / "metrics.json").read_text())
         rescored = tmp_path / f"rescore_{metric}"
-        args = ["eval", "--detections", str(out / "results.json"), "--data", f"voc:{trees['voc']}", "--split",
-                "2007:test", "--classes", ",".join(CLASSES), "--metric", metric, "--out", str(rescored)]  # fmt: skip
+        args = [
+            "eval",
+            "--detections",
+            str(out / "results.json"),
+            "--data",
+            f"voc:{trees['voc']}",
+            "--split",
+            "2007:test",
+            "--classes",
+            ",".join(CLASSES),
+            "--metric",
+            metric,
+            "--out",
+            str(rescored),
+        ]
         assert main(args) == 0
         again = json.loads((rescored / "metrics.json").read_text())
         assert again["mAP"] == pytest.approx(metrics["mAP"], abs=1e-4)  # results.json rounds boxes to 0.01 px
@@ -315,8 +348,9 @@ def test_mean_roi_loss_reads_the_proposal_file_for_fast_rcnn(trees, tmp_path):
     with torch.no_grad():
         features = {"0": model.backbone(model.transform(images)[0].tensors)}
         rois = label_rois(heads, [targets[0]["proposals"]], targets, bg_iou_low=0.0)
-        terms = readonly_losses(heads, features, rois, [(128, 128)], ReadOnlySettings.from_config(SamplerConfig()),
-                                heads.box_loss_beta)  # fmt: skip
+        terms = readonly_losses(
+            heads, features, rois, [(128, 128)], ReadOnlySettings.from_config(SamplerConfig()), heads.box_loss_beta
+        )
     by_hand = terms.cls + terms.box
     assert len(rois.boxes) == len(targets[0]["proposals"]) + len(targets[0]["boxes"])
     assert math.isfinite(loss) and loss == pytest.approx(by_hand.mean().item(), rel=1e-5)

@@ -164,9 +164,7 @@ def test_loss_is_torchvision_formula_on_selected_anchors():
     all_box = F.smooth_l1_loss(deltas.detach(), reg_targets, beta=beta, reduction="none").sum(1) * (labels > 0)
     torch.testing.assert_close(losses["rpn_ohem_all_loss"], (all_bce + all_box)[valid].mean())
     # The ranking loss of the selected anchors averages to the trained loss.
-    torch.testing.assert_close(
-        mined["losses"][sel].mean(), losses["loss_objectness"] + losses["loss_rpn_box_reg"]
-    )
+    torch.testing.assert_close(mined["losses"][sel].mean(), losses["loss_objectness"] + losses["loss_rpn_box_reg"])
 
 
 def test_gradients_reach_only_selected_anchors():

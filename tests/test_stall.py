@@ -35,9 +35,11 @@ def test_a_collapsed_head_is_warned_about_once_after_three_windows():
     # windows 21-30 and 31-40 are above 0.001; 41-50, 51-60, 61-70 below: the warning at 70
     assert [round(s, 4) for s in watch.spread[:4]] == [0.0109, 0.0034, 0.0002, 0.0002]
     assert iteration == 70
-    assert message.startswith("iteration 70: the box head scores every RoI alike (std of the foreground "
-                              "probability over all RoIs 0.0002, below 0.001 for 30 iterations; mean loss over "
-                              "all RoIs 0.750)")  # fmt: skip
+    assert message.startswith(
+        "iteration 70: the box head scores every RoI alike (std of the foreground "
+        "probability over all RoIs 0.0002, below 0.001 for 30 iterations; mean loss over "
+        "all RoIs 0.750)"
+    )
     assert "sampler.ohem_start" in message
 
 

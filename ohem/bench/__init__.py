@@ -8,5 +8,16 @@ from ohem.bench.arms import ARMS, Arm, format_arms, parse_arms
 from ohem.bench.run import Bench, budget_iterations, run_bench, schedule_overrides
 from ohem.bench.summary import Comparison, comparisons, verdict
 
-__all__ = ["ARMS", "Arm", "Bench", "Comparison", "budget_iterations", "comparisons", "format_arms", "parse_arms",
-           "run_bench", "schedule_overrides", "verdict"]  # fmt: skip
+__all__ = [
+    "ARMS",
+    "Arm",
+    "Bench",
+    "Comparison",
+    "budget_iterations",
+    "comparisons",
+    "format_arms",
+    "parse_arms",
+    "run_bench",
+    "schedule_overrides",
+    "verdict",
+]

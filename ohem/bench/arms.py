@@ -28,35 +28,59 @@ def _sets(*groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(merged.values())
 
 
-HEURISTIC = ("sampler.method=heuristic", "sampler.fg_fraction=0.25", "sampler.batch_size_per_image=64",
-             "sampler.bg_iou_low=0.1")  # fmt: skip
-OHEM = ("sampler.method=ohem", "sampler.batch_size_per_image=64", "sampler.nms_iou=0.7",
-        "sampler.mining_loss=cls+box", "sampler.bg_iou_low=0.0")  # fmt: skip
+HEURISTIC = (
+    "sampler.method=heuristic",
+    "sampler.fg_fraction=0.25",
+    "sampler.batch_size_per_image=64",
+    "sampler.bg_iou_low=0.1",
+)
+OHEM = (
+    "sampler.method=ohem",
+    "sampler.batch_size_per_image=64",
+    "sampler.nms_iou=0.7",
+    "sampler.mining_loss=cls+box",
+    "sampler.bg_iou_low=0.0",
+)
 # More RoIs than any image has (proposals + gt boxes): torchvision's sampler then takes every one.
 EVERY_ROI = 1_000_000
 
 ARMS: dict[str, Arm] = {
-    "heuristic": Arm("Fast R-CNN's sampler: 64 RoIs/image at random, 25 % foreground, background from IoU "
-                     "[0.1, 0.5)", HEURISTIC),
-    "heuristic-bg0": Arm("the heuristic with background from IoU [0, 0.5) (the paper's bg_lo ablation)",
-                         _sets(HEURISTIC, ["sampler.bg_iou_low=0.0"])),
-    "tv-default": Arm("torchvision's default: 512 RoIs/image at random, 25 % foreground, background from IoU 0",
-                      _sets(HEURISTIC, ["sampler.batch_size_per_image=512", "sampler.bg_iou_low=0.0"])),
-    "all-rois": Arm("every RoI of every image (heuristic sampler, no cap, background from IoU 0), at the "
-                    "config's solver.lr (the paper raised the lr for this row; this arm does not)",
-                    _sets(HEURISTIC, [f"sampler.batch_size_per_image={EVERY_ROI}", "sampler.bg_iou_low=0.0"])),
+    "heuristic": Arm(
+        "Fast R-CNN's sampler: 64 RoIs/image at random, 25 % foreground, background from IoU [0.1, 0.5)", HEURISTIC
+    ),
+    "heuristic-bg0": Arm(
+        "the heuristic with background from IoU [0, 0.5) (the paper's bg_lo ablation)",
+        _sets(HEURISTIC, ["sampler.bg_iou_low=0.0"]),
+    ),
+    "tv-default": Arm(
+        "torchvision's default: 512 RoIs/image at random, 25 % foreground, background from IoU 0",
+        _sets(HEURISTIC, ["sampler.batch_size_per_image=512", "sampler.bg_iou_low=0.0"]),
+    ),
+    "all-rois": Arm(
+        "every RoI of every image (heuristic sampler, no cap, background from IoU 0), at the "
+        "config's solver.lr (the paper raised the lr for this row; this arm does not)",
+        _sets(HEURISTIC, [f"sampler.batch_size_per_image={EVERY_ROI}", "sampler.bg_iou_low=0.0"]),
+    ),
     "ohem": Arm("OHEM: the 64 RoIs/image of highest cls+box loss after NMS 0.7 among all RoIs (IoU from 0)", OHEM),
-    "ohem-warm": Arm("OHEM from a third of the run on; before it the heuristic's random sample with background "
-                     "from IoU 0 (our remedy for a from-scratch head collapsing on dense proposals; not in the paper)",
-                     OHEM, warm_fraction=1 / 3),
+    "ohem-warm": Arm(
+        "OHEM from a third of the run on; before it the heuristic's random sample with background "
+        "from IoU 0 (our remedy for a from-scratch head collapsing on dense proposals; not in the paper)",
+        OHEM,
+        warm_fraction=1 / 3,
+    ),
     "ohem-no-nms": Arm("OHEM without the NMS among RoIs before ranking", _sets(OHEM, ["sampler.nms_iou=null"])),
-    "ohem-cls": Arm("OHEM ranking RoIs by classification loss only (as mmdetection)",
-                    _sets(OHEM, ["sampler.mining_loss=cls"])),
-    "ohem-1img": Arm("OHEM with 1 image x 128 RoIs per step instead of 2 x 64 (the paper's N = 1 ablation)",
-                     _sets(OHEM, ["solver.images_per_batch=1", "sampler.batch_size_per_image=128"])),
-    "ohem-512": Arm("OHEM with 512 RoIs/image: tv-default's RoI count, the hardest instead of random ones",
-                    _sets(OHEM, ["sampler.batch_size_per_image=512"])),
-}  # fmt: skip
+    "ohem-cls": Arm(
+        "OHEM ranking RoIs by classification loss only (as mmdetection)", _sets(OHEM, ["sampler.mining_loss=cls"])
+    ),
+    "ohem-1img": Arm(
+        "OHEM with 1 image x 128 RoIs per step instead of 2 x 64 (the paper's N = 1 ablation)",
+        _sets(OHEM, ["solver.images_per_batch=1", "sampler.batch_size_per_image=128"]),
+    ),
+    "ohem-512": Arm(
+        "OHEM with 512 RoIs/image: tv-default's RoI count, the hardest instead of random ones",
+        _sets(OHEM, ["sampler.batch_size_per_image=512"]),
+    ),
+}
 
 
 def parse_arms(text: str) -> list[str]:

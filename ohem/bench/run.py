@@ -78,10 +78,18 @@ class Bench:
             raise ValueError("--error-score and --no-errors: give one (--no-errors skips the error phase)")
         error_score = None if args.no_errors else ERROR_SCORE if args.error_score is None else args.error_score
         return cls(
-            config=args.config, out=Path(args.out), arms=parse_arms(args.arms), seeds=list(dict.fromkeys(args.seeds)),
-            overrides=list(args.overrides), budget=args.budget, seconds=args.seconds, jobs=args.jobs,
-            cost_iters=args.cost_iters, cost_init=args.cost_init, error_score=error_score,
-        )  # fmt: skip
+            config=args.config,
+            out=Path(args.out),
+            arms=parse_arms(args.arms),
+            seeds=list(dict.fromkeys(args.seeds)),
+            overrides=list(args.overrides),
+            budget=args.budget,
+            seconds=args.seconds,
+            jobs=args.jobs,
+            cost_iters=args.cost_iters,
+            cost_init=args.cost_init,
+            error_score=error_score,
+        )
 
     def check(self) -> None:
         for flag, value, low in (("--jobs", self.jobs, 1), ("--cost-iters", self.cost_iters, 0)):
@@ -118,8 +126,11 @@ def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
     same fractions of its run)."""
     factor = iterations / cfg.solver.iterations
     steps = [max(1, math.floor(step * factor + 0.5)) for step in cfg.solver.steps]
-    overrides = [f"solver.iterations={iterations}", f"solver.steps=[{', '.join(map(str, steps))}]",
-                 f"solver.warmup_iterations={math.floor(cfg.solver.warmup_iterations * factor + 0.5)}"]  # fmt: skip
+    overrides = [
+        f"solver.iterations={iterations}",
+        f"solver.steps=[{', '.join(map(str, steps))}]",
+        f"solver.warmup_iterations={math.floor(cfg.solver.warmup_iterations * factor + 0.5)}",
+    ]
     if cfg.sampler.ohem_start:
         overrides.append(f"sampler.ohem_start={math.floor(cfg.sampler.ohem_start * factor + 0.5)}")
     if cfg.train.eval_every:
@@ -143,8 +154,11 @@ def _run_claimed(b: Bench, base: Config) -> int:
     save_settings(b, settings)  # before any row: the rows always belong to the settings on file
     cores = available_cores()
     threads = max(1, cores // b.jobs)
-    print(f"ohem bench: {len(b.arms)} arm(s) x {len(b.seeds)} seed(s), budget: {b.budget}; cost phase on {cores} "
-          f"thread(s), then {b.jobs} run(s) at a time on {threads} thread(s) each; {b.out}", flush=True)  # fmt: skip
+    print(
+        f"ohem bench: {len(b.arms)} arm(s) x {len(b.seeds)} seed(s), budget: {b.budget}; cost phase on {cores} "
+        f"thread(s), then {b.jobs} run(s) at a time on {threads} thread(s) each; {b.out}",
+        flush=True,
+    )
     cost, failed = cost_phase(b, cores)
     if failed and not any(arm in cost for arm in b.arms):  # e.g. a data error: every run would fail the same way
         raise ValueError(f"cost phase: every arm failed, first {failed[0]}")
@@ -159,8 +173,9 @@ def _run_claimed(b: Bench, base: Config) -> int:
     for path in write_summary(b, cost):
         print(f"wrote {path}")
     if failed:
-        print(f"ohem bench: {len(failed)} run(s) failed; logs in {b.out / 'logs'} (rerun to retry them)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"ohem bench: {len(failed)} run(s) failed; logs in {b.out / 'logs'} (rerun to retry them)", file=sys.stderr
+        )
     return 1 if failed else 0
 
 
@@ -241,19 +256,31 @@ def cost_job(b: Bench, arm: str, cores: int, rows: list[dict[str, Any]], path: P
     if b.cost_init:  # a trained model's RPN passes its steady-state number of RoIs
         overrides.append(f"model.init_weights={b.cost_init}")
     result = b.out / "logs" / f"cost-{arm}.json"
-    spec = {"config": b.config, "overrides": overrides, "run_dir": str(b.out / "runs" / f"cost-{arm}"),
-            "result": str(result), "warmup": b.cost_warmup, "iterations": b.cost_iters}  # fmt: skip
+    spec = {
+        "config": b.config,
+        "overrides": overrides,
+        "run_dir": str(b.out / "runs" / f"cost-{arm}"),
+        "result": str(result),
+        "warmup": b.cost_warmup,
+        "iterations": b.cost_iters,
+    }
 
     def finish(wall: float) -> str:
         measured = json.loads(result.read_text(encoding="utf-8"))
-        row = {"arm": arm, **{k: round(v, 6) for k, v in measured.items()}, "timed_iterations": b.cost_iters,
-               "threads": cores}  # fmt: skip
+        row = {
+            "arm": arm,
+            **{k: round(v, 6) for k, v in measured.items()},
+            "timed_iterations": b.cost_iters,
+            "threads": cores,
+        }
         rows.append(row)
         write_csv(path, rows)
         message = f"{row['s_per_iter']:.4f} s/iter, peak RSS {row['peak_rss_mib']:.0f} MiB ({wall:.0f} s)"
         if row.get("load_before", 0) > cores / 2:  # timed while other processes used the cores
-            message += (f"; the load average was {row['load_before']:.1f} on {cores} cores: other processes "
-                        "competed for them, so this is not the arm's own time")  # fmt: skip
+            message += (
+                f"; the load average was {row['load_before']:.1f} on {cores} cores: other processes "
+                "competed for them, so this is not the arm's own time"
+            )
         return message
 
     result.unlink(missing_ok=True)
@@ -301,8 +328,18 @@ def accuracy_job(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float 
     # A run stopped after its first checkpoint continues; one stopped before starts over (its files
     # are moved to previous-N/ by --force, not deleted).
     resume = (run_dir / CHECKPOINT).is_file()
-    argv = [sys.executable, "-m", "ohem", "train", "--config", b.config, "--out", str(run_dir),
-            "--resume" if resume else "--force", *[a for o in overrides for a in ("--set", o)]]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "ohem",
+        "train",
+        "--config",
+        b.config,
+        "--out",
+        str(run_dir),
+        "--resume" if resume else "--force",
+        *[a for o in overrides for a in ("--set", o)],
+    ]
 
     def finish(wall: float) -> str:
         row, points = read_run(run_dir, arm, seed, iterations, s_per_iter)
@@ -325,16 +362,29 @@ def read_run(run_dir: Path, arm: str, seed: int, iterations: int, s_per_iter: fl
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     records = read_jsonl(run_dir / "log.jsonl")
     evals = {r["iteration"]: r for r in records if "eval" in r}  # the last entry per iteration
-    points = [{"arm": arm, "seed": seed, "iteration": it,
-               "seconds": round(it * s_per_iter, 3) if s_per_iter else "", "mAP": r["eval"].get("mAP"),
-               "train_roi_loss": r.get("train_roi_loss", "")} for it, r in sorted(evals.items())]  # fmt: skip
+    points = [
+        {
+            "arm": arm,
+            "seed": seed,
+            "iteration": it,
+            "seconds": round(it * s_per_iter, 3) if s_per_iter else "",
+            "mAP": r["eval"].get("mAP"),
+            "train_roi_loss": r.get("train_roi_loss", ""),
+        }
+        for it, r in sorted(evals.items())
+    ]
     steps = [r for r in records if "eval" not in r]
     fg = [r["ohem_mined_fg_fraction"] for r in steps[-200:] if "ohem_mined_fg_fraction" in r]
-    row = {"arm": arm, "seed": seed, "iterations": iterations,
-           "seconds": round(iterations * s_per_iter, 2) if s_per_iter else "",
-           "mAP": metrics.get("mAP"), "metric": metrics.get("metric", ""),
-           "train_roi_loss": points[-1]["train_roi_loss"] if points else "",
-           "mined_fg_fraction": round(sum(fg) / len(fg), 4) if fg else ""}  # fmt: skip
+    row = {
+        "arm": arm,
+        "seed": seed,
+        "iterations": iterations,
+        "seconds": round(iterations * s_per_iter, 2) if s_per_iter else "",
+        "mAP": metrics.get("mAP"),
+        "metric": metrics.get("metric", ""),
+        "train_roi_loss": points[-1]["train_roi_loss"] if points else "",
+        "mined_fg_fraction": round(sum(fg) / len(fg), 4) if fg else "",
+    }
     return row, points
 
 
@@ -380,14 +430,18 @@ def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
     wanted = {(arm, str(seed)) for arm in b.arms for seed in b.seeds}
     acc = [r for r in read_csv(b.out / "accuracy.csv") if (r["arm"], str(r["seed"])) in wanted]
     curves = [r for r in read_csv(b.out / "curves.csv") if (r["arm"], str(r["seed"])) in wanted]
-    errors = [r for r in read_csv(b.out / "errors.csv")
-              if (r["arm"], str(r["seed"])) in wanted and _float(r.get("score")) == b.error_score]  # fmt: skip
+    errors = [
+        r
+        for r in read_csv(b.out / "errors.csv")
+        if (r["arm"], str(r["seed"])) in wanted and _float(r.get("score")) == b.error_score
+    ]
     for rows in (acc, errors):
         rows.sort(key=lambda r: (b.arms.index(r["arm"]), b.seeds.index(int(r["seed"]))))
     budget = f"{b.seconds:.1f} s of training per run" if b.budget == "seconds" else "equal iterations"
     title = f"ohem bench: {b.config}, {budget}"
-    text = summary_markdown(title, b.arms, acc, curves, {a: r for a, r in cost.items() if a in b.arms}, b.budget,
-                            errors)  # fmt: skip
+    text = summary_markdown(
+        title, b.arms, acc, curves, {a: r for a, r in cost.items() if a in b.arms}, b.budget, errors
+    )
     with atomic_open(b.out / "summary.md") as f:
         f.write(text)
     print(text)

@@ -99,8 +99,9 @@ def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget:
     """The arms at equal iterations and at equal training time. The budget the runs were given is
     compared on their final mAP; the other one on their curves, at the smallest budget all arms reached."""
     arms = list(dict.fromkeys(r["arm"] for r in acc))
-    final = {arm: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == arm and _number(r["mAP"]) is not None]
-             for arm in arms}  # fmt: skip
+    final = {
+        arm: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == arm and _number(r["mAP"]) is not None] for arm in arms
+    }
     iterations = {r["arm"]: int(r["iterations"]) for r in acc}
     timed = {arm: iterations[arm] * float(cost[arm]["s_per_iter"]) for arm in arms if arm in cost}
     result = []
@@ -109,20 +110,26 @@ def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget:
         if timed:
             limit = min(timed.values())
             # seconds from the unrounded s/iter, so that the fastest arm's last evaluation is at exactly ``limit``
-            exact = [{**r, "seconds": int(r["iteration"]) * float(cost[r["arm"]]["s_per_iter"])}
-                     for r in curves if r["arm"] in timed]  # fmt: skip
+            exact = [
+                {**r, "seconds": int(r["iteration"]) * float(cost[r["arm"]]["s_per_iter"])}
+                for r in curves
+                if r["arm"] in timed
+            ]
             at_time = values_at(exact, list(timed), "seconds", limit)
             at_time.missing += [arm for arm in arms if arm not in timed]
-            at_time.budget = (f"equal training time ({limit:.1f} s each at each arm's measured s/iter, read from "
-                              "the curves of runs scheduled by iterations: not runs given that time)")  # fmt: skip
+            at_time.budget = (
+                f"equal training time ({limit:.1f} s each at each arm's measured s/iter, read from "
+                "the curves of runs scheduled by iterations: not runs given that time)"
+            )
             result.append(at_time)
     else:
         seconds = [float(r["seconds"]) for r in acc if _number(r.get("seconds")) is not None]
         each = f" ({statistics.mean(seconds):.1f} s each)" if seconds else ""
         result.append(Comparison(f"equal training time{each}", final))
         at_iterations = values_at(curves, arms, "iteration", min(iterations.values()))
-        at_iterations.budget = (f"equal iterations ({min(iterations.values())} each, read from the curves of "
-                                "runs scheduled by time)")  # fmt: skip
+        at_iterations.budget = (
+            f"equal iterations ({min(iterations.values())} each, read from the curves of runs scheduled by time)"
+        )
         result.insert(0, at_iterations)
     return result
 
@@ -139,36 +146,69 @@ def summary_markdown(
     """``summary.md``: the table per arm, the arms at both budgets, the verdict, the error counts
     (``errors.csv`` rows, if any), the arms' definitions."""
     maps = {a: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == a and _number(r["mAP"]) is not None] for a in arms}
-    header = ["arm", "seeds", "iterations", "train s", "mAP % (mean ± sd)", "per seed", "− heuristic",
-              "− tv-default", "s/iter", "× heuristic", "× tv-default", "peak RSS MiB", "× heuristic",
-              "mining share", "all-RoI loss"]  # fmt: skip
+    header = [
+        "arm",
+        "seeds",
+        "iterations",
+        "train s",
+        "mAP % (mean ± sd)",
+        "per seed",
+        "− heuristic",
+        "− tv-default",
+        "s/iter",
+        "× heuristic",
+        "× tv-default",
+        "peak RSS MiB",
+        "× heuristic",
+        "mining share",
+        "all-RoI loss",
+    ]
     rows = []
     for arm in arms:
         mine = [r for r in acc if r["arm"] == arm]
         c = cost.get(arm, {})
-        rows.append([
-            arm, str(len(mine)), _join(r["iterations"] for r in mine), _join(_fmt(r.get("seconds"), 0) for r in mine),
-            _mean_sd_text(maps[arm]), ", ".join(f"{v:.1f}" for v in maps[arm]) or "–",
-            *(_diff(maps, arm, base) for base in BASELINES),
-            _fmt(c.get("s_per_iter"), 4), *(_ratio(cost, arm, base, "s_per_iter") for base in BASELINES),
-            _fmt(c.get("peak_rss_mib"), 0), _ratio(cost, arm, "heuristic", "peak_rss_mib"),
-            _percent(c.get("mining_share")), _fmt(_mean(r.get("train_roi_loss") for r in mine), 4),
-        ])  # fmt: skip
+        rows.append(
+            [
+                arm,
+                str(len(mine)),
+                _join(r["iterations"] for r in mine),
+                _join(_fmt(r.get("seconds"), 0) for r in mine),
+                _mean_sd_text(maps[arm]),
+                ", ".join(f"{v:.1f}" for v in maps[arm]) or "–",
+                *(_diff(maps, arm, base) for base in BASELINES),
+                _fmt(c.get("s_per_iter"), 4),
+                *(_ratio(cost, arm, base, "s_per_iter") for base in BASELINES),
+                _fmt(c.get("peak_rss_mib"), 0),
+                _ratio(cost, arm, "heuristic", "peak_rss_mib"),
+                _percent(c.get("mining_share")),
+                _fmt(_mean(r.get("train_roi_loss") for r in mine), 4),
+            ]
+        )
     found = comparisons(acc, curves, cost, budget) if acc else []
     budgets = [[arm, *(_mean_sd_text(c.values.get(arm, [])) for c in found)] for arm in arms]
     parts = [
-        f"# {title}", "",
+        f"# {title}",
+        "",
         "mAP: the test metric of the config (train.eval_metric) in %; − heuristic / − tv-default: difference "
         "of the means in points; s/iter and peak RSS: the cost phase (each arm alone, all threads); × : ratio; "
         "train s: iterations × s/iter; mining share: the read-only pass and selection's part of the step; "
         "all-RoI loss: mean loss over all RoIs of training images at the last evaluation "
-        "(train.roi_loss_images).", "",
-        _table(header, rows), "",
-    ]  # fmt: skip
+        "(train.roi_loss_images).",
+        "",
+        _table(header, rows),
+        "",
+    ]
     if found:
-        parts += ["## At equal iterations and at equal time", "",
-                  _table(["arm", *(c.budget for c in found)], budgets), "",
-                  "## Verdict", "", verdict(found), ""]  # fmt: skip
+        parts += [
+            "## At equal iterations and at equal time",
+            "",
+            _table(["arm", *(c.budget for c in found)], budgets),
+            "",
+            "## Verdict",
+            "",
+            verdict(found),
+            "",
+        ]
     if errors:
         parts += [errors_markdown(arms, errors), ""]
     parts += ["## Arms", "", *(f"- **{arm}**: {ARMS[arm].description}" for arm in arms if arm in ARMS), ""]
@@ -183,13 +223,17 @@ def errors_markdown(arms: list[str], errors: list[Row]) -> str:
         mine = [r for r in errors if r["arm"] == arm]
         if mine:
             rows.append([arm, str(len(mine)), *(_fmt(_mean(r[kind] for r in mine), 1) for kind in KINDS)])
-    return "\n".join([
-        "## What the detectors get wrong", "",
-        f"Every test detection scoring >= {scores} put in the first kind of error that fits "
-        "(`ohem.evaluation.errors`, IoU 0.5); missed: ground-truth boxes (not difficult) that no detection "
-        "matched. Counts per run, mean over an arm's seeds (`errors.csv`).", "",
-        _table(["arm", "seeds", *KINDS], rows),
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "## What the detectors get wrong",
+            "",
+            f"Every test detection scoring >= {scores} put in the first kind of error that fits "
+            "(`ohem.evaluation.errors`, IoU 0.5); missed: ground-truth boxes (not difficult) that no detection "
+            "matched. Counts per run, mean over an arm's seeds (`errors.csv`).",
+            "",
+            _table(["arm", "seeds", *KINDS], rows),
+        ]
+    )
 
 
 def plot_curves(out: Path, curves: list[Row], arms: list[str]) -> list[Path]:
@@ -200,9 +244,14 @@ def plot_curves(out: Path, curves: list[Row], arms: list[str]) -> list[Path]:
     for x_key, y_key, name, xlabel, ylabel in [
         ("iteration", "mAP", "map_vs_iteration.png", "iteration", "test mAP (%)"),
         ("seconds", "mAP", "map_vs_seconds.png", "training seconds (iteration × the arm's s/iter)", "test mAP (%)"),
-        ("iteration", "train_roi_loss", "roi_loss_vs_iteration.png", "iteration",
-         "mean loss over all RoIs, train images"),
-    ]:  # fmt: skip
+        (
+            "iteration",
+            "train_roi_loss",
+            "roi_loss_vs_iteration.png",
+            "iteration",
+            "mean loss over all RoIs, train images",
+        ),
+    ]:
         series = _series(curves, arms, x_key, y_key)
         if not series:
             continue

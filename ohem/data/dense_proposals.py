@@ -53,8 +53,9 @@ def dense_proposals(
 ) -> Path:
     """Write ``dense_boxes`` of every image of ``dataset`` to the proposal file ``out`` (atomically)."""
     if num_boxes < 1 or copies < 0 or not jitter >= 0:
-        raise ValueError(f"dense proposals: need num_boxes >= 1, copies >= 0, jitter >= 0; got "
-                         f"{num_boxes}, {copies}, {jitter}")  # fmt: skip
+        raise ValueError(
+            f"dense proposals: need num_boxes >= 1, copies >= 0, jitter >= 0; got {num_boxes}, {copies}, {jitter}"
+        )
     boxes = {}
     for i in range(len(dataset)):
         height, width = dataset.image_size(i)

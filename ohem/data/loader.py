@@ -102,9 +102,14 @@ def _loader(images: _Images, batch_sampler: Any, workers: int, pin: bool) -> tor
     # and evaluating or resuming would shift the random numbers the training draws (the loader
     # itself uses none).
     return torch.utils.data.DataLoader(
-        images, batch_sampler=batch_sampler, num_workers=workers, collate_fn=_collate, pin_memory=pin,
-        prefetch_factor=4 if workers else None, generator=torch.Generator(),
-    )  # fmt: skip
+        images,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator(),
+    )
 
 
 def train_loader(

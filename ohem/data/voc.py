@@ -40,9 +40,27 @@ from ohem.structures import DetectionDatasetBase
 from ohem.util import regular_file
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
@@ -139,8 +157,15 @@ class VOCDetection(DetectionDatasetBase):
             boxes.append(box)
             labels.append(label_of[cls])
             difficult.append(is_difficult)
-        return dict(name=name, xml=xml, image=image, size=(int(height), int(width)), boxes=boxes, labels=labels,
-                    difficult=difficult)  # fmt: skip
+        return dict(
+            name=name,
+            xml=xml,
+            image=image,
+            size=(int(height), int(width)),
+            boxes=boxes,
+            labels=labels,
+            difficult=difficult,
+        )
 
     def __len__(self) -> int:
         return len(self.records)

@@ -114,8 +114,13 @@ class ProgressHook(Hook):
     def before_train(self, run: Run) -> None:
         total = run.cfg.solver.iterations
         # (on rank 0, TQDM_DISABLE and tqdm's other environment settings apply)
-        self.bar = tqdm(total=total, initial=run.start, desc="train", dynamic_ncols=True,
-                        **({} if run.d.main else {"disable": True}))  # fmt: skip
+        self.bar = tqdm(
+            total=total,
+            initial=run.start,
+            desc="train",
+            dynamic_ncols=True,
+            **({} if run.d.main else {"disable": True}),
+        )
         self.speed: float | None = None
 
     def after_step(self, run: Run, storage: EventStorage, record: dict[str, Any]) -> None:
@@ -150,10 +155,14 @@ class CheckpointHook(Hook):
 def save(run: Run, iteration: int) -> None:
     rng = distributed.gather(run.d, torch.get_rng_state())
     if run.d.main:
-        solver = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                  "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None}  # fmt: skip
-        save_checkpoint(run.checkpoint_path, run.core, run.cfg, run.classes, iteration, solver,
-                        rng if run.d.active else None)  # fmt: skip
+        solver = {
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        }
+        save_checkpoint(
+            run.checkpoint_path, run.core, run.cfg, run.classes, iteration, solver, rng if run.d.active else None
+        )
     distributed.barrier(run.d)
 
 
@@ -165,8 +174,9 @@ def evaluate_during_training(run: Run, iteration: int) -> dict[str, Any]:
     message = f"iteration {iteration}: test {METRIC_NAMES[cfg.train.eval_metric]} {metrics['mAP']:.4f}"
     indices = list(range(min(cfg.train.roi_loss_images, len(run.train_set))))
     if indices:
-        mine = mean_roi_loss(run.core, run.train_set, indices[d.rank :: d.world], run.device,
-                             cfg.test.images_per_batch, run.workers)  # fmt: skip
+        mine = mean_roi_loss(
+            run.core, run.train_set, indices[d.rank :: d.world], run.device, cfg.test.images_per_batch, run.workers
+        )
         entry["train_roi_loss"] = distributed.mean(d, {"v": mine})["v"]
         message += f", mean loss over all RoIs of train images {entry['train_roi_loss']:.4f}"
     run.log.evaluation(entry)
@@ -179,8 +189,16 @@ def test_metrics(run: Run) -> dict[str, Any]:
     """The model's ``train.eval_metric`` on the test split, with the config's test-time options."""
     cfg = run.cfg
     test_time = TestTime.from_config(cfg.model)
-    return evaluate(run.core, run.test_set, run.device, cfg.test.images_per_batch, cfg.train.eval_metric,
-                    test_time, run.d, run.workers)  # fmt: skip
+    return evaluate(
+        run.core,
+        run.test_set,
+        run.device,
+        cfg.test.images_per_batch,
+        cfg.train.eval_metric,
+        test_time,
+        run.d,
+        run.workers,
+    )
 
 
 def draw_test_images(run: Run) -> None:
@@ -191,8 +209,9 @@ def draw_test_images(run: Run) -> None:
     if t.vis_images == 0:  # drawing turned off
         return
     subset = [run.test_set[i] for i in range(min(t.vis_images, len(run.test_set)))]
-    detections = predict(run.core, subset, run.device, run.cfg.test.images_per_batch,
-                         test_time=TestTime.from_config(run.cfg.model))  # fmt: skip
+    detections = predict(
+        run.core, subset, run.device, run.cfg.test.images_per_batch, test_time=TestTime.from_config(run.cfg.model)
+    )
     images, boxes = [image for image, _ in subset], [target["boxes"] for _, target in subset]
     titles = [run.test_set.image_name(i) for i in range(len(subset))]
     path = run.out / "detections.png"

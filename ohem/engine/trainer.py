@@ -75,7 +75,7 @@ class Run:
 
 def train(
     cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False, hooks: Sequence[Hook] = ()
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Train as configured, evaluate on the test split, write the run directory; returns the metrics.
 
     ``out_dir`` belongs to this run while it trains (``ohem.engine.run_folder``): a folder that holds a
@@ -173,8 +173,9 @@ def forward_backward(run: Run, it: int, part: int, images: list, targets: list) 
         if not distributed.all_true(d, bool(torch.isfinite(loss))):
             last_good = run.checkpoint_path if run.checkpoint_path.exists() else "none"
             batch = batch_of(run, it * accumulate + part)
-            raise NonFiniteLossError(f"non-finite loss at iteration {it + 1} on train images {batch}; "
-                                     f"last good checkpoint: {last_good}")  # fmt: skip
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {it + 1} on train images {batch}; last good checkpoint: {last_good}"
+            )
         run.scaler.scale(loss / accumulate).backward()
     return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
 
@@ -182,8 +183,13 @@ def forward_backward(run: Run, it: int, part: int, images: list, targets: list) 
 def training_batches(run: Run) -> Iterator[Batch]:
     """The batches of the run's remaining steps (this process's share), from ``data.workers`` processes."""
     accumulate, cfg = run.cfg.solver.accumulate_steps, run.cfg
-    positions = TrainBatches(lambda position: batch_of(run, position), run.start * accumulate,
-                             cfg.solver.iterations * accumulate, run.d.rank, run.d.world)  # fmt: skip
+    positions = TrainBatches(
+        lambda position: batch_of(run, position),
+        run.start * accumulate,
+        cfg.solver.iterations * accumulate,
+        run.d.rank,
+        run.d.world,
+    )
     return train_loader(run.train_set, positions, run.workers, run.device, cfg.train.seed if cfg.data.hflip else None)
 
 
@@ -192,9 +198,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def setup(
-    cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: torch.device, force: bool = False
-) -> Run:  # fmt: skip
+def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: torch.device, force: bool = False) -> Run:
     """Data, model, solver and logs of a run, restored from ``out``'s checkpoint with ``resume``.
     The caller holds the folder's lock and has checked the config (``check_run_config``)."""
     if d.main:
@@ -236,8 +240,25 @@ def setup(
     log = RunLog(out, start if resume else None, d.main, len(classes))
     groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
     workers = loader_workers(cfg.data.workers)
-    return Run(cfg, out, d, device, model, core, train_set, test_set, classes, optimizer, scheduler, scaler,
-               autocast_dtype(cfg.train.amp, device), start, log, groups, workers)  # fmt: skip
+    return Run(
+        cfg,
+        out,
+        d,
+        device,
+        model,
+        core,
+        train_set,
+        test_set,
+        classes,
+        optimizer,
+        scheduler,
+        scaler,
+        autocast_dtype(cfg.train.amp, device),
+        start,
+        log,
+        groups,
+        workers,
+    )
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -247,14 +268,21 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     except RuntimeError as e:
         if not str(e).startswith("Error(s) in loading state_dict"):
             raise
-        raise ValueError(f"model.backbone_weights {cfg.model.backbone_weights}: weights of another model "
-                         f"({state_dict_problems(str(e))})") from None  # fmt: skip
+        raise ValueError(
+            f"model.backbone_weights {cfg.model.backbone_weights}: weights of another model "
+            f"({state_dict_problems(str(e))})"
+        ) from None
 
 
 def restore(
-    state: dict[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    scaler: torch.amp.GradScaler, d: distributed.Dist,
-) -> int:  # fmt: skip
+    state: dict[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    d: distributed.Dist,
+) -> int:
     """Load the checkpoint ``state``'s (read from ``path``) weights, solver state and RNG; returns its iteration."""
     missing = [key for key in ("model", "optimizer", "scheduler", "rng", "iteration") if state.get(key) is None]
     if missing:
@@ -356,9 +384,15 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
     bias_decay = s.weight_decay if s.bias_weight_decay is None else s.bias_weight_decay
     groups = [
         {"params": [p for n, p in trainable if not n.endswith(".bias")], "lr": s.lr, "weight_decay": s.weight_decay},
-        {"params": [p for (_, p), own in zip(trainable, own_decay) if own], "lr": s.lr * s.bias_lr_factor,
-         "weight_decay": bias_decay},
-        {"params": [p for (n, p), own in zip(trainable, own_decay) if n.endswith(".bias") and not own],
-         "lr": s.lr * s.bias_lr_factor, "weight_decay": s.weight_decay},
-    ]  # fmt: skip
+        {
+            "params": [p for (_, p), own in zip(trainable, own_decay) if own],
+            "lr": s.lr * s.bias_lr_factor,
+            "weight_decay": bias_decay,
+        },
+        {
+            "params": [p for (n, p), own in zip(trainable, own_decay) if n.endswith(".bias") and not own],
+            "lr": s.lr * s.bias_lr_factor,
+            "weight_decay": s.weight_decay,
+        },
+    ]
     return groups if groups[2]["params"] else groups[:2]

@@ -127,8 +127,9 @@ def to_coco_results(
                 raise ValueError(f"detections: image {image_id!r} has label {label}, not in 1..{len(category_ids)}")
             if not math.isfinite(score):
                 raise ValueError(f"detections: image {image_id!r} has a non-finite score")
-            results.append({"image_id": image_id, "category_id": int(category_ids[label - 1]), "bbox": bbox,
-                            "score": score})  # fmt: skip
+            results.append(
+                {"image_id": image_id, "category_id": int(category_ids[label - 1]), "bbox": bbox, "score": score}
+            )
     return results
 
 
@@ -146,8 +147,10 @@ def write_detections(
     _index(image_ids, "image_ids")
     entries = to_coco_results(detections, image_ids, category_ids)
     # One entry per line: diffable, and a JSON error's line number points at the entry.
-    lines = [json.dumps({**e, "bbox": [round(v, 2) for v in e["bbox"]], "score": float(f"{e['score']:.5g}")})
-             for e in entries]  # fmt: skip
+    lines = [
+        json.dumps({**e, "bbox": [round(v, 2) for v in e["bbox"]], "score": float(f"{e['score']:.5g}")})
+        for e in entries
+    ]
     text = "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
     with atomic_open(path) as f:
         f.write(text)

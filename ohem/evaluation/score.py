@@ -84,8 +84,16 @@ def coco_ground_truth(dataset: DetectionDataset, annotations: list[ImageAnnotati
         boxes = a.boxes.double().reshape(-1, 4)
         xywh, areas = box_convert(boxes, "xyxy", "xywh").tolist(), box_area(boxes).tolist()
         for box, area, label, is_crowd in zip(xywh, areas, a.labels.tolist(), crowd):
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": dataset.category_ids[label - 1],
-                         "iscrowd": int(is_crowd), "bbox": box, "area": area})  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": dataset.category_ids[label - 1],
+                    "iscrowd": int(is_crowd),
+                    "bbox": box,
+                    "area": area,
+                }
+            )
     categories = [{"id": c, "name": n} for c, n in zip(dataset.category_ids, dataset.classes)]
     return {"images": images, "annotations": anns, "categories": categories}, [image["id"] for image in images]
 

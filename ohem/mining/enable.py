@@ -43,8 +43,9 @@ def enable_sampler(
     object. ``box_loss_beta``: the box loss's smooth-L1 beta (torchvision's 1/9; Fast R-CNN's 1)."""
     config = sampler if isinstance(sampler, SamplerConfig) else None
     chosen = build_sampler(config) if config else sampler
-    model.roi_heads = rebuild_roi_heads(SamplingRoIHeads, _roi_heads_of(model), sampler=chosen,
-                                        box_loss_beta=box_loss_beta)  # fmt: skip
+    model.roi_heads = rebuild_roi_heads(
+        SamplingRoIHeads, _roi_heads_of(model), sampler=chosen, box_loss_beta=box_loss_beta
+    )
     return enable_rpn_ohem(model, config.rpn_nms_iou) if config and config.rpn_ohem else model
 
 
@@ -57,8 +58,9 @@ def enable_ohem(
     """OHEM in ``model.roi_heads``; returns ``model``. ``settings`` are ``SamplerConfig`` fields
     (``batch_size_per_image=64, nms_iou=0.7, mining_loss="cls+box", ...``) over ``sampler``.
     With ``rpn_ohem=True`` the RPN mines its anchors too."""
-    return enable_sampler(model, dataclasses.replace(sampler or SamplerConfig(), method="ohem", **settings),
-                          box_loss_beta)  # fmt: skip
+    return enable_sampler(
+        model, dataclasses.replace(sampler or SamplerConfig(), method="ohem", **settings), box_loss_beta
+    )
 
 
 def enable_heuristic_sampling(
@@ -69,8 +71,9 @@ def enable_heuristic_sampling(
 ) -> nn.Module:
     """Fast R-CNN's sampler in ``model.roi_heads``: ``fg_fraction`` foreground, background from IoU
     in [``bg_iou_low`` (default 0.1), 0.5); ``settings`` are ``SamplerConfig`` fields over ``sampler``."""
-    return enable_sampler(model, dataclasses.replace(sampler or SamplerConfig(), method="heuristic", **settings),
-                          box_loss_beta)  # fmt: skip
+    return enable_sampler(
+        model, dataclasses.replace(sampler or SamplerConfig(), method="heuristic", **settings), box_loss_beta
+    )
 
 
 def enable_rpn_ohem(
@@ -91,14 +94,21 @@ def rebuild_roi_heads(cls: type[RoIHeads], heads: RoIHeads, **changes: Any) -> R
     """A ``cls`` holding the same modules (so the same weights) and settings as ``heads``, but ``changes``."""
     sampler = heads.fg_bg_sampler
     settings = dict(
-        fg_iou_thresh=heads.proposal_matcher.high_threshold, bg_iou_thresh=heads.proposal_matcher.low_threshold,
-        batch_size_per_image=sampler.batch_size_per_image, positive_fraction=sampler.positive_fraction,
-        bbox_reg_weights=heads.box_coder.weights, score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh,
+        fg_iou_thresh=heads.proposal_matcher.high_threshold,
+        bg_iou_thresh=heads.proposal_matcher.low_threshold,
+        batch_size_per_image=sampler.batch_size_per_image,
+        positive_fraction=sampler.positive_fraction,
+        bbox_reg_weights=heads.box_coder.weights,
+        score_thresh=heads.score_thresh,
+        nms_thresh=heads.nms_thresh,
         detections_per_img=heads.detections_per_img,
-        mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
-        keypoint_roi_pool=heads.keypoint_roi_pool, keypoint_head=heads.keypoint_head,
+        mask_roi_pool=heads.mask_roi_pool,
+        mask_head=heads.mask_head,
+        mask_predictor=heads.mask_predictor,
+        keypoint_roi_pool=heads.keypoint_roi_pool,
+        keypoint_head=heads.keypoint_head,
         keypoint_predictor=heads.keypoint_predictor,
-    )  # fmt: skip
+    )
     new = cls(heads.box_roi_pool, heads.box_head, heads.box_predictor, **{**settings, **changes})
     return new.train(heads.training)
 

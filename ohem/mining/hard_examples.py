@@ -35,8 +35,16 @@ class OHEMSampler:
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> OHEMSampler:
         bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
-        return cls(cfg.batch_size_per_image, cfg.nms_iou, cfg.nms_per_label, cfg.mining_loss, cfg.ohem_start,
-                   cfg.fg_fraction, ReadOnlySettings.from_config(cfg), bg_iou_low)  # fmt: skip
+        return cls(
+            cfg.batch_size_per_image,
+            cfg.nms_iou,
+            cfg.nms_per_label,
+            cfg.mining_loss,
+            cfg.ohem_start,
+            cfg.fg_fraction,
+            ReadOnlySettings.from_config(cfg),
+            bg_iou_low,
+        )
 
     def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
         if losses is None:
@@ -47,6 +55,7 @@ class OHEMSampler:
             return Sample(random_fg_bg(rois, self.batch_size_per_image, self.fg_fraction))
         per_label = rois.labels if self.nms_per_label else None
         ranked = losses.ranked_by(self.mining_loss)
-        rows = select_hard_examples(ranked, rois.boxes, rois.image_ids, self.batch_size_per_image, self.nms_iou,
-                                    per_label)  # fmt: skip
+        rows = select_hard_examples(
+            ranked, rois.boxes, rois.image_ids, self.batch_size_per_image, self.nms_iou, per_label
+        )
         return Sample(rows)

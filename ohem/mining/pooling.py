@@ -24,9 +24,14 @@ MIN_ROIS_PER_THREAD = 32  # below this a thread hand-off costs about what it sav
 
 
 def readonly_pool(
-    heads: RoIHeads, features: dict, boxes: Tensor, image_ids: Tensor, num_images: int,
-    image_shapes: list[tuple[int, int]], threads: int | None = None,
-) -> Tensor:  # fmt: skip
+    heads: RoIHeads,
+    features: dict,
+    boxes: Tensor,
+    image_ids: Tensor,
+    num_images: int,
+    image_shapes: list[tuple[int, int]],
+    threads: int | None = None,
+) -> Tensor:
     """``heads.box_roi_pool`` of ``boxes`` (rows in image order) under ``no_grad``; on the CPU the rows
     are split among ``threads`` (default: torch's intra-op threads), each pooled in a thread of its own."""
 

@@ -50,9 +50,14 @@ class RoILosses:
 
 @torch.no_grad()
 def readonly_losses(
-    heads: RoIHeads, features: dict, rois: LabelledRoIs, image_shapes: list[tuple[int, int]],
-    settings: ReadOnlySettings, beta: float, keep_pooled: bool = False,
-) -> RoILosses:  # fmt: skip
+    heads: RoIHeads,
+    features: dict,
+    rois: LabelledRoIs,
+    image_shapes: list[tuple[int, int]],
+    settings: ReadOnlySettings,
+    beta: float,
+    keep_pooled: bool = False,
+) -> RoILosses:
     """Every RoI's loss terms, ``settings.max_rois_per_chunk`` RoIs at a time, no graph kept."""
     cls, box, fg, pooled, step = [], [], [], [], settings.max_rois_per_chunk
     with readonly_mode(heads, settings.dropout), readonly_numerics(rois.boxes.device, settings.precision):

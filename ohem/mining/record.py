@@ -67,9 +67,13 @@ class MiningRecorder:
         steps first among equal losses (stable sorts, so the order is the host list's was)."""
         top = torch.sort(losses, descending=True, stable=True).indices[:HARDEST_KEPT]
         new = {
-            "loss": losses[top], "iou": iou[top], "label": mining["labels"][top], "box": mining["boxes"][top].detach(),
-            "pos": mining["image_ids"][top], "slot": torch.full_like(top, slot),
-        }  # fmt: skip
+            "loss": losses[top],
+            "iou": iou[top],
+            "label": mining["labels"][top],
+            "box": mining["boxes"][top].detach(),
+            "pos": mining["image_ids"][top],
+            "slot": torch.full_like(top, slot),
+        }
         both = {k: torch.cat([self._hardest[k], v]) if self._hardest else v for k, v in new.items()}
         keep = torch.sort(both["loss"], descending=True, stable=True).indices[:HARDEST_KEPT]
         self._hardest = {k: v[keep] for k, v in both.items()}
@@ -105,12 +109,14 @@ class MiningRecorder:
             pos = positions[j]
             sx, sy = scales[pos]
             box = h["box"][j] * torch.tensor([sx, sy, sx, sy])
-            out.append({
-                "iteration": iteration,
-                "image_index": indices[pos],
-                "box": [round(v, 2) for v in box.tolist()],
-                "label": int(h["label"][j]),
-                "loss": round(float(h["loss"][j]), 5),
-                "iou": round(float(h["iou"][j]), 4),
-            })  # fmt: skip
+            out.append(
+                {
+                    "iteration": iteration,
+                    "image_index": indices[pos],
+                    "box": [round(v, 2) for v in box.tolist()],
+                    "label": int(h["label"][j]),
+                    "loss": round(float(h["loss"][j]), 5),
+                    "iou": round(float(h["iou"][j]), 4),
+                }
+            )
         return sorted(out, key=lambda r: -r["loss"])

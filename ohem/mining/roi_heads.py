@@ -46,9 +46,12 @@ class SamplingRoIHeads(RoIHeads):
         self.box_target_norm = BoxTargetNorm(self.box_predictor.cls_score.out_features)
 
     def forward(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:  # fmt: skip
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         features, proposals = poolable(features, proposals)
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
@@ -57,9 +60,12 @@ class SamplingRoIHeads(RoIHeads):
         return [], self.training_losses(features, proposals, image_shapes, targets)
 
     def training_losses(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]],
-    ) -> dict[str, Tensor]:  # fmt: skip
+    ) -> dict[str, Tensor]:
         check_target_types(self, targets)
         storage, device, sampler = current_storage(), proposals[0].device, self.sampler
         tic = clock(device)
@@ -73,8 +79,9 @@ class SamplingRoIHeads(RoIHeads):
         # the trainable pass, on the sampled rows only
         boxes, matched_idxs, labels, box_targets = rois.per_image(sample.rows)
         if reuse:
-            pooled = pooled_with_gradient(self.box_roi_pool, features, boxes, image_shapes,
-                                          rows_of(scores.pooled, sample.rows))  # fmt: skip
+            pooled = pooled_with_gradient(
+                self.box_roi_pool, features, boxes, image_shapes, rows_of(scores.pooled, sample.rows)
+            )
         else:
             pooled = self.box_roi_pool(features, boxes, image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled))
@@ -90,9 +97,14 @@ class SamplingRoIHeads(RoIHeads):
         return losses
 
     def mask_and_keypoint_losses(
-        self, features: dict[str, Tensor], boxes: list[Tensor], matched_idxs: list[Tensor], labels: list[Tensor],
-        image_shapes: list[tuple[int, int]], targets: list[dict[str, Tensor]],
-    ) -> dict[str, Tensor]:  # fmt: skip
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        matched_idxs: list[Tensor],
+        labels: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
         """torchvision's mask and keypoint losses on the sample's foreground RoIs (unweighted)."""
         losses: dict[str, Tensor] = {}
         if not (self.has_mask() or self.has_keypoint()):
@@ -142,9 +154,14 @@ def mining_stats(rois: LabelledRoIs, scores: RoILosses, sample: Sample) -> dict[
 
 
 def report_mining(
-    storage: EventStorage | None, rois: LabelledRoIs, scores: RoILosses, sample: Sample, image_shapes: list,
-    seconds: float, all_roi_loss: Tensor,
-) -> None:  # fmt: skip
+    storage: EventStorage | None,
+    rois: LabelledRoIs,
+    scores: RoILosses,
+    sample: Sample,
+    image_shapes: list,
+    seconds: float,
+    all_roi_loss: Tensor,
+) -> None:
     """The sampled RoIs of one forward and the mean loss over all RoIs, detached and left on their device
     (``MiningRecorder`` reads them on the host only when it writes a record; boxes in the resized
     ``image_shapes`` frames)."""
@@ -153,15 +170,18 @@ def report_mining(
     rows = sample.rows
     boxes = rois.boxes[rows].detach()
     storage.put_scalar("time_mining", seconds)
-    storage.put_record("roi_mining", {
-        "image_ids": rois.image_ids[rows],
-        "boxes": boxes,
-        "labels": rois.labels[rows],
-        "losses": (scores.cls + scores.box)[rows],
-        "iou": elementwise_iou(boxes, rois.matched_gt[rows]),
-        "image_shapes": list(image_shapes),
-        "all_roi_loss": all_roi_loss,
-    })  # fmt: skip
+    storage.put_record(
+        "roi_mining",
+        {
+            "image_ids": rois.image_ids[rows],
+            "boxes": boxes,
+            "labels": rois.labels[rows],
+            "losses": (scores.cls + scores.box)[rows],
+            "iou": elementwise_iou(boxes, rois.matched_gt[rows]),
+            "image_shapes": list(image_shapes),
+            "all_roi_loss": all_roi_loss,
+        },
+    )
 
 
 def poolable(features: dict, proposals: list[Tensor]) -> tuple[dict, list[Tensor]]:

@@ -95,9 +95,13 @@ def per_roi_loss_terms(
 
 
 def sampled_roi_loss(
-    class_logits: Tensor, box_regression: Tensor, labels: Tensor, box_targets: Tensor, beta: float,
+    class_logits: Tensor,
+    box_regression: Tensor,
+    labels: Tensor,
+    box_targets: Tensor,
+    beta: float,
     weights: Tensor | None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor]:
     """(classification, box) loss of the trainable pass: the ``weights``-weighted sum of the per-RoI
     terms over the number of RoIs, the box term on foreground only. ``weights=None`` is weight 1 each,
     summed in the order of torchvision's ``fastrcnn_loss`` (so unweighted samplers train bit for bit

@@ -85,13 +85,18 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
         """
         sampler = rpn.fg_bg_sampler
         new = cls(
-            rpn.anchor_generator, rpn.head,
-            fg_iou_thresh=rpn.proposal_matcher.high_threshold, bg_iou_thresh=rpn.proposal_matcher.low_threshold,
+            rpn.anchor_generator,
+            rpn.head,
+            fg_iou_thresh=rpn.proposal_matcher.high_threshold,
+            bg_iou_thresh=rpn.proposal_matcher.low_threshold,
             batch_size_per_image=sampler.batch_size_per_image if batch_size_per_image is None else batch_size_per_image,
-            positive_fraction=sampler.positive_fraction, pre_nms_top_n=dict(rpn._pre_nms_top_n),
-            post_nms_top_n=dict(rpn._post_nms_top_n), nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh,
+            positive_fraction=sampler.positive_fraction,
+            pre_nms_top_n=dict(rpn._pre_nms_top_n),
+            post_nms_top_n=dict(rpn._post_nms_top_n),
+            nms_thresh=rpn.nms_thresh,
+            score_thresh=rpn.score_thresh,
             nms_iou=nms_iou,
-        )  # fmt: skip
+        )
         # The same objects, so any non-default matcher (e.g. allow_low_quality_matches) or coder carries over.
         new.proposal_matcher = rpn.proposal_matcher
         new.box_coder = rpn.box_coder

@@ -44,8 +44,10 @@ class StallWatch:
         if len(self.spread) < STALL_WINDOWS or max(self.spread[-STALL_WINDOWS:]) >= COLLAPSED:
             return None
         self.warned = True
-        return (f"iteration {iteration}: the box head scores every RoI alike (std of the foreground probability "
-                f"over all RoIs {self.spread[-1]:.4f}, below {COLLAPSED} for {STALL_WINDOWS * self.window} "
-                f"iterations; mean loss over all RoIs {self.all_roi[-1]:.3f}): it has collapsed (no such run of "
-                f"ours recovered). Start mining later (sampler.ohem_start, e.g. a third of the run) or widen the "
-                f"box head; see docs/BENCHMARKS.md, 'When OHEM pays'")  # fmt: skip
+        return (
+            f"iteration {iteration}: the box head scores every RoI alike (std of the foreground probability "
+            f"over all RoIs {self.spread[-1]:.4f}, below {COLLAPSED} for {STALL_WINDOWS * self.window} "
+            f"iterations; mean loss over all RoIs {self.all_roi[-1]:.3f}): it has collapsed (no such run of "
+            f"ours recovered). Start mining later (sampler.ohem_start, e.g. a third of the run) or widen the "
+            f"box head; see docs/BENCHMARKS.md, 'When OHEM pays'"
+        )

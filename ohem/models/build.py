@@ -30,9 +30,14 @@ def set_input_normalisation(model: nn.Module, cfg: ModelConfig) -> None:
         raise ValueError(f"model.image_mean/image_std: 3 values each, std and pixel_scale > 0; got {mean}, {std}")
     # On images in [0, 1]: (x * scale - mean) / std == (x - mean / scale) / (std / scale).
     model.transform = InputTransform(
-        t.min_size, t.max_size, [m / scale for m in mean], [s / scale for s in std],
-        size_divisible=t.size_divisible, fixed_size=t.fixed_size, bgr=cfg.channel_order == "BGR",
-    )  # fmt: skip
+        t.min_size,
+        t.max_size,
+        [m / scale for m in mean],
+        [s / scale for s in std],
+        size_divisible=t.size_divisible,
+        fixed_size=t.fixed_size,
+        bgr=cfg.channel_order == "BGR",
+    )
 
 
 class InputTransform(GeneralizedRCNNTransform):
