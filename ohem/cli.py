@@ -160,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--cost-iters",
         type=int,
-        default=60,
-        help="timed iterations per arm in the cost phase (0: none; equal iterations only, no seconds axis)",
+        help="timed iterations per repeat in the cost phase (default 20; 0: no cost phase, equal iterations "
+        "only, no seconds axis)",
+    )
+    p.add_argument(
+        "--cost-repeats",
+        type=int,
+        help="timings per arm in the cost phase, taken in rounds across the arms; s/iter is their median (default 3)",
     )
     p.add_argument(
         "--cost-init",

@@ -39,6 +39,7 @@ def tiny_bench(out, **changes):
         seeds=[0],
         overrides=list(TINY_BENCH),
         cost_iters=2,
+        cost_repeats=2,
         cost_warmup=1,
         error_score=ERROR_SCORE,
     )
@@ -58,6 +59,14 @@ def test_rows_hold_each_runs_numbers(bench_out):
     for r in cost.values():
         assert float(r["s_per_iter"]) > 0 and float(r["peak_rss_mib"]) >= float(r["rss_before_mib"]) > 0
         assert (r["timed_iterations"], r["threads"]) == ("2", str(len(os.sched_getaffinity(0))))
+        assert (r["repeats"], float(r["cpu_s_per_iter"]) > 0) == ("2", True)
+    timings = read(bench_out / "cost_repeats.csv")  # interleaved: a round of every arm, then the next
+    assert [(r["arm"], r["repeat"]) for r in timings] == [
+        ("heuristic", "0"),
+        ("ohem", "0"),
+        ("heuristic", "1"),
+        ("ohem", "1"),
+    ]
     assert 0 < float(cost["ohem"]["mining_share"]) < 1 and cost["heuristic"]["mining_share"] == ""
 
     rows = read(bench_out / "accuracy.csv")
@@ -349,6 +358,8 @@ def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
     assert capsys.readouterr().err == "ohem bench: error: --seconds 5.0: needs --budget seconds and a positive number\n"
     assert main([*base, "--jobs", "0"]) == 1
     assert capsys.readouterr().err == "ohem bench: error: --jobs must be >= 1, got 0\n"
+    assert main([*base, "--cost-repeats", "0"]) == 1
+    assert capsys.readouterr().err == "ohem bench: error: --cost-repeats must be >= 1, got 0\n"
     assert main([*base, "--cost-iters", "0", "--budget", "seconds"]) == 1
     no_cost = "--cost-iters 0 (no cost phase) leaves --budget seconds nothing to divide the time by"
     assert capsys.readouterr().err == f"ohem bench: error: {no_cost}\n"
@@ -399,3 +410,69 @@ def test_error_table_is_the_mean_over_each_arms_seeds():
     assert f"| heuristic | 2 | 11.5 | {zeros} | 2.5 |" in text and f"| ohem | 1 | 12.0 | {zeros} | 2.0 |" in text
     assert "Every test detection scoring >= 0.5 put" in text
     assert "What the detectors get wrong" not in summary_markdown("t", ["ohem"], [], [], {}, "iterations")
+
+
+def test_cost_row_takes_the_median_of_the_quiet_repeats():
+    from ohem.bench.run import CONTENDED, cost_row
+
+    def timing(s, share):
+        return {
+            "s_per_iter": s,
+            "cpu_s_per_iter": s,
+            "others_cpu_share": share,
+            "peak_rss_mib": 100,
+            "rss_before_mib": 50,
+        }
+
+    busy = CONTENDED + 0.3
+    row = cost_row("a", [timing(0.10, 0.01), timing(0.31, busy), timing(0.12, 0.0), timing(0.11, "nan")], 20, 2)
+    assert row["s_per_iter"] == 0.11 and row["s_per_iter_spread"] == pytest.approx(0.02 / 0.11, abs=1e-4)
+    assert (row["repeats"], row["contended_repeats"], row["contended"]) == (4, 1, 0)
+    every = cost_row("a", [timing(0.2, busy), timing(0.4, busy), timing(0.3, busy)], 20, 2)
+    assert (every["s_per_iter"], every["contended"]) == (0.3, 1)  # no quiet repeat: all of them, marked
+
+
+def test_a_busy_loop_during_one_arms_timing_does_not_move_the_ratio(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from ohem.bench import run as bench_run
+    from ohem.bench.run import CONTENDED
+
+    real_cost_job, loops = bench_run.cost_job, []
+
+    def cost_job(b, arm, repeat, cores, repeats, path):
+        job = real_cost_job(b, arm, repeat, cores, repeats, path)
+        if (arm, repeat) != ("heuristic", 0):
+            return job
+        start, finish = job.start, job.finish
+
+        def start_beside_busy_loops():  # one spinning process per core for this timing only
+            loops.extend(subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores))
+            return start()
+
+        def stop_loops_then_finish(wall):
+            for loop in loops:
+                loop.kill()
+                loop.wait()
+            return finish(wall)
+
+        job.start, job.finish = start_beside_busy_loops, stop_loops_then_finish
+        return job
+
+    monkeypatch.setattr(bench_run, "cost_job", cost_job)
+    b = tiny_bench(tmp_path / "b", arms=["heuristic", "heuristic-bg0"], cost_iters=12, cost_repeats=3)
+    try:
+        cost, failed = bench_run.cost_phase(b, len(os.sched_getaffinity(0)))
+    finally:
+        for loop in loops:
+            loop.kill()
+    assert failed == []
+    timings = {(r["arm"], r["repeat"]): r for r in read(b.out / "cost_repeats.csv")}
+    busy, quiet = timings[("heuristic", "0")], [timings[("heuristic", "1")], timings[("heuristic", "2")]]
+    assert float(busy["others_cpu_share"]) > CONTENDED  # seen during the timed steps
+    assert all(float(r["others_cpu_share"]) <= CONTENDED for r in quiet)
+    other = float(cost["heuristic-bg0"]["s_per_iter"])
+    assert float(busy["s_per_iter"]) > 1.3 * other  # the loops did slow that repeat down ...
+    assert 0.7 < float(cost["heuristic"]["s_per_iter"]) / other < 1.3  # ... but not the arm's time
+    assert (cost["heuristic"]["contended_repeats"], cost["heuristic"]["contended"]) == (1, 0)

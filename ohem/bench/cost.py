@@ -8,6 +8,11 @@ steps (no final evaluation, so the phase costs the same on any test set). The se
 iteration are measured here, between the starts of consecutive training steps, so they include
 everything an iteration costs (data, forward, backward, update, logging); the per-step fields of
 ``log.jsonl`` are only read for the mining share, under whichever names they have.
+
+Beside the wall clock it records the CPU seconds of this process and its children (loader
+workers) and, from ``/proc/stat``, the share of the machine's CPU time that *other* processes
+used while the steps were timed: a busy machine shows there, where the load average read before
+timing missed load that came later.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(spec["config"], spec["overrides"])
     warmup, iterations = spec["warmup"], spec["iterations"]
     rss_before = _rss_mib()
-    starts: list[float] = []
+    starts: list[tuple[float, float, float]] = []  # per step start: wall, own CPU, machine's busy CPU
 
     class StepStarts(Hook):  # the first hook of each step: its start time, and the stop after the timed ones
         def before_step(self, run: Any, storage: Any) -> None:
-            starts.append(time.perf_counter())
+            starts.append((time.perf_counter(), tree_cpu_seconds(), machine_busy_seconds()))
             if len(starts) > warmup + iterations:  # the start of the step after the last timed one
                 raise _Timed
 
@@ -52,9 +57,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         pass
     else:
         raise RuntimeError(f"the run ended after {len(starts)} steps, before the timed ones were done")
-    s_per_iter = (starts[warmup + iterations] - starts[warmup]) / iterations
+    (wall_0, cpu_0, busy_0), (wall_1, cpu_1, busy_1) = starts[warmup], starts[warmup + iterations]
+    s_per_iter = (wall_1 - wall_0) / iterations
+    # what the rest of the machine used of all its cores while the steps were timed
+    others = max(0.0, (busy_1 - busy_0) - (cpu_1 - cpu_0)) / ((wall_1 - wall_0) * (os.cpu_count() or 1))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    result = {"s_per_iter": s_per_iter, "rss_before_mib": rss_before, "peak_rss_mib": peak, "load_before": load_before}
+    result = {
+        "s_per_iter": s_per_iter,
+        "cpu_s_per_iter": (cpu_1 - cpu_0) / iterations,
+        "others_cpu_share": others,
+        "rss_before_mib": rss_before,
+        "peak_rss_mib": peak,
+        "load_before": load_before,
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     result.update(_log_times(Path(spec["run_dir"]) / "log.jsonl", warmup, s_per_iter))
@@ -78,6 +93,35 @@ def _log_times(log: Path, warmup: int, s_per_iter: float) -> dict[str, float]:
             out[f"{name}_s_per_iter"] = statistics.mean(values)
             out[f"{name}_share"] = statistics.mean(values) / s_per_iter
     return out
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its live children (``/proc``; own only elsewhere)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tasks = Path("/proc/self/task").iterdir()
+        children = {pid for task in tasks for pid in (task / "children").read_text().split()}
+    except OSError:
+        return total
+    for pid in children:
+        try:  # utime and stime: fields 14 and 15, after the parenthesised command name
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, ``/proc/stat``); NaN where unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle and iowait
+    return (sum(values[:8]) - idle) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
 def _rss_mib() -> float:

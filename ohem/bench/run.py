@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -64,7 +65,8 @@ class Bench:
     budget: str = "iterations"  # iterations | seconds
     seconds: float | None = None  # budget seconds: training seconds per run
     jobs: int = 1
-    cost_iters: int = 60
+    cost_iters: int = 20  # timed steps per repeat
+    cost_repeats: int = 3  # timings per arm, interleaved across arms
     cost_warmup: int = COST_WARMUP
     cost_init: str | None = None  # cost phase: start from these weights
     error_score: float | None = ERROR_SCORE  # error phase: detections scoring at least this; None: no phase
@@ -86,13 +88,20 @@ class Bench:
             budget=args.budget,
             seconds=args.seconds,
             jobs=args.jobs,
-            cost_iters=args.cost_iters,
             cost_init=args.cost_init,
             error_score=error_score,
+            # the cost phase's own defaults (above) unless given
+            **{
+                k: v for k, v in (("cost_iters", args.cost_iters), ("cost_repeats", args.cost_repeats)) if v is not None
+            },
         )
 
     def check(self) -> None:
-        for flag, value, low in (("--jobs", self.jobs, 1), ("--cost-iters", self.cost_iters, 0)):
+        for flag, value, low in (
+            ("--jobs", self.jobs, 1),
+            ("--cost-iters", self.cost_iters, 0),
+            ("--cost-repeats", self.cost_repeats, 1),
+        ):
             if value < low:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")
         if self.budget not in ("iterations", "seconds"):
@@ -237,16 +246,51 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+CONTENDED = 0.15  # other processes used more than this share of the machine's CPU while a repeat was timed
+
+
 def cost_phase(b: Bench, cores: int) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """A ``cost.csv`` row per arm (measured once: a rerun keeps them); returns the rows by arm and failures."""
-    path = b.out / "cost.csv"
-    rows = read_csv(path)
+    """A ``cost.csv`` row per arm (measured once: a rerun keeps them) from ``cost_repeats`` timings taken
+    in rounds across the arms (A B A B ...: a machine that gets busy for a while slows one repeat of each
+    arm, not every repeat of one); each timing is a ``cost_repeats.csv`` row as it ends, so a rerun
+    resumes. Returns the rows by arm and the failures."""
+    path, repeats_path = b.out / "cost.csv", b.out / "cost_repeats.csv"
+    rows, repeats = read_csv(path), read_csv(repeats_path)
     todo = [arm for arm in b.arms if arm not in {r["arm"] for r in rows}] if b.cost_iters else []
-    failed = run_jobs([cost_job(b, arm, cores, rows, path) for arm in todo], parallel=1)
+    failed: list[str] = []
+    for repeat in range(b.cost_repeats):
+        timed = {(r["arm"], str(r["repeat"])) for r in repeats}
+        broken = {f.partition(":")[0] for f in failed}  # an arm that failed once would fail again
+        arms = [arm for arm in todo if (arm, str(repeat)) not in timed and f"cost {arm}" not in broken]
+        failed += run_jobs([cost_job(b, arm, repeat, cores, repeats, repeats_path) for arm in arms], parallel=1)
+    finished = [arm for arm in todo if sum(r["arm"] == arm for r in repeats) >= b.cost_repeats]
+    if finished:
+        rows += [cost_row(arm, [r for r in repeats if r["arm"] == arm], b.cost_iters, cores) for arm in finished]
+        write_csv(path, rows)
     return {r["arm"]: r for r in rows}, failed
 
 
-def cost_job(b: Bench, arm: str, cores: int, rows: list[dict[str, Any]], path: Path) -> Job:
+def cost_row(arm: str, repeats: list[dict[str, Any]], iterations: int, cores: int) -> dict[str, Any]:
+    """One arm's cost from its repeats: medians over the repeats timed on a quiet machine (over all of
+    them, marked ``contended``, when none was), the spread of s/iter as (max - min) / median."""
+    quiet = [r for r in repeats if not float(r["others_cpu_share"]) > CONTENDED]  # NaN (unknown): quiet
+    used = quiet or repeats
+    per_iter = [float(r["s_per_iter"]) for r in used]
+    middle = statistics.median(per_iter)
+    row: dict[str, Any] = {"arm": arm, "s_per_iter": round(middle, 6)}
+    row["s_per_iter_spread"] = round((max(per_iter) - min(per_iter)) / middle, 4)
+    for key in ("cpu_s_per_iter", "mining_s_per_iter", "mining_share", "data_s_per_iter", "data_share"):
+        values = [float(r[key]) for r in used if r.get(key) not in (None, "")]
+        if values:
+            row[key] = round(statistics.median(values), 6)
+    row["peak_rss_mib"] = max(float(r["peak_rss_mib"]) for r in repeats)
+    row["rss_before_mib"] = min(float(r["rss_before_mib"]) for r in repeats)
+    row["others_cpu_share"] = round(max(float(r["others_cpu_share"]) for r in repeats), 4)
+    row.update(repeats=len(repeats), contended_repeats=len(repeats) - len(quiet), contended=int(not quiet))
+    return {**row, "timed_iterations": iterations, "threads": cores}
+
+
+def cost_job(b: Bench, arm: str, repeat: int, cores: int, repeats: list[dict[str, Any]], path: Path) -> Job:
     cfg = load_config(b.config, b.arm_overrides(arm))
     steps = b.cost_warmup + b.cost_iters + 1  # the timer stops at the start of the step after the last
     overrides = [*b.arm_overrides(arm), f"train.seed={b.seeds[0]}", f"train.num_threads={cores}"]
@@ -255,7 +299,7 @@ def cost_job(b: Bench, arm: str, cores: int, rows: list[dict[str, Any]], path: P
     overrides += ["train.eval_every=0", "train.checkpoint_every=0"]  # nothing but training is timed
     if b.cost_init:  # a trained model's RPN passes its steady-state number of RoIs
         overrides.append(f"model.init_weights={b.cost_init}")
-    result = b.out / "logs" / f"cost-{arm}.json"
+    result = b.out / "logs" / f"cost-{arm}-{repeat}.json"
     spec = {
         "config": b.config,
         "overrides": overrides,
@@ -267,25 +311,25 @@ def cost_job(b: Bench, arm: str, cores: int, rows: list[dict[str, Any]], path: P
 
     def finish(wall: float) -> str:
         measured = json.loads(result.read_text(encoding="utf-8"))
-        row = {
-            "arm": arm,
-            **{k: round(v, 6) for k, v in measured.items()},
-            "timed_iterations": b.cost_iters,
-            "threads": cores,
-        }
-        rows.append(row)
-        write_csv(path, rows)
-        message = f"{row['s_per_iter']:.4f} s/iter, peak RSS {row['peak_rss_mib']:.0f} MiB ({wall:.0f} s)"
-        if row.get("load_before", 0) > cores / 2:  # timed while other processes used the cores
+        row = {"arm": arm, "repeat": repeat, **{k: round(v, 6) for k, v in measured.items()}}
+        if not all(math.isfinite(v) and v > 0 for v in (row["s_per_iter"], row["cpu_s_per_iter"])):
+            raise ValueError(f"{result}: s_per_iter {row['s_per_iter']}, cpu_s_per_iter {row['cpu_s_per_iter']}")
+        repeats.append(row)
+        write_csv(path, repeats)
+        message = (
+            f"repeat {repeat + 1}/{b.cost_repeats}: {row['s_per_iter']:.4f} s/iter ({row['cpu_s_per_iter']:.4f} "
+            f"CPU s), peak RSS {row['peak_rss_mib']:.0f} MiB ({wall:.0f} s)"
+        )
+        if row["others_cpu_share"] > CONTENDED:  # measured, during the timed steps
             message += (
-                f"; the load average was {row['load_before']:.1f} on {cores} cores: other processes "
-                "competed for them, so this is not the arm's own time"
+                f"; other processes used {row['others_cpu_share']:.0%} of the machine's CPU meanwhile: "
+                "this repeat is left out of the arm's time if another repeat was quiet"
             )
         return message
 
     result.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "ohem.bench.cost", json.dumps(spec)]
-    return Job(f"cost {arm}", argv, b.out / "logs" / f"cost-{arm}.log", cores, finish)
+    return Job(f"cost {arm}", argv, b.out / "logs" / f"cost-{arm}-{repeat}.log", cores, finish)
 
 
 def accuracy_phase(b: Bench, cost: dict[str, dict[str, Any]], threads: int) -> list[str]:

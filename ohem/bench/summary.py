@@ -176,7 +176,7 @@ def summary_markdown(
                 _mean_sd_text(maps[arm]),
                 ", ".join(f"{v:.1f}" for v in maps[arm]) or "–",
                 *(_diff(maps, arm, base) for base in BASELINES),
-                _fmt(c.get("s_per_iter"), 4),
+                _cost_text(c),
                 *(_ratio(cost, arm, base, "s_per_iter") for base in BASELINES),
                 _fmt(c.get("peak_rss_mib"), 0),
                 _ratio(cost, arm, "heuristic", "peak_rss_mib"),
@@ -190,7 +190,9 @@ def summary_markdown(
         f"# {title}",
         "",
         "mAP: the test metric of the config (train.eval_metric) in %; − heuristic / − tv-default: difference "
-        "of the means in points; s/iter and peak RSS: the cost phase (each arm alone, all threads); × : ratio; "
+        "of the means in points; s/iter and peak RSS: the cost phase (each arm alone, all threads; s/iter the "
+        "median of its repeats timed while the rest of the machine was quiet, ± (max − min) / median; **busy**: "
+        "other processes used the CPU during every repeat, so it is not the arm's own time); × : ratio; "
         "train s: iterations × s/iter; mining share: the read-only pass and selection's part of the step; "
         "all-RoI loss: mean loss over all RoIs of training images at the last evaluation "
         "(train.roi_loss_images).",
@@ -324,6 +326,16 @@ def _diff(maps: dict[str, list[float]], arm: str, base: str) -> str:
     if arm == base or not maps.get(arm) or not maps.get(base):
         return "–"
     return f"{statistics.mean(maps[arm]) - statistics.mean(maps[base]):+.1f}"
+
+
+def _cost_text(c: Row) -> str:
+    """An arm's s/iter with its spread over repeats, and a mark when every repeat ran on a busy machine
+    (rows of benches before repeats existed have neither)."""
+    text = _fmt(c.get("s_per_iter"), 4)
+    spread = _number(c.get("s_per_iter_spread"))
+    if spread is not None:
+        text += f" ± {spread:.0%}"
+    return text + (" **busy**" if str(c.get("contended")) == "1" else "")
 
 
 def _ratio(cost: dict[str, Row], arm: str, base: str, key: str) -> str:
