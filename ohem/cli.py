@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         help="timings per arm in the cost phase, taken in rounds across the arms; s/iter is their median (default 3)",
     )
     p.add_argument(
+        "--pretrain",
+        metavar="CONFIG",
+        help="the transfer regime: train CONFIG once into OUT/pretrain and start every run from its weights",
+    )
+    p.add_argument(
         "--cost-init",
         metavar="CKPT",
         help="cost phase: start from these weights (a trained RPN passes its steady-state number of RoIs)",

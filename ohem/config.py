@@ -156,6 +156,8 @@ class DataConfig(_Section):
     num_test: int = field(default=200, metadata=ge(1))  # synthetic only
     image_size: int = 160  # synthetic only
     seed: int = 0  # synthetic: the data's seed, separate from the training seed
+    # synthetic: target (the benchmark) | source (the look-alikes are the classes: a related task to pretrain on)
+    synthetic_task: Literal["target", "source"] = "target"
 
 
 @dataclass
@@ -165,6 +167,9 @@ class ModelConfig(_Section):
     backbone_weights: str | None = None  # None (random init) | "imagenet" (torchvision) | path to a file
     trainable_backbone_layers: int | None = None  # torchvision models only
     init_weights: str | None = None  # train: start from this ohem checkpoint's (or state dict's) weights
+    # init_weights: state-dict key prefixes not taken from it (they keep their fresh initialisation, and keys of
+    # the file under them that the model lacks are ignored), e.g. [roi_heads.box_predictor] for a fresh predictor
+    init_weights_skip: list[str] = field(default_factory=list)
     # shorter side; a list: one drawn per training image (multi-scale, +M)
     min_size: int | list[int] = field(default=160, metadata=ge(1))
     max_size: int = field(default=160, metadata=ge(1))

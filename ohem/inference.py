@@ -4,6 +4,7 @@ checkpoint file (``model_from_checkpoint``), with the test-time options of ``Tes
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,11 +120,16 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Mo
     return model.to(device).eval(), cfg, classes
 
 
-def load_weights_into(model: nn.Module, state: object, what: str) -> None:
+def load_weights_into(model: nn.Module, state: object, what: str, skip: Sequence[str] = ()) -> None:
     """``model.load_state_dict(state)`` with a one-line error when the weights belong to another model;
-    torch's explanation is quoted whole (long key lists shortened to their first keys)."""
+    torch's explanation is quoted whole (long key lists shortened to their first keys). Keys under a
+    ``skip`` prefix keep the model's own values, and the file's keys under one are ignored."""
     if not isinstance(state, dict):
         raise ValueError(f"{what}: model: its weights are not a state dict (got {type(state).__name__})")
+    if skip:
+        skipped = tuple(f"{prefix.rstrip('.')}." for prefix in skip)
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(skipped)}
+        state = {**{k: v for k, v in state.items() if not k.startswith(skipped)}, **own}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

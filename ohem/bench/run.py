@@ -1,21 +1,26 @@
 """``ohem bench``: every arm x seed of one config, each trained in its own process; resumable.
 
-Three phases. **Cost**: each arm alone (one process, every core) for ``cost_warmup + cost_iters``
-steps, timed on the wall clock (``ohem.bench.cost``). **Accuracy**: full ``ohem train`` runs,
-``jobs`` at a time with ``cores // jobs`` threads each, for the config's ``solver.iterations``
-(``budget="iterations"``) or, with ``budget="seconds"``, for ``seconds / s_per_iter`` iterations
-with the lr schedule scaled to match. **Errors** (unless ``--no-errors``): each finished run's
-detections on its test split scoring at least ``--error-score``, sorted into kinds of error by
-``ohem.evaluation.errors`` (``ohem.bench.errors``, one process per run). The folder ``OUT``:
+First, with ``--pretrain CONFIG`` (the transfer regime), CONFIG is trained once into
+``OUT/pretrain`` and every run starts from its weights (``model.init_weights``; the config says
+which to leave fresh, ``model.init_weights_skip``). Then three phases. **Cost**: each arm alone
+(one process, every core) for ``cost_repeats`` rounds of ``cost_warmup + cost_iters`` steps,
+interleaved across the arms, timed on the wall clock (``ohem.bench.cost``). **Accuracy**: full
+``ohem train`` runs, ``jobs`` at a time with ``cores // jobs`` threads each, for the config's
+``solver.iterations`` (``budget="iterations"``) or, with ``budget="seconds"``, for
+``seconds / s_per_iter`` iterations with the lr schedule scaled to match. **Errors** (unless
+``--no-errors``): each finished run's detections on its test split scoring at least
+``--error-score``, sorted into kinds of error by ``ohem.evaluation.errors`` (``ohem.bench.errors``,
+one process per run). The folder ``OUT``:
 
 * ``bench.json``: the config (after ``--set``), budget and seconds it measures; a rerun must match;
-* ``cost.csv`` (a row per arm), ``accuracy.csv`` (a row per finished arm and seed), ``curves.csv``
-  (every evaluation of every finished run), ``errors.csv`` (a row per analysed arm and seed: the
-  score threshold and the count of each kind), each rewritten whole and atomically as a run ends,
-  so a rerun skips what is there (an ``errors.csv`` row at another score is redone); an unfinished
-  run is resumed from its checkpoint, else restarted;
+* ``cost_repeats.csv`` (a row per timing), ``cost.csv`` (a row per arm), ``accuracy.csv`` (a row
+  per finished arm and seed), ``curves.csv`` (every evaluation of every finished run),
+  ``errors.csv`` (a row per analysed arm and seed: the score threshold and the count of each kind),
+  each rewritten whole and atomically as a run ends, so a rerun skips what is there (an
+  ``errors.csv`` row at another score is redone); an unfinished run is resumed from its
+  checkpoint, else restarted;
 * ``summary.md`` and the plots (``ohem.bench.summary``); ``runs/`` the run folders
-  (``runs/accuracy-ARM-seedN``, ``runs/cost-ARM``); ``logs/`` each process's output.
+  (``runs/accuracy-ARM-seedN``, ``runs/cost-ARM``), ``pretrain/``; ``logs/`` each process's output.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class Bench:
     cost_repeats: int = 3  # timings per arm, interleaved across arms
     cost_warmup: int = COST_WARMUP
     cost_init: str | None = None  # cost phase: start from these weights
+    pretrain: str | None = None  # a config trained once into OUT/pretrain; every run starts from its weights
     error_score: float | None = ERROR_SCORE  # error phase: detections scoring at least this; None: no phase
 
     @classmethod
@@ -89,6 +95,7 @@ class Bench:
             seconds=args.seconds,
             jobs=args.jobs,
             cost_init=args.cost_init,
+            pretrain=args.pretrain,
             error_score=error_score,
             # the cost phase's own defaults (above) unless given
             **{
@@ -114,6 +121,10 @@ class Bench:
             raise ValueError("--seeds: give at least one seed")
         if self.error_score is not None and not 0 <= self.error_score <= 1:  # scores are probabilities
             raise ValueError(f"--error-score must be in [0, 1], got {self.error_score}")
+
+    @property
+    def pretrained(self) -> Path:
+        return self.out / "pretrain" / CHECKPOINT
 
     def arm_overrides(self, arm: str) -> list[str]:
         """The user's --set, then the arm's (arms apply on top)."""
@@ -150,7 +161,13 @@ def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
 def run_bench(b: Bench) -> int:
     """Both phases, then ``summary.md`` and the plots; 1 if a run failed (the others still count)."""
     b.check()
+    if b.pretrain:  # every run starts from the pretrained weights (a path inside OUT: the same on every rerun)
+        load_config(b.pretrain)  # a bad pretrain config fails here, before anything runs
+        start = f"model.init_weights={b.pretrained}"
+        b.overrides = [*b.overrides, start] if start not in b.overrides else b.overrides
     base = load_config(b.config, b.overrides)  # a bad config or --set fails here, before anything runs
+    if base.model.init_weights_skip and not base.model.init_weights:
+        raise ValueError(f"{b.config}: model.init_weights_skip without weights to start from; give --pretrain CONFIG")
     for arm in b.arms:
         load_config(b.config, b.arm_overrides(arm))
     make_out_dir(b.out)
@@ -161,6 +178,7 @@ def run_bench(b: Bench) -> int:
 def _run_claimed(b: Bench, base: Config) -> int:
     settings = check_settings(b, base)
     save_settings(b, settings)  # before any row: the rows always belong to the settings on file
+    pretrain_phase(b)
     cores = available_cores()
     threads = max(1, cores // b.jobs)
     print(
@@ -188,9 +206,27 @@ def _run_claimed(b: Bench, base: Config) -> int:
     return 1 if failed else 0
 
 
+def pretrain_phase(b: Bench) -> None:
+    """``--pretrain``: train its config once into ``OUT/pretrain`` (resumed if stopped; kept once finished)."""
+    run_dir = b.pretrained.parent
+    if not b.pretrain or (run_dir / "metrics.json").is_file():
+        return
+    resume = b.pretrained.is_file()
+    cores = available_cores()
+    argv = [sys.executable, "-m", "ohem", "train", "--config", b.pretrain, "--out", str(run_dir)]
+    argv += ["--resume" if resume else "--force", "--set", f"train.num_threads={cores}"]
+    failed = run_jobs(
+        [Job("pretrain", argv, b.out / "logs" / "pretrain.log", cores, lambda wall: f"done ({wall:.0f} s)")], 1
+    )
+    if failed:
+        raise ValueError(f"--pretrain {b.pretrain}: {failed[0]}")
+
+
 def check_settings(b: Bench, base: Config) -> dict[str, Any]:
     """What ``OUT`` measures; an ``OUT`` that measured something else is refused (its rows would mix)."""
     current = {"config": b.config, "budget": b.budget, "values": json.loads(json.dumps(base.to_dict()))}
+    if b.pretrain:  # what the runs start from belongs to what is measured
+        current["pretrain"] = json.loads(json.dumps(load_config(b.pretrain).to_dict()))
     path = b.out / "bench.json"
     if not path.exists():
         return current

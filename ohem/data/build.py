@@ -60,7 +60,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> De
     split = split or configured or DEFAULT_SPLITS[cfg.dataset][role == "test"]
     if cfg.dataset == "synthetic":
         num = cfg.num_train if split == "train" else cfg.num_test
-        return SyntheticShapes(split, num_images=num, image_size=cfg.image_size, seed=cfg.seed)
+        return SyntheticShapes(split, num_images=num, image_size=cfg.image_size, seed=cfg.seed, task=cfg.synthetic_task)
     if not cfg.root:
         raise ValueError(f"data.root: the {cfg.dataset} dataset needs its folder (--data {cfg.dataset}:ROOT)")
     training = role == "train"

@@ -20,6 +20,9 @@ Its rules were fixed before any sampler was compared on it, and are not tuned pe
   30 tries, else skipped) if it would leave a labelled object with less than half of its pixels
   visible. A labelled box is the tight box of the object's *visible* pixels, as VOC annotates.
 * **Splits**: ``train`` and ``test`` use different streams (``split`` = 0 and 1) of the same rules.
+* **Tasks**: ``target`` (the above) and ``source``, a related task to pretrain on (the transfer
+  regime, ``configs/transfer_source.yaml``): the same images' rules with the roles swapped, the
+  look-alikes are the 5 classes and the shapes above are their unlabelled look-alikes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ohem.structures import DetectionDatasetBase
 CLASSES = ("circle", "square", "triangle", "plus", "ring")
 DISTRACTORS = ("ellipse", "frame", "down-triangle", "tee", "c-shape")
 SPLITS = {"train": 0, "test": 1}
+TASKS = {"target": (CLASSES, DISTRACTORS), "source": (DISTRACTORS, CLASSES)}  # (labelled shapes, look-alikes)
 
 MIN_SIZE, MAX_SIZE = 12, 64
 MIN_VISIBLE = 0.5
@@ -46,9 +50,14 @@ class SyntheticShapes(DetectionDatasetBase):
     ``x1, y1, x2, y2`` in pixels, ``labels`` (n,) int64 in 1..5, ``image_id`` int, and
     ``distractor_boxes`` (m, 4), where the look-alikes are (for analysis; no model reads it)."""
 
-    classes = CLASSES
+    classes: tuple[str, ...] = CLASSES  # the target task's; a source-task dataset has its own
 
-    def __init__(self, split: str = "train", num_images: int = 1000, image_size: int = 160, seed: int = 0) -> None:
+    def __init__(
+        self, split: str = "train", num_images: int = 1000, image_size: int = 160, seed: int = 0, task: str = "target"
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"synthetic task must be one of {', '.join(TASKS)}, got {task!r}")
+        self.task, self.classes = task, TASKS[task][0]
         if split not in SPLITS:
             raise ValueError(f"synthetic split must be one of {sorted(SPLITS)}, got {split!r}")
         if num_images < 0:
@@ -66,7 +75,7 @@ class SyntheticShapes(DetectionDatasetBase):
             raise IndexError(f"synthetic {self.split} index {index} out of range 0..{self.num_images - 1}")
         if index not in self._cache:
             self._cache[index] = render_image(
-                self.image_size_px, np.random.default_rng([self.seed, SPLITS[self.split], index])
+                self.image_size_px, np.random.default_rng([self.seed, SPLITS[self.split], index]), self.task
             )
         pixels, boxes, labels, distractor_boxes = self._cache[index]
         image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
@@ -93,9 +102,10 @@ class SyntheticShapes(DetectionDatasetBase):
         return list(range(1, len(CLASSES) + 1))
 
 
-def render_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+def render_image(size: int, rng: np.random.Generator, task: str = "target") -> tuple[np.ndarray, ...]:
     """One image: uint8 (size, size, 3) pixels, float32 (n, 4) boxes, int64 (n,) labels in 1..5,
-    float32 (m, 4) boxes of the visible parts of the distractors."""
+    float32 (m, 4) boxes of the visible parts of the distractors (the ``task``'s roles, ``TASKS``)."""
+    names = TASKS[task]
     pixels = _background(size, rng)
     mean_colour = pixels.reshape(-1, 3).mean(0)
     owner = np.full((size, size), -1, dtype=np.int32)  # which object each pixel shows
@@ -107,7 +117,7 @@ def render_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     for obj, shape_index in enumerate(order):
         kind, is_object = shapes[shape_index]
         for _ in range(30):
-            mask = _shape_mask(size, kind, is_object, rng)
+            mask = _shape_mask(size, names[0 if is_object else 1][kind], rng)
             if all((owner[~mask] == j).sum() >= MIN_VISIBLE * area for j, _, area in labelled):
                 break
         else:
@@ -163,10 +173,9 @@ def _contrasting_colour(mean_colour: np.ndarray, rng: np.random.Generator) -> np
     return 255 - mean_colour
 
 
-def _shape_mask(size: int, kind: int, is_object: bool, rng: np.random.Generator) -> np.ndarray:
+def _shape_mask(size: int, name: str, rng: np.random.Generator) -> np.ndarray:
     """Boolean (size, size) mask of one shape at a random place, scale and aspect ratio."""
     longer = math.exp(rng.uniform(math.log(MIN_SIZE), math.log(MAX_SIZE)))
-    name = CLASSES[kind] if is_object else DISTRACTORS[kind]
     if name == "ellipse":
         aspect = rng.uniform(2.0, 3.0)
         aspect = aspect if rng.random() < 0.5 else 1 / aspect

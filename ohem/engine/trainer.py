@@ -220,7 +220,8 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
     random.seed(cfg.train.seed)
     model = build_model(cfg, len(classes))
     if cfg.model.init_weights and not resume:
-        load_weights_into(model, load_state_dict_file(cfg.model.init_weights, "init_weights"), "init_weights")
+        weights = load_state_dict_file(cfg.model.init_weights, "init_weights")
+        load_weights_into(model, weights, "init_weights", skip=cfg.model.init_weights_skip)
     norm = getattr(model.roi_heads, "box_target_norm", None)
     if norm is not None and not resume:  # Fast R-CNN's target statistics (on resume: the checkpoint's)
         norm.fit(train_set, model.roi_heads.proposal_matcher.high_threshold, cfg.data.hflip)
