@@ -60,7 +60,8 @@ def compare(a: Path, b: Path) -> str:
                 if isinstance(value, (int, float)) and isinstance(other, (int, float)):
                     worst = max(worst, abs(value - other) / max(abs(value), 1e-12))
     maps = [json.loads((p / "metrics.json").read_text())["mAP"] for p in (a, b)]
-    return f"{same}/{total} identical, largest relative difference {worst:.1e} (first: {first}), mAP {maps[0]:.4f} / {maps[1]:.4f}"
+    difference = f"largest relative difference {worst:.1e} (first: {first})"
+    return f"{same}/{total} identical, {difference}, mAP {maps[0]:.4f} / {maps[1]:.4f}"
 
 
 def flat(a: object, b: object, key: str = "") -> list[tuple[str, object, object]]:
