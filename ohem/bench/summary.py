@@ -134,6 +134,25 @@ def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget:
     return result
 
 
+SUMMARY_COLUMNS = [
+    "arm",
+    "seeds",
+    "iterations",
+    "train s",
+    "mAP % (mean ± sd)",
+    "per seed",
+    "− heuristic",
+    "− tv-default",
+    "s/iter",
+    "× heuristic",
+    "× tv-default",
+    "peak RSS MiB",
+    "× heuristic",
+    "mining share",
+    "all-RoI loss",
+]
+
+
 def summary_markdown(
     title: str,
     arms: list[str],
@@ -146,23 +165,6 @@ def summary_markdown(
     """``summary.md``: the table per arm, the arms at both budgets, the verdict, the error counts
     (``errors.csv`` rows, if any), the arms' definitions."""
     maps = {a: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == a and _number(r["mAP"]) is not None] for a in arms}
-    header = [
-        "arm",
-        "seeds",
-        "iterations",
-        "train s",
-        "mAP % (mean ± sd)",
-        "per seed",
-        "− heuristic",
-        "− tv-default",
-        "s/iter",
-        "× heuristic",
-        "× tv-default",
-        "peak RSS MiB",
-        "× heuristic",
-        "mining share",
-        "all-RoI loss",
-    ]
     rows = []
     for arm in arms:
         mine = [r for r in acc if r["arm"] == arm]
@@ -197,7 +199,7 @@ def summary_markdown(
         "all-RoI loss: mean loss over all RoIs of training images at the last evaluation "
         "(train.roi_loss_images).",
         "",
-        _table(header, rows),
+        _table(SUMMARY_COLUMNS, rows),
         "",
     ]
     if found:
