@@ -84,3 +84,14 @@ def test_an_unknown_method_is_a_one_line_error():
     object.__setattr__(cfg, "method", "random")  # past the config's own check, as a hand-made object could be
     with pytest.raises(ValueError, match=r"^sampler.method: unknown sampler 'random'; choose one of heuristic, ohem$"):
         build_sampler(cfg)
+
+
+def test_rows_out_of_image_order_are_refused_rather_than_split_wrongly():
+    class Shuffled(FirstRowsWeighted):
+        def sample(self, rois, losses, iteration):
+            sample = super().sample(rois, losses, iteration)
+            return Sample(sample.rows.flip(0), None)
+
+    heads = enable_sampler(small_model(), Shuffled()).roi_heads.train()
+    with pytest.raises(ValueError, match="^sampler: the sample's rows must be grouped image by image"):
+        heads(*heads_inputs())
