@@ -288,11 +288,14 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         "ohem-cls",
         "ohem-1img",
         "ohem-512",
+        "libra",
+        "ohem-presample",
+        "ohem-stratified",
     ]
     assert wanted == list(ARMS)
     lines = out.splitlines()
     for name, arm in ARMS.items():
-        assert f"{name:<15}{arm.description}" in lines
+        assert f"{name:<{len('ohem-stratified') + 2}}{arm.description}" in lines  # names in a column
         warm = " sampler.ohem_start=0.333 x solver.iterations" if arm.warm_fraction else ""
         assert "sets " + " ".join(arm.overrides) + warm in [line.strip() for line in lines]
     assert "config's solver.lr" in ARMS["all-rois"].description
