@@ -205,12 +205,15 @@ class SamplerConfig(_Section):
 
     SECTION = "sampler"
     # a name in ohem.mining.SAMPLERS: ohem | heuristic (Fast R-CNN's fg-fraction rule; with 512 RoIs, fg 0.25,
-    # bg_iou_low 0: torchvision's)
-    method: Literal["ohem", "heuristic"] = "ohem"
+    # bg_iou_low 0: torchvision's) | libra | ohem-presample | ohem-stratified (docs/SAMPLERS.md)
+    method: Literal["ohem", "heuristic", "libra", "ohem-presample", "ohem-stratified"] = "ohem"
     batch_size_per_image: int = field(default=64, metadata=ge(1))  # B / N: RoIs trained on per image
-    fg_fraction: float = field(default=0.25, metadata=between(0, 1))  # heuristic (and ohem before ohem_start)
-    # None: the sampler's own (heuristic 0.1, ohem 0.0: docs/PAPER.md)
+    # the most foreground per image: heuristic, libra, ohem-stratified (and ohem before ohem_start)
+    fg_fraction: float = field(default=0.25, metadata=between(0, 1))
+    # None: the sampler's own (heuristic 0.1; ohem and the others 0.0: docs/PAPER.md)
     bg_iou_low: float | None = field(default=None, metadata=between(0, 1))
+    # "ohem:" keys below apply to ohem-presample too; the read-only pass's (max_rois_per_chunk, readonly_*)
+    # to ohem-stratified too
     nms_iou: float | None = field(default=0.7, metadata=between(0, 1))  # ohem: NMS among RoIs by loss; None = off
     mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
     nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
@@ -223,6 +226,13 @@ class SamplerConfig(_Section):
     # background from bg_iou_low. Not in the paper (which starts from ImageNet weights): a from-scratch
     # box head can collapse under mining from the first step (docs/BENCHMARKS.md, "When OHEM pays").
     ohem_start: int = field(default=0, metadata=ge(0))
+    # ohem-presample: the read-only pass runs on presample_factor x batch_size_per_image random RoIs per image
+    presample_factor: int = field(default=4, metadata=ge(1))
+    libra_bins: int = field(default=3, metadata=ge(1))  # libra: IoU bins the background is drawn equally from
+    # libra: background below this IoU is drawn at random, not by bin (0: IoU 0 exactly); None: no such floor
+    libra_floor_thr: float | None = field(default=None, metadata=between(0, 1))
+    # libra: the share of the background drawn from below libra_floor_thr
+    libra_floor_fraction: float = field(default=0.0, metadata=between(0, 1))
     rpn_ohem: bool = False  # OHEM for the RPN too: loss-ranked anchors with NMS instead of 256 random 1:1
     # rpn_ohem: NMS among anchors by loss; None = off
     rpn_nms_iou: float | None = field(default=0.7, metadata=between(0, 1))

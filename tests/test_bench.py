@@ -297,11 +297,14 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         "ohem-cls",
         "ohem-1img",
         "ohem-512",
+        "libra",
+        "ohem-presample",
+        "ohem-stratified",
     ]
     assert wanted == list(ARMS)
     lines = out.splitlines()
     for name, arm in ARMS.items():
-        assert f"{name:<15}{arm.description}" in lines
+        assert f"{name:<{len('ohem-stratified') + 2}}{arm.description}" in lines  # names in a column
         warm = " sampler.ohem_start=0.333 x solver.iterations" if arm.warm_fraction else ""
         assert "sets " + " ".join(arm.overrides) + warm in [line.strip() for line in lines]
     assert "config's solver.lr" in ARMS["all-rois"].description
@@ -316,6 +319,9 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         ("ohem-no-nms", ("ohem", 64, 0.0, 2, None)),
         ("ohem-1img", ("ohem", 128, 0.0, 1, 0.7)),
         ("ohem-512", ("ohem", 512, 0.0, 2, 0.7)),
+        ("libra", ("libra", 512, 0.0, 2, 0.7)),
+        ("ohem-presample", ("ohem-presample", 64, 0.0, 2, 0.7)),
+        ("ohem-stratified", ("ohem-stratified", 512, 0.0, 2, 0.7)),
     ],
 )
 def test_arms_apply_over_the_config_and_the_users_set(arm, expected):

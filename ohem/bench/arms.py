@@ -80,6 +80,31 @@ ARMS: dict[str, Arm] = {
         "OHEM with 512 RoIs/image: tv-default's RoI count, the hardest instead of random ones",
         _sets(OHEM, ["sampler.batch_size_per_image=512"]),
     ),
+    "libra": Arm(
+        "Libra R-CNN's IoU-balanced sampling: 512 RoIs/image, 25 % foreground equally per gt box, "
+        "background equally from 3 IoU bins over [0, 0.5)",
+        (
+            "sampler.method=libra",
+            "sampler.batch_size_per_image=512",
+            "sampler.fg_fraction=0.25",
+            "sampler.bg_iou_low=0.0",
+            "sampler.libra_bins=3",
+            "sampler.libra_floor_thr=null",
+        ),
+    ),
+    "ohem-presample": Arm(
+        "OHEM among 4 x 64 random RoIs/image: the read-only pass on those only, then OHEM's top 64 after NMS 0.7",
+        _sets(OHEM, ["sampler.method=ohem-presample", "sampler.presample_factor=4"]),
+    ),
+    "ohem-stratified": Arm(
+        "mmdetection's OHEM: 512 RoIs/image of highest cls loss within a 25 % foreground quota, no NMS",
+        (
+            "sampler.method=ohem-stratified",
+            "sampler.batch_size_per_image=512",
+            "sampler.fg_fraction=0.25",
+            "sampler.bg_iou_low=0.0",
+        ),
+    ),
 }
 
 

@@ -11,25 +11,31 @@ from ohem.mining.enable import (
 )
 from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.libra import LibraSampler
+from ohem.mining.presample import PresampledOHEMSampler
 from ohem.mining.readonly import ReadOnlySettings, RoILosses, readonly_losses
 from ohem.mining.roi_heads import SamplingRoIHeads
 from ohem.mining.rois import LabelledRoIs, label_rois, per_roi_loss_terms
 from ohem.mining.rpn import OHEMRegionProposalNetwork, per_anchor_loss, selected_anchor_loss
 from ohem.mining.sampler import Sample, Sampler
 from ohem.mining.select import select_hard_examples
+from ohem.mining.stratified import StratifiedOHEMSampler
 from ohem.mining.table import SAMPLERS, build_sampler
 
 __all__ = [
     "SAMPLERS",
     "HeuristicSampler",
     "LabelledRoIs",
+    "LibraSampler",
     "OHEMRegionProposalNetwork",
     "OHEMSampler",
+    "PresampledOHEMSampler",
     "ReadOnlySettings",
     "RoILosses",
     "Sample",
     "Sampler",
     "SamplingRoIHeads",
+    "StratifiedOHEMSampler",
     "build_detector",
     "build_sampler",
     "enable_heuristic_sampling",

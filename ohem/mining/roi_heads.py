@@ -1,7 +1,8 @@
 """``SamplingRoIHeads``: torchvision's ``RoIHeads`` whose training pass is written out here, with the
 choice of RoIs left to a sampler (``ohem.mining.sampler``). One training forward:
 
-1. ``label_rois``: every proposal plus the gt boxes, labelled (no sampling);
+1. ``label_rois``: every proposal plus the gt boxes, labelled (no sampling); when the sampler has a
+   ``presample`` step, only the rows it returns go on (``ohem.mining.sampler.presampled``);
 2. ``readonly_losses``: when the sampler asks for losses (OHEM), the box head over all of them under
    ``no_grad``, one loss per RoI;
 3. ``sampler.sample``: the rows to train on, and a weight per row;
@@ -23,7 +24,7 @@ from ohem.events import EventStorage, clock, current_storage
 from ohem.mining.pooling import can_reuse_pooling, pooled_with_gradient, rows_of
 from ohem.mining.readonly import RoILosses, readonly_losses
 from ohem.mining.rois import LabelledRoIs, elementwise_iou, label_rois, sampled_roi_loss
-from ohem.mining.sampler import Sample, Sampler
+from ohem.mining.sampler import Sample, Sampler, presampled
 from ohem.models.box_targets import BoxTargetNorm, raw_box_deltas
 
 
@@ -69,7 +70,7 @@ class SamplingRoIHeads(RoIHeads):
         check_target_types(self, targets)
         storage, device, sampler = current_storage(), proposals[0].device, self.sampler
         tic = clock(device)
-        rois = label_rois(self, proposals, targets, sampler.bg_iou_low)
+        rois = presampled(sampler, label_rois(self, proposals, targets, sampler.bg_iou_low))
         reuse = sampler.readonly is not None and can_reuse_pooling(self, features)
         scores = None
         if sampler.readonly is not None:

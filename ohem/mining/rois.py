@@ -30,6 +30,11 @@ class LabelledRoIs:
     matched_gt: Tensor  # (R, 4) the best gt box
     num_images: int
 
+    def take(self, rows: Tensor) -> LabelledRoIs:
+        """These ``rows`` (in image order) as a ``LabelledRoIs`` of their own, images kept."""
+        fields = (self.boxes, self.image_ids, self.matched_idxs, self.labels, self.box_targets, self.matched_gt)
+        return LabelledRoIs(*(field[rows] for field in fields), self.num_images)
+
     def per_image(self, rows: Tensor) -> tuple[list[Tensor], ...]:
         """``rows`` (in image order) as per-image lists of (boxes, matched idxs, labels, targets)."""
         image_ids = self.image_ids[rows]

@@ -8,11 +8,17 @@ from collections.abc import Callable
 from ohem.config import SamplerConfig
 from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.libra import LibraSampler
+from ohem.mining.presample import PresampledOHEMSampler
 from ohem.mining.sampler import Sampler
+from ohem.mining.stratified import StratifiedOHEMSampler
 
 SAMPLERS: dict[str, Callable[[SamplerConfig], Sampler]] = {
     "heuristic": HeuristicSampler.from_config,
     "ohem": OHEMSampler.from_config,
+    "libra": LibraSampler.from_config,
+    "ohem-presample": PresampledOHEMSampler.from_config,
+    "ohem-stratified": StratifiedOHEMSampler.from_config,
 }
 
 
