@@ -15,7 +15,7 @@ from ohem.mining.readonly import ReadOnlySettings, RoILosses, readonly_losses
 from ohem.mining.roi_heads import SamplingRoIHeads
 from ohem.mining.rois import LabelledRoIs, label_rois, per_roi_loss_terms
 from ohem.mining.rpn import OHEMRegionProposalNetwork, per_anchor_loss, selected_anchor_loss
-from ohem.mining.sampler import Sample, Sampler
+from ohem.mining.sampler import Sample, Sampler, TrainedRows
 from ohem.mining.select import select_hard_examples
 from ohem.mining.table import SAMPLERS, build_sampler
 
@@ -30,6 +30,7 @@ __all__ = [
     "Sample",
     "Sampler",
     "SamplingRoIHeads",
+    "TrainedRows",
     "build_detector",
     "build_sampler",
     "enable_heuristic_sampling",
