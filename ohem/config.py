@@ -199,12 +199,12 @@ class SamplerConfig(_Section):
     ``enable_heuristic_sampling`` take this object; their keyword arguments are its fields."""
 
     SECTION = "sampler"
-    # a name in ohem.mining.SAMPLERS: ohem | heuristic (Fast R-CNN's fg-fraction rule; with 512 RoIs, fg 0.25,
-    # bg_iou_low 0: torchvision's)
-    method: Literal["ohem", "heuristic"] = "ohem"
+    # a name in ohem.mining.SAMPLERS (docs/SAMPLERS.md): ohem | heuristic (Fast R-CNN's fg-fraction rule; with
+    # 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's) | pisa
+    method: Literal["ohem", "heuristic", "pisa"] = "ohem"
     batch_size_per_image: int = field(default=64, metadata=ge(1))  # B / N: RoIs trained on per image
-    fg_fraction: float = field(default=0.25, metadata=between(0, 1))  # heuristic (and ohem before ohem_start)
-    # None: the sampler's own (heuristic 0.1, ohem 0.0: docs/PAPER.md)
+    fg_fraction: float = field(default=0.25, metadata=between(0, 1))  # heuristic, pisa (ohem before ohem_start)
+    # None: the sampler's own (heuristic 0.1; ohem 0.0: docs/PAPER.md; pisa 0.0)
     bg_iou_low: float | None = field(default=None, metadata=between(0, 1))
     nms_iou: float | None = field(default=0.7, metadata=between(0, 1))  # ohem: NMS among RoIs by loss; None = off
     mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
@@ -221,6 +221,18 @@ class SamplerConfig(_Section):
     rpn_ohem: bool = False  # OHEM for the RPN too: loss-ranked anchors with NMS instead of 256 random 1:1
     # rpn_ohem: NMS among anchors by loss; None = off
     rpn_nms_iou: float | None = field(default=0.7, metadata=between(0, 1))
+    # pisa (Cao et al. 2020; mmdetection's defaults): loss weight ((1 - bias) u + bias) ** k of a RoI of
+    # hierarchical rank u in (0, 1], positives by IoU (ISR-P), negatives by score (ISR-N)
+    isr_p_k: float = field(default=2.0, metadata=ge(0))
+    isr_p_bias: float = field(default=0.0, metadata=between(0, 1))
+    isr_n_k: float = field(default=0.5, metadata=ge(0))
+    isr_n_bias: float = field(default=0.0, metadata=between(0, 1))
+    isr_n_nms_iou: float = field(default=0.5, metadata=between(0, 1))  # pisa: negatives' groups for their ranks
+    # pisa: loss (the paper: each part's weighted cls loss equals its unweighted one) | count (mean weight 1)
+    isr_normalise: Literal["loss", "count"] = "loss"
+    carl: bool = True  # pisa: add CARL, the box loss of positives weighted by their class score (the paper)
+    carl_k: float = field(default=1.0, metadata=ge(0))  # pisa: CARL's weight ((1 - bias) score + bias) ** k
+    carl_bias: float = field(default=0.2, metadata=between(0, 1))
 
 
 @dataclass

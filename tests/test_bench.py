@@ -288,6 +288,7 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         "ohem-cls",
         "ohem-1img",
         "ohem-512",
+        "pisa",
     ]
     assert wanted == list(ARMS)
     lines = out.splitlines()
@@ -307,6 +308,7 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         ("ohem-no-nms", ("ohem", 64, 0.0, 2, None)),
         ("ohem-1img", ("ohem", 128, 0.0, 1, 0.7)),
         ("ohem-512", ("ohem", 512, 0.0, 2, 0.7)),
+        ("pisa", ("pisa", 512, 0.0, 2, 0.7)),
     ],
 )
 def test_arms_apply_over_the_config_and_the_users_set(arm, expected):

@@ -80,6 +80,17 @@ ARMS: dict[str, Arm] = {
         "OHEM with 512 RoIs/image: tv-default's RoI count, the hardest instead of random ones",
         _sets(OHEM, ["sampler.batch_size_per_image=512"]),
     ),
+    "pisa": Arm(
+        "PISA (Cao et al. 2020): tv-default's random 512 RoIs/image, classification loss reweighted by "
+        "IoU/score hierarchical rank (ISR), plus CARL",
+        (
+            "sampler.method=pisa",
+            "sampler.batch_size_per_image=512",
+            "sampler.fg_fraction=0.25",
+            "sampler.bg_iou_low=0.0",
+            "sampler.carl=true",
+        ),
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from ohem.mining.enable import (
 )
 from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.pisa import PISASampler
 from ohem.mining.readonly import ReadOnlySettings, RoILosses, readonly_losses
 from ohem.mining.roi_heads import SamplingRoIHeads
 from ohem.mining.rois import LabelledRoIs, label_rois, per_roi_loss_terms
@@ -25,6 +26,7 @@ __all__ = [
     "LabelledRoIs",
     "OHEMRegionProposalNetwork",
     "OHEMSampler",
+    "PISASampler",
     "ReadOnlySettings",
     "RoILosses",
     "Sample",

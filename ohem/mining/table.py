@@ -8,11 +8,13 @@ from collections.abc import Callable
 from ohem.config import SamplerConfig
 from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.pisa import PISASampler
 from ohem.mining.sampler import Sampler
 
 SAMPLERS: dict[str, Callable[[SamplerConfig], Sampler]] = {
     "heuristic": HeuristicSampler.from_config,
     "ohem": OHEMSampler.from_config,
+    "pisa": PISASampler.from_config,
 }
 
 
