@@ -200,15 +200,16 @@ class SamplerConfig(_Section):
 
     SECTION = "sampler"
     # a name in ohem.mining.SAMPLERS (docs/SAMPLERS.md): ohem | heuristic (Fast R-CNN's fg-fraction rule; with
-    # 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's) | pisa
-    method: Literal["ohem", "heuristic", "pisa"] = "ohem"
+    # 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's) | pisa | is-mix
+    method: Literal["ohem", "heuristic", "pisa", "is-mix"] = "ohem"
     batch_size_per_image: int = field(default=64, metadata=ge(1))  # B / N: RoIs trained on per image
     fg_fraction: float = field(default=0.25, metadata=between(0, 1))  # heuristic, pisa (ohem before ohem_start)
-    # None: the sampler's own (heuristic 0.1; ohem 0.0: docs/PAPER.md; pisa 0.0)
+    # None: the sampler's own (heuristic 0.1; ohem 0.0: docs/PAPER.md; pisa, is-mix 0.0)
     bg_iou_low: float | None = field(default=None, metadata=between(0, 1))
-    nms_iou: float | None = field(default=0.7, metadata=between(0, 1))  # ohem: NMS among RoIs by loss; None = off
-    mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
-    nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
+    # ohem, is-mix: NMS among RoIs by loss; None = off
+    nms_iou: float | None = field(default=0.7, metadata=between(0, 1))
+    mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem, is-mix: cls+box (paper) | cls (mmdetection)
+    nms_per_label: bool = False  # ohem, is-mix: NMS only among RoIs of one label (the authors' code)
     max_rois_per_chunk: int = field(default=1024, metadata=ge(1))  # ohem: read-only pass memory bound
     readonly_dropout: bool = True  # ohem: dropout stays on in the read-only pass (authors' code)
     # ohem: the read-only pass's numerics: tf32 (float32 with TF32 matmuls/convolutions on CUDA; on the CPU
@@ -233,6 +234,12 @@ class SamplerConfig(_Section):
     carl: bool = True  # pisa: add CARL, the box loss of positives weighted by their class score (the paper)
     carl_k: float = field(default=1.0, metadata=ge(0))  # pisa: CARL's weight ((1 - bias) score + bias) ** k
     carl_bias: float = field(default=0.2, metadata=between(0, 1))
+    # is-mix: weight of the uniform part of p_i = (1 - lambda) loss_i / sum(loss) + lambda / N (1: random)
+    is_lambda: float = field(default=0.5, metadata=between(0, 1))
+    # is-mix: constant | decay (lambda from 1 at iteration 0 linearly to is_lambda at is_lambda_decay_iterations)
+    is_lambda_schedule: Literal["constant", "decay"] = "constant"
+    is_lambda_decay_iterations: int = field(default=1000, metadata=ge(1))
+    is_weights: Literal["unbiased", "none"] = "unbiased"  # is-mix: 1 / (N p_i) per draw | none (weight 1)
 
 
 @dataclass

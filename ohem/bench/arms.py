@@ -91,6 +91,20 @@ ARMS: dict[str, Arm] = {
             "sampler.carl=true",
         ),
     ),
+    "is-mix": Arm(
+        "ours: 64 draws/image with probability 0.5 x loss share + 0.5 x uniform over all RoIs (no NMS), "
+        "weighted to an unbiased estimate of the all-RoI mean loss",
+        (
+            "sampler.method=is-mix",
+            "sampler.batch_size_per_image=64",
+            "sampler.is_lambda=0.5",
+            "sampler.is_lambda_schedule=constant",
+            "sampler.is_weights=unbiased",
+            "sampler.nms_iou=null",
+            "sampler.mining_loss=cls+box",
+            "sampler.bg_iou_low=0.0",
+        ),
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from ohem.mining.enable import (
 )
 from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.importance import ISMixSampler
 from ohem.mining.pisa import PISASampler
 from ohem.mining.readonly import ReadOnlySettings, RoILosses, readonly_losses
 from ohem.mining.roi_heads import SamplingRoIHeads
@@ -23,6 +24,7 @@ from ohem.mining.table import SAMPLERS, build_sampler
 __all__ = [
     "SAMPLERS",
     "HeuristicSampler",
+    "ISMixSampler",
     "LabelledRoIs",
     "OHEMRegionProposalNetwork",
     "OHEMSampler",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from ohem.config import SamplerConfig
 from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.importance import ISMixSampler
 from ohem.mining.pisa import PISASampler
 from ohem.mining.sampler import Sampler
 
@@ -15,6 +16,7 @@ SAMPLERS: dict[str, Callable[[SamplerConfig], Sampler]] = {
     "heuristic": HeuristicSampler.from_config,
     "ohem": OHEMSampler.from_config,
     "pisa": PISASampler.from_config,
+    "is-mix": ISMixSampler.from_config,
 }
 
 
