@@ -67,8 +67,11 @@ class Range:
 
     low: float | None = None
     high: float | None = None
+    open: bool = False  # both ends excluded (a probability whose logarithm is taken)
 
     def __str__(self) -> str:
+        if self.open:
+            return f"in ({self.low}, {self.high})"
         if self.low is not None and self.high is not None:
             return f"in [{self.low}, {self.high}]"
         if self.low is not None:
@@ -87,7 +90,9 @@ class Range:
         if not number or not math.isfinite(value):
             finite = "a finite number" + ("" if self.low is None and self.high is None else f" {self}")
             raise ConfigError(f"{name} must be {finite}, got {value!r}")
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+        below = self.low is not None and (value <= self.low if self.open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.open else value > self.high)
+        if below or above:
             raise ConfigError(f"{name} must be {self}, got {value!r}")
 
 
@@ -99,6 +104,11 @@ def ge(low: float) -> dict[str, Range]:
 def between(low: float, high: float) -> dict[str, Range]:
     """Field metadata: from ``low`` to ``high``, both included."""
     return {"range": Range(low, high)}
+
+
+def inside(low: float, high: float) -> dict[str, Range]:
+    """Field metadata: strictly between ``low`` and ``high``."""
+    return {"range": Range(low, high, open=True)}
 
 
 FINITE = {"range": Range()}  # field metadata: any finite number
@@ -200,11 +210,11 @@ class SamplerConfig(_Section):
 
     SECTION = "sampler"
     # a name in ohem.mining.SAMPLERS (docs/SAMPLERS.md): ohem | heuristic (Fast R-CNN's fg-fraction rule; with
-    # 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's) | pisa | is-mix
-    method: Literal["ohem", "heuristic", "pisa", "is-mix"] = "ohem"
+    # 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's) | pisa | is-mix | ohem-prior
+    method: Literal["ohem", "heuristic", "pisa", "is-mix", "ohem-prior"] = "ohem"
     batch_size_per_image: int = field(default=64, metadata=ge(1))  # B / N: RoIs trained on per image
     fg_fraction: float = field(default=0.25, metadata=between(0, 1))  # heuristic, pisa (ohem before ohem_start)
-    # None: the sampler's own (heuristic 0.1; ohem 0.0: docs/PAPER.md; pisa, is-mix 0.0)
+    # None: the sampler's own (heuristic 0.1; ohem 0.0: docs/PAPER.md; pisa, is-mix, ohem-prior 0.0)
     bg_iou_low: float | None = field(default=None, metadata=between(0, 1))
     # ohem, is-mix: NMS among RoIs by loss; None = off
     nms_iou: float | None = field(default=0.7, metadata=between(0, 1))
@@ -240,6 +250,7 @@ class SamplerConfig(_Section):
     is_lambda_schedule: Literal["constant", "decay"] = "constant"
     is_lambda_decay_iterations: int = field(default=1000, metadata=ge(1))
     is_weights: Literal["unbiased", "none"] = "unbiased"  # is-mix: 1 / (N p_i) per draw | none (weight 1)
+    prior_bg: float = field(default=0.99, metadata=inside(0, 1))  # ohem-prior: P(background) at initialisation
 
 
 @dataclass

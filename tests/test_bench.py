@@ -293,6 +293,7 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         "ohem-512",
         "pisa",
         "is-mix",
+        "ohem-prior",
     ]
     assert wanted == list(ARMS)
     lines = out.splitlines()
@@ -314,6 +315,7 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         ("ohem-512", ("ohem", 512, 0.0, 2, 0.7)),
         ("pisa", ("pisa", 512, 0.0, 2, 0.7)),
         ("is-mix", ("is-mix", 64, 0.0, 2, None)),
+        ("ohem-prior", ("ohem-prior", 64, 0.0, 2, 0.7)),
     ],
 )
 def test_arms_apply_over_the_config_and_the_users_set(arm, expected):

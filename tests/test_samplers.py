@@ -85,7 +85,7 @@ def test_an_unknown_method_is_a_one_line_error():
     object.__setattr__(cfg, "method", "random")  # past the config's own check, as a hand-made object could be
     with pytest.raises(
         ValueError,
-        match=r"^sampler.method: unknown sampler 'random'; choose one of heuristic, ohem, pisa, is-mix$",
+        match=r"^sampler.method: unknown sampler 'random'; choose one of heuristic, ohem, pisa, is-mix, ohem-prior$",
     ):
         build_sampler(cfg)
 

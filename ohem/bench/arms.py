@@ -105,6 +105,10 @@ ARMS: dict[str, Arm] = {
             "sampler.bg_iou_low=0.0",
         ),
     ),
+    "ohem-prior": Arm(
+        "OHEM from the first step with the classifier's bias set to P(background) = 0.99 at initialisation",
+        _sets(OHEM, ["sampler.method=ohem-prior", "sampler.prior_bg=0.99", "sampler.ohem_start=0"]),
+    ),
 }
 
 

@@ -13,6 +13,7 @@ from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
 from ohem.mining.importance import ISMixSampler
 from ohem.mining.pisa import PISASampler
+from ohem.mining.prior import OHEMPriorSampler
 from ohem.mining.readonly import ReadOnlySettings, RoILosses, readonly_losses
 from ohem.mining.roi_heads import SamplingRoIHeads
 from ohem.mining.rois import LabelledRoIs, label_rois, per_roi_loss_terms
@@ -27,6 +28,7 @@ __all__ = [
     "ISMixSampler",
     "LabelledRoIs",
     "OHEMRegionProposalNetwork",
+    "OHEMPriorSampler",
     "OHEMSampler",
     "PISASampler",
     "ReadOnlySettings",

@@ -10,6 +10,7 @@ from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
 from ohem.mining.importance import ISMixSampler
 from ohem.mining.pisa import PISASampler
+from ohem.mining.prior import OHEMPriorSampler
 from ohem.mining.sampler import Sampler
 
 SAMPLERS: dict[str, Callable[[SamplerConfig], Sampler]] = {
@@ -17,6 +18,7 @@ SAMPLERS: dict[str, Callable[[SamplerConfig], Sampler]] = {
     "ohem": OHEMSampler.from_config,
     "pisa": PISASampler.from_config,
     "is-mix": ISMixSampler.from_config,
+    "ohem-prior": OHEMPriorSampler.from_config,
 }
 
 
