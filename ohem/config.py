@@ -67,8 +67,11 @@ class Range:
 
     low: float | None = None
     high: float | None = None
+    open: bool = False  # both ends excluded (a probability whose logarithm is taken)
 
     def __str__(self) -> str:
+        if self.open:
+            return f"in ({self.low}, {self.high})"
         if self.low is not None and self.high is not None:
             return f"in [{self.low}, {self.high}]"
         if self.low is not None:
@@ -87,7 +90,9 @@ class Range:
         if not number or not math.isfinite(value):
             finite = "a finite number" + ("" if self.low is None and self.high is None else f" {self}")
             raise ConfigError(f"{name} must be {finite}, got {value!r}")
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+        below = self.low is not None and (value <= self.low if self.open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.open else value > self.high)
+        if below or above:
             raise ConfigError(f"{name} must be {self}, got {value!r}")
 
 
@@ -99,6 +104,11 @@ def ge(low: float) -> dict[str, Range]:
 def between(low: float, high: float) -> dict[str, Range]:
     """Field metadata: from ``low`` to ``high``, both included."""
     return {"range": Range(low, high)}
+
+
+def inside(low: float, high: float) -> dict[str, Range]:
+    """Field metadata: strictly between ``low`` and ``high``."""
+    return {"range": Range(low, high, open=True)}
 
 
 FINITE = {"range": Range()}  # field metadata: any finite number
@@ -204,16 +214,19 @@ class SamplerConfig(_Section):
     ``enable_heuristic_sampling`` take this object; their keyword arguments are its fields."""
 
     SECTION = "sampler"
-    # a name in ohem.mining.SAMPLERS: ohem | heuristic (Fast R-CNN's fg-fraction rule; with 512 RoIs, fg 0.25,
-    # bg_iou_low 0: torchvision's) | libra | ohem-presample | ohem-stratified (docs/SAMPLERS.md)
-    method: Literal["ohem", "heuristic", "libra", "ohem-presample", "ohem-stratified"] = "ohem"
+    # a name in ohem.mining.SAMPLERS (docs/SAMPLERS.md): ohem | heuristic (Fast R-CNN's fg-fraction rule; with
+    # 512 RoIs, fg 0.25, bg_iou_low 0: torchvision's) | libra | ohem-presample | ohem-stratified | pisa | is-mix
+    # | ohem-prior
+    method: Literal[
+        "ohem", "heuristic", "libra", "ohem-presample", "ohem-stratified", "pisa", "is-mix", "ohem-prior"
+    ] = "ohem"
     batch_size_per_image: int = field(default=64, metadata=ge(1))  # B / N: RoIs trained on per image
-    # the most foreground per image: heuristic, libra, ohem-stratified (and ohem before ohem_start)
+    # the most foreground per image: heuristic, libra, ohem-stratified, pisa (and ohem before ohem_start)
     fg_fraction: float = field(default=0.25, metadata=between(0, 1))
     # None: the sampler's own (heuristic 0.1; ohem and the others 0.0: docs/PAPER.md)
     bg_iou_low: float | None = field(default=None, metadata=between(0, 1))
-    # "ohem:" keys below apply to ohem-presample too; the read-only pass's (max_rois_per_chunk, readonly_*)
-    # to ohem-stratified too
+    # "ohem:" keys below apply to ohem-presample and ohem-prior too; nms_*, mining_loss to is-mix too; the
+    # read-only pass's (max_rois_per_chunk, readonly_*) to ohem-stratified and is-mix too
     nms_iou: float | None = field(default=0.7, metadata=between(0, 1))  # ohem: NMS among RoIs by loss; None = off
     mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
     nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
@@ -236,6 +249,25 @@ class SamplerConfig(_Section):
     rpn_ohem: bool = False  # OHEM for the RPN too: loss-ranked anchors with NMS instead of 256 random 1:1
     # rpn_ohem: NMS among anchors by loss; None = off
     rpn_nms_iou: float | None = field(default=0.7, metadata=between(0, 1))
+    # pisa (Cao et al. 2020; mmdetection's defaults): loss weight ((1 - bias) u + bias) ** k of a RoI of
+    # hierarchical rank u in (0, 1], positives by IoU (ISR-P), negatives by score (ISR-N)
+    isr_p_k: float = field(default=2.0, metadata=ge(0))
+    isr_p_bias: float = field(default=0.0, metadata=between(0, 1))
+    isr_n_k: float = field(default=0.5, metadata=ge(0))
+    isr_n_bias: float = field(default=0.0, metadata=between(0, 1))
+    isr_n_nms_iou: float = field(default=0.5, metadata=between(0, 1))  # pisa: negatives' groups for their ranks
+    # pisa: loss (the paper: each part's weighted cls loss equals its unweighted one) | count (mean weight 1)
+    isr_normalise: Literal["loss", "count"] = "loss"
+    carl: bool = True  # pisa: add CARL, the box loss of positives weighted by their class score (the paper)
+    carl_k: float = field(default=1.0, metadata=ge(0))  # pisa: CARL's weight ((1 - bias) score + bias) ** k
+    carl_bias: float = field(default=0.2, metadata=between(0, 1))
+    # is-mix: weight of the uniform part of p_i = (1 - lambda) loss_i / sum(loss) + lambda / N (1: random)
+    is_lambda: float = field(default=0.5, metadata=between(0, 1))
+    # is-mix: constant | decay (lambda from 1 at iteration 0 linearly to is_lambda at is_lambda_decay_iterations)
+    is_lambda_schedule: Literal["constant", "decay"] = "constant"
+    is_lambda_decay_iterations: int = field(default=1000, metadata=ge(1))
+    is_weights: Literal["unbiased", "none"] = "unbiased"  # is-mix: 1 / (N p_i) per draw | none (weight 1)
+    prior_bg: float = field(default=0.99, metadata=inside(0, 1))  # ohem-prior: P(background) at initialisation
 
 
 @dataclass

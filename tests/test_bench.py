@@ -194,6 +194,9 @@ def test_schedule_is_scaled_with_the_run_length():
     assert scaled.train.eval_every == 750
     warm = load_config(None, ["solver.iterations=1000", "sampler.ohem_start=300"])
     assert "sampler.ohem_start=150" in schedule_overrides(warm, 500)  # mining starts at the same fraction
+    decay = load_config(None, ["solver.iterations=1000", "sampler.is_lambda_schedule=decay"])
+    assert "sampler.is_lambda_decay_iterations=500" in schedule_overrides(decay, 500)  # default 1000, halved
+    assert not any(o.startswith("sampler.is_lambda") for o in schedule_overrides(cfg, 500))  # constant: no change
 
 
 def test_warm_arm_starts_mining_at_a_third_of_any_schedule():
@@ -300,6 +303,9 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         "libra",
         "ohem-presample",
         "ohem-stratified",
+        "pisa",
+        "is-mix",
+        "ohem-prior",
     ]
     assert wanted == list(ARMS)
     lines = out.splitlines()
@@ -322,6 +328,9 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
         ("libra", ("libra", 512, 0.0, 2, 0.7)),
         ("ohem-presample", ("ohem-presample", 64, 0.0, 2, 0.7)),
         ("ohem-stratified", ("ohem-stratified", 512, 0.0, 2, 0.7)),
+        ("pisa", ("pisa", 512, 0.0, 2, 0.7)),
+        ("is-mix", ("is-mix", 64, 0.0, 2, None)),
+        ("ohem-prior", ("ohem-prior", 64, 0.0, 2, 0.7)),
     ],
 )
 def test_arms_apply_over_the_config_and_the_users_set(arm, expected):

@@ -105,6 +105,35 @@ ARMS: dict[str, Arm] = {
             "sampler.bg_iou_low=0.0",
         ),
     ),
+    "pisa": Arm(
+        "PISA (Cao et al. 2020): tv-default's random 512 RoIs/image, classification loss reweighted by "
+        "IoU/score hierarchical rank (ISR), plus CARL",
+        (
+            "sampler.method=pisa",
+            "sampler.batch_size_per_image=512",
+            "sampler.fg_fraction=0.25",
+            "sampler.bg_iou_low=0.0",
+            "sampler.carl=true",
+        ),
+    ),
+    "is-mix": Arm(
+        "ours: 64 draws/image with probability 0.5 x loss share + 0.5 x uniform over all RoIs (no NMS), "
+        "weighted to an unbiased estimate of the all-RoI mean loss",
+        (
+            "sampler.method=is-mix",
+            "sampler.batch_size_per_image=64",
+            "sampler.is_lambda=0.5",
+            "sampler.is_lambda_schedule=constant",
+            "sampler.is_weights=unbiased",
+            "sampler.nms_iou=null",
+            "sampler.mining_loss=cls+box",
+            "sampler.bg_iou_low=0.0",
+        ),
+    ),
+    "ohem-prior": Arm(
+        "OHEM from the first step with the classifier's bias set to P(background) = 0.99 at initialisation",
+        _sets(OHEM, ["sampler.method=ohem-prior", "sampler.prior_bg=0.99", "sampler.ohem_start=0"]),
+    ),
 }
 
 

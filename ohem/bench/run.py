@@ -141,9 +141,9 @@ def budget_iterations(seconds: float, s_per_iter: float) -> int:
 
 
 def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
-    """``cfg``'s run stretched to ``iterations``: lr steps, warm-up, the start of mining and the
-    evaluation interval scaled by the same factor (so every arm drops its lr and is evaluated at the
-    same fractions of its run)."""
+    """``cfg``'s run stretched to ``iterations``: lr steps, warm-up, the start of mining, is-mix's lambda
+    decay and the evaluation interval scaled by the same factor (so every arm drops its lr and is
+    evaluated at the same fractions of its run)."""
     factor = iterations / cfg.solver.iterations
     steps = [max(1, math.floor(step * factor + 0.5)) for step in cfg.solver.steps]
     overrides = [
@@ -153,6 +153,9 @@ def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
     ]
     if cfg.sampler.ohem_start:
         overrides.append(f"sampler.ohem_start={math.floor(cfg.sampler.ohem_start * factor + 0.5)}")
+    if cfg.sampler.is_lambda_schedule == "decay":  # is-mix's lambda reaches is_lambda at the same fraction
+        decay = max(1, math.floor(cfg.sampler.is_lambda_decay_iterations * factor + 0.5))
+        overrides.append(f"sampler.is_lambda_decay_iterations={decay}")
     if cfg.train.eval_every:
         overrides.append(f"train.eval_every={max(1, math.floor(cfg.train.eval_every * factor + 0.5))}")
     return overrides

@@ -11,13 +11,16 @@ from ohem.mining.enable import (
 )
 from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.importance import ISMixSampler
 from ohem.mining.libra import LibraSampler
+from ohem.mining.pisa import PISASampler
 from ohem.mining.presample import PresampledOHEMSampler
+from ohem.mining.prior import OHEMPriorSampler
 from ohem.mining.readonly import ReadOnlySettings, RoILosses, readonly_losses
 from ohem.mining.roi_heads import SamplingRoIHeads
 from ohem.mining.rois import LabelledRoIs, label_rois, per_roi_loss_terms
 from ohem.mining.rpn import OHEMRegionProposalNetwork, per_anchor_loss, selected_anchor_loss
-from ohem.mining.sampler import Sample, Sampler
+from ohem.mining.sampler import Sample, Sampler, TrainedRows
 from ohem.mining.select import select_hard_examples
 from ohem.mining.stratified import StratifiedOHEMSampler
 from ohem.mining.table import SAMPLERS, build_sampler
@@ -25,10 +28,13 @@ from ohem.mining.table import SAMPLERS, build_sampler
 __all__ = [
     "SAMPLERS",
     "HeuristicSampler",
+    "ISMixSampler",
     "LabelledRoIs",
     "LibraSampler",
     "OHEMRegionProposalNetwork",
+    "OHEMPriorSampler",
     "OHEMSampler",
+    "PISASampler",
     "PresampledOHEMSampler",
     "ReadOnlySettings",
     "RoILosses",
@@ -36,6 +42,7 @@ __all__ = [
     "Sampler",
     "SamplingRoIHeads",
     "StratifiedOHEMSampler",
+    "TrainedRows",
     "build_detector",
     "build_sampler",
     "enable_heuristic_sampling",

@@ -40,12 +40,16 @@ def enable_sampler(
     """A ``SamplingRoIHeads`` training on what ``sampler`` picks in ``model.roi_heads`` (and, with
     ``rpn_ohem`` in a ``SamplerConfig``, OHEM in the RPN too); returns ``model``. ``sampler``: a
     ``SamplerConfig`` (its ``method`` names the sampler in ``ohem.mining.SAMPLERS``) or a sampler
-    object. ``box_loss_beta``: the box loss's smooth-L1 beta (torchvision's 1/9; Fast R-CNN's 1)."""
+    object; a sampler with an ``initialise(heads)`` method has it called here, once. ``box_loss_beta``:
+    the box loss's smooth-L1 beta (torchvision's 1/9; Fast R-CNN's 1)."""
     config = sampler if isinstance(sampler, SamplerConfig) else None
     chosen = build_sampler(config) if config else sampler
     model.roi_heads = rebuild_roi_heads(
         SamplingRoIHeads, _roi_heads_of(model), sampler=chosen, box_loss_beta=box_loss_beta
     )
+    initialise = getattr(chosen, "initialise", None)
+    if initialise is not None:  # once, on install: a checkpoint loaded afterwards overwrites it
+        initialise(model.roi_heads)
     return enable_rpn_ohem(model, config.rpn_nms_iou) if config and config.rpn_ohem else model
 
 

@@ -7,7 +7,8 @@ choice of RoIs left to a sampler (``ohem.mining.sampler``). One training forward
    ``no_grad``, one loss per RoI;
 3. ``sampler.sample``: the rows to train on, and a weight per row;
 4. the trainable pass: pool those rows (on the CPU the read-only pass's pooling is reused), box head,
-   box predictor, and the weighted loss with the head's own smooth-L1 ``box_loss_beta``; torchvision's
+   box predictor, and the weighted loss with the head's own smooth-L1 ``box_loss_beta`` (or the
+   sampler's own ``roi_loss`` of that pass, when it has one: ``ohem.mining.sampler``); torchvision's
    mask and keypoint losses on the sample's foreground.
 
 Evaluation is ``RoIHeads``' own code path, untouched.
@@ -23,8 +24,8 @@ from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, 
 from ohem.events import EventStorage, clock, current_storage
 from ohem.mining.pooling import can_reuse_pooling, pooled_with_gradient, rows_of
 from ohem.mining.readonly import RoILosses, readonly_losses
-from ohem.mining.rois import LabelledRoIs, elementwise_iou, label_rois, sampled_roi_loss
-from ohem.mining.sampler import Sample, Sampler, presampled
+from ohem.mining.rois import LabelledRoIs, elementwise_iou, label_rois
+from ohem.mining.sampler import Sample, Sampler, TrainedRows, presampled, roi_losses
 from ohem.models.box_targets import BoxTargetNorm, raw_box_deltas
 
 
@@ -78,7 +79,7 @@ class SamplingRoIHeads(RoIHeads):
         sample = sampler.sample(rois, scores, storage.iteration if storage else None)
         seconds = clock(device) - tic
         # the trainable pass, on the sampled rows only
-        boxes, matched_idxs, labels, box_targets = rois.per_image(sample.rows)
+        boxes, matched_idxs, labels, _ = rois.per_image(sample.rows)
         if reuse:
             pooled = pooled_with_gradient(
                 self.box_roi_pool, features, boxes, image_shapes, rows_of(scores.pooled, sample.rows)
@@ -86,10 +87,7 @@ class SamplingRoIHeads(RoIHeads):
         else:
             pooled = self.box_roi_pool(features, boxes, image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled))
-        loss_classifier, loss_box_reg = sampled_roi_loss(
-            class_logits, box_regression, torch.cat(labels), torch.cat(box_targets), self.box_loss_beta, sample.weights
-        )
-        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        losses = roi_losses(sampler, TrainedRows(rois, sample, class_logits, box_regression, self))
         losses.update(self.mask_and_keypoint_losses(features, boxes, matched_idxs, labels, image_shapes, targets))
         if scores is not None:
             stats = mining_stats(rois, scores, sample)

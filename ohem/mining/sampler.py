@@ -14,7 +14,20 @@ A sampler is a small object with
   ``ohem_all_*`` statistics are over them. It exists so that a sampler can bound the read-only pass's
   cost (``ohem-presample``); a sampler without it (heuristic, ohem) runs exactly as before it existed.
 
-``SamplingRoIHeads`` calls it once per training forward; ``ohem.mining.SAMPLERS`` names them.
+and, optionally (``SamplingRoIHeads`` looks for them with ``getattr``; a sampler without them trains
+exactly as before they existed):
+
+* ``roi_loss(trained: TrainedRows) -> dict[str, Tensor]``: the loss of the trainable pass, computed by
+  the sampler from that pass's logits and deltas (with gradient), instead of ``sampled_roi_loss``
+  with ``Sample.weights``. It returns ``loss_classifier`` and ``loss_box_reg`` and may add terms of its
+  own (every ``loss_*`` key is summed into the training loss). For weights that depend on the trainable
+  pass's own outputs, or a loss with a gradient through them (PISA's ISR and CARL), which a weight fixed
+  in ``sample`` cannot express. ``roi_losses`` is the head's call.
+* ``initialise(heads) -> None``: called once by ``enable_sampler`` when the sampler is installed, to
+  change the RoI heads' initial weights (``ohem-prior``'s background prior). A checkpoint loaded later
+  (``--resume``, ``model.init_weights``) overwrites what it set.
+
+``SamplingRoIHeads`` calls ``sample`` once per training forward; ``ohem.mining.SAMPLERS`` names them.
 """
 
 from __future__ import annotations
@@ -25,10 +38,12 @@ from typing import Protocol
 import torch
 from torch import Tensor
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from ohem.mining.pooling import split_by_image
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
-from ohem.mining.rois import LabelledRoIs
+from ohem.mining.rois import LabelledRoIs, sampled_roi_loss
+from ohem.models.box_targets import raw_box_deltas
 
 
 @dataclass
@@ -54,6 +69,50 @@ def presampled(sampler: Sampler, rois: LabelledRoIs) -> LabelledRoIs:
     presample = getattr(sampler, "presample", None)  # optional: most samplers see every RoI
     rows = presample(rois) if presample is not None else None
     return rois if rows is None else rois.take(rows)
+
+
+@dataclass
+class TrainedRows:
+    """The trainable pass over a sample's rows, for a sampler's ``roi_loss``: row ``j`` of the logits
+    and deltas is the RoI ``sample.rows[j]`` of ``rois``."""
+
+    rois: LabelledRoIs
+    sample: Sample
+    class_logits: Tensor  # (S, C), with gradient
+    box_regression: Tensor  # (S, 4 C), with gradient (normalised deltas when the head has a norm)
+    heads: RoIHeads  # the SamplingRoIHeads: its box_loss_beta, box coder and box-target norm
+
+    @property
+    def labels(self) -> Tensor:
+        return self.rois.labels[self.sample.rows]
+
+    @property
+    def box_targets(self) -> Tensor:
+        """(S, 4), as ``box_regression`` is trained towards."""
+        return self.rois.box_targets[self.sample.rows]
+
+    @property
+    def beta(self) -> float:
+        """The head's smooth-L1 beta."""
+        return self.heads.box_loss_beta
+
+    def predicted_boxes(self, classes: Tensor) -> Tensor:
+        """(S, 4) the boxes the pass predicts for class ``classes[j]`` of row ``j`` (detached)."""
+        deltas = raw_box_deltas(self.heads, self.box_regression.detach().float())
+        rows = torch.arange(deltas.shape[0], device=deltas.device)
+        own = deltas.reshape(deltas.shape[0], -1, 4)[rows, classes]
+        return self.heads.box_coder.decode_single(own, self.rois.boxes[self.sample.rows])
+
+
+def roi_losses(sampler: Sampler, trained: TrainedRows) -> dict[str, Tensor]:
+    """The trainable pass's loss: the sampler's own ``roi_loss`` when it has one, else the ``Sample``'s
+    weighted loss (``sampled_roi_loss``)."""
+    own_loss = getattr(sampler, "roi_loss", None)
+    if own_loss is not None:
+        return own_loss(trained)
+    logits, deltas, weights = trained.class_logits, trained.box_regression, trained.sample.weights
+    cls, box = sampled_roi_loss(logits, deltas, trained.labels, trained.box_targets, trained.beta, weights)
+    return {"loss_classifier": cls, "loss_box_reg": box}
 
 
 def random_fg_bg(rois: LabelledRoIs, per_image: int, fg_fraction: float) -> Tensor:

@@ -8,8 +8,11 @@ from collections.abc import Callable
 from ohem.config import SamplerConfig
 from ohem.mining.hard_examples import OHEMSampler
 from ohem.mining.heuristic import HeuristicSampler
+from ohem.mining.importance import ISMixSampler
 from ohem.mining.libra import LibraSampler
+from ohem.mining.pisa import PISASampler
 from ohem.mining.presample import PresampledOHEMSampler
+from ohem.mining.prior import OHEMPriorSampler
 from ohem.mining.sampler import Sampler
 from ohem.mining.stratified import StratifiedOHEMSampler
 
@@ -19,6 +22,9 @@ SAMPLERS: dict[str, Callable[[SamplerConfig], Sampler]] = {
     "libra": LibraSampler.from_config,
     "ohem-presample": PresampledOHEMSampler.from_config,
     "ohem-stratified": StratifiedOHEMSampler.from_config,
+    "pisa": PISASampler.from_config,
+    "is-mix": ISMixSampler.from_config,
+    "ohem-prior": OHEMPriorSampler.from_config,
 }
 
 

@@ -1,0 +1,101 @@
+"""``is-mix`` (ours, not from a paper): importance sampling of RoIs by their read-only loss, mixed
+with uniform sampling, and weighted so that the loss stays an unbiased estimate of the mean loss.
+
+Per image, over its N candidate RoIs (all of them, or with ``nms_iou`` the survivors of NMS among
+them by loss, per label with ``nms_per_label``) with read-only losses l_i (``mining_loss``): B =
+``batch_size_per_image`` draws, with replacement, each of RoI i with probability
+
+    p_i = (1 - lambda) l_i / sum_j l_j + lambda / N
+
+(uniform when every loss is 0), and with ``is_weights: unbiased`` the weight 1 / (N p_i), so that one
+draw's weighted loss has expectation sum_i p_i l_i / (N p_i) = the mean of l over the N RoIs; no weight
+exceeds 1 / lambda. ``is_weights: none`` trains on the drawn RoIs unweighted.
+
+lambda = 1 is uniform random sampling of all RoIs (weights 1, no foreground quota); lambda -> 0 with
+``none`` draws in proportion to the loss, a soft OHEM. ``is_lambda_schedule``: ``constant`` (lambda =
+``is_lambda``) | ``decay``: lambda falls linearly from 1 at iteration 0 to ``is_lambda`` at iteration
+``is_lambda_decay_iterations`` and stays there (random sampling first, as ``ohem-warm``, without a jump).
+
+Where we chose: draws are with replacement, because then they are independent draws from p and the
+mean of B weighted losses is unbiased exactly; without replacement the second draw's distribution
+depends on the first, and 1 / (N p_i) is biased (the unbiased alternative needs inclusion
+probabilities, which have no closed form for unequal p). A RoI drawn twice is a row twice. The head
+divides by the number of rows, so the step's loss estimates the mean over images of each image's mean
+RoI loss (the all-RoI mean when images hold equally many RoIs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ohem.config import SamplerConfig
+from ohem.mining.pooling import split_by_image
+from ohem.mining.readonly import ReadOnlySettings, RoILosses
+from ohem.mining.rois import LabelledRoIs
+from ohem.mining.sampler import Sample
+from ohem.mining.select import select_hard_examples
+
+
+@dataclass
+class ISMixSampler:
+    """The settings are ``SamplerConfig``'s (defaults there)."""
+
+    batch_size_per_image: int
+    mix: float  # is_lambda
+    schedule: str  # constant | decay
+    decay_iterations: int
+    weights: str  # unbiased | none
+    nms_iou: float | None
+    nms_per_label: bool
+    mining_loss: str  # cls+box | cls
+    readonly: ReadOnlySettings | None
+    bg_iou_low: float = 0.0  # every RoI is a candidate
+
+    @classmethod
+    def from_config(cls, cfg: SamplerConfig) -> ISMixSampler:
+        bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
+        schedule = (cfg.is_lambda, cfg.is_lambda_schedule, cfg.is_lambda_decay_iterations, cfg.is_weights)
+        nms = (cfg.nms_iou, cfg.nms_per_label, cfg.mining_loss)
+        return cls(cfg.batch_size_per_image, *schedule, *nms, ReadOnlySettings.from_config(cfg), bg_iou_low)
+
+    def mixture(self, iteration: int | None) -> float:
+        """lambda at ``iteration``."""
+        if self.schedule == "constant":
+            return self.mix
+        if iteration is None:
+            raise RuntimeError(
+                "sampler.is_lambda_schedule=decay needs the iteration: run inside ohem.events.EventStorage"
+            )
+        return 1.0 + (self.mix - 1.0) * min(iteration / self.decay_iterations, 1.0)
+
+    def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
+        if losses is None:
+            raise ValueError("ISMixSampler.sample needs the read-only pass's losses")
+        mix, loss = self.mixture(iteration), losses.ranked_by(self.mining_loss).float()
+        candidates = self.candidates(rois, loss)
+        rows, weights = [candidates[:0]], [loss[:0]]
+        for members in split_by_image(candidates, rois.image_ids[candidates], rois.num_images):
+            if members.numel() == 0:
+                continue
+            p = mixture_probabilities(loss[members], mix)
+            drawn = torch.multinomial(p, self.batch_size_per_image, replacement=True)
+            rows.append(members[drawn])
+            weights.append(1.0 / (members.numel() * p[drawn]))
+        return Sample(torch.cat(rows), torch.cat(weights) if self.weights == "unbiased" else None)
+
+    def candidates(self, rois: LabelledRoIs, loss: Tensor) -> Tensor:
+        """Rows in image order: every RoI, or each image's survivors of NMS by loss."""
+        if self.nms_iou is None:
+            return torch.arange(loss.numel(), device=loss.device)
+        labels = rois.labels if self.nms_per_label else None
+        return select_hard_examples(loss, rois.boxes, rois.image_ids, loss.numel(), self.nms_iou, labels)
+
+
+def mixture_probabilities(losses: Tensor, mix: float) -> Tensor:
+    """(N,) p_i = (1 - mix) l_i / sum(l) + mix / N; uniform when the losses sum to 0."""
+    n, total = losses.numel(), losses.sum()
+    share = torch.where(total > 0, losses / total.clamp(min=torch.finfo(losses.dtype).tiny), 1.0 / n)
+    return (1 - mix) * share + mix / n
