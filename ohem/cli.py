@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     add_parser = functools.partial(sub.add_parser, parents=[common])
 
     p = add_parser("train", help="train a detector, evaluate it, draw detections")
-    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--config", required=True, help="YAML config file, or a shipped recipe's name (ohem recipe --list)")
     _add_overrides(p, "dotted override, e.g. --set solver.lr=0.01 (repeatable)")
     p.add_argument("--out", required=True, help="run directory (one run at a time: it is locked while training)")
     p.add_argument(
@@ -133,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_export)
 
     p = add_parser("recipe", help="a config's settings next to the paper's and the authors' code's (Markdown)")
-    p.add_argument("config", metavar="FILE.yaml", help="a recipe, e.g. configs/paper/voc07_vgg16_ohem.yaml")
+    p.add_argument(
+        "config", metavar="RECIPE", nargs="?", help="a shipped recipe's name, e.g. voc07_vgg16_ohem, or a config file"
+    )
+    p.add_argument("--list", action="store_true", help="print the shipped recipes' names and what each is, then exit")
     _add_overrides(p, "dotted override applied before the card is made (repeatable)")
     p.add_argument("--check", action="store_true", help="exit 1 if a setting differs from its source without a reason")
     p.set_defaults(func=cmd_recipe)
 
     p = add_parser("bench", help="train sampler arms x seeds on a config: mAP and cost tables, curves, a verdict")
-    p.add_argument("--config", help="YAML config every arm trains")
+    p.add_argument("--config", help="YAML config every arm trains, or a shipped recipe's name (e.g. bench)")
     p.add_argument("--arms", default="heuristic,tv-default,ohem", help="comma-separated arm names (--list-arms)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (initial weights, data order)")
     p.add_argument(
@@ -554,7 +557,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_recipe(args: argparse.Namespace) -> int:
     from ohem.recipe_card import card_for_file, render_card
+    from ohem.recipes import format_recipes
 
+    if args.list:
+        if args.config or args.check or args.overrides:
+            raise ValueError("--list takes no recipe, --check or --set")
+        print(format_recipes(), end="")
+        return 0
+    if not args.config:
+        raise ValueError("give a recipe name or config file (ohem recipe --list names the shipped ones)")
     card = card_for_file(args.config, args.overrides)
     print(render_card(card), end="")
     if args.check and card.different:

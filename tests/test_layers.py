@@ -6,8 +6,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ohem"
 LAYERS = [
-    # foundation: settings, files, the event storage, shared structures, process groups, weight files
-    ("ohem.util", "ohem.config", "ohem.events", "ohem.structures", "ohem.distributed", "ohem.checkpoint"),
+    # foundation: settings and the shipped recipes, files, the event storage, shared structures, process groups,
+    # weight files
+    (
+        "ohem.util",
+        "ohem.recipes",
+        "ohem.config",
+        "ohem.events",
+        "ohem.structures",
+        "ohem.distributed",
+        "ohem.checkpoint",
+    ),
     ("ohem.data",),
     ("ohem.models",),
     ("ohem.mining",),
