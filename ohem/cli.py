@@ -27,7 +27,16 @@ from pathlib import Path
 
 from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
 from ohem.structures import DetectionDataset
-from ohem.util import atomic_open, make_out_dir, one_line, refuse_symlink, regular_file, strict_json
+from ohem.util import (
+    MissingExtra,
+    atomic_open,
+    make_out_dir,
+    one_line,
+    refuse_symlink,
+    regular_file,
+    require,
+    strict_json,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +206,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     expected = (
         ConfigError,
+        MissingExtra,  # an optional extra not installed: the message names it
         ValueError,
         OSError,
         NonFiniteLossError,
@@ -280,7 +290,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     print(format_metrics(metrics))
-    print(f"wrote {out / 'metrics.json'}, {out / 'detections.png'}, {out / 'checkpoint_last.pt'}")
+    written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt")]
+    print(f"wrote {', '.join(str(path) for path in written if path.exists())}")
     return 0
 
 
@@ -292,6 +303,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ohem.evaluation.score import format_metrics, score_detections
     from ohem.inference import TestTime, model_from_checkpoint, predict
 
+    if args.metric == "coco":
+        require("pycocotools", "--metric coco")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
@@ -344,6 +357,10 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         raise ValueError("--small-boxes applies only to --import-mat")
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
+    if not args.import_mat and args.method != "dense":
+        from ohem.data.proposals import require_selective_search
+
+        require_selective_search()
     dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
     if args.method == "dense":
         from ohem.data.dense_proposals import dense_proposals
@@ -369,11 +386,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         return _print_recall(dataset, path)
     from ohem.data.mat_proposals import import_mat_proposals
 
-    try:
-        done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, args.small_boxes or "fast-rcnn")
-    except ImportError as e:  # scipy / h5py missing: the message says what to install
-        print(f"ohem proposals: error: {e}", file=sys.stderr)
-        return 1
+    done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, args.small_boxes or "fast-rcnn")
     aligned = "by the file's image names" if done.by_name else "in the split's order (the file names no images)"
     print(
         f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
@@ -471,6 +484,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ohem.inference import TestTime, check_image_size, model_from_checkpoint, predict
     from ohem.visualize import draw_detections
 
+    require("matplotlib", "drawing detections")
     if not math.isfinite(args.score_thresh):
         raise ValueError(f"--score-thresh: must be a finite number, got {args.score_thresh}")
     device = resolve_device(args.device, what="--device")
@@ -545,6 +559,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    require("matplotlib", "plotting")
     from ohem.report import write_report
 
     written = write_report(args.run_dir, args.out)

@@ -39,7 +39,7 @@ from ohem.bench.arms import ARMS, parse_arms
 from ohem.bench.summary import plot_curves, summary_markdown
 from ohem.config import Config, load_config
 from ohem.evaluation.errors import KINDS
-from ohem.util import atomic_open, make_out_dir, open_append
+from ohem.util import atomic_open, has_module, install_hint, make_out_dir, open_append
 
 try:
     import fcntl
@@ -445,6 +445,10 @@ def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
     with atomic_open(b.out / "summary.md") as f:
         f.write(text)
     print(text)
+    if not has_module("matplotlib"):
+        hint = install_hint("matplotlib")
+        print(f"ohem bench: note: no curve plots (matplotlib is not installed: {hint})", file=sys.stderr)
+        return [b.out / "summary.md"]
     return [b.out / "summary.md", *plot_curves(b.out, curves, b.arms)]
 
 

@@ -29,12 +29,12 @@ from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch
 from ohem.data.loader import Batch, TrainBatches, loader_workers, train_loader
 from ohem.engine import run_folder
 from ohem.engine.hooks import EvalHook, Hook, default_hooks, draw_test_images, test_metrics
-from ohem.engine.runlog import RunLog
+from ohem.engine.runlog import RunLog, skipped_outputs
 from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
 from ohem.mining import build_detector
 from ohem.structures import DetectionDataset
-from ohem.util import atomic_open, make_out_dir, one_line, strict_json
+from ohem.util import atomic_open, make_out_dir, one_line, require, strict_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,6 +87,8 @@ def train(
     created = d.main and not out.exists()
     if d.main:
         run_folder.check_arguments(out, resume, force)
+        if skipped := skipped_outputs(draws=cfg.train.vis_images > 0):
+            print(f"ohem train: note: {skipped}", file=sys.stderr)
         make_out_dir(out)
     try:
         with run_folder.claim(out, enabled=d.main):
@@ -314,6 +316,8 @@ def check_run_config(cfg: Config, d: distributed.Dist) -> torch.device:
     device; ranges are checked by the config itself). Returns the device. Runs before any file is
     written or data loaded."""
     check_solver(cfg, d)
+    if cfg.train.eval_metric == "coco":
+        require("pycocotools", "train.eval_metric: coco")
     device = resolve_device(cfg.train.device, d.local_rank)
     autocast_dtype(cfg.train.amp, device)
     return device
