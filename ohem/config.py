@@ -113,8 +113,10 @@ class _Section:
     """Checks its fields on construction (``Literal`` choices, ``Range`` metadata), so code that
     builds a config by hand is held to the same rules as a YAML file."""
 
+    SECTION: typing.ClassVar[str]  # the section's name in a config file
+
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
+        hints = _hints(type(self))  # type: ignore[arg-type]  # a class is hashable
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             name, value = f"{type(self).SECTION}.{f.name}", getattr(self, f.name)
             for choices in _literals(hints[f.name]):
@@ -379,7 +381,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "checkpoint") -> Config:
 
 def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
     """A copy of dataclass ``obj`` with the values of ``raw`` checked against its field types."""
-    hints = _hints(type(obj))
+    hints = _hints(type(obj))  # type: ignore[arg-type]  # a class is hashable
     changes = {}
     for key, value in raw.items():
         name = f"{prefix}{key}"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ohem.bench import ARMS, Bench, Comparison, budget_iterations, comparisons, run_bench, schedule_overrides, verdict
-from ohem.bench.errors import annotations
+from ohem.bench.errors import image_annotations
 from ohem.bench.run import claim, run_overrides
 from ohem.bench.summary import summary_markdown
 from ohem.cli import main
@@ -97,7 +97,9 @@ def test_error_rows_sort_every_detection_and_every_object_of_the_test_split(benc
             bench_out / "runs" / f"accuracy-{r['arm']}-seed0" / "checkpoint_last.pt", torch.device("cpu")
         )
         test_set = build_dataset(cfg.data, "test")
-        objects = sum(len(annotations(test_set, i)["boxes"]) for i in range(len(test_set)))  # synthetic: none difficult
+        objects = sum(
+            len(image_annotations(test_set, i)["boxes"]) for i in range(len(test_set))
+        )  # synthetic: none difficult
         detections = predict(model, test_set, torch.device("cpu"))
         kept = sum(int((d.scores >= ERROR_SCORE).sum()) for d in detections)
         assert kept > 0  # the check below is not 0 == 0

@@ -317,6 +317,7 @@ def run_overrides(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float
     overrides = [*b.arm_overrides(arm), f"train.seed={seed}", f"train.num_threads={threads}"]
     if b.budget != "seconds":
         return cfg.solver.iterations, overrides
+    assert b.seconds is not None and s_per_iter is not None  # Bench.check and the cost phase set them
     iterations = budget_iterations(b.seconds, s_per_iter)
     return iterations, overrides + schedule_overrides(cfg, iterations)
 
@@ -475,7 +476,9 @@ class Job:
 
 def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
     """Run ``jobs``, ``parallel`` at a time, recording each as it ends; returns the failures' messages."""
-    pending, running, failed = list(jobs), [], []
+    pending: list[Job] = list(jobs)
+    running: list[tuple[Job, subprocess.Popen, float]] = []
+    failed: list[str] = []
     try:
         while pending or running:
             while pending and len(running) < parallel:

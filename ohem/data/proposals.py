@@ -366,7 +366,7 @@ def _npy_header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple
             elif version == (2, 0):
                 shape, _, dtype = fmt.read_array_header_2_0(member)
             else:
-                shape, _, dtype = fmt._read_array_header(member, version)  # 3.0: no public reader
+                shape, _, dtype = fmt._read_array_header(member, version)  # type: ignore[attr-defined]  # 3.0: no public reader
             return tuple(int(n) for n in shape), dtype, member.tell()
     except Exception as e:  # BadZipFile, a bad magic string or header, an unsupported version
         raise ValueError(
@@ -475,8 +475,7 @@ def _unique_image_names(dataset: Any) -> list[str]:
     for name in names:
         name_to_key(name)  # fails early on names the format cannot store
     if len(set(names)) != len(names):
-        seen: set[str] = set()
-        dup = next(n for n in names if n in seen or seen.add(n))
+        dup = next(n for i, n in enumerate(names) if n in names[:i])
         raise ValueError(f"dataset image names must be unique; {dup!r} appears more than once")
     return names
 

@@ -13,6 +13,7 @@ import contextlib
 import random
 import sys
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ohem import distributed
 from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng
@@ -168,7 +170,8 @@ def forward_backward(run: Run, it: int, part: int, images: list, targets: list) 
     """Part ``part`` of step ``it``: the losses (``loss`` their sum) of one forward pass, backpropagated."""
     accumulate, d = run.cfg.solver.accumulate_steps, run.d
     # DDP averages gradients across processes only on the last pass of the step.
-    with run.model.no_sync() if d.active and part < accumulate - 1 else contextlib.nullcontext():
+    ddp = typing.cast(nn.parallel.DistributedDataParallel, run.model)
+    with ddp.no_sync() if d.active and part < accumulate - 1 else contextlib.nullcontext():
         with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
             losses = run.model(images, targets)
         loss = sum(v.float() for k, v in losses.items() if k.startswith("loss_"))
@@ -263,7 +266,7 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
     )
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(cfg: Config, num_classes: int) -> GeneralizedRCNN:
     """``build_detector``, with torch's error for backbone weights of another shape made one line."""
     try:
         return build_detector(cfg.model, cfg.sampler, num_classes)

@@ -80,7 +80,11 @@ class SamplingRoIHeads(RoIHeads):
         boxes, matched_idxs, labels, box_targets = rois.per_image(sample.rows)
         if reuse:
             pooled = pooled_with_gradient(
-                self.box_roi_pool, features, boxes, image_shapes, rows_of(scores.pooled, sample.rows)
+                self.box_roi_pool,
+                features,
+                boxes,
+                image_shapes,
+                rows_of(scores.pooled, sample.rows),  # type: ignore[union-attr,arg-type]  # reuse: scores set
             )
         else:
             pooled = self.box_roi_pool(features, boxes, image_shapes)
