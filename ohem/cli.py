@@ -1,16 +1,6 @@
-"""Command line: ``ohem train | eval | detect | report | proposals | recipe | export``.
+"""Command line: ``ohem train | eval | detect | report | proposals | recipe | export | bench``.
 
-ohem [--debug] COMMAND ...   (--debug: a traceback instead of the one-line error)
-ohem train     --config FILE [--set key=value ...] --out DIR [--resume | --force]
-ohem eval      (--checkpoint CKPT | --detections results.json) --out DIR [--data voc:ROOT] [--split NAME]
-               [--metric voc|voc07|coco] [--classes a,b,...] [--set data.key=value ...]
-ohem detect    --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
-ohem report    RUN_DIR [--out DIR]
-ohem proposals --data voc:ROOT --split trainval --method selective-search --mode fast --out FILE.npz
-ohem proposals --import-mat FILE.mat --data voc:ROOT --split trainval --out FILE.npz  (Fast R-CNN's boxes)
-ohem recipe    FILE.yaml [--check]  (the recipe card: settings beside the paper's and the authors' code's)
-ohem export    --layout voc|coco --out DIR [--split train] [--set data.key=value ...]  (the synthetic data)
-ohem bench     --config FILE --arms a,b,... --seeds 0 1 2 [--budget iterations|seconds] --out DIR  (--list-arms)
+Every command and option is in docs/CLI.md, generated from ``build_parser`` (``python -m ohem.cli_doc``).
 """
 
 from __future__ import annotations
@@ -40,6 +30,12 @@ from ohem.util import (
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ohem`` command's parser (docs/CLI.md is generated from it: ``python -m ohem.cli_doc``)."""
     parser = argparse.ArgumentParser(prog="ohem", description="Train region-based detectors with OHEM.")
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback, not one line")
     common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
@@ -65,29 +61,29 @@ def main(argv: list[str] | None = None) -> int:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="run the model; its detections are also written to OUT/results.json")
     source.add_argument("--detections", help="a COCO-results JSON file (image_id, category_id, bbox x,y,w,h, score)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for metrics.json (and results.json with --checkpoint)")
     _add_data_arguments(p)
     p.add_argument(
         "--metric",
         default="voc",
         choices=typing.get_args(Metric),
-        help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools)",
+        help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools: ohem[coco])",
     )
     _add_overrides(p, "override the data or test config, e.g. --set data.num_test=500 --set test.images_per_batch=8")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     _add_workers(p)
     p.set_defaults(func=cmd_eval)
 
     p = add_parser("detect", help="draw a checkpoint's detections on image files")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", required=True)
-    p.add_argument("--score-thresh", type=float, default=0.5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint_last.pt (or any ohem checkpoint)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (drawn, never overwritten)")
+    p.add_argument("--out", required=True, help="folder for one PNG per image and detections.json")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="draw and list detections scoring at least this")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_detect)
 
     p = add_parser("report", help="plots of what OHEM mined in a run, and its hardest RoIs")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of ohem train (log.jsonl, mining.jsonl)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
@@ -135,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_proposals)
 
     p = add_parser("export", help="write the synthetic dataset in the VOC or COCO layout")
-    p.add_argument("--layout", required=True, choices=["voc", "coco"])
-    p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--out", required=True)
+    p.add_argument("--layout", required=True, choices=["voc", "coco"], help="VOC devkit or COCO folder layout")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="which synthetic split")
+    p.add_argument("--out", required=True, help="the folder to write (PNG images and annotations)")
     _add_overrides(p, "synthetic data config, e.g. --set data.num_train=500")
     p.set_defaults(func=cmd_export)
 
@@ -190,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="benchmark folder; rerun into it to resume")
     p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
     p.set_defaults(func=cmd_bench)
-
-    args = parser.parse_args(argv)
-    return run_command(args)
+    return parser
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -425,7 +419,7 @@ def _bad_input_in_worker(error: RuntimeError) -> bool:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ohem.data import build_dataset
+    from ohem.data import SyntheticShapes, build_dataset
     from ohem.data.export import export_synthetic
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -433,6 +427,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check_data_overrides(args.overrides)
     cfg = apply_overrides(load_config(), args.overrides)
     dataset = build_dataset(cfg.data, "test", args.split)
+    if not isinstance(dataset, SyntheticShapes):
+        raise ConfigError(f"data.dataset: export writes the synthetic data, got {cfg.data.dataset}")
     for path in export_synthetic(dataset, args.out, args.layout):
         print(f"wrote {path}")
     if args.layout == "voc":
