@@ -102,7 +102,7 @@ def _vgg(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if cfg.backbone_weights == "imagenet" and "vgg_cnn_m_1024" in cfg.name:
             raise ValueError(
                 "model.backbone_weights: no maintained package ships VGG_CNN_M_1024's ImageNet weights; "
-                "give the path of a converted state dict (README: 'VGG_CNN_M_1024 weights')"
+                "give the path of a converted state dict (docs/TRAINING.md: 'VGG_CNN_M_1024 weights')"
             )
         return builder(num_classes, weights=cfg.backbone_weights, **kwargs)
 
