@@ -2,7 +2,7 @@
 side by side in one call (each a fresh run, so every image is decoded again), reporting wall seconds
 per iteration, the share spent waiting for data and the ratio to in-process loading.
 
-    PYTHONPATH=. python benchmarks/bench_loader.py [--config configs/bench.yaml] [--iterations 150]
+    PYTHONPATH=. python benchmarks/bench_loader.py [--config bench] [--iterations 150]
         [--workers 0 1 2] [--set key=value ...]
 
 The per-iteration numbers are ``time_data + time_step`` from each run's ``log.jsonl`` after 10
@@ -39,7 +39,7 @@ def seconds_per_iteration(config: str, overrides: list[str], workers: int, itera
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/bench.yaml")
+    parser.add_argument("--config", default="bench")
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[])

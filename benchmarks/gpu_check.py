@@ -78,7 +78,7 @@ PROPOSAL_DIR = tempfile.mkdtemp(prefix="ohem-gpu-check-")
 def proposal_overrides(overrides: list[str], num_train: int, num_test: int) -> list[str]:
     """For a Fast R-CNN model: proposal files (2000 random and jittered-gt boxes per image) of the
     synthetic splits, written once."""
-    cfg = load_config("configs/demo.yaml", overrides + [f"data.num_train={num_train}", f"data.num_test={num_test}"])
+    cfg = load_config("demo", overrides + [f"data.num_train={num_train}", f"data.num_test={num_test}"])
     if cfg.model.name not in PROPOSAL_MODELS:
         return []
     paths = []
@@ -104,7 +104,7 @@ def time_steps(
     overrides: list[str], iters: int, device: torch.device, amp: str = "none", profile: int = 0
 ) -> tuple[float, float, float]:
     overrides = overrides + ["data.num_train=16"]
-    cfg = load_config("configs/demo.yaml", overrides + proposal_overrides(overrides, 16, 4))
+    cfg = load_config("demo", overrides + proposal_overrides(overrides, 16, 4))
     data = build_dataset(cfg.data, "train")
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.sampler, len(data.classes)).to(device).train()
@@ -213,7 +213,7 @@ def short_run(args: argparse.Namespace) -> None:
     """The small model trained and evaluated on the device, bf16: that it learns there."""
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(
-            "configs/demo.yaml",
+            "demo",
             [
                 f"train.device={args.device}",
                 "train.amp=bf16",
@@ -250,7 +250,7 @@ def vgg_run(args: argparse.Namespace) -> None:
         ]
         overrides += ["data.num_train=16", "data.num_test=8", *proposal_overrides(overrides, 16, 8)]
         start = time.perf_counter()
-        metrics = training.train(load_config("configs/demo.yaml", overrides), out)
+        metrics = training.train(load_config("demo", overrides), out)
         seconds = time.perf_counter() - start
         what = f"{args.vgg_train_iters} OHEM iterations + eval with +M +B"
         print(f"train fast_rcnn_vgg16 on {args.device}, bf16, {what}: {seconds:.1f} s")
@@ -320,7 +320,7 @@ def end_to_end(args: argparse.Namespace) -> None:
                     "model.max_size=1000",
                 ]
                 with tempfile.TemporaryDirectory() as out:
-                    training.train(load_config("configs/demo.yaml", sets), out)
+                    training.train(load_config("demo", sets), out)
                     per_iter, wait = step_seconds(Path(out) / "log.jsonl")
                 base = base or per_iter
                 print(

@@ -27,6 +27,7 @@ from pathlib import Path
 from ohem.data.synthetic import SyntheticShapes
 from ohem.evaluation.score import format_metrics
 from ohem.recipe_card import DOC, recipe_files, write_cards
+from ohem.recipes import PAPER_DIR
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: relative paths and the recipes are under it
 
@@ -112,7 +113,7 @@ def _from_root(path: str) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cards", action="store_true", help="only rewrite the cards section of docs/RECIPES.md")
-    parser.add_argument("--recipe", default=str(ROOT / "configs" / "paper" / "voc07_vgg16_ohem.yaml"))
+    parser.add_argument("--recipe", default=str(PAPER_DIR / "voc07_vgg16_ohem.yaml"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "recipe_smoke"), help="work folder (data, run)")
     parser.add_argument("--num-train", type=int, default=40)
     parser.add_argument("--num-test", type=int, default=20)

@@ -1,16 +1,6 @@
-"""Command line: ``ohem train | eval | detect | report | proposals | recipe | export``.
+"""Command line: ``ohem train | eval | detect | report | proposals | recipe | export | bench``.
 
-ohem [--debug] COMMAND ...   (--debug: a traceback instead of the one-line error)
-ohem train     --config FILE [--set key=value ...] --out DIR [--resume | --force]
-ohem eval      (--checkpoint CKPT | --detections results.json) --out DIR [--data voc:ROOT] [--split NAME]
-               [--metric voc|voc07|coco] [--classes a,b,...] [--set data.key=value ...]
-ohem detect    --checkpoint CKPT IMAGE [IMAGE ...] --out DIR [--score-thresh 0.5]
-ohem report    RUN_DIR [--out DIR]
-ohem proposals --data voc:ROOT --split trainval --method selective-search --mode fast --out FILE.npz
-ohem proposals --import-mat FILE.mat --data voc:ROOT --split trainval --out FILE.npz  (Fast R-CNN's boxes)
-ohem recipe    FILE.yaml [--check]  (the recipe card: settings beside the paper's and the authors' code's)
-ohem export    --layout voc|coco --out DIR [--split train] [--set data.key=value ...]  (the synthetic data)
-ohem bench     --config FILE --arms a,b,... --seeds 0 1 2 [--budget iterations|seconds] --out DIR  (--list-arms)
+Every command and option is in docs/CLI.md, generated from ``build_parser`` (``python -m ohem.cli_doc``).
 """
 
 from __future__ import annotations
@@ -27,10 +17,25 @@ from pathlib import Path
 
 from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
 from ohem.structures import DetectionDataset
-from ohem.util import atomic_open, make_out_dir, one_line, refuse_symlink, regular_file, strict_json
+from ohem.util import (
+    MissingExtra,
+    atomic_open,
+    make_out_dir,
+    one_line,
+    refuse_symlink,
+    regular_file,
+    require,
+    strict_json,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ohem`` command's parser (docs/CLI.md is generated from it: ``python -m ohem.cli_doc``)."""
     parser = argparse.ArgumentParser(prog="ohem", description="Train region-based detectors with OHEM.")
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback, not one line")
     common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     add_parser = functools.partial(sub.add_parser, parents=[common])
 
     p = add_parser("train", help="train a detector, evaluate it, draw detections")
-    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--config", required=True, help="YAML config file, or a shipped recipe's name (ohem recipe --list)")
     _add_overrides(p, "dotted override, e.g. --set solver.lr=0.01 (repeatable)")
     p.add_argument("--out", required=True, help="run directory (one run at a time: it is locked while training)")
     p.add_argument(
@@ -56,29 +61,29 @@ def main(argv: list[str] | None = None) -> int:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="run the model; its detections are also written to OUT/results.json")
     source.add_argument("--detections", help="a COCO-results JSON file (image_id, category_id, bbox x,y,w,h, score)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for metrics.json (and results.json with --checkpoint)")
     _add_data_arguments(p)
     p.add_argument(
         "--metric",
         default="voc",
         choices=typing.get_args(Metric),
-        help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools)",
+        help="voc (area AP@0.5) | voc07 (11-point) | coco (pycocotools: ohem[coco])",
     )
     _add_overrides(p, "override the data or test config, e.g. --set data.num_test=500 --set test.images_per_batch=8")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     _add_workers(p)
     p.set_defaults(func=cmd_eval)
 
     p = add_parser("detect", help="draw a checkpoint's detections on image files")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", required=True)
-    p.add_argument("--score-thresh", type=float, default=0.5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint_last.pt (or any ohem checkpoint)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (drawn, never overwritten)")
+    p.add_argument("--out", required=True, help="folder for one PNG per image and detections.json")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="draw and list detections scoring at least this")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_detect)
 
     p = add_parser("report", help="plots of what OHEM mined in a run, and its hardest RoIs")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of ohem train (log.jsonl, mining.jsonl)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
@@ -126,20 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_proposals)
 
     p = add_parser("export", help="write the synthetic dataset in the VOC or COCO layout")
-    p.add_argument("--layout", required=True, choices=["voc", "coco"])
-    p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--out", required=True)
+    p.add_argument("--layout", required=True, choices=["voc", "coco"], help="VOC devkit or COCO folder layout")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="which synthetic split")
+    p.add_argument("--out", required=True, help="the folder to write (PNG images and annotations)")
     _add_overrides(p, "synthetic data config, e.g. --set data.num_train=500")
     p.set_defaults(func=cmd_export)
 
     p = add_parser("recipe", help="a config's settings next to the paper's and the authors' code's (Markdown)")
-    p.add_argument("config", metavar="FILE.yaml", help="a recipe, e.g. configs/paper/voc07_vgg16_ohem.yaml")
+    p.add_argument(
+        "config", metavar="RECIPE", nargs="?", help="a shipped recipe's name, e.g. voc07_vgg16_ohem, or a config file"
+    )
+    p.add_argument("--list", action="store_true", help="print the shipped recipes' names and what each is, then exit")
     _add_overrides(p, "dotted override applied before the card is made (repeatable)")
     p.add_argument("--check", action="store_true", help="exit 1 if a setting differs from its source without a reason")
     p.set_defaults(func=cmd_recipe)
 
     p = add_parser("bench", help="train sampler arms x seeds on a config: mAP and cost tables, curves, a verdict")
-    p.add_argument("--config", help="YAML config every arm trains")
+    p.add_argument("--config", help="YAML config every arm trains, or a shipped recipe's name (e.g. bench)")
     p.add_argument("--arms", default="heuristic,tv-default,ohem", help="comma-separated arm names (--list-arms)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (initial weights, data order)")
     p.add_argument(
@@ -188,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="benchmark folder; rerun into it to resume")
     p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
     p.set_defaults(func=cmd_bench)
-
-    args = parser.parse_args(argv)
-    return run_command(args)
+    return parser
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -204,6 +210,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     expected = (
         ConfigError,
+        MissingExtra,  # an optional extra not installed: the message names it
         ValueError,
         OSError,
         NonFiniteLossError,
@@ -287,7 +294,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     print(format_metrics(metrics))
-    print(f"wrote {out / 'metrics.json'}, {out / 'detections.png'}, {out / 'checkpoint_last.pt'}")
+    written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt")]
+    print(f"wrote {', '.join(str(path) for path in written if path.exists())}")
     return 0
 
 
@@ -299,6 +307,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ohem.evaluation.score import format_metrics, score_detections
     from ohem.inference import TestTime, model_from_checkpoint, predict
 
+    if args.metric == "coco":
+        require("pycocotools", "--metric coco")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
@@ -351,6 +361,10 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         raise ValueError("--small-boxes applies only to --import-mat")
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
+    if not args.import_mat and args.method != "dense":
+        from ohem.data.proposals import require_selective_search
+
+        require_selective_search()
     dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
     if args.method == "dense":
         from ohem.data.dense_proposals import dense_proposals
@@ -376,11 +390,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         return _print_recall(dataset, path)
     from ohem.data.mat_proposals import import_mat_proposals
 
-    try:
-        done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, args.small_boxes or "fast-rcnn")
-    except ImportError as e:  # scipy / h5py missing: the message says what to install
-        print(f"ohem proposals: error: {e}", file=sys.stderr)
-        return 1
+    done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, args.small_boxes or "fast-rcnn")
     aligned = "by the file's image names" if done.by_name else "in the split's order (the file names no images)"
     print(
         f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
@@ -419,7 +429,7 @@ def _bad_input_in_worker(error: RuntimeError) -> bool:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ohem.data import build_dataset
+    from ohem.data import SyntheticShapes, build_dataset
     from ohem.data.export import export_synthetic
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -427,6 +437,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check_data_overrides(args.overrides)
     cfg = apply_overrides(load_config(), args.overrides)
     dataset = build_dataset(cfg.data, "test", args.split)
+    if not isinstance(dataset, SyntheticShapes):
+        raise ConfigError(f"data.dataset: export writes the synthetic data, got {cfg.data.dataset}")
     for path in export_synthetic(dataset, args.out, args.layout):
         print(f"wrote {path}")
     if args.layout == "voc":
@@ -478,6 +490,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ohem.inference import TestTime, check_image_size, model_from_checkpoint, predict
     from ohem.visualize import draw_detections
 
+    require("matplotlib", "drawing detections")
     if not math.isfinite(args.score_thresh):
         raise ValueError(f"--score-thresh: must be a finite number, got {args.score_thresh}")
     device = resolve_device(args.device, what="--device")
@@ -552,6 +565,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    require("matplotlib", "plotting")
     from ohem.report import write_report
 
     written = write_report(args.run_dir, args.out)
@@ -564,7 +578,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_recipe(args: argparse.Namespace) -> int:
     from ohem.recipe_card import card_for_file, render_card
+    from ohem.recipes import format_recipes
 
+    if args.list:
+        if args.config or args.check or args.overrides:
+            raise ValueError("--list takes no recipe, --check or --set")
+        print(format_recipes(), end="")
+        return 0
+    if not args.config:
+        raise ValueError("give a recipe name or config file (ohem recipe --list names the shipped ones)")
     card = card_for_file(args.config, args.overrides)
     print(render_card(card), end="")
     if args.check and card.different:

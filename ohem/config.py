@@ -1,6 +1,6 @@
 """One config system: dataclasses, loaded from YAML, changed by dotted ``key=value`` overrides.
 
-    cfg = load_config("configs/demo.yaml", ["solver.lr=0.01", "sampler.method=heuristic"])
+    cfg = load_config("demo", ["solver.lr=0.01", "sampler.method=heuristic"])
 
 Unknown keys, values of the wrong type, choices outside a ``Literal`` and numbers outside a field's
 range are errors that name the file (or override) and the key. Every default is written here, once,
@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ohem.recipes import find_recipe, looks_like_a_path
 from ohem.util import one_line, regular_file
 
 
@@ -122,8 +123,10 @@ class _Section:
     """Checks its fields on construction (``Literal`` choices, ``Range`` metadata), so code that
     builds a config by hand is held to the same rules as a YAML file."""
 
+    SECTION: typing.ClassVar[str]  # the section's name in a config file
+
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
+        hints = _hints(type(self))  # type: ignore[arg-type]  # a class is hashable
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             name, value = f"{type(self).SECTION}.{f.name}", getattr(self, f.name)
             for choices in _literals(hints[f.name]):
@@ -347,9 +350,15 @@ class Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (and its ``base:`` chain), then each ``section.key=value``."""
+    """Defaults, then the YAML file (and its ``base:`` chain), then each ``section.key=value``. ``path``
+    may be a shipped recipe's name (``demo``, ``voc07_vgg16_ohem``: ``ohem.recipes``)."""
     cfg = Config()
     if path is not None:
+        if not looks_like_a_path(path):
+            found = find_recipe(path)
+            if found is None:
+                raise ConfigError(f"config {path}: no such file, nor a recipe of that name (ohem recipe --list)")
+            path = found
         cfg = merge(cfg, read_yaml(Path(path)), source=f"config {path}")
     return apply_overrides(cfg, overrides)
 
@@ -419,7 +428,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "checkpoint") -> Config:
 
 def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
     """A copy of dataclass ``obj`` with the values of ``raw`` checked against its field types."""
-    hints = _hints(type(obj))
+    hints = _hints(type(obj))  # type: ignore[arg-type]  # a class is hashable
     changes = {}
     for key, value in raw.items():
         name = f"{prefix}{key}"

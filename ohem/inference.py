@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms
 
 from ohem.checkpoint import load_checkpoint
@@ -38,7 +40,10 @@ class TestTime:
 
 
 def detect(
-    model: nn.Module, images: list[torch.Tensor], targets: list[dict] | None = None, test_time: TestTime | None = None
+    model: GeneralizedRCNN,
+    images: list[torch.Tensor],
+    targets: list[dict] | None = None,
+    test_time: TestTime | None = None,
 ) -> list[dict]:
     """Eval-mode detections (torchvision dicts, original pixels). Fast R-CNN reads its proposals from
     ``targets``. +M with proposals is Fast R-CNN's pyramid (each RoI at the scale where it is nearest
@@ -68,13 +73,15 @@ def detect(
     return per_scale[0] if len(per_scale) == 1 else _merge(per_scale, model.roi_heads)
 
 
-def _detect_once(model: nn.Module, images: list[torch.Tensor], proposals: list | None, box_voting: bool) -> list[dict]:
+def _detect_once(
+    model: GeneralizedRCNN, images: list[torch.Tensor], proposals: list | None, box_voting: bool
+) -> list[dict]:
     if box_voting:
         return iterative_box_regression_detect(model, images, proposals, nms_thresh=model.roi_heads.nms_thresh)
     return model(images, proposals=proposals) if proposals is not None else model(images)
 
 
-def _merge(per_scale: list[list[dict]], heads: nn.Module) -> list[dict]:
+def _merge(per_scale: list[list[dict]], heads: RoIHeads) -> list[dict]:
     """Per image, the detections of every scale pooled, then NMS per class."""
     merged = []
     for dets in zip(*per_scale):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any
 
 
@@ -186,3 +188,46 @@ def json_object(value: object, keys: Sequence[str], where: str) -> dict[str, Any
     if missing:
         raise ValueError(f"{where}: missing {', '.join(map(repr, missing))}")
     return value
+
+
+# --------------------------------------------------------------------------------------------- optional extras
+# The optional dependencies: import name -> (what it is, the pip extra that installs it).
+EXTRAS = {
+    "cv2": ("OpenCV contrib", "proposals"),
+    "pycocotools": ("pycocotools", "coco"),
+    "tensorboard": ("TensorBoard", "tensorboard"),
+    "matplotlib": ("matplotlib", "plots"),
+    "scipy": ("scipy", "mat"),
+    "h5py": ("h5py", "mat"),
+}
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message says which extra installs it."""
+
+
+def install_hint(module: str) -> str:
+    """``pip install 'ohem[EXTRA]'`` for an optional module (``cv2``, ``scipy.io``, ...)."""
+    return f"pip install 'ohem[{EXTRAS[module.split('.')[0]][1]}]'"
+
+
+def has_module(module: str) -> bool:
+    """Whether ``module`` can be imported (imports it)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def require(module: str, what: str) -> ModuleType:
+    """``module`` imported, or ``MissingExtra``: ``WHAT needs PACKAGE: pip install 'ohem[EXTRA]'``. OpenCV
+    must be the contrib build (``cv2.ximgproc``: selective search)."""
+    name, extra = EXTRAS[module.split(".")[0]]
+    try:
+        imported = importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs {name}: {install_hint(module)}") from None
+    if module == "cv2" and not hasattr(imported, "ximgproc"):
+        raise MissingExtra(f"{what} needs {name} (this OpenCV has no cv2.ximgproc): {install_hint(module)}")
+    return imported

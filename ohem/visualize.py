@@ -27,7 +27,7 @@ def class_colour(label: int) -> tuple[float, float, float]:
     """The colour of class ``label`` (1..num_classes): matplotlib's ``tab10``, cycled."""
     import matplotlib
 
-    colours = matplotlib.colormaps["tab10"].colors
+    colours = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]  # a ListedColormap
     return colours[(label - 1) % len(colours)]
 
 

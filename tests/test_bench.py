@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ohem.bench import ARMS, Bench, Comparison, budget_iterations, comparisons, run_bench, schedule_overrides, verdict
-from ohem.bench.errors import annotations
+from ohem.bench.errors import image_annotations
 from ohem.bench.run import claim, run_overrides
 from ohem.bench.summary import summary_markdown
 from ohem.cli import main
@@ -33,7 +33,7 @@ def read(path):
 
 def tiny_bench(out, **changes):
     settings = dict(
-        config="configs/demo.yaml",
+        config="demo",
         out=out,
         arms=["heuristic", "ohem"],
         seeds=[0],
@@ -106,7 +106,9 @@ def test_error_rows_sort_every_detection_and_every_object_of_the_test_split(benc
             bench_out / "runs" / f"accuracy-{r['arm']}-seed0" / "checkpoint_last.pt", torch.device("cpu")
         )
         test_set = build_dataset(cfg.data, "test")
-        objects = sum(len(annotations(test_set, i)["boxes"]) for i in range(len(test_set)))  # synthetic: none difficult
+        objects = sum(
+            len(image_annotations(test_set, i)["boxes"]) for i in range(len(test_set))
+        )  # synthetic: none difficult
         detections = predict(model, test_set, torch.device("cpu"))
         kept = sum(int((d.scores >= ERROR_SCORE).sum()) for d in detections)
         assert kept > 0  # the check below is not 0 == 0
@@ -162,7 +164,7 @@ def test_a_rerun_at_another_error_score_redoes_only_those_rows(bench_out):
 
 
 def test_a_folder_of_another_benchmark_is_refused(bench_out, capsys):
-    args = ["bench", "--config", "configs/demo.yaml", "--arms", "heuristic", "--out", str(bench_out)]
+    args = ["bench", "--config", "demo", "--arms", "heuristic", "--out", str(bench_out)]
     args += [a for item in [*TINY_BENCH, "solver.lr=0.5"] for a in ("--set", item)]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
@@ -200,7 +202,7 @@ def test_schedule_is_scaled_with_the_run_length():
 
 
 def test_warm_arm_starts_mining_at_a_third_of_any_schedule():
-    b = Bench(config="configs/demo.yaml", out=None, arms=["ohem-warm"], overrides=["solver.iterations=900"])
+    b = Bench(config="demo", out=None, arms=["ohem-warm"], overrides=["solver.iterations=900"])
     assert b.arm_overrides("ohem-warm")[-1] == "sampler.ohem_start=300"
     assert load_config(b.config, b.arm_overrides("ohem-warm")).sampler.method == "ohem"
     b.overrides = ["solver.iterations=100"]
@@ -209,8 +211,8 @@ def test_warm_arm_starts_mining_at_a_third_of_any_schedule():
 
 
 def test_seconds_budget_gives_each_arm_its_own_iterations():
-    # configs/demo.yaml: 1500 iterations, steps [1000, 1300], warm-up 100, evaluation every 500.
-    b = Bench(config="configs/demo.yaml", out=None, arms=["heuristic", "ohem"], budget="seconds", seconds=30.0)
+    # the demo recipe: 1500 iterations, steps [1000, 1300], warm-up 100, evaluation every 500.
+    b = Bench(config="demo", out=None, arms=["heuristic", "ohem"], budget="seconds", seconds=30.0)
     iterations, overrides = run_overrides(b, "ohem", 2, 1, s_per_iter=0.1)
     assert iterations == 300
     assert overrides[-6:] == [
@@ -223,9 +225,9 @@ def test_seconds_budget_gives_each_arm_its_own_iterations():
     ]
     iterations, overrides = run_overrides(b, "heuristic", 0, 1, s_per_iter=0.05)
     assert iterations == 600 and "solver.steps=[400, 520]" in overrides
-    cfg = load_config("configs/demo.yaml", overrides)
+    cfg = load_config("demo", overrides)
     assert (cfg.sampler.method, cfg.solver.iterations, cfg.solver.warmup_iterations) == ("heuristic", 600, 40)
-    same = Bench(config="configs/demo.yaml", out=None, arms=["ohem"])
+    same = Bench(config="demo", out=None, arms=["ohem"])
     assert run_overrides(same, "ohem", 0, 2, s_per_iter=0.1)[0] == 1500  # --budget iterations: the config's
 
 
@@ -334,7 +336,7 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
     ],
 )
 def test_arms_apply_over_the_config_and_the_users_set(arm, expected):
-    b = Bench(config="configs/demo.yaml", out=None, arms=[arm], overrides=["sampler.bg_iou_low=0.3", "solver.lr=0.01"])
+    b = Bench(config="demo", out=None, arms=[arm], overrides=["sampler.bg_iou_low=0.3", "solver.lr=0.01"])
     cfg = load_config(b.config, b.arm_overrides(arm))
     s = cfg.sampler
     bg_iou_low = build_sampler(s).bg_iou_low
@@ -344,7 +346,7 @@ def test_arms_apply_over_the_config_and_the_users_set(arm, expected):
 
 def test_unknown_arm_and_missing_config_are_one_line_errors(tmp_path, capsys):
     out = tmp_path / "b"
-    assert main(["bench", "--config", "configs/demo.yaml", "--arms", "heuristic,nope", "--out", str(out)]) == 1
+    assert main(["bench", "--config", "demo", "--arms", "heuristic,nope", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err == f"ohem bench: error: --arms: unknown arm 'nope'; the arms are: {', '.join(ARMS)}\n"
     assert main(["bench", "--config", str(tmp_path / "missing.yaml"), "--arms", "ohem", "--out", str(out)]) == 1
@@ -368,7 +370,7 @@ def test_no_cost_phase_gives_equal_iteration_rows_without_a_seconds_axis(tmp_pat
 
 
 def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
-    base = ["bench", "--config", "configs/demo.yaml", "--arms", "ohem", "--out", str(tmp_path / "b")]
+    base = ["bench", "--config", "demo", "--arms", "ohem", "--out", str(tmp_path / "b")]
     assert main([*base, "--seconds", "5"]) == 1
     assert capsys.readouterr().err == "ohem bench: error: --seconds 5.0: needs --budget seconds and a positive number\n"
     assert main([*base, "--jobs", "0"]) == 1

@@ -16,7 +16,7 @@ def trained_run(tmp_path_factory):
     from tests.conftest import TINY
 
     out = tmp_path_factory.mktemp("run")
-    args = ["train", "--config", "configs/demo.yaml", "--out", str(out)]
+    args = ["train", "--config", "demo", "--out", str(out)]
     for item in TINY:
         args += ["--set", item]
     assert main(args) == 0
@@ -125,7 +125,7 @@ def test_bad_checkpoint_and_config_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(truncated), "--out", str(tmp_path / "e")]) == 1
     err = capsys.readouterr().err.strip()
     assert "ckpt.pt" in err and "cannot be loaded safely" in err and "\n" not in err
-    assert main(["train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "t"), "--set", "solver.lrr=1"]) == 1
+    assert main(["train", "--config", "demo", "--out", str(tmp_path / "t"), "--set", "solver.lrr=1"]) == 1
     assert "unknown key 'solver.lrr'" in capsys.readouterr().err
 
 

@@ -208,6 +208,6 @@ def _fast_rcnn_cfg_free(extra):
 
 
 def test_caffe_step_schedule_of_the_07_12_recipes():
-    cfg = load_config("configs/paper/voc0712_vgg16_ohem.yaml")
+    cfg = load_config("voc0712_vgg16_ohem")
     factors = [lr_factor(it, cfg) for it in (0, 29999, 30000, 59999, 60000, 79999)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])

@@ -41,7 +41,7 @@ def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained") / "run"
     old = os.umask(0o022)
     try:
-        assert main(["train", "--config", "configs/demo.yaml", "--out", str(out), *SETS]) == 0
+        assert main(["train", "--config", "demo", "--out", str(out), *SETS]) == 0
     finally:
         os.umask(old)
     return out
@@ -168,7 +168,7 @@ def _detect_symlinked_output(tmp: Path, trained: Path) -> list[str]:
 
 
 def _train(tmp: Path, *extra: str, out: str = "out") -> list[str]:
-    return ["train", "--config", "configs/demo.yaml", "--out", str(tmp / out), *SETS, *extra]
+    return ["train", "--config", "demo", "--out", str(tmp / out), *SETS, *extra]
 
 
 def _with_run(*extra: str) -> Callable[[Path, Path], list[str]]:
@@ -460,10 +460,10 @@ CASES = [
          "--method", "dense", "--jitter", "nan", "--out", str(tmp / "out" / "p.npz"), "--set", "data.num_test=2"], 1,
          r"^ohem proposals: error: dense proposals: need .* got 2000, 20, nan$"),
     # --- ohem bench's cost phase
-    Case("bench --cost-iters -1", lambda tmp, tr: ["bench", "--config", "configs/demo.yaml", "--arms", "ohem",
+    Case("bench --cost-iters -1", lambda tmp, tr: ["bench", "--config", "demo", "--arms", "ohem",
          "--cost-iters", "-1", "--out", str(tmp / "out" / "b")], 1,
          r"^ohem bench: error: --cost-iters must be >= 0, got -1$"),
-    Case("bench --cost-iters 0 with --budget seconds", lambda tmp, tr: ["bench", "--config", "configs/demo.yaml",
+    Case("bench --cost-iters 0 with --budget seconds", lambda tmp, tr: ["bench", "--config", "demo",
          "--arms", "ohem", "--cost-iters", "0", "--budget", "seconds", "--out", str(tmp / "out" / "b")], 1,
          r"^ohem bench: error: --cost-iters 0 \(no cost phase\) leaves --budget seconds nothing to divide"),
 ]
@@ -520,7 +520,7 @@ def test_second_train_into_a_folder_in_use_fails_at_once_naming_the_first(tmp_pa
         "ohem",
         "train",
         "--config",
-        "configs/demo.yaml",
+        "demo",
         "--out",
         str(tmp_path / "run"),
         *SETS,
@@ -552,7 +552,7 @@ def test_second_train_into_a_folder_in_use_fails_at_once_naming_the_first(tmp_pa
     resume = [
         "train",
         "--config",
-        "configs/demo.yaml",
+        "demo",
         "--out",
         str(tmp_path / "run"),
         *SETS,

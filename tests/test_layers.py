@@ -6,14 +6,23 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ohem"
 LAYERS = [
-    # foundation: settings, files, the event storage, shared structures, process groups, weight files
-    ("ohem.util", "ohem.config", "ohem.events", "ohem.structures", "ohem.distributed", "ohem.checkpoint"),
+    # foundation: settings and the shipped recipes, files, the event storage, shared structures, process groups,
+    # weight files
+    (
+        "ohem.util",
+        "ohem.recipes",
+        "ohem.config",
+        "ohem.events",
+        "ohem.structures",
+        "ohem.distributed",
+        "ohem.checkpoint",
+    ),
     ("ohem.data",),
     ("ohem.models",),
     ("ohem.mining",),
     ("ohem.evaluation", "ohem.inference", "ohem.visualize"),  # the trainer evaluates, so they sit below it
     ("ohem.engine",),
-    ("ohem.bench", "ohem.report", "ohem.recipe_card", "ohem.cli", "ohem.__main__"),
+    ("ohem.bench", "ohem.report", "ohem.recipe_card", "ohem.cli", "ohem.cli_doc", "ohem.__main__"),
 ]
 
 

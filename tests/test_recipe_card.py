@@ -1,8 +1,6 @@
 """Recipe cards (ohem/recipe_card.py, `ohem recipe`): docs/RECIPES.md is current, one changed setting
 shows in exactly its row, reasons are not differences, and the CLI's output and --check exit code."""
 
-from pathlib import Path
-
 import pytest
 
 from ohem.cli import main
@@ -17,8 +15,9 @@ from ohem.recipe_card import (
     recipe_kind,
     render_all_cards,
 )
+from ohem.recipes import PAPER_DIR
 
-PAPER = Path(__file__).parent.parent / "configs" / "paper"
+PAPER = PAPER_DIR
 # Every setting at its source's value, whatever the recipes say today: the cards of these configs
 # must read "same" (or "n/a" with a reason) everywhere.
 COMMON = [
@@ -87,7 +86,7 @@ def statuses(card):
 def test_docs_cards_are_current():
     text = DOC.read_text()
     assert cards_section(text) == render_all_cards(), (
-        f"docs/RECIPES.md's recipe cards differ from the recipes in configs/paper/: regenerate them with "
+        f"docs/RECIPES.md's recipe cards differ from the recipes in ohem/configs/paper/: regenerate them with "
         f"`{REGENERATE}` (or paste the output of ohem.recipe_card.render_all_cards())"
     )
 
@@ -213,7 +212,7 @@ def test_cli_prints_the_card_and_check_sets_the_exit_code(capsys):
     sets = [arg for item in fixed("voc07_vgg16_ohem") for arg in ("--set", item)]
     assert main(["recipe", path, *sets, "--check"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("### `configs/paper/voc07_vgg16_ohem.yaml --set ")
+    assert out.startswith("### `voc07_vgg16_ohem --set ")
     assert "| setting | key(s) | this config | paper / authors' code | source | match |" in out
     assert "| mining NMS per label | `sampler.nms_per_label` | true | true |" in out
     assert "| different" not in out

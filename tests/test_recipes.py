@@ -1,4 +1,4 @@
-"""The paper's recipes (configs/paper/*.yaml, deltas over configs/paper/base/): their settings checked
+"""The paper's recipes (ohem/configs/paper/*.yaml, deltas over ohem/configs/paper/base/): their settings checked
 against docs/PAPER.md, each smoke-tested on tiny images, and the Fast R-CNN path (proposal files,
 gradient accumulation, +M / +B at test time) through the engine and the CLI."""
 
@@ -23,10 +23,11 @@ from ohem.engine import trainer as training
 from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
 from ohem.mining import OHEMSampler, ReadOnlySettings, build_detector, build_sampler, label_rois, readonly_losses
+from ohem.recipes import PAPER_DIR
 
 ROOT = Path(__file__).parent.parent
-PAPER_CONFIGS = sorted(ROOT.joinpath("configs", "paper").glob("*.yaml"))  # the recipes; not base/
-BASES = sorted(ROOT.joinpath("configs", "paper", "base").glob("*.yaml"))
+PAPER_CONFIGS = sorted(PAPER_DIR.glob("*.yaml"))  # the recipes; not base/
+BASES = sorted(PAPER_DIR.joinpath("base").glob("*.yaml"))
 # The dataset part of each recipe name: (data.dataset, train split, test split, iterations, lr steps, metric)
 DATASETS = {
     "voc07": ("voc", "2007:trainval", "2007:test", 40000, [30000], "voc07"),

@@ -154,7 +154,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_overrides, tmp_p
     import time
 
     overrides = tiny_overrides + ["solver.iterations=12", "train.checkpoint_every=1", "solver.steps=[8]"]
-    cmd = [sys.executable, "-m", "ohem", "train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "killed")]
+    cmd = [sys.executable, "-m", "ohem", "train", "--config", "demo", "--out", str(tmp_path / "killed")]
     for item in overrides:
         cmd += ["--set", item]
     kill_after = random.Random().randint(2, 9)
@@ -175,7 +175,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_overrides, tmp_p
         subprocess.run(cmd + ["--resume"], capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"}).returncode == 0
     )
 
-    training.train(load_config("configs/demo.yaml", overrides), tmp_path / "straight")
+    training.train(load_config("demo", overrides), tmp_path / "straight")
     a = load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")
     b = load_checkpoint(tmp_path / "killed" / "checkpoint_last.pt")
     assert a["iteration"] == b["iteration"] == 12
@@ -210,7 +210,7 @@ def test_torchrun_with_two_cpu_processes_matches_one_process(tiny_overrides, tmp
         "train.device=cpu",
     ]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ohem"]
-    cmd += ["train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "ddp")]
+    cmd += ["train", "--config", "demo", "--out", str(tmp_path / "ddp")]
     for item in overrides:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -222,9 +222,9 @@ def test_torchrun_with_two_cpu_processes_matches_one_process(tiny_overrides, tmp
     assert logged == [1, 2, 3, 3]  # 3 steps, then the final evaluation
     ddp = load_checkpoint(tmp_path / "ddp" / "checkpoint_last.pt")
     assert len(ddp["rng"]["torch"]) == 2
-    training.train(load_config("configs/demo.yaml", overrides), tmp_path / "single")
+    training.train(load_config("demo", overrides), tmp_path / "single")
     single = load_checkpoint(tmp_path / "single" / "checkpoint_last.pt")
-    cfg = load_config("configs/demo.yaml", overrides)
+    cfg = load_config("demo", overrides)
     torch.manual_seed(cfg.train.seed)
     initial = training.build_detector(cfg.model, cfg.sampler, 5).state_dict()
     update = sum((single["model"][k] - initial[k]).abs().sum() for k in initial)

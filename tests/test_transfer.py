@@ -60,7 +60,7 @@ def test_bench_pretrain_trains_the_source_once_and_every_run_starts_from_it(tmp_
         sections.setdefault(section, {})[name] = yaml.safe_load(value)
     source.write_text(yaml.safe_dump(sections))
     out = tmp_path / "b"
-    bench = dict(config="configs/demo.yaml", out=out, arms=["heuristic"], seeds=[0], cost_iters=0, error_score=None)
+    bench = dict(config="demo", out=out, arms=["heuristic"], seeds=[0], cost_iters=0, error_score=None)
     sets = [*TINY, "model.init_weights_skip=[roi_heads.box_predictor]", "train.vis_images=0"]
     assert run_bench(Bench(**bench, overrides=sets, pretrain=str(source))) == 0
     pretrained = out / "pretrain" / "checkpoint_last.pt"

@@ -39,10 +39,10 @@ def run_errors(run_dir: str | Path, score: float) -> dict[str, int]:
     dataset = build_dataset(cfg.data, "test")
     test_time, workers = TestTime.from_config(cfg.model), loader_workers(cfg.data.workers)
     detections = predict(model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers)
-    return count_errors(detections, [annotations(dataset, i) for i in range(len(dataset))], score)
+    return count_errors(detections, [image_annotations(dataset, i) for i in range(len(dataset))], score)
 
 
-def annotations(dataset: Any, index: int) -> dict:
+def image_annotations(dataset: Any, index: int) -> dict:
     """Image ``index``'s target, without reading its pixels where the data set can (as the scoring does)."""
     return dataset.annotations(index) if hasattr(dataset, "annotations") else dataset[index][1]
 

@@ -45,7 +45,7 @@ from ohem.bench.arms import ARMS, parse_arms
 from ohem.bench.summary import plot_curves, summary_markdown
 from ohem.config import Config, load_config
 from ohem.evaluation.errors import KINDS
-from ohem.util import atomic_open, make_out_dir, open_append
+from ohem.util import atomic_open, has_module, install_hint, make_out_dir, open_append
 
 try:
     import fcntl
@@ -400,6 +400,7 @@ def run_overrides(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float
     overrides = [*b.arm_overrides(arm), f"train.seed={seed}", f"train.num_threads={threads}"]
     if b.budget != "seconds":
         return cfg.solver.iterations, overrides
+    assert b.seconds is not None and s_per_iter is not None  # Bench.check and the cost phase set them
     iterations = budget_iterations(b.seconds, s_per_iter)
     return iterations, overrides + schedule_overrides(cfg, iterations)
 
@@ -528,6 +529,10 @@ def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
     with atomic_open(b.out / "summary.md") as f:
         f.write(text)
     print(text)
+    if not has_module("matplotlib"):
+        hint = install_hint("matplotlib")
+        print(f"ohem bench: note: no curve plots (matplotlib is not installed: {hint})", file=sys.stderr)
+        return [b.out / "summary.md"]
     return [b.out / "summary.md", *plot_curves(b.out, curves, b.arms)]
 
 
@@ -554,7 +559,9 @@ class Job:
 
 def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
     """Run ``jobs``, ``parallel`` at a time, recording each as it ends; returns the failures' messages."""
-    pending, running, failed = list(jobs), [], []
+    pending: list[Job] = list(jobs)
+    running: list[tuple[Job, subprocess.Popen, float]] = []
+    failed: list[str] = []
     try:
         while pending or running:
             while pending and len(running) < parallel:

@@ -99,9 +99,7 @@ def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget:
     """The arms at equal iterations and at equal training time. The budget the runs were given is
     compared on their final mAP; the other one on their curves, at the smallest budget all arms reached."""
     arms = list(dict.fromkeys(r["arm"] for r in acc))
-    final = {
-        arm: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == arm and _number(r["mAP"]) is not None] for arm in arms
-    }
+    final = {arm: [v * 100 for r in acc if r["arm"] == arm and (v := _number(r["mAP"])) is not None] for arm in arms}
     iterations = {r["arm"]: int(r["iterations"]) for r in acc}
     timed = {arm: iterations[arm] * float(cost[arm]["s_per_iter"]) for arm in arms if arm in cost}
     result = []
@@ -164,7 +162,7 @@ def summary_markdown(
 ) -> str:
     """``summary.md``: the table per arm, the arms at both budgets, the verdict, the error counts
     (``errors.csv`` rows, if any), the arms' definitions."""
-    maps = {a: [_number(r["mAP"]) * 100 for r in acc if r["arm"] == a and _number(r["mAP"]) is not None] for a in arms}
+    maps = {a: [v * 100 for r in acc if r["arm"] == a and (v := _number(r["mAP"])) is not None] for a in arms}
     rows = []
     for arm in arms:
         mine = [r for r in acc if r["arm"] == arm]

@@ -132,7 +132,9 @@ def _int(entry: dict, key: str, item: str, positive: bool = False) -> int:
 
 def _categories(gt: dict, where: str) -> list[dict]:
     """The categories sorted by id; ids integers and names non-empty strings, neither repeated."""
-    categories, ids, names = [], {}, {}
+    categories: list[dict] = []
+    ids: dict[int, int] = {}
+    names: dict[str, int] = {}
     for k, cat in enumerate(_entries(gt, "categories", where, ("id", "name"))):
         item = f"{where}: categories[{k}]"
         cid, name = _int(cat, "id", item), cat["name"]

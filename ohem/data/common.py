@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ def _pixel_limit_text(max_pixels: int | None) -> str:
     return f"more pixels than data.max_image_pixels = {limit} allows (raise it, or null for no limit)"
 
 
-def check_image_size(width: object, height: object, where: str, max_pixels: int | None) -> None:
+def check_image_size(width: Any, height: Any, where: str, max_pixels: int | None) -> None:
     """A one-line error starting with ``where`` unless ``width`` x ``height`` is an image a detector
     can run on: whole positive sizes, shorter side >= ``MIN_IMAGE_SIDE``, aspect at most
     ``MAX_IMAGE_ASPECT``, at most ``max_pixels`` pixels (None: no limit)."""

@@ -66,7 +66,8 @@ def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
 def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / dataset.split).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for i in tqdm(range(len(dataset)), desc=f"export coco {dataset.split}", dynamic_ncols=True):
         image, target = _pixels(dataset, i)
         file_name = f"{dataset.image_name(i)}.png"

@@ -72,7 +72,7 @@ class _Images(torch.utils.data.Dataset):
         position, index = key if isinstance(key, tuple) else (None, key)
         try:
             image, target = self.dataset[index]
-            if self.flip_seed is not None and flipped(self.flip_seed, position, index):
+            if self.flip_seed is not None and position is not None and flipped(self.flip_seed, position, index):
                 image, target = hflip(image, target)
         except Exception as e:  # re-raised in the main process, unwrapped
             return _Failure(e)

@@ -24,7 +24,6 @@ No cap on the number of boxes. scipy (MATLAB v5/v7 files) and h5py (v7.3, HDF5) 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -35,10 +34,9 @@ import numpy as np
 
 from ohem.config import check_choice
 from ohem.data.proposals import _error_line, _unique_image_names, write_proposals
-from ohem.util import regular_file
+from ohem.util import regular_file, require
 
 SmallBoxRule = Literal["min-size", "fast-rcnn"]
-INSTALL_HINT = "pip install 'ohem[mat]'"
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HDF5_OFFSETS = (0, 512, 1024, 2048, 4096)  # where an HDF5 superblock may start (MATLAB v7.3: 512)
 
@@ -70,10 +68,7 @@ class MatImport:
 
 
 def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"reading MATLAB .mat proposal files needs {module.split('.')[0]}: {INSTALL_HINT}") from None
+    return require(module, "reading MATLAB .mat proposal files")
 
 
 # --------------------------------------------------------------------------------------------- reading

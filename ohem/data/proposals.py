@@ -48,7 +48,7 @@ from torchvision.ops import box_convert, clip_boxes_to_image
 from tqdm import tqdm
 
 from ohem.config import DataConfig, check_choice
-from ohem.util import atomic_open, one_line, regular_file
+from ohem.util import atomic_open, one_line, regular_file, require
 
 FORMAT = "ohem-proposals-1"
 PARTS_FORMAT = "ohem-proposals-parts-1"
@@ -366,7 +366,7 @@ def _npy_header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple
             elif version == (2, 0):
                 shape, _, dtype = fmt.read_array_header_2_0(member)
             else:
-                shape, _, dtype = fmt._read_array_header(member, version)  # 3.0: no public reader
+                shape, _, dtype = fmt._read_array_header(member, version)  # type: ignore[attr-defined]  # 3.0: no public reader
             return tuple(int(n) for n in shape), dtype, member.tell()
     except Exception as e:  # BadZipFile, a bad magic string or header, an unsupported version
         raise ValueError(
@@ -382,13 +382,19 @@ def _seed_c_rand(seed: int) -> None:
         ctypes.CDLL(None).srand(ctypes.c_uint(seed))
 
 
+def require_selective_search() -> Any:
+    """``cv2`` with its contrib modules, or a ``MissingExtra`` naming ``ohem[proposals]`` (slow import: only
+    where proposals are computed)."""
+    return require("cv2", "selective search")
+
+
 def selective_search(
     image: torch.Tensor | np.ndarray, mode: SearchMode = "fast", max_boxes: int = 2000, min_size: int = 2, seed: int = 0
 ) -> np.ndarray:
     """Selective search boxes of one image (float (3, H, W) tensor in [0, 1], or uint8 (H, W, 3) RGB array):
     float32 (n, 4) ``x1, y1, x2, y2`` in selective search's ranking order, boxes with a side < ``min_size`` px and
     exact duplicates removed, then at most ``max_boxes`` kept."""
-    import cv2  # slow import, only where proposals are computed
+    cv2 = require_selective_search()
 
     check_choice("selective search mode", mode, SearchMode)
     if isinstance(image, torch.Tensor):
@@ -432,6 +438,7 @@ def compute_proposals(
     ``out_path`` already holds this exact result. The final file is merged and written atomically, then the
     parts removed, so an interrupted run never leaves a truncated ``out_path``."""
     check_choice("selective search mode", mode, SearchMode)
+    require_selective_search()  # before any part file is written
     if max_boxes < 1 or min_size < 0 or workers < 1 or chunk_size < 1:
         raise ValueError(
             f"need max_boxes >= 1, min_size >= 0, workers >= 1, chunk_size >= 1; "
@@ -468,8 +475,7 @@ def _unique_image_names(dataset: Any) -> list[str]:
     for name in names:
         name_to_key(name)  # fails early on names the format cannot store
     if len(set(names)) != len(names):
-        seen: set[str] = set()
-        dup = next(n for n in names if n in seen or seen.add(n))
+        dup = next(n for i, n in enumerate(names) if n in names[:i])
         raise ValueError(f"dataset image names must be unique; {dup!r} appears more than once")
     return names
 
@@ -555,7 +561,7 @@ _WORKER_DATASET: Any = None
 
 
 def _init_worker(dataset: Any) -> None:
-    import cv2
+    cv2 = require_selective_search()
 
     global _WORKER_DATASET
     _WORKER_DATASET = dataset

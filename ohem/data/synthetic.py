@@ -65,7 +65,7 @@ class SyntheticShapes(DetectionDatasetBase):
         if image_size < 2 * MAX_SIZE:
             raise ValueError(f"synthetic image_size must be >= {2 * MAX_SIZE}, got {image_size}")
         self.split, self.num_images, self.image_size_px, self.seed = split, num_images, image_size, seed
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._cache: dict[int, tuple[np.ndarray, ...]] = {}
 
     def __len__(self) -> int:
         return self.num_images

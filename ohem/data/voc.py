@@ -98,8 +98,7 @@ class VOCDetection(DetectionDatasetBase):
         empty.report()
         names = [r["name"] for r in self.records]
         if len(set(names)) != len(names):
-            seen: set[str] = set()
-            dup = next(n for n in names if n in seen or seen.add(n))
+            dup = next(n for i, n in enumerate(names) if n in names[:i])
             raise ValueError(f"VOC {self.root} {split}: image {dup!r} is listed twice in the split")
         self.image_ids = names  # what detection files call the images ("000001")
 

@@ -18,6 +18,7 @@ from ohem.evaluation.score import METRIC_NAMES, evaluate
 from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
 from ohem.mining.stall import StallWatch
+from ohem.util import has_module
 
 if TYPE_CHECKING:
     from ohem.engine.trainer import Run
@@ -202,11 +203,12 @@ def test_metrics(run: Run) -> dict[str, Any]:
 
 
 def draw_test_images(run: Run) -> None:
-    """``detections.png``: the first ``train.vis_images`` test images with their detections (0: none)."""
+    """``detections.png``: the first ``train.vis_images`` test images with their detections (0: none;
+    without matplotlib, ``ohem[plots]``, none either: ``train`` said so when it started)."""
     from ohem.visualize import draw_detections  # matplotlib: imported only when drawing
 
     t = run.cfg.train
-    if t.vis_images == 0:  # drawing turned off
+    if t.vis_images == 0 or not has_module("matplotlib"):  # drawing turned off, or not installed
         return
     subset = [run.test_set[i] for i in range(min(t.vis_images, len(run.test_set)))]
     detections = predict(

@@ -1,7 +1,7 @@
 """A run's logs: ``log.jsonl`` (one JSON object per iteration with every loss and mining statistic,
 one per evaluation), ``mining.jsonl`` (OHEM: what was mined, every ``train.mining_log_every``
-iterations) and TensorBoard events under ``tb/``. Only the main process writes; on the others
-every method is a no-op."""
+iterations) and TensorBoard events under ``tb/`` (where TensorBoard is installed: ``ohem[tensorboard]``).
+Only the main process writes; on the others every method is a no-op."""
 
 from __future__ import annotations
 
@@ -10,9 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from ohem.mining.record import MiningRecorder
-from ohem.util import atomic_open, one_line, open_append
+from ohem.util import atomic_open, has_module, install_hint, one_line, open_append
 
 LOG_FILES = ("log.jsonl", "mining.jsonl")
+
+
+def tensorboard_available() -> bool:
+    return has_module("tensorboard") and has_module("torch.utils.tensorboard")  # slow import: only when training
+
+
+def skipped_outputs(draws: bool) -> str | None:
+    """What a run will not write because an optional extra is missing (TensorBoard: ``tb/``; matplotlib:
+    ``detections.png``, where the run ``draws``), as one line, or None."""
+    skipped = []
+    if not tensorboard_available():
+        skipped.append(f"tb/ (TensorBoard is not installed: {install_hint('tensorboard')})")
+    if draws and not has_module("matplotlib"):
+        skipped.append(f"detections.png (matplotlib is not installed: {install_hint('matplotlib')})")
+    return f"not writing {'; nor '.join(skipped)}" if skipped else None
 
 
 class RunLog:
@@ -27,9 +42,12 @@ class RunLog:
                 (out / name).unlink(missing_ok=True)
             else:
                 truncate_jsonl(out / name, resume_from)
-        from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
+        self.writer: Any = None  # no TensorBoard: the other logs are written all the same
+        if tensorboard_available():
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(out / "tb"), purge_step=None if resume_from is None else resume_from + 1)
+            purge_step = None if resume_from is None else resume_from + 1
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=purge_step)
         self.log = open_append(out / "log.jsonl")
         self.recorder = MiningRecorder(num_classes)
         self.mining_path = out / "mining.jsonl"
@@ -41,7 +59,7 @@ class RunLog:
         self.log.write(json.dumps(record) + "\n")
         for key, value in record.items():
             if key != "iteration":
-                self.writer.add_scalar(f"train/{key}", value, record["iteration"])
+                self._scalar(f"train/{key}", value, record["iteration"])
 
     def mined(self, iteration: int, mining: dict[str, Any], indices: list[int], sizes: list[tuple[int, int]]) -> None:
         """One forward pass's mined RoIs (a ``roi_mining`` record of ``ohem.events``), for ``mining.jsonl``;
@@ -59,16 +77,20 @@ class RunLog:
         self.mining_file.write(json.dumps(record) + "\n")
         self.mining_file.flush()
         for key in ("mined_fg_fraction", "mined_loss_mean", "all_roi_loss_mean"):
-            self.writer.add_scalar(f"mining/{key}", record[key], iteration)
+            self._scalar(f"mining/{key}", record[key], iteration)
 
     def evaluation(self, entry: dict[str, Any]) -> None:
         """``{"iteration", "eval": metrics, ["train_roi_loss"]}``."""
         if not self.enabled:
             return
         self.log.write(json.dumps(entry) + "\n")
-        self.writer.add_scalar("eval/mAP", entry["eval"]["mAP"], entry["iteration"])
+        self._scalar("eval/mAP", entry["eval"]["mAP"], entry["iteration"])
         if "train_roi_loss" in entry:
-            self.writer.add_scalar("eval/train_roi_loss", entry["train_roi_loss"], entry["iteration"])
+            self._scalar("eval/train_roi_loss", entry["train_roi_loss"], entry["iteration"])
+
+    def _scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
 
     def flush(self) -> None:
         if self.enabled:

@@ -13,6 +13,7 @@ import contextlib
 import random
 import sys
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ohem import distributed
 from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng
@@ -29,12 +31,12 @@ from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch
 from ohem.data.loader import Batch, TrainBatches, loader_workers, train_loader
 from ohem.engine import run_folder
 from ohem.engine.hooks import EvalHook, Hook, default_hooks, draw_test_images, test_metrics
-from ohem.engine.runlog import RunLog
+from ohem.engine.runlog import RunLog, skipped_outputs
 from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
 from ohem.mining import build_detector
 from ohem.structures import DetectionDataset
-from ohem.util import atomic_open, make_out_dir, one_line, strict_json
+from ohem.util import atomic_open, make_out_dir, one_line, require, strict_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,6 +89,8 @@ def train(
     created = d.main and not out.exists()
     if d.main:
         run_folder.check_arguments(out, resume, force)
+        if skipped := skipped_outputs(draws=cfg.train.vis_images > 0):
+            print(f"ohem train: note: {skipped}", file=sys.stderr)
         make_out_dir(out)
     try:
         with run_folder.claim(out, enabled=d.main):
@@ -166,7 +170,8 @@ def forward_backward(run: Run, it: int, part: int, images: list, targets: list) 
     """Part ``part`` of step ``it``: the losses (``loss`` their sum) of one forward pass, backpropagated."""
     accumulate, d = run.cfg.solver.accumulate_steps, run.d
     # DDP averages gradients across processes only on the last pass of the step.
-    with run.model.no_sync() if d.active and part < accumulate - 1 else contextlib.nullcontext():
+    ddp = typing.cast(nn.parallel.DistributedDataParallel, run.model)
+    with ddp.no_sync() if d.active and part < accumulate - 1 else contextlib.nullcontext():
         with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
             losses = run.model(images, targets)
         loss = sum(v.float() for k, v in losses.items() if k.startswith("loss_"))
@@ -262,7 +267,7 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
     )
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(cfg: Config, num_classes: int) -> GeneralizedRCNN:
     """``build_detector``, with torch's error for backbone weights of another shape made one line."""
     try:
         return build_detector(cfg.model, cfg.sampler, num_classes)
@@ -315,6 +320,8 @@ def check_run_config(cfg: Config, d: distributed.Dist) -> torch.device:
     device; ranges are checked by the config itself). Returns the device. Runs before any file is
     written or data loaded."""
     check_solver(cfg, d)
+    if cfg.train.eval_metric == "coco":
+        require("pycocotools", "train.eval_metric: coco")
     device = resolve_device(cfg.train.device, d.local_rank)
     autocast_dtype(cfg.train.amp, device)
     return device

@@ -76,7 +76,7 @@ def coco_evaluate(gt: dict, results: list[dict], class_names: list[str] | None =
     with contextlib.redirect_stdout(summary):
         evaluator.summarize()
 
-    out = {name: _nan_if_missing(v) for name, v in zip(_STAT_NAMES, evaluator.stats)}
+    out: dict[str, Any] = {name: _nan_if_missing(v) for name, v in zip(_STAT_NAMES, evaluator.stats)}
     precision = evaluator.eval["precision"]  # [iou thresholds, recall points, categories, areas, max dets]
     out["AP"] = {}
     for k, name in enumerate(class_names):
@@ -130,8 +130,12 @@ def _check_box(bbox: object, where: str) -> None:
 
 
 def _first_repeat(values: list) -> object:
-    seen = set()
-    return next(v for v in values if v in seen or seen.add(v))
+    seen: set[object] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    raise ValueError("no value repeats")
 
 
 def _checked_results(results: list[dict], image_ids: set, cat_ids: set) -> list[dict]:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchvision.ops import box_convert
@@ -82,7 +83,7 @@ def _read_entries(path: str | os.PathLike, where: str) -> list:
     return entries
 
 
-def _checked_box(bbox: object, at: str) -> list[float]:
+def _checked_box(bbox: Any, at: str) -> list[float]:
     """An entry's ``[x, y, w, h]`` as ``[x1, y1, x2, y2]``; an error unless it is four finite
     numbers with a width and height of at least 0."""
     if not is_coco_bbox(bbox):
@@ -158,7 +159,7 @@ def write_detections(
 
 def _index(ids: Sequence, what: str) -> dict:
     """``{id: position}``; duplicates would make the mapping ambiguous."""
-    index = {}
+    index: dict[str | int, int] = {}
     for k, i in enumerate(ids):
         i = i if isinstance(i, str) else int(i)
         if i in index:
@@ -173,7 +174,7 @@ def _id_hint(image_id: str | int, image_ids: Sequence[str | int]) -> str:
         return " (the split has no images)"
     example = image_ids[0]
     if isinstance(image_id, int) and isinstance(example, str):
-        if any(s.isdigit() and int(s) == image_id for s in image_ids):
+        if any(isinstance(s, str) and s.isdigit() and int(s) == image_id for s in image_ids):
             return f"; this dataset's image ids are strings like {example!r}, not integers"
     if isinstance(image_id, str) and not isinstance(example, str):
         if image_id.strip().isdigit() and int(image_id) in set(int(i) for i in image_ids):

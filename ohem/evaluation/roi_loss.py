@@ -10,7 +10,7 @@ smooth-L1 (fg) as in training, averaged.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from ohem.config import SamplerConfig
@@ -25,7 +25,12 @@ STRICT = ReadOnlySettings.from_config(SamplerConfig(readonly_precision="fp32"))
 
 @torch.no_grad()
 def mean_roi_loss(
-    model: nn.Module, dataset: Images, indices: list[int], device: torch.device, batch_size: int = 2, workers: int = 0
+    model: GeneralizedRCNN,
+    dataset: Images,
+    indices: list[int],
+    device: torch.device,
+    batch_size: int = 2,
+    workers: int = 0,
 ) -> float:
     heads = getattr(model, "roi_heads", None)
     if not isinstance(heads, RoIHeads):
@@ -36,7 +41,8 @@ def mean_roi_loss(
     try:
         for _, images, targets in eval_batches(dataset, indices, batch_size, workers, device):
             original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-            image_list, targets, features = backbone_features(model, images, targets)
+            image_list, transformed, features = backbone_features(model, images, targets)
+            targets = transformed if transformed is not None else targets  # given targets: transformed
             if getattr(model, "needs_proposals", False):  # Fast R-CNN: the proposal file's boxes
                 proposals = [t["proposals"] for t in targets]
                 proposals = FastRCNN.resize_proposals(proposals, original_sizes, image_list)

@@ -75,8 +75,9 @@ def coco_ground_truth(dataset: DetectionDataset, annotations: list[ImageAnnotati
     A COCO dataset's own file (crowd regions included) is used as it is."""
     own = dataset.coco_ground_truth()
     if own is not None:
-        return own, list(dataset.image_ids)
-    images, anns = [], []
+        return own, [int(i) for i in dataset.image_ids]  # a COCO file's ids: integers
+    images: list[dict] = []
+    anns: list[dict] = []
     for i, a in enumerate(annotations):
         h, w = dataset.image_size(i)
         images.append({"id": i + 1, "width": w, "height": h})

@@ -18,6 +18,8 @@ plain devkit-style loop it must agree with is ``ohem/evaluation/voc_reference.py
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -39,7 +41,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: 
 def voc_evaluate(
     detections: list[ImageDetections],
     annotations: list[ImageAnnotations],
-    class_names: list[str] | tuple[str, ...],
+    class_names: Sequence[str],
     iou_thresh: float = 0.5,
     use_07_metric: bool = False,
 ) -> dict:
@@ -109,14 +111,14 @@ def _flatten_annotations(
     """All images' ground truth as flat arrays (boxes float64, labels, difficult, image index)."""
     boxes = _cat([a.boxes for a in annotations], (0, 4)).double().numpy().reshape(-1, 4)
     labels = _cat([a.labels for a in annotations], (0,)).long().numpy().reshape(-1)
-    difficult = _cat(
+    difficult_rows = _cat(
         [
             a.difficult.bool() if a.difficult is not None else torch.zeros(a.labels.numel(), dtype=torch.bool)
             for a in annotations
         ],
         (0,),
     )
-    difficult = difficult.bool().numpy().reshape(-1)
+    difficult = difficult_rows.bool().numpy().reshape(-1)
     images = np.repeat(np.arange(len(annotations)), [a.labels.numel() for a in annotations])
     keep = (labels >= 1) & (labels <= num_classes)
     return boxes[keep], labels[keep], difficult[keep], images[keep]

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
@@ -18,7 +19,7 @@ from ohem.mining.table import build_sampler
 from ohem.models import PROPOSAL_MODELS, build_model
 
 
-def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_classes: int) -> nn.Module:
+def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_classes: int) -> GeneralizedRCNN:
     """The configured detector for ``num_classes`` object classes (background excluded), with its sampler."""
     model = build_model(model_cfg, num_classes)
     if sampler_cfg.rpn_ohem and getattr(model, "rpn", None) is None:

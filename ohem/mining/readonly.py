@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +93,8 @@ def readonly_numerics(device: torch.device, precision: str) -> contextlib.Abstra
 @contextlib.contextmanager
 def cuda_tf32(enabled: bool) -> Iterator[None]:
     """CUDA matmuls and cuDNN convolutions in TF32 (or strict float32), restored on exit."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    matmul = torch.backends.cuda.matmul
+    cudnn: Any = torch.backends.cudnn  # cudnn.conv (torch >= 2.9) is not in torch's type hints
     if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: its new API only (mixing it with the old raises)
         saved = matmul.fp32_precision, cudnn.conv.fp32_precision
         matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"

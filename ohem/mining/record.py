@@ -80,7 +80,7 @@ class MiningRecorder:
 
     def flush(self, iteration: int) -> dict[str, Any]:
         """The record of the steps added since the last flush (at least one)."""
-        sums = {k: v.tolist() for k, v in self._sums.items()}  # the one copy to the host per record
+        sums: dict[str, Any] = {k: v.tolist() for k, v in self._sums.items()}  # the one copy to the host per record
         fg = sum(sums["label_counts"][1:])
         record = {
             "iteration": iteration,

@@ -82,7 +82,11 @@ class SamplingRoIHeads(RoIHeads):
         boxes, matched_idxs, labels, _ = rois.per_image(sample.rows)
         if reuse:
             pooled = pooled_with_gradient(
-                self.box_roi_pool, features, boxes, image_shapes, rows_of(scores.pooled, sample.rows)
+                self.box_roi_pool,
+                features,
+                boxes,
+                image_shapes,
+                rows_of(scores.pooled, sample.rows),  # type: ignore[union-attr,arg-type]  # reuse: scores set
             )
         else:
             pooled = self.box_roi_pool(features, boxes, image_shapes)

@@ -32,8 +32,15 @@ class LabelledRoIs:
 
     def take(self, rows: Tensor) -> LabelledRoIs:
         """These ``rows`` (in image order) as a ``LabelledRoIs`` of their own, images kept."""
-        fields = (self.boxes, self.image_ids, self.matched_idxs, self.labels, self.box_targets, self.matched_gt)
-        return LabelledRoIs(*(field[rows] for field in fields), self.num_images)
+        return LabelledRoIs(
+            self.boxes[rows],
+            self.image_ids[rows],
+            self.matched_idxs[rows],
+            self.labels[rows],
+            self.box_targets[rows],
+            self.matched_gt[rows],
+            self.num_images,
+        )
 
     def per_image(self, rows: Tensor) -> tuple[list[Tensor], ...]:
         """``rows`` (in image order) as per-image lists of (boxes, matched idxs, labels, targets)."""
@@ -73,12 +80,12 @@ def label_rois(heads: RoIHeads, proposals: list[Tensor], targets: list[dict], bg
     heads.check_targets(targets)
     gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
     rois = heads.add_gt_proposals(proposals, gt_boxes)
-    matched_idxs, labels = match_rois(heads, rois, gt_boxes, [t["labels"] for t in targets], bg_iou_low)
-    kept = torch.nonzero(torch.cat(labels) >= 0).squeeze(1)  # one nonzero (a host sync on CUDA) per batch
+    matched_idxs, roi_labels = match_rois(heads, rois, gt_boxes, [t["labels"] for t in targets], bg_iou_low)
+    kept = torch.nonzero(torch.cat(roi_labels) >= 0).squeeze(1)  # one nonzero (a host sync on CUDA) per batch
     gts = [g if g.numel() else g.new_zeros((1, 4)) for g in gt_boxes]  # no objects: matched to a dummy box
     offsets = [sum(len(g) for g in gts[:i]) for i in range(len(gts))]  # image i's gt rows in torch.cat(gts)
     matched_gt = torch.cat(gts)[torch.cat([m + o for m, o in zip(matched_idxs, offsets)])[kept]]
-    boxes, labels = torch.cat(rois)[kept], torch.cat(labels)[kept]
+    boxes, labels = torch.cat(rois)[kept], torch.cat(roi_labels)[kept]
     image_ids = torch.cat([torch.full((len(r),), i, device=boxes.device) for i, r in enumerate(rois)])[kept]
     box_targets = heads.box_coder.encode_single(matched_gt, boxes)
     if getattr(heads, "box_target_norm", None) is not None:

@@ -130,7 +130,7 @@ def _greedy_nms_topk(
     """The first ``k`` RoIs of ``order`` that survive greedy NMS, visiting blocks of candidates."""
     kept: list[int] = []
     kept_boxes = boxes.new_zeros((0, 4))
-    kept_labels = labels.new_zeros(0) if labels is not None else None
+    kept_labels = (labels if labels is not None else order).new_zeros(0)  # used only with labels
     block = max(2 * k, 64)
     start = 0
     while len(kept) < k and start < order.numel():

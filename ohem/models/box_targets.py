@@ -16,6 +16,8 @@ from ohem.structures import ProposalDataset
 class BoxTargetNorm(nn.Module):
     def __init__(self, num_classes: int) -> None:  # num_classes counts the background, as torchvision's
         super().__init__()
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.zeros(num_classes, 4))
         self.register_buffer("std", torch.ones(num_classes, 4))
 

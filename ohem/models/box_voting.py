@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms, box_iou
 
@@ -45,7 +45,7 @@ def box_voting(
 
 @torch.no_grad()
 def iterative_box_regression_detect(
-    model: nn.Module,
+    model: GeneralizedRCNN,
     images: list[torch.Tensor],
     proposals: list[torch.Tensor] | None = None,
     nms_thresh: float = 0.3,

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models import detection
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ohem.checkpoint import load_state_dict_file
@@ -17,7 +18,7 @@ from ohem.models import vgg
 from ohem.models.small import small_fast_rcnn, small_fast_rcnn_wide, small_faster_rcnn
 
 
-def set_input_normalisation(model: nn.Module, cfg: ModelConfig) -> None:
+def set_input_normalisation(model: GeneralizedRCNN, cfg: ModelConfig) -> None:
     """``model.transform`` as ``cfg`` says: pixels x ``pixel_scale``, ``channel_order``, then
     (x - ``image_mean``) / ``image_std`` (a Caffe-converted net: BGR, 255, Caffe's pixel means, std 1)."""
     scale = cfg.pixel_scale
@@ -51,7 +52,7 @@ class InputTransform(GeneralizedRCNNTransform):
         return super().normalize(image.flip(0) if self.bgr else image)
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int) -> GeneralizedRCNN:
     """The detector of ``cfg.name`` with torchvision's own sampler (what ``build_detector`` replaces)."""
     uses_rpn = cfg.name not in PROPOSAL_MODELS
     model = BUILDERS[cfg.name](cfg, num_classes, detector_kwargs(cfg, uses_rpn))
@@ -84,7 +85,7 @@ def _small(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
         if cfg.backbone_weights == "imagenet":
             raise ValueError("model.backbone_weights: the small model has no ImageNet weights; use a file or null")
-        model = builder(num_classes, **kwargs)
+        model: GeneralizedRCNN = builder(num_classes, **kwargs)
         if cfg.backbone_weights:
             load_backbone_weights(model.backbone, cfg.backbone_weights)
         return model
@@ -101,7 +102,7 @@ def _vgg(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if cfg.backbone_weights == "imagenet" and "vgg_cnn_m_1024" in cfg.name:
             raise ValueError(
                 "model.backbone_weights: no maintained package ships VGG_CNN_M_1024's ImageNet weights; "
-                "give the path of a converted state dict (README: 'VGG_CNN_M_1024 weights')"
+                "give the path of a converted state dict (docs/TRAINING.md: 'VGG_CNN_M_1024 weights')"
             )
         return builder(num_classes, weights=cfg.backbone_weights, **kwargs)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
@@ -23,7 +23,7 @@ TARGET_AREA = 224 * 224
 class ImagePyramid:
     """The backbone features of a batch of images at each shorter side of ``scales``."""
 
-    def __init__(self, model: nn.Module, images: list[torch.Tensor], scales: list[int]) -> None:
+    def __init__(self, model: GeneralizedRCNN, images: list[torch.Tensor], scales: list[int]) -> None:
         self.heads = model.roi_heads
         self.original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         self.levels = []
@@ -88,7 +88,7 @@ def classify_and_regress(
 
 @torch.no_grad()
 def pyramid_detect(
-    model: nn.Module, images: list[torch.Tensor], proposals: list[torch.Tensor], scales: list[int]
+    model: GeneralizedRCNN, images: list[torch.Tensor], proposals: list[torch.Tensor], scales: list[int]
 ) -> list[dict[str, torch.Tensor]]:
     """Fast R-CNN's multi-scale detections (torchvision dicts, original pixels) for proposals in
     original pixels; score threshold, NMS and detections per image are the model's."""

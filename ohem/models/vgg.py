@@ -124,7 +124,7 @@ class VGGCNNM1024Backbone(nn.Sequential):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                nn.init.zeros_(m.bias)  # type: ignore[arg-type]  # every conv here has a bias
         self.conv1.requires_grad_(False)
 
 
