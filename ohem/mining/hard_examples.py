@@ -10,7 +10,9 @@ first step (docs/BENCHMARKS.md, "When OHEM pays").
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from ohem.config import SamplerConfig
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
@@ -31,6 +33,12 @@ class OHEMSampler:
     fg_fraction: float  # the random sample before ``start``
     readonly: ReadOnlySettings | None
     bg_iou_low: float = 0.0  # every RoI is a candidate (docs/PAPER.md)
+
+    @classmethod
+    def settings(cls, cfg: SamplerConfig) -> dict[str, Any]:
+        """OHEM's fields from ``cfg``, for the samplers that extend it (``ohem-presample``, ``ohem-prior``)."""
+        ohem = OHEMSampler.from_config(cfg)
+        return {f.name: getattr(ohem, f.name) for f in dataclasses.fields(ohem)}
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> OHEMSampler:

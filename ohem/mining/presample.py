@@ -8,8 +8,7 @@ be picked. Every other setting is OHEM's (``ohem.mining.hard_examples``), ``ohem
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -24,13 +23,11 @@ from ohem.mining.sampler import random_subset, rows_per_image
 class PresampledOHEMSampler(OHEMSampler):
     """``OHEMSampler`` with a ``presample`` step; the settings are ``SamplerConfig``'s."""
 
-    presample_factor: int = 4
+    presample_factor: int = field(kw_only=True)
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> PresampledOHEMSampler:
-        ohem = OHEMSampler.from_config(cfg)
-        settings = {f.name: getattr(ohem, f.name) for f in dataclasses.fields(ohem)}
-        return cls(**settings, presample_factor=cfg.presample_factor)
+        return cls(**OHEMSampler.settings(cfg), presample_factor=cfg.presample_factor)
 
     def presample(self, rois: LabelledRoIs) -> Tensor | None:
         """Rows (ascending) of ``presample_factor`` x ``batch_size_per_image`` random RoIs per image; None

@@ -16,9 +16,8 @@ loaded after building (``--resume``, ``model.init_weights``) replaces it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,12 +31,11 @@ from ohem.mining.hard_examples import OHEMSampler
 class OHEMPriorSampler(OHEMSampler):
     """OHEM's settings and sample; ``prior_bg``: P(background) at initialisation (``sampler.prior_bg``)."""
 
-    prior_bg: float = 0.99
+    prior_bg: float = field(kw_only=True)
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> OHEMPriorSampler:
-        ohem = OHEMSampler.from_config(cfg)
-        return cls(**{f.name: getattr(ohem, f.name) for f in dataclasses.fields(ohem)}, prior_bg=cfg.prior_bg)
+        return cls(**OHEMSampler.settings(cfg), prior_bg=cfg.prior_bg)
 
     def initialise(self, heads: RoIHeads) -> None:
         set_background_prior(heads.box_predictor, self.prior_bg)
