@@ -13,6 +13,7 @@ message): a corrupt file keeps its one-line message naming the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -23,6 +24,7 @@ import torch
 
 from ohem.data.transforms import hflip
 from ohem.structures import Images
+from ohem.util import die_with_parent
 
 Batch = tuple[list[int], list[torch.Tensor], list[dict[str, torch.Tensor]]]  # indices, images, targets
 
@@ -109,7 +111,13 @@ def _loader(images: _Images, batch_sampler: Any, workers: int, pin: bool) -> tor
         pin_memory=pin,
         prefetch_factor=4 if workers else None,
         generator=torch.Generator(),
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
     )
+
+
+def _worker_init(parent: int, worker_id: int) -> None:
+    """A loader worker dies with the process that started it, even by ``kill -9`` (Linux)."""
+    die_with_parent(parent)
 
 
 def train_loader(
