@@ -11,7 +11,9 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 
@@ -31,7 +33,27 @@ from ohem.util import (
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(args)
+    with terminate_as_exit():
+        return run_command(args)
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> typing.Iterator[None]:
+    """SIGTERM (``kill``, a bench stopping its runs or dying, a job scheduler) ends the command with
+    exit code 143 the way an exception would: ``finally`` blocks and exit handlers run (a run folder's
+    lock file, the loader's temporary folder are removed). Only in the main thread; restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signal_number: int, frame: object) -> None:
+        raise SystemExit(128 + signal_number)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -253,13 +253,13 @@ def _libc_prctl() -> Any:
 _PRCTL = _libc_prctl()
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """Ask the kernel to SIGKILL this process when the thread that started it ends (Linux; elsewhere
-    nothing): a ``kill -9`` of a bench or a training run then takes its children with it. Call it in
-    the child (``preexec_fn``, a loader's ``worker_init_fn``); ``parent``: the starter's pid, to catch
-    a parent that died before the call (the child then exits at once)."""
+def die_with_parent(parent: int | None = None, signal_number: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``signal_number`` to this process when the thread that started it ends
+    (Linux; elsewhere nothing): a ``kill -9`` of a bench or a training run then takes its children
+    with it. Call it in the child (``preexec_fn``, a loader's ``worker_init_fn``); ``parent``: the
+    starter's pid, to catch a parent that died before the call (the child then exits at once)."""
     if _PRCTL is None:
         return
-    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _PRCTL(PR_SET_PDEATHSIG, int(signal_number), 0, 0, 0)
     if parent is not None and os.getppid() != parent:
         os._exit(1)

@@ -171,7 +171,8 @@ def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
 def test_kill_9_of_a_bench_takes_its_training_processes_with_it(tmp_path: Path, capsys) -> None:
     out = tmp_path / "b"
     argv = [*bench_argv(out, "--cost-iters", "0"), "--arms", "heuristic,ohem", "--set", "data.workers=1"]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    (tmp_path / "tmp").mkdir()  # the bench's temporary folder: the loader workers' pymp-* must not stay
+    env = {**os.environ, "TQDM_DISABLE": "1", "TMPDIR": str(tmp_path / "tmp")}
     bench = subprocess.Popen([sys.executable, "-m", "ohem", *argv], stdout=subprocess.DEVNULL, env=env)
     second = str(out / "runs" / "accuracy-ohem-seed0")
     try:  # the first arm finished, the second one training (its loader worker started)
@@ -181,6 +182,7 @@ def test_kill_9_of_a_bench_takes_its_training_processes_with_it(tmp_path: Path, 
         bench.send_signal(signal.SIGKILL)
         bench.wait()
     assert wait_for(lambda: not live_processes_naming(str(out)), 5), live_processes_naming(str(out))
+    assert not [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("pymp-")]
     rows = list(csv.DictReader((out / "accuracy.csv").open()))
     assert [r["arm"] for r in rows] == ["heuristic"]
     first_run = (out / "runs" / "accuracy-heuristic-seed0" / "metrics.json").stat().st_mtime_ns

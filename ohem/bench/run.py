@@ -580,7 +580,9 @@ class Job:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 process_group=0,  # its own group: the child and its loader workers are stopped together
-                preexec_fn=lambda: die_with_parent(bench),  # and killed by the kernel if the bench is (Linux)
+                # and stopped by the kernel if the bench is killed (Linux): SIGTERM, which ohem's commands
+                # turn into an exit that cleans up (its loader workers die with it by SIGKILL)
+                preexec_fn=lambda: die_with_parent(bench, signal.SIGTERM),
             )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing.util
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -100,6 +101,8 @@ def _collate(items: list[Any]) -> Batch:
 
 
 def _loader(images: _Images, batch_sampler: Any, workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    if workers:  # the workers share this process's temporary folder (pymp-*), which it removes as it exits:
+        multiprocessing.util.get_temp_dir()  # a worker's own would be left behind when it is killed
     # A generator of its own: torch would otherwise draw the workers' seed from the global stream,
     # and evaluating or resuming would shift the random numbers the training draws (the loader
     # itself uses none).
