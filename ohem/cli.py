@@ -11,7 +11,9 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 
@@ -31,7 +33,27 @@ from ohem.util import (
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(args)
+    with terminate_as_exit():
+        return run_command(args)
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> typing.Iterator[None]:
+    """SIGTERM (``kill``, a bench stopping its runs or dying, a job scheduler) ends the command with
+    exit code 143 the way an exception would: ``finally`` blocks and exit handlers run (a run folder's
+    lock file, the loader's temporary folder are removed). Only in the main thread; restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signal_number: int, frame: object) -> None:
+        raise SystemExit(128 + signal_number)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +308,7 @@ def _workers_override(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ohem.engine.trainer import train
-    from ohem.evaluation.score import format_metrics
+    from ohem.evaluation.score import format_metrics, metrics_note
 
     cfg = load_config(args.config, args.overrides + _workers_override(args))
     out = Path(args.out)
@@ -294,6 +316,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     print(format_metrics(metrics))
+    if note := metrics_note(metrics):
+        print(f"ohem {args.command}: note: {note}", file=sys.stderr)
     written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt")]
     print(f"wrote {', '.join(str(path) for path in written if path.exists())}")
     return 0
@@ -304,7 +328,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ohem.data.loader import loader_workers
     from ohem.engine.trainer import resolve_device
     from ohem.evaluation.detections_file import read_detections, write_detections
-    from ohem.evaluation.score import format_metrics, score_detections
+    from ohem.evaluation.score import format_metrics, metrics_note, score_detections
     from ohem.inference import TestTime, model_from_checkpoint, predict
 
     if args.metric == "coco":
@@ -336,6 +360,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with atomic_open(out / "metrics.json") as f:
         f.write(strict_json(metrics))
     print(format_metrics(metrics))
+    if note := metrics_note(metrics):
+        print(f"ohem {args.command}: note: {note}", file=sys.stderr)
     written = [out / "results.json"] if args.checkpoint else []
     print(f"wrote {', '.join(str(p) for p in [*written, out / 'metrics.json'])}")
     return 0

@@ -112,7 +112,12 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
     check_records(
         run / "log.jsonl",
         evals,
-        {"eval": (lambda v: isinstance(v, dict) and is_number(v.get("mAP")), "an object with a number 'mAP'")},
+        {
+            "eval": (
+                lambda v: isinstance(v, dict) and (v.get("mAP") is None or is_number(v.get("mAP"))),
+                "an object with a number (or null: nothing measured) 'mAP'",
+            )
+        },
         "evaluation",
     )
     check_mining(run / "mining.jsonl", mining)
@@ -222,7 +227,8 @@ def plot_mined_classes(mining: list[dict], names: list[str]) -> Figure:
 def plot_map(evals: list[dict]) -> Figure:
     """Test mAP at each evaluation."""
     fig, ax = _plot_figure()
-    ax.plot([r["iteration"] for r in evals], [r["eval"]["mAP"] * 100 for r in evals], "o-")
+    measured = [r for r in evals if r["eval"].get("mAP") is not None]  # null: nothing measured
+    ax.plot([r["iteration"] for r in measured], [r["eval"]["mAP"] * 100 for r in measured], "o-")
     ax.set(xlabel="iteration", ylabel="test mAP@0.5 (%)", title="Test mAP")
     return fig
 

@@ -9,7 +9,9 @@ import json
 import math
 import os
 import re
+import signal
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -231,3 +233,33 @@ def require(module: str, what: str) -> ModuleType:
     if module == "cv2" and not hasattr(imported, "ximgproc"):
         raise MissingExtra(f"{what} needs {name} (this OpenCV has no cv2.ximgproc): {install_hint(module)}")
     return imported
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _libc_prctl() -> Any:
+    """libc's ``prctl`` (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
+def die_with_parent(parent: int | None = None, signal_number: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``signal_number`` to this process when the thread that started it ends
+    (Linux; elsewhere nothing): a ``kill -9`` of a bench or a training run then takes its children
+    with it. Call it in the child (``preexec_fn``, a loader's ``worker_init_fn``); ``parent``: the
+    starter's pid, to catch a parent that died before the call (the child then exits at once)."""
+    if _PRCTL is None:
+        return
+    _PRCTL(PR_SET_PDEATHSIG, int(signal_number), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)

@@ -372,7 +372,8 @@ def test_no_cost_phase_gives_equal_iteration_rows_without_a_seconds_axis(tmp_pat
 def test_bad_options_and_a_busy_folder_are_one_line_errors(tmp_path, capsys):
     base = ["bench", "--config", "demo", "--arms", "ohem", "--out", str(tmp_path / "b")]
     assert main([*base, "--seconds", "5"]) == 1
-    assert capsys.readouterr().err == "ohem bench: error: --seconds 5.0: needs --budget seconds and a positive number\n"
+    seconds = "--seconds 5.0: needs --budget seconds and a number in (0, 1e+08] (training seconds per run)"
+    assert capsys.readouterr().err == f"ohem bench: error: {seconds}\n"
     assert main([*base, "--jobs", "0"]) == 1
     assert capsys.readouterr().err == "ohem bench: error: --jobs must be >= 1, got 0\n"
     assert main([*base, "--cost-repeats", "0"]) == 1

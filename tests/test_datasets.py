@@ -336,8 +336,16 @@ def _coco_file(tmp_path, text):
             "instances_x.json: categories[0]: expected an object with id, name, got a JSON number",
         ),
         (
-            {"images": [{"id": 1, "file_name": "a.png", "width": 9}], "annotations": [], "categories": []},
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 9}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "a"}],
+            },
             "instances_x.json: images[0]: missing 'height'",
+        ),
+        (
+            '{"images": [], "annotations": [], "categories": []}',
+            "instances_x.json: 'categories' is empty: no class to train on or evaluate",
         ),
         (
             {**ONE_IMAGE, "annotations": [{"id": 5, "image_id": 1, "category_id": 2, "bbox": [0, 0, 1, 1]}]},

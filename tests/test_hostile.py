@@ -316,6 +316,37 @@ def _proposals_on_corrupt_image(tmp: Path, trained: Path) -> list[str]:
     ]
 
 
+def _coco_run(edit_test: Callable[[dict], dict]) -> Callable[[Path, Path], list[str]]:
+    """Train on a COCO-layout export of the tiny synthetic data, its test JSON changed by ``edit_test``."""
+
+    def setup(tmp: Path, trained: Path) -> list[str]:
+        for split in ("train", "test"):
+            data = [arg for item in TINY if item.startswith("data.") for arg in ("--set", item)]
+            argv = ["export", "--layout", "coco", "--split", split, "--out", str(tmp / "coco"), *data]
+            assert main(argv) == 0
+        path = tmp / "coco" / "annotations" / "instances_test.json"
+        path.write_text(json.dumps(edit_test(json.loads(path.read_text()))))
+        coco = ["--set", "data.dataset=coco", "--set", f"data.root={tmp / 'coco'}", "--set", "data.train_split=train"]
+        return _train(tmp, *coco, "--set", "data.test_split=test")
+
+    return setup
+
+
+def _swap_first_two_categories(gt: dict) -> dict:
+    first, second = gt["categories"][:2]
+    swapped = {first["id"]: second["id"], second["id"]: first["id"]}
+    categories = [{**c, "id": swapped.get(c["id"], c["id"])} for c in gt["categories"]]
+    annotations = [{**a, "category_id": swapped.get(a["category_id"], a["category_id"])} for a in gt["annotations"]]
+    return {**gt, "categories": categories, "annotations": annotations}
+
+
+def _check_nothing_measured(tmp: Path) -> None:
+    run = tmp / "out"
+    assert json.loads((run / "metrics.json").read_text(), parse_constant=reject_constant)["mAP"] is None
+    evals = [json.loads(line, parse_constant=reject_constant) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["eval"]["mAP"] for r in evals if "eval" in r] == [None]  # null, not NaN
+
+
 ONE_LINE_TRAIN = r"^ohem train: error: "
 SET_TRAIN = ONE_LINE_TRAIN + r"override '[^']*': "  # a range error names the --set that gave the value
 PROGRESS_BAR = re.compile(r"^[\w ()]+:\s+\d+%\|")  # tqdm's bars (train, selective search) are not messages
@@ -459,6 +490,15 @@ CASES = [
     Case("dense proposals, --jitter nan", lambda tmp, tr: ["proposals", "--data", "synthetic", "--split", "test",
          "--method", "dense", "--jitter", "nan", "--out", str(tmp / "out" / "p.npz"), "--set", "data.num_test=2"], 1,
          r"^ohem proposals: error: dense proposals: need .* got 2000, 20, nan$"),
+    # --- class lists, and a test split with nothing to measure
+    Case("COCO categories []", _coco_run(lambda gt: {**gt, "categories": [], "annotations": []}), 1,
+         ONE_LINE_TRAIN + r"COCO annotations .*instances_test\.json: 'categories' is empty: no class to train on"),
+    Case("COCO test split with two category ids swapped", _coco_run(_swap_first_two_categories), 1,
+         ONE_LINE_TRAIN + r"data\.test_split: test split's classes \['square', 'circle', .*\] differ from the "
+         r"training split's \['circle', 'square', .*\] \(the same names in another order\); a run needs"),
+    Case("test split without objects", _coco_run(lambda gt: {**gt, "annotations": []}), 0,
+         r"^ohem train: note: mAP n/a: no class has objects in the test split \(4 images\); nothing was measured$",
+         check=_check_nothing_measured),
     # --- ohem bench's cost phase
     Case("bench --cost-iters -1", lambda tmp, tr: ["bench", "--config", "demo", "--arms", "ohem",
          "--cost-iters", "-1", "--out", str(tmp / "out" / "b")], 1,

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from ohem.bench.arms import ARMS, parse_arms
+from ohem.bench.state import MAX_SECONDS, SCHEMAS, read_csv, read_settings, write_csv
 from ohem.bench.summary import plot_curves, summary_markdown
 from ohem.config import Config, load_config
 from ohem.evaluation.errors import KINDS
-from ohem.util import atomic_open, has_module, install_hint, make_out_dir, open_append
+from ohem.util import atomic_open, die_with_parent, has_module, install_hint, make_out_dir, open_append
 
 try:
     import fcntl
@@ -56,6 +57,7 @@ COST_WARMUP = 10  # untimed steps first: allocator and thread pools settle
 POLL_SECONDS = 0.5
 CHECKPOINT = "checkpoint_last.pt"
 ERROR_SCORE = 0.5  # the error phase's default score threshold
+MAX_JOBS = 256  # --jobs: processes at a time; far more than any machine's cores is a typo
 
 
 @dataclass
@@ -111,12 +113,17 @@ class Bench:
         ):
             if value < low:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")
+        if self.jobs > MAX_JOBS:
+            raise ValueError(f"--jobs must be <= {MAX_JOBS} (training processes at a time), got {self.jobs}")
         if self.budget not in ("iterations", "seconds"):
             raise ValueError(f"--budget must be iterations or seconds, got {self.budget!r}")
         if self.cost_iters == 0 and self.budget == "seconds":
             raise ValueError("--cost-iters 0 (no cost phase) leaves --budget seconds nothing to divide the time by")
-        if self.seconds is not None and (self.budget != "seconds" or not 0 < self.seconds < math.inf):
-            raise ValueError(f"--seconds {self.seconds}: needs --budget seconds and a positive number")
+        if self.seconds is not None and (self.budget != "seconds" or not 0 < self.seconds <= MAX_SECONDS):
+            raise ValueError(
+                f"--seconds {self.seconds}: needs --budget seconds and a number in (0, {MAX_SECONDS:g}] "
+                "(training seconds per run)"
+            )
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
         if self.error_score is not None and not 0 <= self.error_score <= 1:  # scores are probabilities
@@ -135,9 +142,18 @@ class Bench:
         return overrides
 
 
+MAX_ITERATIONS = 10**9  # a run's iterations under --budget seconds: more is a broken s/iter or --seconds
+
+
 def budget_iterations(seconds: float, s_per_iter: float) -> int:
     """Iterations that take ``seconds`` at ``s_per_iter`` (nearest, at least 1)."""
-    return max(1, math.floor(seconds / s_per_iter + 0.5))
+    iterations = seconds / s_per_iter if s_per_iter > 0 else math.inf
+    if not iterations <= MAX_ITERATIONS:  # NaN and infinity too
+        raise ValueError(
+            f"--seconds {seconds:g} at {s_per_iter:g} s/iter is {iterations:.3g} iterations, "
+            f"more than {MAX_ITERATIONS:,} (give fewer --seconds)"
+        )
+    return max(1, math.floor(iterations + 0.5))
 
 
 def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
@@ -180,6 +196,8 @@ def run_bench(b: Bench) -> int:
 
 def _run_claimed(b: Bench, base: Config) -> int:
     settings = check_settings(b, base)
+    for name in SCHEMAS:  # a hand-edited or broken row is an error now, not a traceback in a later phase
+        read_csv(b.out / name)
     save_settings(b, settings)  # before any row: the rows always belong to the settings on file
     pretrain_phase(b)
     cores = available_cores()
@@ -233,7 +251,7 @@ def check_settings(b: Bench, base: Config) -> dict[str, Any]:
     path = b.out / "bench.json"
     if not path.exists():
         return current
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored = read_settings(path)
     if stored.get("budget") != b.budget:
         raise ValueError(f"{path}: this folder holds a --budget {stored.get('budget')} benchmark; use another --out")
     key = _first_difference(stored.get("values", {}), current["values"])
@@ -551,10 +569,21 @@ class Job:
         package_root = str(Path(__file__).resolve().parents[2])  # the children import this same ohem
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(self.threads), PYTHONPATH=path)
+        bench = os.getpid()
         with open_append(self.log) as log:
             log.write(f"$ {shlex.join(self.argv)}\n")
             log.flush()
-            return subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            return subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                process_group=0,  # its own group: the child and its loader workers are stopped together
+                # and stopped by the kernel if the bench is killed (Linux): SIGTERM, which ohem's commands
+                # turn into an exit that cleans up (its loader workers die with it by SIGKILL)
+                preexec_fn=lambda: die_with_parent(bench, signal.SIGTERM),
+            )
 
 
 def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
@@ -572,16 +601,26 @@ def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
             for entry in [e for e in running if e[1].poll() is not None]:
                 running.remove(entry)
                 job, process, started = entry
+                stop([process], grace=0)  # a loader worker that outlived its run
                 message = _finish(job, process.returncode, time.monotonic() - started)
                 if message.startswith("FAILED"):
                     failed.append(f"{job.name}: {message}")
                 print(f"[{job.name}] {message}", flush=True)
-    finally:  # interrupted: stop the children this call started
-        for _, process, _ in running:
-            process.terminate()
-        for _, process, _ in running:
-            process.wait()
+    finally:  # interrupted: stop the children this call started, with whatever they started
+        stop([process for _, process, _ in running])
     return failed
+
+
+def stop(processes: list[subprocess.Popen], grace: float = 30.0) -> None:
+    """SIGTERM each process's group, SIGKILL what is left after ``grace`` seconds, and reap them."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal_number)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _finish(job: Job, returncode: int, wall: float) -> str:
@@ -596,22 +635,6 @@ def _finish(job: Job, returncode: int, wall: float) -> str:
 def _last_line(path: Path) -> str:
     lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     return lines[-1].strip() if lines else "(no output)"
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The whole file, atomically: a stopped run never leaves a truncated CSV."""
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_open(path) as f:
-        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -146,6 +146,8 @@ def _categories(gt: dict, where: str) -> list[dict]:
             raise ValueError(f"{item} (id {cid}): name {name!r} repeats categories[{names[name]}] (must be unique)")
         ids[cid], names[name] = k, k
         categories.append(cat)
+    if not categories:
+        raise ValueError(f"{where}: 'categories' is empty: no class to train on or evaluate")
     return sorted(categories, key=lambda c: c["id"])
 
 

@@ -13,7 +13,9 @@ message): a corrupt file keeps its one-line message naming the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import multiprocessing.util
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ import torch
 
 from ohem.data.transforms import hflip
 from ohem.structures import Images
+from ohem.util import die_with_parent
 
 Batch = tuple[list[int], list[torch.Tensor], list[dict[str, torch.Tensor]]]  # indices, images, targets
 
@@ -98,6 +101,8 @@ def _collate(items: list[Any]) -> Batch:
 
 
 def _loader(images: _Images, batch_sampler: Any, workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    if workers:  # the workers share this process's temporary folder (pymp-*), which it removes as it exits:
+        multiprocessing.util.get_temp_dir()  # a worker's own would be left behind when it is killed
     # A generator of its own: torch would otherwise draw the workers' seed from the global stream,
     # and evaluating or resuming would shift the random numbers the training draws (the loader
     # itself uses none).
@@ -109,7 +114,13 @@ def _loader(images: _Images, batch_sampler: Any, workers: int, pin: bool) -> tor
         pin_memory=pin,
         prefetch_factor=4 if workers else None,
         generator=torch.Generator(),
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
     )
+
+
+def _worker_init(parent: int, worker_id: int) -> None:
+    """A loader worker dies with the process that started it, even by ``kill -9`` (Linux)."""
+    die_with_parent(parent)
 
 
 def train_loader(

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ohem import distributed
 from ohem.checkpoint import save_checkpoint
 from ohem.evaluation.roi_loss import mean_roi_loss
-from ohem.evaluation.score import METRIC_NAMES, evaluate
+from ohem.evaluation.score import METRIC_NAMES, evaluate, format_ap
 from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
 from ohem.mining.stall import StallWatch
@@ -172,7 +172,7 @@ def evaluate_during_training(run: Run, iteration: int) -> dict[str, Any]:
     cfg, d = run.cfg, run.d
     metrics = test_metrics(run)
     entry: dict[str, Any] = {"iteration": iteration, "eval": metrics}
-    message = f"iteration {iteration}: test {METRIC_NAMES[cfg.train.eval_metric]} {metrics['mAP']:.4f}"
+    message = f"iteration {iteration}: test {METRIC_NAMES[cfg.train.eval_metric]} {format_ap(metrics['mAP'])}"
     indices = list(range(min(cfg.train.roi_loss_images, len(run.train_set))))
     if indices:
         mine = mean_roi_loss(

@@ -6,11 +6,12 @@ Only the main process writes; on the others every method is a no-op."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ohem.mining.record import MiningRecorder
-from ohem.util import atomic_open, has_module, install_hint, one_line, open_append
+from ohem.util import atomic_open, has_module, install_hint, one_line, open_append, strict_json
 
 LOG_FILES = ("log.jsonl", "mining.jsonl")
 
@@ -56,7 +57,7 @@ class RunLog:
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.log.write(json.dumps(record) + "\n")
+        self.log.write(strict_json(record, indent=None))  # NaN or infinity: null
         for key, value in record.items():
             if key != "iteration":
                 self._scalar(f"train/{key}", value, record["iteration"])
@@ -74,7 +75,7 @@ class RunLog:
         if self.mining_file is None:
             self.mining_file = open_append(self.mining_path)
         record = self.recorder.flush(iteration)
-        self.mining_file.write(json.dumps(record) + "\n")
+        self.mining_file.write(strict_json(record, indent=None))
         self.mining_file.flush()
         for key in ("mined_fg_fraction", "mined_loss_mean", "all_roi_loss_mean"):
             self._scalar(f"mining/{key}", record[key], iteration)
@@ -83,8 +84,9 @@ class RunLog:
         """``{"iteration", "eval": metrics, ["train_roi_loss"]}``."""
         if not self.enabled:
             return
-        self.log.write(json.dumps(entry) + "\n")
-        self._scalar("eval/mAP", entry["eval"]["mAP"], entry["iteration"])
+        self.log.write(strict_json(entry, indent=None))  # a NaN mAP (nothing measured): null
+        if entry["eval"]["mAP"] is not None and math.isfinite(entry["eval"]["mAP"]):
+            self._scalar("eval/mAP", entry["eval"]["mAP"], entry["iteration"])
         if "train_roi_loss" in entry:
             self._scalar("eval/train_roi_loss", entry["train_roi_loss"], entry["iteration"])
 

@@ -328,11 +328,19 @@ def check_run_config(cfg: Config, d: distributed.Dist) -> torch.device:
 
 
 def check_splits(cfg: Config, train_set: DetectionDataset, test_set: DetectionDataset) -> None:
-    """A run needs training images and test images."""
+    """A run needs training images and test images, of the same classes in the same order."""
     for role, dataset in (("train", train_set), ("test", test_set)):
         if len(dataset) == 0:
             split = (cfg.data.train_split if role == "train" else cfg.data.test_split) or "the default"
             raise ValueError(f"data.{role}_split: {split} split of the {cfg.data.dataset} data has no images")
+    train_names, test_names = list(train_set.classes), list(test_set.classes)
+    if train_names != test_names:  # the labels 1..C would mean other classes in training and testing
+        split = cfg.data.test_split or "the default"
+        order = " (the same names in another order)" if sorted(train_names) == sorted(test_names) else ""
+        raise ValueError(
+            f"data.test_split: {split} split's classes {test_names} differ from the training split's "
+            f"{train_names}{order}; a run needs the same classes in the same order"
+        )
 
 
 def check_solver(cfg: Config, d: distributed.Dist) -> None:

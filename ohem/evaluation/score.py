@@ -100,14 +100,30 @@ def coco_ground_truth(dataset: DetectionDataset, annotations: list[ImageAnnotati
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """A per-class AP table (then the COCO summary numbers, if there)."""
+    """A per-class AP table (then the COCO summary numbers, if there); an AP not measured (a class
+    without test objects, or none at all) is ``n/a``."""
     width = max([len(n) for n in metrics["AP"]] + [len("AP_medium")])
     header = "AP" if metrics.get("metric") == "coco" else "AP@0.5"
     lines = [f"{'class':<{width}}  {header}"]
-    for name, ap in metrics["AP"].items():
-        lines.append(f"{name:<{width}}  {ap * 100:6.2f}" if not math.isnan(ap) else f"{name:<{width}}     n/a")
-    lines.append(f"{'mAP':<{width}}  {metrics['mAP'] * 100:6.2f}")
+    for name, ap in [*metrics["AP"].items(), ("mAP", metrics["mAP"])]:
+        lines.append(f"{name:<{width}}  {format_ap(ap, 2, 100):>6}")
     for key in ("AP50", "AP75", "AP_small", "AP_medium", "AP_large"):
         if key in metrics:
-            lines.append(f"{key:<{width}}  {metrics[key] * 100:6.2f}")
+            lines.append(f"{key:<{width}}  {format_ap(metrics[key], 2, 100):>6}")
     return "\n".join(lines)
+
+
+def format_ap(value: Any, digits: int = 4, scale: float = 1) -> str:
+    """An AP or mAP as text; ``n/a`` where it was not measured (None in strict JSON, or NaN)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value * scale:.{digits}f}"
+
+
+def metrics_note(metrics: dict[str, Any]) -> str | None:
+    """One line to say that the mAP is n/a and why (no class has objects in the test split), or None."""
+    value = metrics.get("mAP")
+    if value is not None and math.isfinite(value):
+        return None
+    images = metrics.get("num_images", "?")
+    return f"mAP n/a: no class has objects in the test split ({images} images); nothing was measured"
