@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser = functools.partial(sub.add_parser, parents=[common])
 
+    _add_run_commands(add_parser)
+    _add_data_commands(add_parser)
+    _add_bench_command(add_parser)
+    return parser
+
+
+def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser]) -> None:
+    """train, eval, detect, report."""
     p = add_parser("train", help="train a detector, evaluate it, draw detections")
     p.add_argument("--config", required=True, help="YAML config file, or a shipped recipe's name (ohem recipe --list)")
     _add_overrides(p, "dotted override, e.g. --set solver.lr=0.01 (repeatable)")
@@ -109,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
+
+def _add_data_commands(add_parser: typing.Callable[..., argparse.ArgumentParser]) -> None:
+    """proposals, export, recipe."""
     p = add_parser(
         "proposals",
         help="compute selective-search proposals for a dataset split, or import Fast R-CNN's .mat ones (.npz)",
@@ -168,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if a setting differs from its source without a reason")
     p.set_defaults(func=cmd_recipe)
 
+
+def _add_bench_command(add_parser: typing.Callable[..., argparse.ArgumentParser]) -> None:
     p = add_parser("bench", help="train sampler arms x seeds on a config: mAP and cost tables, curves, a verdict")
     p.add_argument("--config", help="YAML config every arm trains, or a shipped recipe's name (e.g. bench)")
     p.add_argument("--arms", default="heuristic,tv-default,ohem", help="comma-separated arm names (--list-arms)")
@@ -218,7 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="benchmark folder; rerun into it to resume")
     p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
     p.set_defaults(func=cmd_bench)
-    return parser
 
 
 def run_command(args: argparse.Namespace) -> int:
