@@ -1,6 +1,6 @@
 """The read-only pass's RoIs and the step time of ohem-presample against ohem, on dense proposals.
 
-    python benchmarks/bench_presample.py [--config configs/bench_dense.yaml] [--images 16]
+    python benchmarks/bench_presample.py [--config bench_dense] [--images 16]
         [--warmup 3] [--iterations 10] [--repeats 1] [--arms ohem,ohem-presample] [--set KEY=VALUE ...]
 
 Writes dense proposals (those of ``ohem proposals --method dense``, 2000 per image by default) for the
@@ -61,7 +61,7 @@ def write_proposals(config: str, images: int, folder: Path, overrides: list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/bench_dense.yaml")
+    parser.add_argument("--config", default="bench_dense")
     parser.add_argument("--images", type=int, default=16, help="train (and test) images given proposals")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)

@@ -3,7 +3,8 @@ and with this tree's, then compares every value of their ``log.jsonl`` and ``min
 
     python benchmarks/same_numbers.py --ref b24d28d --out runs/same [--iterations 300]
 
-Each arm is ``ohem train --config configs/demo.yaml`` for ``--iterations`` steps on one thread (so
+Each arm is ``ohem train`` of the demo recipe (``configs/demo.yaml`` in trees before the recipes
+moved into the package) for ``--iterations`` steps on one thread (so
 the sums run in one order), two runs at a time, data in the training process. The ref's code is
 checked out with ``git worktree add`` into ``OUT/ref-src``. A run folder that holds a finished run
 is reused, so a stopped call resumes. Prints one line per arm: values identical / compared, the
@@ -35,7 +36,8 @@ TIMES = {"time_data", "time_step", "time_mining"}  # wall-clock fields: never eq
 def train(source: Path, out: Path, sets: list[str]) -> None:
     if (out / "metrics.json").exists():
         return
-    command = [sys.executable, "-m", "ohem", "train", "--config", "configs/demo.yaml", "--out", str(out), "--force"]
+    config = "configs/demo.yaml" if (source / "configs" / "demo.yaml").exists() else "demo"  # older trees: a path
+    command = [sys.executable, "-m", "ohem", "train", "--config", config, "--out", str(out), "--force"]
     command += [arg for item in sets for arg in ("--set", item)]
     env = {**os.environ, "PYTHONPATH": str(source), "TQDM_DISABLE": "1"}
     with open(f"{out}.log", "w") as log:

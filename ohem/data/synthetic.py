@@ -21,7 +21,7 @@ Its rules were fixed before any sampler was compared on it, and are not tuned pe
   visible. A labelled box is the tight box of the object's *visible* pixels, as VOC annotates.
 * **Splits**: ``train`` and ``test`` use different streams (``split`` = 0 and 1) of the same rules.
 * **Tasks**: ``target`` (the above) and ``source``, a related task to pretrain on (the transfer
-  regime, ``configs/transfer_source.yaml``): the same images' rules with the roles swapped, the
+  regime, the ``transfer_source`` recipe): the same images' rules with the roles swapped, the
   look-alikes are the 5 classes and the shapes above are their unlabelled look-alikes.
 """
 
