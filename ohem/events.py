@@ -12,6 +12,7 @@ and modules report nothing.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -58,8 +59,6 @@ def current_storage() -> EventStorage | None:
 def clock(device: torch.device) -> float:
     """``time.perf_counter()``, after the queued CUDA kernels of ``device`` have run when the current
     storage asks for ``sync_timing`` (without it, CUDA time is only the time to queue them)."""
-    import time
-
     storage = current_storage()
     if storage is not None and storage.sync_timing and device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -17,7 +17,7 @@ from typing import Any
 from ohem.config import SamplerConfig
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
 from ohem.mining.rois import LabelledRoIs
-from ohem.mining.sampler import Sample, random_fg_bg
+from ohem.mining.sampler import Sample, bg_iou_low_of, random_fg_bg
 from ohem.mining.select import select_hard_examples
 
 
@@ -42,7 +42,7 @@ class OHEMSampler:
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> OHEMSampler:
-        bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
+        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
         return cls(
             cfg.batch_size_per_image,
             cfg.nms_iou,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ohem.config import SamplerConfig
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
 from ohem.mining.rois import LabelledRoIs
-from ohem.mining.sampler import Sample, random_fg_bg
+from ohem.mining.sampler import Sample, bg_iou_low_of, random_fg_bg
 
 
 @dataclass
@@ -24,7 +24,7 @@ class HeuristicSampler:
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> HeuristicSampler:
-        bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
+        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
         return cls(cfg.batch_size_per_image, cfg.fg_fraction, bg_iou_low)
 
     def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:

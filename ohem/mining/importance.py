@@ -35,7 +35,7 @@ from ohem.config import SamplerConfig
 from ohem.mining.pooling import split_by_image
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
 from ohem.mining.rois import LabelledRoIs
-from ohem.mining.sampler import Sample
+from ohem.mining.sampler import Sample, bg_iou_low_of
 from ohem.mining.select import select_hard_examples
 
 
@@ -56,7 +56,7 @@ class ISMixSampler:
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> ISMixSampler:
-        bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
+        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
         schedule = (cfg.is_lambda, cfg.is_lambda_schedule, cfg.is_lambda_decay_iterations, cfg.is_weights)
         nms = (cfg.nms_iou, cfg.nms_per_label, cfg.mining_loss)
         return cls(cfg.batch_size_per_image, *schedule, *nms, ReadOnlySettings.from_config(cfg), bg_iou_low)

@@ -32,7 +32,7 @@ from torch import Tensor
 from ohem.config import SamplerConfig
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
 from ohem.mining.rois import LabelledRoIs, elementwise_iou
-from ohem.mining.sampler import Sample, random_subset, rows_per_image
+from ohem.mining.sampler import Sample, bg_iou_low_of, random_subset, rows_per_image
 
 
 @dataclass
@@ -57,7 +57,7 @@ class LibraSampler:
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> LibraSampler:
-        bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
+        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
         return cls(
             cfg.batch_size_per_image,
             cfg.fg_fraction,

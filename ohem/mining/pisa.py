@@ -41,7 +41,7 @@ from torchvision.ops import batched_nms, box_iou
 from ohem.config import SamplerConfig
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
 from ohem.mining.rois import LabelledRoIs, elementwise_iou, per_roi_loss_terms
-from ohem.mining.sampler import Sample, TrainedRows, random_fg_bg
+from ohem.mining.sampler import Sample, TrainedRows, bg_iou_low_of, random_fg_bg
 
 
 @dataclass
@@ -60,7 +60,7 @@ class PISASampler:
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> PISASampler:
-        bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
+        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
         isr_p, isr_n = (cfg.isr_p_k, cfg.isr_p_bias), (cfg.isr_n_k, cfg.isr_n_bias)
         carl = (cfg.carl_k, cfg.carl_bias) if cfg.carl else None
         return cls(

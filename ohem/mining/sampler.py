@@ -40,6 +40,7 @@ from torch import Tensor
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.roi_heads import RoIHeads
 
+from ohem.config import SamplerConfig
 from ohem.mining.pooling import split_by_image
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
 from ohem.mining.rois import LabelledRoIs, sampled_roi_loss
@@ -62,6 +63,11 @@ class Sampler(Protocol):
     def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
         """``iteration``: the 0-based training step (from ``ohem.events``), None outside a trainer."""
         ...
+
+
+def bg_iou_low_of(cfg: SamplerConfig, own: float) -> float:
+    """``sampler.bg_iou_low`` when the config sets it, else the sampler's ``own`` default."""
+    return own if cfg.bg_iou_low is None else cfg.bg_iou_low
 
 
 def presampled(sampler: Sampler, rois: LabelledRoIs) -> LabelledRoIs:

@@ -20,7 +20,7 @@ from torch import Tensor
 from ohem.config import SamplerConfig
 from ohem.mining.readonly import ReadOnlySettings, RoILosses
 from ohem.mining.rois import LabelledRoIs
-from ohem.mining.sampler import Sample, rows_per_image
+from ohem.mining.sampler import Sample, bg_iou_low_of, rows_per_image
 
 
 @dataclass
@@ -34,7 +34,7 @@ class StratifiedOHEMSampler:
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig) -> StratifiedOHEMSampler:
-        bg_iou_low = cls.bg_iou_low if cfg.bg_iou_low is None else cfg.bg_iou_low
+        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
         return cls(cfg.batch_size_per_image, cfg.fg_fraction, ReadOnlySettings.from_config(cfg), bg_iou_low)
 
     def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
