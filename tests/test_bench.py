@@ -231,6 +231,18 @@ def test_seconds_budget_gives_each_arm_its_own_iterations():
     assert run_overrides(same, "ohem", 0, 2, s_per_iter=0.1)[0] == 1500  # --budget iterations: the config's
 
 
+def test_verdict_compares_the_winner_with_random_sampling_when_tv_default_is_further_down():
+    values = {"ohem": [84.2, 85.3, 86.3], "ohem-prior": [84.4, 85.0, 85.5], "tv-default": [81.8, 81.0, 81.7]}
+    text = verdict([Comparison("equal iterations (1500 each)", values)])
+    assert "ohem wins with 85.3 mAP, 0.3 points above ohem-prior (85.0), within the seeds' spread" in text
+    assert "Against random sampling (tv-default, 81.5) ohem leads by 3.8, beyond the seeds' spread" in text
+    assert "(3.8 > sd 1.1 + 0.4)." in text
+    close = {"libra": [82.7, 82.1, 82.0], "pisa": [82.0, 82.1, 82.2], "tv-default": [80.0, 82.0, 84.0]}
+    assert "leads by 0.3, within the seeds' spread (0.3 <= sd 0.4 + 2.0)" in verdict([Comparison("x", close)])
+    runner_up = {"ohem": [85.0, 86.0], "tv-default": [80.0, 81.0], "heuristic": [70.0, 71.0]}
+    assert "Against random sampling" not in verdict([Comparison("x", runner_up)])  # already the runner-up
+
+
 def test_verdict_names_the_winner_and_says_whether_it_beats_the_spread():
     at_iterations = Comparison("equal iterations (60 each)", {"heuristic": [75, 76, 77], "ohem": [80, 81, 82]})
     at_time = Comparison("equal training time (6.0 s each)", {"heuristic": [79.5, 80, 80.5], "ohem": [77, 79, 81]})

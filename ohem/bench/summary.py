@@ -35,7 +35,7 @@ def mean_sd(values: list[float]) -> tuple[float, float | None]:
 
 def verdict(comparisons: list[Comparison]) -> str:
     """One paragraph: which arm wins at each budget, by how much, and whether it exceeds the seeds' spread."""
-    sentences = [_sentence(c) for c in comparisons]
+    sentences = [s for c in comparisons for s in (_sentence(c), _against_random(c)) if s]
     winners = [(_winner(c), c.budget.split(" (")[0]) for c in comparisons]
     winners = [(arm, budget) for arm, budget in winners if arm]
     if len({arm for arm, _ in winners}) > 1:
@@ -80,6 +80,24 @@ def _sentence(c: Comparison) -> str:
     else:
         text += f", within the seeds' spread ({lead:.1f} <= sd {sd_win:.1f} + {sd_second:.1f}): not a clear win"
     return text + late + "."
+
+
+RANDOM = "tv-default"  # the question users ask: does the winner beat random sampling (torchvision's default)?
+
+
+def _against_random(c: Comparison) -> str:
+    """The winner against tv-default, when tv-default ran but is neither the winner nor the runner-up
+    (the winner's sentence already compares those two); "" otherwise."""
+    win = _winner(c)
+    if not win or RANDOM not in c.values or RANDOM in _ranked(c)[:2]:
+        return ""
+    (m_win, sd_win), (m_random, sd_random) = mean_sd(c.values[win]), mean_sd(c.values[RANDOM])
+    lead = m_win - m_random
+    text = f"Against random sampling ({RANDOM}, {m_random:.1f}) {win} leads by {lead:.1f}"
+    if sd_win is None or sd_random is None:
+        return text + ", with 1 seed of one of them: the spread is unknown."
+    where, relation = ("beyond", ">") if lead > sd_win + sd_random else ("within", "<=")
+    return text + f", {where} the seeds' spread ({lead:.1f} {relation} sd {sd_win:.1f} + {sd_random:.1f})."
 
 
 def values_at(curves: list[Row], arms: list[str], key: str, limit: float) -> Comparison:
