@@ -10,7 +10,7 @@ from ohem.engine.run_folder import RESUME_MAY_CHANGE, RunFolderError, check_resu
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("solver:\n  lr: 0.05\n  steps: [10, 20]\nsampler:\n  method: heuristic\n")
+    path.write_text("solver:\n  lr: 0.05\n  steps: [10, 20]\n  warmup_iterations: 5\nsampler:\n  method: heuristic\n")
     cfg = load_config(path, ["solver.lr=0.1", "sampler.nms_iou=null", "solver.iterations=7"])
     assert cfg.solver.lr == 0.1 and cfg.solver.steps == [10, 20] and cfg.solver.iterations == 7
     assert cfg.sampler.method == "heuristic" and cfg.sampler.nms_iou is None
@@ -51,7 +51,9 @@ def test_round_trip_through_dict():
 
 def test_base_file_is_deep_merged_under_the_recipe(tmp_path):
     (tmp_path / "bases").mkdir()
-    (tmp_path / "bases" / "root.yaml").write_text("solver:\n  lr: 0.5\n  steps: [3]\nsampler:\n  method: heuristic\n")
+    (tmp_path / "bases" / "root.yaml").write_text(
+        "solver:\n  lr: 0.5\n  steps: [3]\n  warmup_iterations: 0\nsampler:\n  method: heuristic\n"
+    )
     (tmp_path / "bases" / "mid.yaml").write_text("base: root.yaml\nsolver:\n  iterations: 9\n")
     (tmp_path / "recipe.yaml").write_text("base: bases/mid.yaml\nsolver:\n  lr: 0.1\n")
     cfg = load_config(tmp_path / "recipe.yaml")
@@ -186,7 +188,7 @@ def test_lists_are_checked_number_by_number_and_steps_must_increase():
         load_config(None, ["model.test_min_size=[600, 0]"])
     with pytest.raises(ConfigError, match=r"^override 'solver.steps=\[6, 5\]': solver\.steps must be in increasing"):
         load_config(None, ["solver.steps=[6, 5]"])
-    assert load_config(None, ["solver.steps=[]", "model.min_size=[480, 600]"]).solver.steps == []
+    assert load_config(None, ["solver.steps=[]", "model.min_size=[480, 600]", "model.max_size=1000"]).solver.steps == []
     assert load_config(None, ["solver.steps=[1, 1]"]).solver.steps == [1, 1]  # a budget scaled down merges steps
     assert load_config(None, ["data.workers=null", "sampler.nms_iou=null"]).sampler.nms_iou is None  # None: off
 
@@ -207,8 +209,10 @@ def test_resume_may_change_exactly_the_fields_marked_so():
         "data.workers",
         "test.images_per_batch",
     }
-    before = load_config(None, ["solver.iterations=10"])
+    short = ["solver.warmup_iterations=0", "solver.iterations=10"]  # the warm-up fits in the run
+    before = load_config(None, short)
     state = {"config": before.to_dict(), "iteration": 5}
-    check_resume_config(load_config(None, ["solver.iterations=20", "train.device=cpu", "data.workers=0"]), state, "c")
+    longer = [*short, "solver.iterations=20", "train.device=cpu", "data.workers=0"]
+    check_resume_config(load_config(None, longer), state, "c")
     with pytest.raises(RunFolderError, match=r"^checkpoint c: solver\.lr: the run was trained with 0\.02, the config "):
-        check_resume_config(load_config(None, ["solver.iterations=10", "solver.lr=0.1"]), state, "c")
+        check_resume_config(load_config(None, [*short, "solver.lr=0.1"]), state, "c")
