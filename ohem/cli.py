@@ -138,11 +138,12 @@ def _add_data_commands(add_parser: typing.Callable[..., argparse.ArgumentParser]
         "dense: boxes around each ground-truth box plus random ones, for benchmarks "
         "(docs/PROPOSALS.md)",
     )
-    p.add_argument("--copies", type=int, default=20, help="(dense) boxes around each ground-truth box (default 20)")
+    # No argparse defaults below: a flag is "given" when it is not None, and one given to a mode that
+    # does not use it is an error (PROPOSAL_FLAG_MODES), not silently ignored.
+    p.add_argument("--copies", type=int, help="(dense) boxes around each ground-truth box (default 20)")
     p.add_argument(
         "--jitter",
         type=float,
-        default=0.15,
         help="(dense) their coordinates' normal noise, as a fraction of the box's width or height (default 0.15)",
     )
     p.add_argument("--mode", choices=["fast", "quality"], help="(computing) default: fast")
@@ -151,7 +152,11 @@ def _add_data_commands(add_parser: typing.Callable[..., argparse.ArgumentParser]
     )
     p.add_argument("--processes", type=int, help="(computing) selective-search processes; default: one per core")
     p.add_argument("--workers", type=int, dest="processes", help=argparse.SUPPRESS)  # the old name of --processes
-    p.add_argument("--min-size", type=int, default=2, help="drop boxes narrower or lower than this, px (default 2)")
+    p.add_argument(
+        "--min-size",
+        type=int,
+        help="(selective search, --import-mat) drop boxes narrower or lower than this, px (default 2)",
+    )
     p.add_argument(
         "--small-boxes",
         choices=["min-size", "fast-rcnn"],
@@ -254,6 +259,7 @@ def run_command(args: argparse.Namespace) -> int:
         Image.DecompressionBombError,
     )
     try:
+        _refuse_empty_out(args)
         return args.func(args)
     except expected as e:
         if args.debug:
@@ -265,6 +271,14 @@ def run_command(args: argparse.Namespace) -> int:
             raise
         print(f"ohem {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _refuse_empty_out(args: argparse.Namespace) -> None:
+    """``--out ''`` would be the current directory (``Path('')`` is ``.``): refused by every command."""
+    out = getattr(args, "out", None)
+    if out is not None and not out.strip():
+        what = "the .npz file" if args.command == "proposals" else "the folder"
+        raise ValueError(f"--out {out!r}: empty; give {what} to write")
 
 
 @contextlib.contextmanager
@@ -387,39 +401,39 @@ def _check_not_empty(dataset: DetectionDataset) -> None:
 def cmd_proposals(args: argparse.Namespace) -> int:
     from ohem.data import build_dataset
 
-    computing = {
-        "--method": args.method,
-        "--mode": args.mode,
-        "--max-boxes": args.max_boxes,
-        "--processes": args.processes,
-    }
-    if args.import_mat and (given := [flag for flag, value in computing.items() if value is not None]):
-        raise ValueError(f"--import-mat reads the boxes from a file; not with {', '.join(given)} (for computing them)")
-    if not args.import_mat and args.small_boxes:
-        raise ValueError("--small-boxes applies only to --import-mat")
+    mode = _check_proposal_flags(args)
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
-    if not args.import_mat and args.method != "dense":
+    data = _data_config(load_config(), args).data
+    max_boxes = 2000 if args.max_boxes is None else args.max_boxes
+    limit = data.max_proposal_boxes_per_image
+    if limit is not None and max_boxes > limit:  # the readers would refuse the file: refused before computing
+        raise ValueError(
+            f"--max-boxes {max_boxes:,}: more than data.max_proposal_boxes_per_image = {limit:,} boxes per image "
+            "allows (the limit proposal files are read with; raise it with --set, or null for no limit)"
+        )
+    min_size = 2 if args.min_size is None else args.min_size
+    if mode == "selective-search":
         from ohem.data.proposals import require_selective_search
 
         require_selective_search()
-    dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
-    if args.method == "dense":
+    dataset = build_dataset(data, "test", args.split)
+    if mode == "dense":
         from ohem.data.dense_proposals import dense_proposals
 
-        max_boxes = 2000 if args.max_boxes is None else args.max_boxes
-        path = dense_proposals(dataset, args.out, max_boxes, args.copies, args.jitter)
+        copies = 20 if args.copies is None else args.copies
+        jitter = 0.15 if args.jitter is None else args.jitter
+        path = dense_proposals(
+            dataset, args.out, max_boxes, copies, jitter, max_boxes_per_image=limit, max_boxes=data.max_proposal_boxes
+        )
         print(f"wrote {path} ({len(dataset)} images, {max_boxes} boxes each)")
         return _print_recall(dataset, path)
-    if not args.import_mat:
+    if mode == "selective-search":
         from ohem.data.proposals import compute_proposals
 
-        max_boxes = 2000 if args.max_boxes is None else args.max_boxes
         processes = (os.cpu_count() or 1) if args.processes is None else args.processes
         try:
-            path = compute_proposals(
-                dataset, args.out, args.mode or "fast", max_boxes, args.min_size, workers=processes
-            )
+            path = compute_proposals(dataset, args.out, args.mode or "fast", max_boxes, min_size, workers=processes)
         except RuntimeError as e:
             if not _bad_input_in_worker(e):
                 raise
@@ -428,13 +442,38 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         return _print_recall(dataset, path)
     from ohem.data.mat_proposals import import_mat_proposals
 
-    done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, args.small_boxes or "fast-rcnn")
+    done = import_mat_proposals(args.import_mat, dataset, args.out, min_size, args.small_boxes or "fast-rcnn")
     aligned = "by the file's image names" if done.by_name else "in the split's order (the file names no images)"
     print(
         f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
         f"{done.duplicates} duplicates and {done.small} small boxes; {done.outside} boxes reach outside their image)"
     )
     return _print_recall(dataset, done.path)
+
+
+# The modes of ohem proposals each flag applies to (a flag given to another mode is an error).
+PROPOSAL_FLAG_MODES = {
+    "--method": ("selective-search", "dense"),
+    "--mode": ("selective-search",),
+    "--max-boxes": ("selective-search", "dense"),
+    "--processes": ("selective-search",),
+    "--copies": ("dense",),
+    "--jitter": ("dense",),
+    "--min-size": ("selective-search", "import-mat"),
+    "--small-boxes": ("import-mat",),
+}
+_MODE_NAMES = {"selective-search": "--method selective-search", "dense": "--method dense", "import-mat": "--import-mat"}
+
+
+def _check_proposal_flags(args: argparse.Namespace) -> str:
+    """The mode of ``ohem proposals`` (selective-search, dense or import-mat), after refusing any flag
+    given that the mode does not use (it would be silently ignored)."""
+    mode = "import-mat" if args.import_mat else (args.method or "selective-search")
+    for flag, modes in PROPOSAL_FLAG_MODES.items():
+        if getattr(args, flag[2:].replace("-", "_")) is not None and mode not in modes:
+            used_by = " and ".join(_MODE_NAMES[m] for m in modes)
+            raise ValueError(f"{flag} does not apply to {_MODE_NAMES[mode]}; it is for {used_by}")
+    return mode
 
 
 def _print_recall(dataset: DetectionDataset, path: str | Path) -> int:

@@ -9,10 +9,17 @@ with its range (``metadata=ge(1)``: at least 1; ``between(0, 1)``; ``FINITE``) a
 it is made, so a YAML file, a ``--set`` override and ``SamplerConfig(...)`` in code meet one rule.
 A YAML file may start from others with ``base: other.yaml`` or ``base: [a.yaml, b.yaml]`` (paths
 relative to the file, later ones overriding earlier ones) and change only what differs.
+
+Rules between two fields (``model.min_size`` <= ``model.max_size``, a warm-up no longer than the run,
+synthetic sizes within their limits) are a section's ``check_joint``: run when code builds a section,
+and once at the end when a file and its overrides are loaded (an override may fix what the file set).
+YAML is read without anchors or aliases (an alias can expand without bound) and without repeated keys.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -30,6 +37,75 @@ from ohem.util import one_line, regular_file
 
 class ConfigError(ValueError):
     pass
+
+
+class JointRuleError(ConfigError):
+    """A rule between fields broken; ``keys`` are the dotted keys involved (to name who set them)."""
+
+    def __init__(self, message: str, keys: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message never quotes a huge value whole."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits: Python refuses to write it out
+        return f"an integer of {int(value.bit_length() * 0.30103):,} digits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+class RefusedYAML(yaml.YAMLError):
+    """YAML that ohem does not read (an anchor or alias, a repeated key), with the line it is on."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(f"line {mark.line + 1}: {problem}")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without anchors and aliases (a "billion laughs" file of a few hundred bytes
+    expands to gigabytes through them; no config needs them: ``base:`` shares settings) and without
+    repeated keys in a mapping (YAML would silently keep the last)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise RefusedYAML("anchors and aliases (&name, *name) are not allowed in a config", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first_line.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if earlier != key_node.start_mark.line + 1:
+                raise RefusedYAML(f"key {shown(key)} repeats the one on line {earlier}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` read as YAML by ``StrictLoader`` (raises ``yaml.YAMLError``)."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506  # StrictLoader is a SafeLoader
+    except ValueError as e:  # an int of more than 4300 digits: Python refuses to read it
+        raise yaml.YAMLError(one_line(str(e))) from None
+
+
+# Set while a file and its overrides are merged: the joint rules wait for the last override.
+_JOINT_CHECKS_DEFERRED = contextvars.ContextVar("joint_checks_deferred", default=False)
+
+
+@contextlib.contextmanager
+def _joint_checks_deferred() -> typing.Iterator[None]:
+    token = _JOINT_CHECKS_DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _JOINT_CHECKS_DEFERRED.reset(token)
 
 
 # The model builders (ohem.models.build.BUILDERS, which a test keeps equal to this list). With an RPN:
@@ -58,7 +134,7 @@ def check_choice(name: str, value: Any, choices: Any) -> None:
     """Raise unless ``value`` is one of the ``Literal`` type ``choices``."""
     allowed = typing.get_args(choices)
     if value not in allowed:
-        raise ConfigError(f"{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        raise ConfigError(f"{name}: expected one of {', '.join(map(str, allowed))}, got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -88,13 +164,21 @@ class Range:
                 self.check(f"{name}[{i}]", v)
             return
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value):
+        if not number or not _finite(value):
             finite = "a finite number" + ("" if self.low is None and self.high is None else f" {self}")
-            raise ConfigError(f"{name} must be {finite}, got {value!r}")
+            raise ConfigError(f"{name} must be {finite}, got {shown(value)}")
         below = self.low is not None and (value <= self.low if self.open else value < self.low)
         above = self.high is not None and (value >= self.high if self.open else value > self.high)
         if below or above:
-            raise ConfigError(f"{name} must be {self}, got {value!r}")
+            raise ConfigError(f"{name} must be {self}, got {shown(value)}")
+
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is finite as a float (an int beyond float range, 10**400, is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def ge(low: float) -> dict[str, Range]:
@@ -134,6 +218,11 @@ class _Section:
                     check_choice(name, value, choices)
             if "range" in f.metadata and value is not None:
                 f.metadata["range"].check(name, value)
+        if not _JOINT_CHECKS_DEFERRED.get():
+            self.check_joint()
+
+    def check_joint(self) -> None:
+        """Raise ``JointRuleError`` (one line naming both keys and values) where fields disagree."""
 
 
 @dataclass
@@ -167,10 +256,31 @@ class DataConfig(_Section):
     workers: int | None = field(default=None, metadata=ge(0) | RESUMABLE)
     num_train: int = field(default=1000, metadata=ge(1))  # synthetic only
     num_test: int = field(default=200, metadata=ge(1))  # synthetic only
+    # synthetic: more images in a split are refused when the config is read; null: no limit. A split's
+    # shuffled order and image names take memory by the image (8 bytes and ~60 bytes); 1 000 000 is 1000x
+    # the default and ~70 MB, where 10^12 would try to allocate terabytes.
+    max_synthetic_images: int | None = field(default=1_000_000, metadata=ge(1))
     image_size: int = 160  # synthetic only
     seed: int = 0  # synthetic: the data's seed, separate from the training seed
     # synthetic: target (the benchmark) | source (the look-alikes are the classes: a related task to pretrain on)
     synthetic_task: Literal["target", "source"] = "target"
+
+    def check_joint(self) -> None:
+        limit = self.max_synthetic_images
+        for key, count in (("num_train", self.num_train), ("num_test", self.num_test)):
+            if limit is not None and count > limit:
+                raise JointRuleError(
+                    f"data.{key} = {count:,} images, more than data.max_synthetic_images = {limit:,} allows "
+                    "(raise it, or null for no limit)",
+                    (f"data.{key}", "data.max_synthetic_images"),
+                )
+        pixels = self.image_size**2  # a synthetic image is drawn whole, image_size x image_size x 3 floats
+        if self.max_image_pixels is not None and pixels > self.max_image_pixels:
+            raise JointRuleError(
+                f"data.image_size = {self.image_size:,} is {pixels:,} pixels per synthetic image, more than "
+                f"data.max_image_pixels = {self.max_image_pixels:,} allows (raise it, or null for no limit)",
+                ("data.image_size", "data.max_image_pixels"),
+            )
 
 
 @dataclass
@@ -209,6 +319,18 @@ class ModelConfig(_Section):
     rpn_post_nms_top_n_test: int = 300
     box_score_thresh: float = 0.01  # low, so AP sees the whole precision/recall curve
     box_detections_per_img: int = 100
+
+    def check_joint(self) -> None:
+        # The resize fits the shorter side to min_size unless the longer one would pass max_size: a
+        # min_size above max_size is never reached, so it is a mistake (e.g. a max_size left at 160).
+        sizes = self.min_size if isinstance(self.min_size, list) else [self.min_size]
+        for i, size in enumerate(sizes):
+            if size > self.max_size:
+                key = f"model.min_size[{i}]" if isinstance(self.min_size, list) else "model.min_size"
+                raise JointRuleError(
+                    f"{key} = {size} must be <= model.max_size = {self.max_size} (the longer side's limit)",
+                    ("model.min_size", "model.max_size"),
+                )
 
 
 @dataclass
@@ -296,9 +418,21 @@ class SolverConfig(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.steps:  # [] is no step; a negative step is a typo (the lr drops before training starts)
+            Range(0).check("solver.steps", self.steps)
         # In order; a repeated step is allowed (gamma twice there): ohem bench's budget scaling can merge two.
         if any(later < earlier for earlier, later in zip(self.steps, self.steps[1:])):
-            raise ConfigError(f"solver.steps must be in increasing order, got {self.steps}")
+            raise ConfigError(f"solver.steps must be in increasing order, got {shown(self.steps)}")
+
+    def check_joint(self) -> None:
+        # Equal is allowed: a run may stop where its warm-up ends (and be resumed further with --resume);
+        # longer never reaches solver.lr. Scaled by ohem bench, a warm-up <= the run stays so.
+        if self.warmup_iterations > self.iterations:
+            raise JointRuleError(
+                f"solver.warmup_iterations = {self.warmup_iterations} must be <= solver.iterations = "
+                f"{self.iterations} (a longer warm-up never reaches solver.lr)",
+                ("solver.warmup_iterations", "solver.iterations"),
+            )
 
 
 @dataclass
@@ -352,21 +486,56 @@ class Config:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file (and its ``base:`` chain), then each ``section.key=value``. ``path``
     may be a shipped recipe's name (``demo``, ``voc07_vgg16_ohem``: ``ohem.recipes``)."""
-    cfg = Config()
-    if path is not None:
-        if not looks_like_a_path(path):
-            found = find_recipe(path)
-            if found is None:
-                raise ConfigError(f"config {path}: no such file, nor a recipe of that name (ohem recipe --list)")
-            path = found
-        cfg = merge(cfg, read_yaml(Path(path)), source=f"config {path}")
-    return apply_overrides(cfg, overrides)
+    cfg, set_by = Config(), SetBy()
+    with _joint_checks_deferred():
+        if path is not None:
+            if not looks_like_a_path(path):
+                found = find_recipe(path)
+                if found is None:
+                    raise ConfigError(f"config {path}: no such file, nor a recipe of that name (ohem recipe --list)")
+                path = found
+            raw = read_yaml(Path(path))
+            cfg = merge(cfg, raw, source=f"config {path}")
+            set_by.record(raw, f"config {path}")
+        cfg = _apply_each(cfg, overrides, set_by)
+    check_joint(cfg, set_by)
+    return cfg
+
+
+class SetBy:
+    """Which source (``config FILE``, ``override 'KEY=V'``) gave each dotted key last, so that a joint
+    rule broken after all of them are merged names the one that broke it."""
+
+    def __init__(self) -> None:
+        self._source: dict[str, tuple[int, str]] = {}
+
+    def record(self, raw: dict[str, Any], source: str, prefix: str = "") -> None:
+        for key, value in raw.items():
+            if isinstance(value, dict):
+                self.record(value, source, f"{prefix}{key}.")
+            else:
+                self._source[f"{prefix}{key}"] = (len(self._source), source)
+
+    def last_of(self, keys: tuple[str, ...], default: str) -> str:
+        """The source that set one of ``keys`` last (a later setting is the likelier mistake)."""
+        found = [self._source[k] for k in keys if k in self._source]
+        return max(found)[1] if found else default
+
+
+def check_joint(cfg: Config, set_by: SetBy | None = None, source: str = "config") -> None:
+    """Every section's joint rules; a broken one is a ``ConfigError`` naming the source that set it."""
+    for f in dataclasses.fields(cfg):
+        try:
+            getattr(cfg, f.name).check_joint()
+        except JointRuleError as e:
+            where = set_by.last_of(e.keys, source) if set_by else source
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The sections of a config file, with its ``base:`` file's sections under them."""
     try:  # a FIFO or device would block and a folder cannot be read: refused before opening
-        raw = yaml.safe_load(regular_file(path, "config").read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(regular_file(path, "config").read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config {path}: cannot read: no such file") from None
     except OSError as e:
@@ -375,6 +544,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config {path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
     except RecursionError:
         raise ConfigError(f"config {path}: nested too deeply to read") from None
+    except RefusedYAML as e:
+        raise ConfigError(f"config {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path}: not valid YAML: {one_line(str(e))}") from None
     if not isinstance(raw, dict):
@@ -385,7 +556,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"config {path}: 'base' must be a file path or a list of them, got {bases!r}")
+        raise ConfigError(f"config {path}: 'base' must be a file path or a list of them, got {shown(bases)}")
     merged: dict[str, Any] = {}
     for base in bases:  # later bases override earlier ones; the file itself overrides them all
         base_path = (path.parent / base).resolve()
@@ -404,26 +575,39 @@ def _deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """``cfg`` with each dotted ``section.key=value`` (value parsed as YAML) applied in order."""
+    """``cfg`` with each dotted ``section.key=value`` (value parsed as YAML) applied in order; the
+    joint rules are checked once all are applied."""
+    set_by = SetBy()
+    with _joint_checks_deferred():
+        cfg = _apply_each(cfg, overrides, set_by)
+    check_joint(cfg, set_by)
+    return cfg
+
+
+def _apply_each(cfg: Config, overrides: list[str] | tuple[str, ...], set_by: SetBy) -> Config:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
+            raise ConfigError(f"override {shown(item)}: expected section.key=value")
         nested: dict[str, Any] = {}
         node = nested
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
         try:
-            node[leaf] = yaml.safe_load(value) if value.strip() else None
+            node[leaf] = parse_yaml(value) if value.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({one_line(str(e))})") from None
-        cfg = merge(cfg, nested, source=f"override {item!r}")
+            raise ConfigError(f"override {shown(item)}: value is not valid YAML ({one_line(str(e))})") from None
+        cfg = merge(cfg, nested, source=f"override {shown(item)}")
+        set_by.record(nested, f"override {shown(item)}")
     return cfg
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "checkpoint") -> Config:
-    return merge(Config(), raw, source=source)
+    """The config a checkpoint or run folder records. Its fields are checked one by one; the joint rules
+    are not: the run happened, and a rule added since must not lock its checkpoint out of eval."""
+    with _joint_checks_deferred():
+        return merge(Config(), raw, source=source)
 
 
 def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
@@ -434,11 +618,11 @@ def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
         name = f"{prefix}{key}"
         if key not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"{source}: unknown key {name!r} (known here: {known})")
+            raise ConfigError(f"{source}: unknown key {shown(name)} (known here: {known})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {name!r} must be a mapping, got {value!r}")
+                raise ConfigError(f"{source}: {name!r} must be a mapping, got {shown(value)}")
             changes[key] = merge(current, value, source, prefix=f"{name}.")
         else:
             changes[key] = _coerce(value, hints[key], source, name)
@@ -473,14 +657,14 @@ def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
                 return _coerce(value, option, source, name)
             except ConfigError:
                 continue
-        raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {value!r}")
+        raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {shown(value)}")
     if typing.get_origin(hint) is Literal:
         if value in args and isinstance(value, str):
             return value
-        raise ConfigError(f"{source}: {name!r} must be one of {', '.join(map(str, args))}, got {value!r}")
+        raise ConfigError(f"{source}: {name!r} must be one of {', '.join(map(str, args))}, got {shown(value)}")
     if typing.get_origin(hint) is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {name!r} must be a list, got {value!r}")
+            raise ConfigError(f"{source}: {name!r} must be a list, got {shown(value)}")
         return [_coerce(v, args[0], source, f"{name}[{i}]") for i, v in enumerate(value)]
     if hint is bool:
         if isinstance(value, bool):
@@ -490,7 +674,10 @@ def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int of more than ~309 digits
+                raise ConfigError(f"{source}: {name!r} must be a finite number, got {shown(value)}") from None
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
                 return float(value)
@@ -499,7 +686,7 @@ def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {value!r}")
+    raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {shown(value)}")
 
 
 def _describe(hint: Any) -> str:

@@ -21,7 +21,7 @@ import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ohem.config import Config, config_from_dict
+from ohem.config import Config, config_from_dict, parse_yaml
 from ohem.data import build_dataset
 from ohem.engine.runlog import read_jsonl_records
 from ohem.util import is_number, make_out_dir, one_line, regular_file
@@ -83,7 +83,7 @@ def read_run_config(path: Path) -> Config:
     """A run folder's ``config.yaml``."""
     regular_file(path, "run config")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid YAML ({one_line(str(e))})") from None
     if not isinstance(raw, dict):

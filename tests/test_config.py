@@ -3,14 +3,28 @@ import math
 import typing
 
 import pytest
+import yaml
 
-from ohem.config import Config, ConfigError, Range, SamplerConfig, apply_overrides, config_from_dict, load_config
+from ohem.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    Range,
+    SamplerConfig,
+    SolverConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    parse_yaml,
+    shown,
+)
 from ohem.engine.run_folder import RESUME_MAY_CHANGE, RunFolderError, check_resume_config
+from ohem.recipes import CONFIGS_DIR, recipe_paths
 
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("solver:\n  lr: 0.05\n  steps: [10, 20]\nsampler:\n  method: heuristic\n")
+    path.write_text("solver:\n  lr: 0.05\n  steps: [10, 20]\n  warmup_iterations: 5\nsampler:\n  method: heuristic\n")
     cfg = load_config(path, ["solver.lr=0.1", "sampler.nms_iou=null", "solver.iterations=7"])
     assert cfg.solver.lr == 0.1 and cfg.solver.steps == [10, 20] and cfg.solver.iterations == 7
     assert cfg.sampler.method == "heuristic" and cfg.sampler.nms_iou is None
@@ -51,7 +65,9 @@ def test_round_trip_through_dict():
 
 def test_base_file_is_deep_merged_under_the_recipe(tmp_path):
     (tmp_path / "bases").mkdir()
-    (tmp_path / "bases" / "root.yaml").write_text("solver:\n  lr: 0.5\n  steps: [3]\nsampler:\n  method: heuristic\n")
+    (tmp_path / "bases" / "root.yaml").write_text(
+        "solver:\n  lr: 0.5\n  steps: [3]\n  warmup_iterations: 0\nsampler:\n  method: heuristic\n"
+    )
     (tmp_path / "bases" / "mid.yaml").write_text("base: root.yaml\nsolver:\n  iterations: 9\n")
     (tmp_path / "recipe.yaml").write_text("base: bases/mid.yaml\nsolver:\n  lr: 0.1\n")
     cfg = load_config(tmp_path / "recipe.yaml")
@@ -186,7 +202,7 @@ def test_lists_are_checked_number_by_number_and_steps_must_increase():
         load_config(None, ["model.test_min_size=[600, 0]"])
     with pytest.raises(ConfigError, match=r"^override 'solver.steps=\[6, 5\]': solver\.steps must be in increasing"):
         load_config(None, ["solver.steps=[6, 5]"])
-    assert load_config(None, ["solver.steps=[]", "model.min_size=[480, 600]"]).solver.steps == []
+    assert load_config(None, ["solver.steps=[]", "model.min_size=[480, 600]", "model.max_size=1000"]).solver.steps == []
     assert load_config(None, ["solver.steps=[1, 1]"]).solver.steps == [1, 1]  # a budget scaled down merges steps
     assert load_config(None, ["data.workers=null", "sampler.nms_iou=null"]).sampler.nms_iou is None  # None: off
 
@@ -207,8 +223,75 @@ def test_resume_may_change_exactly_the_fields_marked_so():
         "data.workers",
         "test.images_per_batch",
     }
-    before = load_config(None, ["solver.iterations=10"])
+    short = ["solver.warmup_iterations=0", "solver.iterations=10"]  # the warm-up fits in the run
+    before = load_config(None, short)
     state = {"config": before.to_dict(), "iteration": 5}
-    check_resume_config(load_config(None, ["solver.iterations=20", "train.device=cpu", "data.workers=0"]), state, "c")
+    longer = [*short, "solver.iterations=20", "train.device=cpu", "data.workers=0"]
+    check_resume_config(load_config(None, longer), state, "c")
     with pytest.raises(RunFolderError, match=r"^checkpoint c: solver\.lr: the run was trained with 0\.02, the config "):
-        check_resume_config(load_config(None, ["solver.iterations=10", "solver.lr=0.1"]), state, "c")
+        check_resume_config(load_config(None, [*short, "solver.lr=0.1"]), state, "c")
+
+
+def test_min_size_above_max_size_is_refused_naming_both_keys_once_every_override_is_in():
+    with pytest.raises(ConfigError, match=r"^model\.min_size = 600 must be <= model\.max_size = 160 "):
+        ModelConfig(min_size=600)  # by hand: at once
+    assert ModelConfig(min_size=600, max_size=1000).min_size == 600
+    with pytest.raises(ConfigError, match=r"^override 'model\.max_size=800': model\.min_size\[1\] = 900 must be <= "):
+        load_config(None, ["model.min_size=[128, 900]", "model.max_size=800"])  # the override that broke it
+    # an override may fix what an earlier one (or the file) set: the rule waits for the last one
+    assert load_config(None, ["model.min_size=600", "model.max_size=1000"]).model.min_size == 600
+
+
+def test_warmup_may_not_outlast_the_run():
+    with pytest.raises(ConfigError, match=r"^solver\.warmup_iterations = 100 must be <= solver\.iterations = 50 "):
+        SolverConfig(iterations=50)
+    assert SolverConfig(iterations=100).warmup_iterations == 100  # a run may end where its warm-up does
+    with pytest.raises(ConfigError, match=r"^override 'solver\.iterations=50': solver\.warmup_iterations = 100"):
+        load_config("demo", ["solver.iterations=50"])
+    assert load_config("demo", ["solver.iterations=50", "solver.warmup_iterations=5"]).solver.iterations == 50
+    negative = r"^override 'solver\.steps=\[-1\]': solver\.steps\[0\] must be >= 0, got -1$"
+    with pytest.raises(ConfigError, match=negative):
+        load_config(None, ["solver.steps=[-1]"])
+
+
+def test_a_file_breaking_a_joint_rule_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("solver:\n  iterations: 10\n")
+    with pytest.raises(ConfigError, match=r"^config .*c\.yaml: solver\.warmup_iterations = 100 must be <= "):
+        load_config(path)
+    assert load_config(path, ["solver.warmup_iterations=0"]).solver.iterations == 10
+
+
+def test_a_checkpoints_config_is_not_held_to_joint_rules_added_since():
+    raw = Config().to_dict()
+    raw["solver"].update(iterations=10, warmup_iterations=100)
+    assert config_from_dict(raw).solver.warmup_iterations == 100  # the run happened: eval may still read it
+
+
+def test_synthetic_sizes_are_bounded_by_limits_that_null_lifts():
+    with pytest.raises(ConfigError, match=r"data\.num_train = 1,000,000,000,000 images, more than data\.max_synthetic"):
+        load_config(None, ["data.num_train=1000000000000"])
+    lifted = load_config(None, ["data.max_synthetic_images=null", "data.num_train=1000000000000"])
+    assert lifted.data.num_train == 10**12
+    with pytest.raises(ConfigError, match=r"data\.image_size = 10,000 is 100,000,000 pixels .* data\.max_image_pixels"):
+        load_config(None, ["data.image_size=10000"])
+    assert load_config(None, ["data.image_size=10000", "data.max_image_pixels=null"]).data.image_size == 10000
+
+
+def test_yaml_without_anchors_aliases_or_repeated_keys(tmp_path):
+    assert parse_yaml("a: {b: 1, c: [1, 2]}\nd: x\n") == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    with pytest.raises(yaml.YAMLError, match=r"^line 2: anchors and aliases"):
+        parse_yaml("a: 1\nb: &x [1]\nc: *x\n")
+    with pytest.raises(yaml.YAMLError, match=r"^line 3: key 'b' repeats the one on line 2$"):
+        parse_yaml("a:\n  b: 1\n  b: 2\n")
+    assert parse_yaml("a: {1: x, '1': y}") == {"a": {1: "x", "1": "y"}}  # 1 and '1' are different keys
+    for path in CONFIGS_DIR.rglob("*.yaml"):  # the shipped files share settings through base:, not anchors
+        assert isinstance(parse_yaml(path.read_text()), dict), path
+    for name in recipe_paths():  # and every recipe keeps to the joint rules
+        load_config(name)
+
+
+def test_messages_quote_long_values_in_part():
+    assert shown("x" * 10) == repr("x" * 10)
+    assert shown("x" * 1000) == repr("x" * 1000)[:80] + "... (1,002 characters)"
+    assert shown(10**5000) == "an integer of 5,000 digits"

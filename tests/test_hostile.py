@@ -568,6 +568,8 @@ def test_second_train_into_a_folder_in_use_fails_at_once_naming_the_first(tmp_pa
         "solver.iterations=200",
         "--set",
         "train.checkpoint_every=1",
+        "--set",
+        "solver.warmup_iterations=1",  # the resume below may end at iteration 1: the warm-up must fit
     ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -601,6 +603,8 @@ def test_second_train_into_a_folder_in_use_fails_at_once_naming_the_first(tmp_pa
         "train.checkpoint_every=1",
         "--set",
         f"solver.iterations={done}",
+        "--set",
+        "solver.warmup_iterations=1",
     ]
     assert main(resume) == 0  # ... and taken over by the next run, which removes it when it ends
     assert not lock.exists()

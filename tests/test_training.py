@@ -139,7 +139,8 @@ def test_init_weights_from_a_checkpoint_or_state_dict(tiny_cfg, tmp_path):
     torch.save(trained, tmp_path / "plain.pth")
     for i, source in enumerate((tmp_path / "a" / "checkpoint_last.pt", tmp_path / "plain.pth")):
         # lr 0: the weights after one step are the initial ones.
-        cfg = apply_overrides(tiny_cfg, [f"model.init_weights={source}", "solver.lr=0", "solver.iterations=1"])
+        one_step = ["solver.lr=0", "solver.iterations=1", "solver.warmup_iterations=0"]
+        cfg = apply_overrides(tiny_cfg, [f"model.init_weights={source}", *one_step])
         training.train(cfg, tmp_path / f"b{i}")  # a folder per run: one that holds a run is not trained into
         started = load_checkpoint(tmp_path / f"b{i}" / "checkpoint_last.pt")["model"]
         assert all(torch.equal(trained[k], started[k]) for k in trained if trained[k].is_floating_point())
@@ -237,6 +238,7 @@ def test_torchrun_with_two_cpu_processes_matches_one_process(tiny_overrides, tmp
 
 
 def test_no_drawing_with_vis_images_0(tiny_cfg, tmp_path):
-    metrics = training.train(apply_overrides(tiny_cfg, ["train.vis_images=0", "solver.iterations=1"]), tmp_path)
+    one_step = ["train.vis_images=0", "solver.iterations=1", "solver.warmup_iterations=1"]
+    metrics = training.train(apply_overrides(tiny_cfg, one_step), tmp_path)
     assert not (tmp_path / "detections.png").exists()
     assert json.loads((tmp_path / "metrics.json").read_text())["mAP"] == metrics["mAP"]

@@ -12,6 +12,7 @@ method does: compare samplers on them, not absolute AP with other methods.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
-from ohem.data.proposals import write_proposals
+from ohem.data.proposals import DEFAULT_MAX_BOXES, DEFAULT_MAX_BOXES_PER_IMAGE, write_proposals
 
 
 def dense_boxes(
@@ -49,18 +50,50 @@ def _valid(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def dense_proposals(
-    dataset: Any, out: str | os.PathLike, num_boxes: int = 2000, copies: int = 20, jitter: float = 0.15, seed: int = 0
+    dataset: Any,
+    out: str | os.PathLike,
+    num_boxes: int = 2000,
+    copies: int = 20,
+    jitter: float = 0.15,
+    seed: int = 0,
+    max_boxes_per_image: int | None = DEFAULT_MAX_BOXES_PER_IMAGE,
+    max_boxes: int | None = DEFAULT_MAX_BOXES,
 ) -> Path:
-    """Write ``dense_boxes`` of every image of ``dataset`` to the proposal file ``out`` (atomically)."""
-    if num_boxes < 1 or copies < 0 or not jitter >= 0:
+    """Write ``dense_boxes`` of every image of ``dataset`` to the proposal file ``out`` (atomically).
+    Counts beyond the limits the proposal readers enforce (``data.max_proposal_boxes_per_image``,
+    ``data.max_proposal_boxes``; None: no limit) are refused before anything is allocated."""
+    if num_boxes < 1 or copies < 0 or not (math.isfinite(jitter) and jitter >= 0):
         raise ValueError(
-            f"dense proposals: need num_boxes >= 1, copies >= 0, jitter >= 0; got {num_boxes}, {copies}, {jitter}"
+            "dense proposals: need num_boxes >= 1, copies >= 0, jitter a finite number >= 0; "
+            f"got {num_boxes}, {copies}, {jitter}"
+        )
+    per_image = max_boxes_per_image if max_boxes_per_image is not None else math.inf
+    for what, count in (("num_boxes (--max-boxes)", num_boxes), ("copies (--copies, boxes per object)", copies)):
+        if count > per_image:
+            raise ValueError(f"dense proposals: {what} = {count:,}, {_more_than('_per_image', max_boxes_per_image)}")
+    if max_boxes is not None and len(dataset) * num_boxes > max_boxes:
+        raise ValueError(
+            f"dense proposals: {len(dataset):,} images x {num_boxes:,} boxes = {len(dataset) * num_boxes:,} boxes "
+            f"in all, {_more_than('', max_boxes)}"
         )
     boxes = {}
     for i in range(len(dataset)):
         height, width = dataset.image_size(i)
         rng = np.random.default_rng([seed, i])
         gt = dataset.annotations(i)["boxes"].numpy()
+        if len(gt) * copies > per_image:  # the near-object boxes are drawn all at once, then cut
+            raise ValueError(
+                f"dense proposals: image {dataset.image_name(i)!r}: {len(gt)} objects x {copies:,} copies = "
+                f"{len(gt) * copies:,} boxes, {_more_than('_per_image', max_boxes_per_image)}"
+            )
         boxes[dataset.image_name(i)] = dense_boxes(gt, height, width, num_boxes, copies, jitter, rng)
     meta = {"method": "dense", "num_boxes": num_boxes, "copies": copies, "jitter": jitter, "seed": seed}
     return write_proposals(out, boxes, meta=meta)
+
+
+def _more_than(limit_suffix: str, limit: int | None) -> str:
+    """The end of a message that a count passes ``data.max_proposal_boxes{limit_suffix}``."""
+    return (
+        f"more than data.max_proposal_boxes{limit_suffix} = {limit:,} allows (the limit proposal files are "
+        "read with; raise it with --set, or null for no limit)"
+    )
