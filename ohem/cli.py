@@ -171,7 +171,16 @@ def _add_data_commands(add_parser: typing.Callable[..., argparse.ArgumentParser]
     p = add_parser("export", help="write the synthetic dataset in the VOC or COCO layout")
     p.add_argument("--layout", required=True, choices=["voc", "coco"], help="VOC devkit or COCO folder layout")
     p.add_argument("--split", default="train", choices=["train", "test"], help="which synthetic split")
-    p.add_argument("--out", required=True, help="the folder to write (PNG images and annotations)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the folder to write (PNG images and annotations); OUT/.ohem-export.json lists what it wrote",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files of the same names that ohem export did not write (else: an error, nothing written)",
+    )
     _add_overrides(p, "synthetic data config, e.g. --set data.num_train=500")
     p.set_defaults(func=cmd_export)
 
@@ -516,7 +525,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     dataset = build_dataset(cfg.data, "test", args.split)
     if not isinstance(dataset, SyntheticShapes):
         raise ConfigError(f"data.dataset: export writes the synthetic data, got {cfg.data.dataset}")
-    for path in export_synthetic(dataset, args.out, args.layout):
+    for path in export_synthetic(dataset, args.out, args.layout, force=args.force):
         print(f"wrote {path}")
     if args.layout == "voc":
         classes = ",".join(dataset.classes)
@@ -562,46 +571,77 @@ def _check_data_overrides(overrides: list[str]) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from ohem.data.common import read_image
+    from ohem.data.common import read_image_size
     from ohem.engine.trainer import resolve_device
-    from ohem.inference import TestTime, check_image_size, model_from_checkpoint, predict
-    from ohem.visualize import draw_detections
+    from ohem.inference import TestTime, check_image_size, model_from_checkpoint
 
     require("matplotlib", "drawing detections")
     if not math.isfinite(args.score_thresh):
         raise ValueError(f"--score-thresh: must be a finite number, got {args.score_thresh}")
     device = resolve_device(args.device, what="--device")
-    for path in args.images:
-        regular_file(path, "image")
-    images = [read_image(path) for path in args.images]  # all read before any output is written
+    # Every input checked from its header (photos turned upright by their EXIF orientation) before
+    # anything is written; the pixels are decoded a batch at a time below.
+    sizes = [read_image_size(path, "image", exif_orientation=True) for path in args.images]
     model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
     test_time = TestTime.from_config(cfg.model)
-    for path, image in zip(args.images, images):
-        check_image_size(model, image.shape[-2], image.shape[-1], test_time, f"image {path}")
+    for path, (height, width) in zip(args.images, sizes):
+        check_image_size(model, height, width, test_time, f"image {path}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     pngs = output_names(args.images, out)
     make_out_dir(out)
-    results = []
-    batch = cfg.test.images_per_batch  # images already read: no loader processes
-    detections = predict(model, [(image, {}) for image in images], device, batch, test_time=test_time)
-    for path, image, png, det in zip(args.images, images, pngs, detections):
-        draw_detections([image], [det], classes, png, args.score_thresh, titles=[Path(path).name])
-        keep = det.scores >= args.score_thresh
-        results.append(
-            {
-                "image": str(path),
-                "drawing": str(png),
-                "boxes": det.boxes[keep].tolist(),
-                "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
-                "scores": det.scores[keep].tolist(),
-            }
-        )
-        print(f"{path}: {int(keep.sum())} detections -> {png}")
+    results: list[dict[str, typing.Any]] = []
+    batch = cfg.test.images_per_batch
+    for start in range(0, len(args.images), batch):
+        # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
+        paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
+        results += _detect_batch(model, paths, drawings, device, test_time, classes, args.score_thresh)
     with atomic_open(out / "detections.json") as f:
         f.write(strict_json(results))
     return 0
+
+
+def _detect_batch(
+    model: typing.Any,
+    paths: list[str],
+    pngs: list[Path],
+    device: typing.Any,
+    test_time: typing.Any,
+    classes: list[str],
+    score_thresh: float,
+) -> list[dict[str, typing.Any]]:
+    """Decode ``paths`` (turned upright by their EXIF orientation), detect, draw each into its PNG;
+    their ``detections.json`` records. The decoded images are dropped when this returns."""
+    from ohem.data.common import read_image
+    from ohem.inference import predict
+    from ohem.visualize import draw_detections
+
+    images = [read_image(path, "image", exif_orientation=True) for path in paths]
+    detections = predict(model, [(image, {}) for image in images], device, len(images), test_time=test_time)
+    records = []
+    for path, image, png, det in zip(paths, images, pngs, detections):
+        draw_detections([image], [det], classes, png, score_thresh, titles=[Path(path).name])
+        records.append(_detection_record(path, png, image, det, classes, score_thresh))
+        print(f"{path}: {len(records[-1]['scores'])} detections -> {png}")
+    return records
+
+
+def _detection_record(
+    path: str, png: Path, image: typing.Any, det: typing.Any, classes: list[str], score_thresh: float
+) -> dict[str, typing.Any]:
+    """One input's entry in ``detections.json``: its drawing, the size its boxes refer to (after
+    EXIF orientation), and the detections scoring at least ``score_thresh``."""
+    keep = det.scores >= score_thresh
+    return {
+        "image": str(path),
+        "drawing": str(png),
+        "width": int(image.shape[-1]),
+        "height": int(image.shape[-2]),
+        "boxes": det.boxes[keep].tolist(),
+        "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
+        "scores": det.scores[keep].tolist(),
+    }
 
 
 def output_names(inputs: list[str], out: Path) -> list[Path]:
@@ -618,7 +658,7 @@ def output_names(inputs: list[str], out: Path) -> list[Path]:
 
     if is_an_input(out / "detections.json"):
         raise ValueError(f"--out {out}: its detections.json would overwrite an input; choose another --out")
-    refuse_symlink(out / "detections.json")
+    check_replaceable(out / "detections.json")
     taken = {"detections.json"}
     names = []
     for source in sources:
@@ -628,10 +668,18 @@ def output_names(inputs: list[str], out: Path) -> list[Path]:
             if candidate.name.lower() not in taken and not is_an_input(candidate):
                 break
             n += 1
-        refuse_symlink(candidate)
+        check_replaceable(candidate)
         taken.add(candidate.name.lower())
         names.append(candidate)
     return names
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise unless ``path`` is missing or a regular file: checked before any output is written, so
+    that a folder (or FIFO, link, ...) in the way fails the command before its work, not after."""
+    refuse_symlink(path)
+    if os.path.lexists(path) and not path.is_file():
+        raise ValueError(f"{path}: exists and is not a regular file; ohem replaces only files (move it away)")
 
 
 def _same_file(a: Path, b: Path) -> bool:

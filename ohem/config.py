@@ -242,6 +242,9 @@ class DataConfig(_Section):
     # Images with more pixels are refused (the size read from the file's header, before decoding); null: no limit.
     # 50 M pixels: 600 MB as float RGB, far above any VOC/COCO image (COCO's largest is 640x640).
     max_image_pixels: int | None = field(default=50_000_000, metadata=ge(1))
+    # voc/coco: turn each image as its EXIF orientation tag says (photos from phones and cameras). Off: the pixels
+    # as stored, which VOC's and COCO's boxes refer to. (ohem detect always turns its photos upright.)
+    exif_orientation: bool = False
     proposals: str | None = None  # Fast R-CNN: proposal file (.npz, docs/PROPOSALS.md) of the train split
     test_proposals: str | None = None  # ... and of the test split
     max_proposals: int | None = 2000  # first boxes of each image's proposals (file order = rank); null: all

@@ -114,7 +114,9 @@ def predict(
 
 
 def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, Config, list[str]]:
-    """The checkpoint's model in eval mode on ``device``, its config and its class names."""
+    """The checkpoint's model in eval mode on ``device``, its config and its class names. The model
+    is built without reading ``model.backbone_weights`` (a file that may be gone, or ImageNet weights
+    to download): the checkpoint holds every weight."""
     state = load_checkpoint(path)
     if not isinstance(state.get("config"), dict):
         raise ValueError(f"checkpoint {path}: config: missing or not a mapping (not written by ohem train?)")
@@ -122,7 +124,7 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Mo
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"checkpoint {path}: classes: expected a non-empty list of class names, got {classes!r:.80}")
     cfg = config_from_dict(state["config"], source=f"checkpoint {path}")
-    model = build_detector(cfg.model, cfg.sampler, len(classes))
+    model = build_detector(cfg.model, cfg.sampler, len(classes), load_weights=False)
     load_weights_into(model, state.get("model"), f"checkpoint {path}")
     return model.to(device).eval(), cfg, classes
 

@@ -95,3 +95,4 @@ def draw_detections(
                 bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0),
             )
     save_figure(fig, path)
+    fig.clear()  # a figure is a reference cycle: free its copy of the pixels now, not at the next collection

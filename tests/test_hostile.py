@@ -512,6 +512,11 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input(case: Case, trained: Path, tmp_path: Path, capsys) -> None:
+    check_case(case, trained, tmp_path, capsys)
+
+
+def check_case(case: Case, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run ``case``: its exit code, its one stderr line, and nothing changed outside its out folder."""
     argv = case.setup(tmp_path, trained)
     out = tmp_path / case.out
     before, trained_before = snapshot(tmp_path), snapshot(trained)

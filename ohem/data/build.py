@@ -73,6 +73,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> De
             empty_images=cfg.empty_images if training else "keep",
             invalid_boxes=cfg.invalid_boxes,
             max_image_pixels=cfg.max_image_pixels,
+            exif_orientation=cfg.exif_orientation,
         )
     if cfg.classes:
         raise ValueError("data.classes: a COCO file names its own categories; leave data.classes unset")
@@ -83,6 +84,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> De
         empty_images=cfg.empty_images if training else "keep",
         invalid_boxes=cfg.invalid_boxes,
         max_image_pixels=cfg.max_image_pixels,
+        exif_orientation=cfg.exif_orientation,
     )
 
 

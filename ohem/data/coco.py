@@ -49,8 +49,10 @@ class COCODetection(DetectionDatasetBase):
         empty_images: EmptyImages = "skip",
         invalid_boxes: InvalidBoxes = "fix",
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        exif_orientation: bool = False,
     ) -> None:
         root, self.max_image_pixels = Path(root), max_image_pixels
+        self.exif_orientation = exif_orientation  # COCO's boxes refer to the stored pixels: off by default
         if split.endswith(".json"):
             ann_file = Path(split) if Path(split).is_absolute() else root / split
             images = Path(image_dir) if image_dir else ann_file.parent
@@ -83,7 +85,7 @@ class COCODetection(DetectionDatasetBase):
         img = self.records[index][0]
         listed = f"COCO annotations {self.ann_file}: image id {img['id']} (file_name {img['file_name']!r})"
         path = check_inside(self.image_path(index), self.image_dir, listed)
-        image = read_image(path, "COCO image", self.max_image_pixels)
+        image = read_image(path, "COCO image", self.max_image_pixels, self.exif_orientation)
         if image.shape[-2:] != (img["height"], img["width"]):
             raise ValueError(
                 f"COCO image {self.image_path(index)}: is {image.shape[-1]}x{image.shape[-2]} but "

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ohem.config import DataConfig, EmptyImages, InvalidBoxes, check_choice
 from ohem.util import is_int, one_line, regular_file
@@ -32,19 +32,55 @@ _PIL_SETTINGS = threading.Lock()  # PIL's pixel limit is a module global: set it
 
 
 def read_image(
-    path: str | Path, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    path: str | Path,
+    what: str = "image",
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    exif_orientation: bool = False,
 ) -> torch.Tensor:
     """float (3, H, W) RGB in [0, 1], whatever the file's mode (8- or 16-bit, grey, palette, alpha,
     CMYK, float). Only a regular file is opened; its size is checked from the header before any pixel
-    is decoded (``max_pixels``: ``data.max_image_pixels``). A missing, corrupt, truncated, oversized or
-    degenerate image is a one-line error naming the file."""
+    is decoded (``max_pixels``: ``data.max_image_pixels``). ``exif_orientation``: turned as the file's
+    EXIF orientation tag says (a phone's photo upright), else the pixels as stored. A missing, corrupt,
+    truncated, oversized or degenerate image is a one-line error naming the file."""
     path = regular_file(path, what)
     where = f"{what} {path}"
+    with _reading_image(where, max_pixels), Image.open(path) as im:
+        check_image_size(im.width, im.height, where, max_pixels)  # from the header, nothing decoded yet
+        with _pil_pixel_limit(max_pixels):  # decoders that check frame sizes themselves (GIF, ICO, ...)
+            if exif_orientation:
+                ImageOps.exif_transpose(im, in_place=True)
+            pixels = rgb_pixels(im, where)
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+# EXIF orientations 5 to 8 turn the image a quarter: its width and height swap
+_QUARTER_TURNS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+
+
+def read_image_size(
+    path: str | Path,
+    what: str = "image",
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    exif_orientation: bool = False,
+) -> tuple[int, int]:
+    """(height, width) of the image ``read_image`` would return, from the file's header alone (no
+    pixel decoded), checked as ``read_image`` checks it; errors are the same one-line errors."""
+    path = regular_file(path, what)
+    where = f"{what} {path}"
+    with _reading_image(where, max_pixels), Image.open(path) as im:
+        check_image_size(im.width, im.height, where, max_pixels)
+        turned = exif_orientation and im.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS
+        return (im.width, im.height) if turned else (im.height, im.width)
+
+
+@contextmanager
+def _reading_image(where: str, max_pixels: int | None) -> Iterator[None]:
+    """PIL's own pixel limit off (``check_image_size`` applies ours from the header), and PIL's
+    errors made one line starting with ``where``; one image read at a time (``_PIL_SETTINGS``)."""
     try:
-        with _PIL_SETTINGS, _pil_pixel_limit(None), Image.open(path) as im:  # PIL's check: ours, below
-            check_image_size(im.width, im.height, where, max_pixels)  # from the header, nothing decoded yet
-            with _pil_pixel_limit(max_pixels):  # decoders that check frame sizes themselves (GIF, ICO, ...)
-                pixels = rgb_pixels(im, where)
+        with _PIL_SETTINGS, _pil_pixel_limit(None):
+            yield
     except FileNotFoundError:
         raise FileNotFoundError(f"{where}: no such file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -55,7 +91,6 @@ def read_image(
         if str(e).startswith(where):
             raise
         raise ValueError(f"{where}: cannot be read as an image ({one_line(str(e))})") from None
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 @contextmanager

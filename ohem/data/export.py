@@ -3,11 +3,19 @@ anyone's other tools) can read it. Images are PNG, so pixels survive the round t
 
 VOC:  OUT/Annotations/NAME.xml, OUT/JPEGImages/NAME.png, OUT/ImageSets/Main/SPLIT.txt
 COCO: OUT/annotations/instances_SPLIT.json, OUT/SPLIT/NAME.png
+
+``OUT/.ohem-export.json`` (the manifest) lists the files each export (layout and split) wrote. An
+export replaces only files the manifest lists: a file of the same name that it did not write (your
+own ``ImageSets/Main/train.txt``) stops it before anything is written, unless ``force``. Exporting a
+split again removes the files of its previous export that the new one does not write (a smaller
+split leaves no stale images behind); files the manifest does not list are never removed. The
+manifest is written before the files (listing old and new), so an interrupted export is still known.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,24 +23,97 @@ from PIL import Image
 from torchvision.ops import box_convert
 from tqdm import tqdm
 
+from ohem.data.files import check_inside, entry_path, load_json
 from ohem.data.synthetic import SyntheticShapes
-from ohem.util import atomic_open
+from ohem.util import atomic_open, refuse_symlink, strict_json
+
+MANIFEST = ".ohem-export.json"
+MANIFEST_FORMAT = "ohem-export-1"
 
 
-def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str) -> list[Path]:
-    """Write every image of ``dataset`` under ``out``; returns the index files written."""
+def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, force: bool = False) -> list[Path]:
+    """Write every image of ``dataset`` under ``out``; returns the index files written. ``force``:
+    replace files of the same names that ohem export did not write (else a one-line error)."""
     out = Path(out)
+    if layout not in ("voc", "coco"):
+        raise ValueError(f"export layout: expected voc or coco, got {layout!r}")
+    planned = planned_files(dataset, layout)
+    key = f"{layout}:{dataset.split}"
+    manifest = read_manifest(out)
+    check_outputs(out, planned, manifest, force)
+    previous = manifest.get(key, [])
+    elsewhere = {rel for other, files in manifest.items() if other != key for rel in files}
+    stale = sorted(set(previous) - set(planned) - elsewhere)
+    for rel in stale:  # checked before anything is written: the manifest may have been edited
+        check_inside(out / rel, out, f"export manifest {out / MANIFEST}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, {**manifest, key: sorted(set(previous) | set(planned))})
+    index = _export_voc(dataset, out) if layout == "voc" else _export_coco(dataset, out)
+    for rel in stale:
+        if (out / rel).is_file() and not (out / rel).is_symlink():
+            (out / rel).unlink()
+    write_manifest(out, {**manifest, key: sorted(planned)})
+    return [index]
+
+
+def planned_files(dataset: SyntheticShapes, layout: str) -> list[str]:
+    """The files an export writes, relative to its folder, the index file first."""
+    names = [dataset.image_name(i) for i in range(len(dataset))]
     if layout == "voc":
-        return [_export_voc(dataset, out)]
-    if layout == "coco":
-        return [_export_coco(dataset, out)]
-    raise ValueError(f"export layout: expected voc or coco, got {layout!r}")
+        per_image = [(f"JPEGImages/{name}.png", f"Annotations/{name}.xml") for name in names]
+        return [f"ImageSets/Main/{dataset.split}.txt", *(rel for pair in per_image for rel in pair)]
+    return [f"annotations/instances_{dataset.split}.json", *(f"{dataset.split}/{name}.png" for name in names)]
+
+
+def read_manifest(out: Path) -> dict[str, list[str]]:
+    """The files each earlier export into ``out`` wrote (``{"voc:train": [paths relative to out]}``);
+    empty when there is no manifest. A manifest ohem did not write is a one-line error."""
+    path = out / MANIFEST
+    if not os.path.lexists(path):
+        return {}
+    refuse_symlink(path)
+    where = f"export manifest {path}"
+    data = load_json(path, "export manifest")
+    files = data.get("files") if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+    if not isinstance(files, dict):
+        raise ValueError(f"{where}: not a manifest ohem export wrote (no format {MANIFEST_FORMAT!r}); move it away")
+    for key, listed in files.items():
+        if not isinstance(listed, list):
+            raise ValueError(f"{where}: files.{key}: expected a list of paths, got {type(listed).__name__}")
+        for k, rel in enumerate(listed):
+            entry_path(out, rel, f"{where}: files.{key}[{k}]", "path")  # relative, inside out: safe to remove
+    return files
+
+
+def check_outputs(out: Path, planned: list[str], manifest: dict[str, list[str]], force: bool) -> None:
+    """Raise, before anything is written, if an output is a link or not a regular file, or (unless
+    ``force``) a file that no earlier export into ``out`` wrote."""
+    ours = {rel for files in manifest.values() for rel in files}
+    for rel in [MANIFEST, *planned]:
+        path = out / rel
+        refuse_symlink(path)
+        if os.path.lexists(path) and not path.is_file():
+            raise ValueError(f"{path}: exists and is not a regular file; ohem export replaces only files")
+        if not force and rel != MANIFEST and rel not in ours and os.path.lexists(path):
+            raise ValueError(
+                f"{path}: exists and was not written by ohem export (not in {out / MANIFEST}); "
+                "export into an empty folder or one it wrote, or give --force to replace such files"
+            )
+
+
+def write_manifest(out: Path, files: dict[str, list[str]]) -> None:
+    _write_text(out / MANIFEST, strict_json({"format": MANIFEST_FORMAT, "files": files}))
 
 
 def _pixels(dataset: SyntheticShapes, index: int) -> tuple[Image.Image, dict]:
     image, target = dataset[index]
     array = (image * 255).round().byte().permute(1, 2, 0).numpy()
     return Image.fromarray(array), target
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    with atomic_open(path, binary=True) as f:
+        image.save(f, format="PNG")
 
 
 def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
@@ -42,7 +123,7 @@ def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
     for i in tqdm(range(len(dataset)), desc=f"export voc {dataset.split}", dynamic_ncols=True):
         image, target = _pixels(dataset, i)
         name = dataset.image_name(i)
-        image.save(out / "JPEGImages" / f"{name}.png")
+        _save_png(image, out / "JPEGImages" / f"{name}.png")
         root = ET.Element("annotation")
         ET.SubElement(root, "filename").text = f"{name}.png"
         size = ET.SubElement(root, "size")
@@ -56,7 +137,8 @@ def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
             # continuous x1 (0-based edge) -> the devkit's 1-based first pixel
             for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), (box[0] + 1, box[1] + 1, box[2], box[3])):
                 ET.SubElement(bndbox, tag).text = f"{value:g}"
-        ET.ElementTree(root).write(out / "Annotations" / f"{name}.xml")
+        with atomic_open(out / "Annotations" / f"{name}.xml", binary=True) as f:
+            ET.ElementTree(root).write(f)
         names.append(name)
     split_file = out / "ImageSets" / "Main" / f"{dataset.split}.txt"
     _write_text(split_file, "".join(f"{n}\n" for n in names))
@@ -71,7 +153,7 @@ def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
     for i in tqdm(range(len(dataset)), desc=f"export coco {dataset.split}", dynamic_ncols=True):
         image, target = _pixels(dataset, i)
         file_name = f"{dataset.image_name(i)}.png"
-        image.save(out / dataset.split / file_name)
+        _save_png(image, out / dataset.split / file_name)
         images.append({"id": i + 1, "file_name": file_name, "width": image.width, "height": image.height})
         xywh = box_convert(target["boxes"].double(), "xyxy", "xywh")
         for (x, y, w, h), label in zip(xywh.tolist(), target["labels"].tolist()):

@@ -77,8 +77,10 @@ class VOCDetection(DetectionDatasetBase):
         invalid_boxes: InvalidBoxes = "fix",
         default_year: str = "2007",
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        exif_orientation: bool = False,
     ) -> None:
         self.root, self.split, self.max_image_pixels = Path(root), split, max_image_pixels
+        self.exif_orientation = exif_orientation  # the devkit's boxes refer to the stored pixels: off by default
         self.classes = tuple(classes) if classes else VOC_CLASSES
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"data.classes: names repeat in {list(self.classes)}")
@@ -171,7 +173,7 @@ class VOCDetection(DetectionDatasetBase):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         record = self.records[index]
-        image = read_image(record["image"], "VOC image", self.max_image_pixels)
+        image = read_image(record["image"], "VOC image", self.max_image_pixels, self.exif_orientation)
         if tuple(image.shape[-2:]) != record["size"]:
             h, w = record["size"]
             raise ValueError(

@@ -19,9 +19,12 @@ from ohem.mining.table import build_sampler
 from ohem.models import PROPOSAL_MODELS, build_model
 
 
-def build_detector(model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_classes: int) -> GeneralizedRCNN:
-    """The configured detector for ``num_classes`` object classes (background excluded), with its sampler."""
-    model = build_model(model_cfg, num_classes)
+def build_detector(
+    model_cfg: ModelConfig, sampler_cfg: SamplerConfig, num_classes: int, load_weights: bool = True
+) -> GeneralizedRCNN:
+    """The configured detector for ``num_classes`` object classes (background excluded), with its sampler.
+    ``load_weights=False``: no backbone weights read or downloaded (``ohem.models.build_model``)."""
+    model = build_model(model_cfg, num_classes, load_weights)
     if sampler_cfg.rpn_ohem and getattr(model, "rpn", None) is None:
         raise ValueError(f"sampler.rpn_ohem: {model_cfg.name} has no RPN (it reads its proposals from a file)")
     enable_sampler(model, sampler_cfg, box_loss_beta=model_cfg.box_loss_beta)

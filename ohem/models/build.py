@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchvision.models import detection
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FrozenBatchNorm2d
 
 from ohem.checkpoint import load_state_dict_file
 from ohem.config import ModelConfig
@@ -52,10 +53,14 @@ class InputTransform(GeneralizedRCNNTransform):
         return super().normalize(image.flip(0) if self.bgr else image)
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> GeneralizedRCNN:
-    """The detector of ``cfg.name`` with torchvision's own sampler (what ``build_detector`` replaces)."""
+def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> GeneralizedRCNN:
+    """The detector of ``cfg.name`` with torchvision's own sampler (what ``build_detector`` replaces).
+
+    ``load_weights=False``: the architecture ``cfg.backbone_weights`` implies, with no weights read
+    or downloaded: for a checkpoint, whose state dict holds every weight (the file it was trained
+    from may be gone; ImageNet weights would be downloaded only to be overwritten)."""
     uses_rpn = cfg.name not in PROPOSAL_MODELS
-    model = BUILDERS[cfg.name](cfg, num_classes, detector_kwargs(cfg, uses_rpn))
+    model = BUILDERS[cfg.name](cfg, num_classes, detector_kwargs(cfg, uses_rpn), load_weights)
     set_input_normalisation(model, cfg)
     return model
 
@@ -82,11 +87,11 @@ def detector_kwargs(cfg: ModelConfig, uses_rpn: bool) -> dict[str, Any]:
 
 
 def _small(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any], load_weights: bool) -> nn.Module:
         if cfg.backbone_weights == "imagenet":
             raise ValueError("model.backbone_weights: the small model has no ImageNet weights; use a file or null")
         model: GeneralizedRCNN = builder(num_classes, **kwargs)
-        if cfg.backbone_weights:
+        if cfg.backbone_weights and load_weights:
             load_backbone_weights(model.backbone, cfg.backbone_weights)
         return model
 
@@ -94,7 +99,7 @@ def _small(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def _vgg(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any], load_weights: bool) -> nn.Module:
         if cfg.trainable_backbone_layers is not None:
             raise ValueError(
                 "model.trainable_backbone_layers: the VGG models freeze conv1-2 (VGG16) / conv1 as the paper"
@@ -104,29 +109,51 @@ def _vgg(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
                 "model.backbone_weights: no maintained package ships VGG_CNN_M_1024's ImageNet weights; "
                 "give the path of a converted state dict (docs/TRAINING.md: 'VGG_CNN_M_1024 weights')"
             )
-        return builder(num_classes, weights=cfg.backbone_weights, **kwargs)
+        # the VGG layers are the same with or without weights: unloaded, they keep their random init
+        return builder(num_classes, weights=cfg.backbone_weights if load_weights else None, **kwargs)
 
     return build
 
 
 def _torchvision(name: str) -> Callable[..., nn.Module]:
-    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    def build(cfg: ModelConfig, num_classes: int, kwargs: dict[str, Any], load_weights: bool) -> nn.Module:
+        imagenet = cfg.backbone_weights == "imagenet"
+        download = imagenet and load_weights
         model = getattr(detection, name)(
             weights=None,
-            weights_backbone="DEFAULT" if cfg.backbone_weights == "imagenet" else None,
+            weights_backbone="DEFAULT" if download else None,
             num_classes=num_classes + 1,  # torchvision counts the background class
-            trainable_backbone_layers=cfg.trainable_backbone_layers,
+            # without weights torchvision warns that the count has no effect (it only freezes layers)
+            trainable_backbone_layers=cfg.trainable_backbone_layers if download or not imagenet else None,
             **kwargs,
         )
-        if cfg.backbone_weights not in (None, "imagenet"):
+        if imagenet and not load_weights and name in _FROZEN_BN_WHEN_PRETRAINED:
+            freeze_batch_norms(model.backbone.body)
+        if cfg.backbone_weights not in (None, "imagenet") and load_weights:
             load_backbone_weights(model.backbone.body, cfg.backbone_weights)
         return model
 
     return build
 
 
+# torchvision builds these backbones with FrozenBatchNorm2d when it loads pretrained weights, else with
+# BatchNorm2d (whose state dict has num_batches_tracked); the v2 model uses BatchNorm2d either way.
+_FROZEN_BN_WHEN_PRETRAINED = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "maskrcnn_resnet50_fpn")
+
+
+def freeze_batch_norms(module: nn.Module) -> None:
+    """Every ``BatchNorm2d`` under ``module`` replaced by torchvision's ``FrozenBatchNorm2d`` (eps
+    1e-5, as torchvision passes it for pretrained backbones): the layers of a model built with
+    ImageNet weights, built without them."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features))
+        else:
+            freeze_batch_norms(child)
+
+
 # One builder per name of ohem.config.ModelName (tests/test_models.py keeps the two equal).
-BUILDERS: dict[str, Callable[[ModelConfig, int, dict[str, Any]], nn.Module]] = {
+BUILDERS: dict[str, Callable[[ModelConfig, int, dict[str, Any], bool], nn.Module]] = {
     "small": _small(small_faster_rcnn),
     "fast_rcnn_small": _small(small_fast_rcnn),
     "fast_rcnn_small_wide": _small(small_fast_rcnn_wide),
