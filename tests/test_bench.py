@@ -173,6 +173,20 @@ def test_a_folder_of_another_benchmark_is_refused(bench_out, capsys):
     assert "holds a --budget iterations benchmark" in capsys.readouterr().err
 
 
+def test_a_folder_made_before_a_config_key_existed_resumes(bench_out):
+    path = bench_out / "bench.json"
+    settings = json.loads(path.read_text())
+    del settings["values"]["data"]["exif_orientation"]  # as a bench made before the key was added wrote it
+    path.write_text(json.dumps(settings))
+    assert run_bench(tiny_bench(bench_out)) == 0  # the missing key had its default: the same benchmark
+    settings["values"]["data"]["exif_orientation"] = True  # a stored value other than the default is not
+    path.write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"this folder benchmarks another config \(data.exif_orientation differs\)"):
+        run_bench(tiny_bench(bench_out))
+    del settings["values"]["data"]["exif_orientation"]
+    path.write_text(json.dumps(settings))
+
+
 def test_budget_iterations_fill_the_seconds():
     assert budget_iterations(30.0, 0.1) == 300
     assert budget_iterations(10.0, 0.3) == 33  # 33.3: nearest

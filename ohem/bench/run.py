@@ -254,7 +254,9 @@ def check_settings(b: Bench, base: Config) -> dict[str, Any]:
     stored = read_settings(path)
     if stored.get("budget") != b.budget:
         raise ValueError(f"{path}: this folder holds a --budget {stored.get('budget')} benchmark; use another --out")
-    key = _first_difference(stored.get("values", {}), current["values"])
+    # a key added to the config since the folder was made had its default then (that is how keys are added)
+    defaults = json.loads(json.dumps(Config().to_dict()))
+    key = _first_difference(_under(defaults, stored.get("values", {})), current["values"])
     if key:
         raise ValueError(f"{path}: this folder benchmarks another config ({key} differs); use another --out")
     if b.seconds is None:
@@ -284,6 +286,13 @@ def claim(out: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _under(defaults: Any, stored: Any) -> Any:
+    """``stored`` with the keys it lacks filled in from ``defaults`` (nested dicts merged)."""
+    if not (isinstance(defaults, dict) and isinstance(stored, dict)):
+        return stored
+    return {**defaults, **{key: _under(defaults.get(key), value) for key, value in stored.items()}}
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
