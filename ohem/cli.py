@@ -403,7 +403,8 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         from ohem.data.proposals import require_selective_search
 
         require_selective_search()
-    dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
+    data_cfg = _data_config(load_config(), args).data
+    dataset = build_dataset(data_cfg, "test", args.split)
     if args.method == "dense":
         from ohem.data.dense_proposals import dense_proposals
 
@@ -428,7 +429,9 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         return _print_recall(dataset, path)
     from ohem.data.mat_proposals import import_mat_proposals
 
-    done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, args.small_boxes or "fast-rcnn")
+    rule = args.small_boxes or "fast-rcnn"
+    limits = (data_cfg.max_proposal_boxes_per_image, data_cfg.max_proposal_boxes)  # the readers' own limits
+    done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, rule, *limits)
     aligned = "by the file's image names" if done.by_name else "in the split's order (the file names no images)"
     print(
         f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
