@@ -22,8 +22,9 @@ from ohem.structures import DetectionDataset
 from ohem.util import (
     MissingExtra,
     atomic_open,
-    make_out_dir,
+    check_output_folder,
     one_line,
+    output_folder,
     refuse_symlink,
     regular_file,
     require,
@@ -345,9 +346,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.metric == "coco":
         require("pycocotools", "--metric coco")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+    out = check_output_folder(args.out)  # before any work: not a link, not a file, writable
     if args.checkpoint:
         device = resolve_device(args.device, what="--device")
         model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
@@ -359,7 +358,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test_time = TestTime.from_config(cfg.model)
         workers = loader_workers(cfg.data.workers)
         detections = predict(model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers)
-        make_out_dir(out)
+        output_folder(out)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
     else:
         regular_file(args.detections, "detections file")
@@ -367,7 +366,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _check_not_empty(dataset)
         with naming_the_file(f"detections file {args.detections}"):
             detections = read_detections(args.detections, dataset.image_ids, dataset.category_ids)
-        make_out_dir(out)
+        output_folder(out)
     metrics = score_detections(dataset, detections, args.metric)
     with atomic_open(out / "metrics.json") as f:
         f.write(strict_json(metrics))
@@ -429,9 +428,15 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         return _print_recall(dataset, path)
     from ohem.data.mat_proposals import import_mat_proposals
 
-    rule = args.small_boxes or "fast-rcnn"
-    limits = (data_cfg.max_proposal_boxes_per_image, data_cfg.max_proposal_boxes)  # the readers' own limits
-    done = import_mat_proposals(args.import_mat, dataset, args.out, args.min_size, rule, *limits)
+    done = import_mat_proposals(
+        args.import_mat,
+        dataset,
+        args.out,
+        args.min_size,
+        args.small_boxes or "fast-rcnn",
+        max_boxes_per_image=data_cfg.max_proposal_boxes_per_image,  # the proposal readers' own limits
+        max_boxes=data_cfg.max_proposal_boxes,
+    )
     aligned = "by the file's image names" if done.by_name else "in the split's order (the file names no images)"
     print(
         f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
@@ -473,8 +478,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ohem.data import SyntheticShapes, build_dataset
     from ohem.data.export import export_synthetic
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out}: exists and is not a folder")
+    check_output_folder(args.out)
     _check_data_overrides(args.overrides)
     cfg = apply_overrides(load_config(), args.overrides)
     dataset = build_dataset(cfg.data, "test", args.split)
@@ -542,11 +546,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     test_time = TestTime.from_config(cfg.model)
     for path, image in zip(args.images, images):
         check_image_size(model, image.shape[-2], image.shape[-1], test_time, f"image {path}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+    out = check_output_folder(args.out)  # before any work: not a link, not a file, writable
     pngs = output_names(args.images, out)
-    make_out_dir(out)
+    output_folder(out)
     results = []
     batch = cfg.test.images_per_batch  # images already read: no loader processes
     detections = predict(model, [(image, {}) for image in images], device, batch, test_time=test_time)

@@ -16,12 +16,12 @@ from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from ohem.data.synthetic import SyntheticShapes
-from ohem.util import atomic_open
+from ohem.util import atomic_open, check_output_folder, output_folder
 
 
 def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str) -> list[Path]:
     """Write every image of ``dataset`` under ``out``; returns the index files written."""
-    out = Path(out)
+    out = output_folder(out)
     if layout == "voc":
         return [_export_voc(dataset, out)]
     if layout == "coco":
@@ -36,13 +36,16 @@ def _pixels(dataset: SyntheticShapes, index: int) -> tuple[Image.Image, dict]:
 
 
 def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    subfolders = ("Annotations", "JPEGImages", "ImageSets/Main")
+    for sub in subfolders:  # all checked before any is made: a refused export leaves nothing behind
+        check_output_folder(out / sub, "export folder", inside=out)
+    for sub in subfolders:
+        output_folder(out / sub, "export folder", inside=out)
     names = []
     for i in tqdm(range(len(dataset)), desc=f"export voc {dataset.split}", dynamic_ncols=True):
         image, target = _pixels(dataset, i)
         name = dataset.image_name(i)
-        image.save(out / "JPEGImages" / f"{name}.png")
+        _write_png(out / "JPEGImages" / f"{name}.png", image)
         root = ET.Element("annotation")
         ET.SubElement(root, "filename").text = f"{name}.png"
         size = ET.SubElement(root, "size")
@@ -56,7 +59,8 @@ def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
             # continuous x1 (0-based edge) -> the devkit's 1-based first pixel
             for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), (box[0] + 1, box[1] + 1, box[2], box[3])):
                 ET.SubElement(bndbox, tag).text = f"{value:g}"
-        ET.ElementTree(root).write(out / "Annotations" / f"{name}.xml")
+        with atomic_open(out / "Annotations" / f"{name}.xml", binary=True) as f:
+            ET.ElementTree(root).write(f)
         names.append(name)
     split_file = out / "ImageSets" / "Main" / f"{dataset.split}.txt"
     _write_text(split_file, "".join(f"{n}\n" for n in names))
@@ -64,14 +68,16 @@ def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
 
 
 def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    (out / dataset.split).mkdir(parents=True, exist_ok=True)
+    for sub in ("annotations", dataset.split):
+        check_output_folder(out / sub, "export folder", inside=out)
+    for sub in ("annotations", dataset.split):
+        output_folder(out / sub, "export folder", inside=out)
     images: list[dict] = []
     annotations: list[dict] = []
     for i in tqdm(range(len(dataset)), desc=f"export coco {dataset.split}", dynamic_ncols=True):
         image, target = _pixels(dataset, i)
         file_name = f"{dataset.image_name(i)}.png"
-        image.save(out / dataset.split / file_name)
+        _write_png(out / dataset.split / file_name, image)
         images.append({"id": i + 1, "file_name": file_name, "width": image.width, "height": image.height})
         xywh = box_convert(target["boxes"].double(), "xyxy", "xywh")
         for (x, y, w, h), label in zip(xywh.tolist(), target["labels"].tolist()):
@@ -89,6 +95,11 @@ def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
     ann_file = out / "annotations" / f"instances_{dataset.split}.json"
     _write_text(ann_file, json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return ann_file
+
+
+def _write_png(path: Path, image: Image.Image) -> None:
+    with atomic_open(path, binary=True) as f:  # never through a symlink; a full disk: one line naming the file
+        image.save(f, format="PNG")
 
 
 def _write_text(path: Path, text: str) -> None:
