@@ -34,8 +34,12 @@ from tests.test_hostile import (  # noqa: F401  (trained: the module's fixture, 
     trained,
 )
 
-scipy_io = pytest.importorskip("scipy.io")  # the ``mat`` extra: pip install 'ohem[mat]'
-h5py = pytest.importorskip("h5py")
+
+def mat_extra(module: str):
+    """scipy.io or h5py (the ``mat`` extra: pip install 'ohem[mat]'); the .mat tests skip without them,
+    the others run."""
+    return pytest.importorskip(module)
+
 
 TWO_IMAGES = ["--data", "synthetic", "--split", "test", "--set", "data.num_test=2"]
 PER_IMAGE = r"more than data\.max_proposal_boxes_per_image = "
@@ -50,7 +54,7 @@ def cells(arrays: list) -> np.ndarray:
 
 
 def v5(path: Path, boxes: list, compress: bool = False) -> Path:
-    scipy_io.savemat(path, {"boxes": cells(boxes)}, do_compression=compress)
+    mat_extra("scipy.io").savemat(path, {"boxes": cells(boxes)}, do_compression=compress)
     return path
 
 
@@ -76,6 +80,7 @@ def v5_inflating(path: Path, extra: int) -> Path:
 def v73(path: Path, shapes: list[tuple[int, int]], matlab_class: str = "double", dtype: str = "f8") -> Path:
     """An HDF5 (v7.3) file whose cells declare ``shapes`` (MATLAB's layout: (4, k)); nothing is written into
     them, so the file stays a few KB whatever they declare."""
+    h5py = mat_extra("h5py")
     with h5py.File(path, "w") as f:
         refs = []
         for i, shape in enumerate(shapes):
@@ -394,3 +399,37 @@ def test_an_unwritable_output_folder_is_refused_before_work(tmp_path: Path, monk
         ValueError, match=rf"^--out .*/new/run: not writable \(it would be made in {re.escape(str(tmp_path))}\)$"
     ):
         check_output_folder(tmp_path / "new" / "run")
+
+
+# ------------------------------------------------------------------------------------ .mat headers, unit
+def test_mat_cells_that_are_not_plain_numbers_are_refused_from_the_header(tmp_path: Path) -> None:
+    from ohem.data.mat_headers import BoxLimits
+    from ohem.data.mat_proposals import read_mat_proposals
+
+    struct_cell = v5(tmp_path / "s.mat", [{"a": np.ones((1, 4))}, np.ones((1, 4))])
+    with pytest.raises(ValueError, match=r"s\.mat: 'boxes' cell 1 is a MATLAB struct array, not numbers$"):
+        read_mat_proposals(struct_cell, BoxLimits(images=2))
+    complex_cell = v5(tmp_path / "c.mat", [np.ones((1, 4)), np.ones((1, 4)) * 1j])
+    with pytest.raises(ValueError, match=r"c\.mat: 'boxes' cell 2 holds complex numbers$"):
+        read_mat_proposals(complex_cell, BoxLimits(images=2))
+
+
+def test_mat_forged_byte_counts_are_refused_before_reading(tmp_path: Path) -> None:
+    from ohem.data.mat_headers import BoxLimits
+    from ohem.data.mat_proposals import read_mat_proposals
+
+    path = v5(tmp_path / "d.mat", [np.ones((2, 4)), np.ones((1, 4))])
+    raw = bytearray(path.read_bytes())
+    at = raw.index(struct.pack("<II", 9, 64))  # miDOUBLE, 2 x 4 x 8 bytes: the first cell's data tag
+    raw[at : at + 8] = struct.pack("<II", 9, 1 << 31)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"d\.mat: 'boxes' cell 1 claims 2,147,483,648 bytes of data in 64 \(forged\)"):
+        read_mat_proposals(path, BoxLimits(images=2))
+    names = tmp_path / "n.mat"
+    mat_extra("scipy.io").savemat(names, {"boxes": cells([np.ones((1, 4))] * 2), "images": cells(["a", "b"])})
+    raw = bytearray(names.read_bytes())
+    images_tag = 128 + 8 + struct.unpack("<I", raw[132:136])[0]  # after boxes (uncompressed)
+    raw[images_tag + 4 : images_tag + 8] = struct.pack("<I", 17 << 20)
+    names.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"n\.mat: 'images' declares 17,825,792 bytes, more than 16,777,216"):
+        read_mat_proposals(names, BoxLimits(images=2))
