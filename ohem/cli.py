@@ -23,6 +23,7 @@ from ohem.util import (
     MissingExtra,
     atomic_open,
     check_output_folder,
+    check_writable,
     one_line,
     output_folder,
     refuse_symlink,
@@ -398,6 +399,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         raise ValueError("--small-boxes applies only to --import-mat")
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
+    check_writable(Path(args.out).absolute().parent, "--out's folder")  # before any work
     if not args.import_mat and args.method != "dense":
         from ohem.data.proposals import require_selective_search
 

@@ -178,11 +178,18 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out", inside: st
         refuse_symlink(folder)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {path}: exists and is not a folder")
-    existing = next((p for p in [path, *path.absolute().parents] if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (it would be made in {existing})"
-        raise ValueError(f"{flag} {path}: not writable{where}")
+    check_writable(path, flag)
     return path
+
+
+def check_writable(folder: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse ``folder`` when it, or where it is missing the nearest folder above it (where it would be made),
+    is not writable: said before any work, not after it."""
+    folder = Path(folder)
+    existing = next((p for p in [folder, *folder.absolute().parents] if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == folder else f" (it would be made in {existing})"
+        raise ValueError(f"{flag} {folder}: not writable{where}")
 
 
 def _parts_between(top: Path, path: Path) -> list[Path]:

@@ -270,6 +270,16 @@ class OsWithFullDisk:
         return raw if "b" in mode else io.TextIOWrapper(raw, encoding=kwargs.get("encoding"))
 
 
+class OsWithoutWriteAccess:
+    """``os`` as ``ohem.util`` sees it, where no folder is writable (``os.access``: what root never sees)."""
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def access(self, path, mode) -> bool:
+        return False
+
+
 def full_disk(monkeypatch, room: int = 0, error: int = errno.ENOSPC) -> None:
     import ohem.util
 
@@ -385,14 +395,7 @@ def test_an_unwritable_output_folder_is_refused_before_work(tmp_path: Path, monk
     import ohem.util
     from ohem.util import check_output_folder
 
-    class NoWrite:
-        def __getattr__(self, name: str):
-            return getattr(os, name)
-
-        def access(self, path, mode) -> bool:
-            return False
-
-    monkeypatch.setattr(ohem.util, "os", NoWrite())
+    monkeypatch.setattr(ohem.util, "os", OsWithoutWriteAccess())
     with pytest.raises(ValueError, match=rf"^--out {re.escape(str(tmp_path))}: not writable$"):
         check_output_folder(tmp_path)
     with pytest.raises(
@@ -433,3 +436,13 @@ def test_mat_forged_byte_counts_are_refused_before_reading(tmp_path: Path) -> No
     names.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"n\.mat: 'images' declares 17,825,792 bytes, more than 16,777,216"):
         read_mat_proposals(names, BoxLimits(images=2))
+
+
+def test_proposals_refuse_an_unwritable_folder_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    import ohem.util
+
+    monkeypatch.setattr(ohem.util, "os", OsWithoutWriteAccess())
+    argv = ["proposals", "--method", "dense", *TWO_IMAGES, "--out", str(tmp_path / "p.npz")]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == f"ohem proposals: error: --out's folder {tmp_path}: not writable\n"
+    assert not any(tmp_path.iterdir())
