@@ -158,7 +158,7 @@ def _matrix_header(path: Path, element: _Element, order: str) -> _Header:
     if mdtype != MI_UINT32 or nbytes != 8:
         raise ValueError(f"{path}: not a MATLAB .mat file: an array without its flags")
     flags = struct.unpack(order + "II", element.read(8))[0]
-    mdtype, nbytes, small = _tag(element, order)
+    mdtype, nbytes, _ = _tag(element, order)  # at least two dimensions: never a small element
     if mdtype != MI_INT32 or not 8 <= nbytes <= MAX_DIMS_BYTES or nbytes % 4:
         raise ValueError(f"{path}: not a MATLAB .mat file: an array with {nbytes} bytes of dimensions")
     dims = struct.unpack(f"{order}{nbytes // 4}i", element.read(_padded(nbytes))[:nbytes])
