@@ -22,8 +22,10 @@ from ohem.structures import DetectionDataset
 from ohem.util import (
     MissingExtra,
     atomic_open,
-    make_out_dir,
+    check_output_folder,
+    check_writable,
     one_line,
+    output_folder,
     refuse_symlink,
     regular_file,
     require,
@@ -368,9 +370,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.metric == "coco":
         require("pycocotools", "--metric coco")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+    out = check_output_folder(args.out)  # before any work: not a link, not a file, writable
     if args.checkpoint:
         device = resolve_device(args.device, what="--device")
         model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
@@ -382,7 +382,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test_time = TestTime.from_config(cfg.model)
         workers = loader_workers(cfg.data.workers)
         detections = predict(model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers)
-        make_out_dir(out)
+        output_folder(out)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
     else:
         regular_file(args.detections, "detections file")
@@ -390,7 +390,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _check_not_empty(dataset)
         with naming_the_file(f"detections file {args.detections}"):
             detections = read_detections(args.detections, dataset.image_ids, dataset.category_ids)
-        make_out_dir(out)
+        output_folder(out)
     metrics = score_detections(dataset, detections, args.metric)
     with atomic_open(out / "metrics.json") as f:
         f.write(strict_json(metrics))
@@ -413,6 +413,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     mode = _check_proposal_flags(args)
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
+    check_writable(Path(args.out).absolute().parent, "--out's folder")  # before any work
     data = _data_config(load_config(), args).data
     max_boxes = 2000 if args.max_boxes is None else args.max_boxes
     limit = data.max_proposal_boxes_per_image
@@ -451,7 +452,15 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         return _print_recall(dataset, path)
     from ohem.data.mat_proposals import import_mat_proposals
 
-    done = import_mat_proposals(args.import_mat, dataset, args.out, min_size, args.small_boxes or "fast-rcnn")
+    done = import_mat_proposals(
+        args.import_mat,
+        dataset,
+        args.out,
+        min_size,
+        args.small_boxes or "fast-rcnn",
+        max_boxes_per_image=data.max_proposal_boxes_per_image,  # the proposal readers' own limits
+        max_boxes=data.max_proposal_boxes,
+    )
     aligned = "by the file's image names" if done.by_name else "in the split's order (the file names no images)"
     print(
         f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
@@ -518,8 +527,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ohem.data import SyntheticShapes, build_dataset
     from ohem.data.export import export_synthetic
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out}: exists and is not a folder")
+    check_output_folder(args.out)
     _check_data_overrides(args.overrides)
     cfg = apply_overrides(load_config(), args.overrides)
     dataset = build_dataset(cfg.data, "test", args.split)
@@ -586,11 +594,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     test_time = TestTime.from_config(cfg.model)
     for path, (height, width) in zip(args.images, sizes):
         check_image_size(model, height, width, test_time, f"image {path}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+    out = check_output_folder(args.out)  # before any work: not a link, not a file, writable
     pngs = output_names(args.images, out)
-    make_out_dir(out)
+    output_folder(out)
     results: list[dict[str, typing.Any]] = []
     batch = cfg.test.images_per_batch
     for start in range(0, len(args.images), batch):

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from ohem.config import Config, config_from_dict, parse_yaml
 from ohem.data import build_dataset
 from ohem.engine.runlog import read_jsonl_records
-from ohem.util import is_number, make_out_dir, one_line, regular_file
+from ohem.util import is_number, one_line, output_folder, regular_file
 from ohem.visualize import draw_box, image_grid, save_figure
 
 
@@ -125,7 +125,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
     dataset = build_dataset(cfg.data, "train")
     names = ["background", *dataset.classes]
     check_hardest(run / "mining.jsonl", mining, len(dataset), len(names))
-    out = make_out_dir(out_dir if out_dir else run / "report")
+    out = output_folder(out_dir) if out_dir else output_folder(run / "report", "report folder", inside=run)
     figures = {
         "losses.png": plot_losses(steps, evals),
         "mined_fg_fraction.png": plot_fg_fraction(steps, mining),

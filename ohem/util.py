@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import io
 import json
 import math
 import os
@@ -39,6 +40,41 @@ def refuse_symlink(path: str | os.PathLike) -> None:
         )
 
 
+# A write that fails for want of room or of a writable disk: one line naming the file, never a traceback.
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_error(error: BaseException | None) -> OSError | None:
+    """The OSError of a full, read-only or over-quota disk behind ``error``: itself, or the error a library's
+    error arose from (``torch.save`` turns a failed write into ``RuntimeError: ... unexpected pos``)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_ERRORS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def write_failure(path: str | os.PathLike, error: OSError) -> OSError:
+    """``error`` as ``PATH: no space left on device (...)`` (what ``ohem``'s commands print of an OSError)."""
+    reason = os.strerror(error.errno or 0)
+    reason = reason[:1].lower() + reason[1:]
+    name = Path(path).name
+    return OSError(error.errno, f"{reason} (not written; an earlier {name}, if any, is left as it was)", str(path))
+
+
+@contextlib.contextmanager
+def naming_disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """A disk error raised in the block (directly, or behind a library's error) becomes ``write_failure``."""
+    try:
+        yield
+    except Exception as e:
+        if (cause := disk_error(e)) is None:
+            raise
+        raise write_failure(path, cause) from e
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, binary: bool = False, make_parents: bool = False) -> Iterator[IO[Any]]:
     """A file object on a temporary sibling of ``path``, renamed over ``path`` only when the block
@@ -56,25 +92,50 @@ def atomic_open(path: str | os.PathLike, binary: bool = False, make_parents: boo
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         mode = 0o666 & ~current_umask()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with naming_disk_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming_disk_errors(path):  # a full disk: the temporary file goes, ``path`` stays as it was
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
+class _AppendFile(io.TextIOWrapper):
+    """A text file opened to append whose failed writes (a full disk) name the file."""
+
+    path: str
+
+    def write(self, text: str) -> int:
+        with naming_disk_errors(self.path):
+            return super().write(text)
+
+    def flush(self) -> None:
+        with naming_disk_errors(self.path):
+            super().flush()
+
+    def close(self) -> None:
+        with naming_disk_errors(self.path):
+            super().close()
+
+
 def open_append(path: str | os.PathLike) -> IO[str]:
-    """``open(path, "a")`` that refuses a symbolic link (``O_NOFOLLOW``) and keeps the umask."""
+    """``open(path, "a")`` that refuses a symbolic link (``O_NOFOLLOW``) and keeps the umask; a write that
+    fails for a full or read-only disk is a one-line error naming ``path``."""
     refuse_symlink(path)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    return os.fdopen(os.open(path, flags, 0o666), "a", encoding="utf-8")
+    with naming_disk_errors(path):
+        raw = os.fdopen(os.open(path, flags, 0o666), "ab")
+    f = _AppendFile(raw, encoding="utf-8")
+    f.path = str(path)
+    return f
 
 
 _FILE_KINDS = (
@@ -104,15 +165,48 @@ def regular_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def make_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """``path`` as a folder, created if missing; one-line errors when it is a file or cannot be made."""
+def check_output_folder(path: str | os.PathLike, flag: str = "--out", inside: str | os.PathLike | None = None) -> Path:
+    """Refuse ``path`` as a folder to write into, reading only: when it (or, given ``inside``, the folder the
+    command owns, any folder between ``inside`` and ``path``) is a symbolic link; when it exists and is not a
+    folder; when it, or the nearest folder above it that exists (where it would be made), is not writable.
+    The folders above ``path`` (above ``inside``) are taken as given: they may be links, e.g. to another disk."""
     path = Path(path)
+    chain = [path]
+    if inside is not None and path.is_relative_to(inside):
+        chain = [Path(inside), *(Path(inside) / part for part in _parts_between(Path(inside), path))]
+    for folder in chain:
+        refuse_symlink(folder)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {path}: exists and is not a folder")
+    check_writable(path, flag)
+    return path
+
+
+def check_writable(folder: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse ``folder`` when it, or where it is missing the nearest folder above it (where it would be made),
+    is not writable: said before any work, not after it."""
+    folder = Path(folder)
+    existing = next((p for p in [folder, *folder.absolute().parents] if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == folder else f" (it would be made in {existing})"
+        raise ValueError(f"{flag} {folder}: not writable{where}")
+
+
+def _parts_between(top: Path, path: Path) -> list[Path]:
+    """``a``, ``a/b``, ``a/b/c`` for ``top/a/b/c``."""
+    parts = path.relative_to(top).parts
+    return [Path(*parts[: i + 1]) for i in range(len(parts))]
+
+
+def output_folder(path: str | os.PathLike, flag: str = "--out", inside: str | os.PathLike | None = None) -> Path:
+    """``path`` as a folder to write into, made if missing, after ``check_output_folder``: never a symbolic
+    link (ohem writes into folders it made or was given, never through a link to somewhere else)."""
+    path = check_output_folder(path, flag, inside)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"{flag} {path}: cannot make the folder: {e.strerror or e}") from None
+    refuse_symlink(path)  # made by someone else as a link in the meantime
     return path
 
 

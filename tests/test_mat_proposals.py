@@ -2,10 +2,8 @@
 
 import sys
 
-import h5py
 import numpy as np
 import pytest
-import scipy.io
 
 from ohem.cli import main
 from ohem.data.export import export_synthetic
@@ -14,6 +12,9 @@ from ohem.data.proposals import ProposalFile
 from ohem.data.synthetic import SyntheticShapes
 from ohem.data.voc import VOCDetection
 from tests.test_proposals import all_boxes, one_line_error
+
+h5py = pytest.importorskip("h5py")  # the ``mat`` extra (pip install 'ohem[mat]'): skipped without it
+scipy_io = pytest.importorskip("scipy.io")
 
 NUM = 4
 SIZE = 128
@@ -33,7 +34,7 @@ def names(dataset):
 
 
 def cells(arrays, column=False):
-    """A MATLAB cell array (1 x N, or N x 1) as scipy.io.savemat writes it."""
+    """A MATLAB cell array (1 x N, or N x 1) as scipy_io.savemat writes it."""
     out = np.empty((len(arrays), 1) if column else (1, len(arrays)), dtype=object)
     for i, a in enumerate(arrays):
         out.flat[i] = a
@@ -44,7 +45,7 @@ def save_v5(path, boxes, images=None, **more):
     data = {"boxes": cells([np.asarray(b, dtype=float) for b in boxes]), **more}
     if images is not None:
         data["images"] = cells(images, column=True)
-    scipy.io.savemat(path, data)
+    scipy_io.savemat(path, data)
     return path
 
 
@@ -206,7 +207,7 @@ def test_char_matrix_names_and_column_cells(voc, tmp_path):
     raw = random_boxes(3, [3, 3, 3, 3])
     char_matrix = np.array(names(voc)[::-1])  # MATLAB's N x L char matrix
     mat = tmp_path / "a.mat"
-    scipy.io.savemat(mat, {"boxes": cells(raw[::-1], column=True), "images": char_matrix})
+    scipy_io.savemat(mat, {"boxes": cells(raw[::-1], column=True), "images": char_matrix})
     result = all_boxes(import_mat_proposals(mat, voc, tmp_path / "a.npz").path)
     for name, b in zip(names(voc), raw):
         np.testing.assert_array_equal(result[name], convert_mat_boxes(b)[0])
@@ -251,7 +252,7 @@ def test_malformed_arrays_are_one_line_errors(voc, tmp_path, row, expected):
 
 def test_non_numeric_boxes_are_errors(voc, tmp_path):
     mat = tmp_path / "a.mat"
-    scipy.io.savemat(mat, {"boxes": cells([np.ones((1, 4)), "oops", np.ones((1, 4)), np.ones((1, 4))])})
+    scipy_io.savemat(mat, {"boxes": cells([np.ones((1, 4)), "oops", np.ones((1, 4)), np.ones((1, 4))])})
     with pytest.raises(ValueError) as e:
         import_mat_proposals(mat, voc, tmp_path / "a.npz")
     one_line_error(e, mat, f"image {names(voc)[1]!r}", "'boxes' cell 2 of 4", "expected numbers, got <U4 values")
@@ -278,7 +279,7 @@ def test_file_errors(voc, tmp_path):
         with pytest.raises(ValueError) as e:
             import_mat_proposals(tmp_path / name, voc, tmp_path / "a.npz")
         one_line_error(e, tmp_path / name, "not a MATLAB .mat file (v5, v7 or v7.3)")
-    scipy.io.savemat(tmp_path / "other.mat", {"all_boxes": np.ones((2, 4)), "images": cells(["a"])})
+    scipy_io.savemat(tmp_path / "other.mat", {"all_boxes": np.ones((2, 4)), "images": cells(["a"])})
     with pytest.raises(ValueError) as e:
         import_mat_proposals(tmp_path / "other.mat", voc, tmp_path / "a.npz")
     one_line_error(e, tmp_path / "other.mat", "no 'boxes' variable (the file holds: all_boxes, images)")
@@ -287,7 +288,7 @@ def test_file_errors(voc, tmp_path):
     with pytest.raises(ValueError) as e:
         import_mat_proposals(tmp_path / "other73.mat", voc, tmp_path / "a.npz")
     one_line_error(e, tmp_path / "other73.mat", "no 'boxes' variable (the file holds: proposals)")
-    scipy.io.savemat(tmp_path / "matrix.mat", {"boxes": np.ones((3, 4))})
+    scipy_io.savemat(tmp_path / "matrix.mat", {"boxes": np.ones((3, 4))})
     with pytest.raises(ValueError) as e:
         import_mat_proposals(tmp_path / "matrix.mat", voc, tmp_path / "a.npz")
     one_line_error(e, tmp_path / "matrix.mat", "'boxes' must be a 1 x N or N x 1 cell array", "double", "(3, 4)")

@@ -46,7 +46,15 @@ from ohem.bench.state import MAX_SECONDS, SCHEMAS, read_csv, read_settings, writ
 from ohem.bench.summary import plot_curves, summary_markdown
 from ohem.config import Config, load_config
 from ohem.evaluation.errors import KINDS
-from ohem.util import atomic_open, die_with_parent, has_module, install_hint, make_out_dir, open_append
+from ohem.util import (
+    atomic_open,
+    check_output_folder,
+    die_with_parent,
+    has_module,
+    install_hint,
+    open_append,
+    output_folder,
+)
 
 try:
     import fcntl
@@ -189,7 +197,9 @@ def run_bench(b: Bench) -> int:
         raise ValueError(f"{b.config}: model.init_weights_skip without weights to start from; give --pretrain CONFIG")
     for arm in b.arms:
         load_config(b.config, b.arm_overrides(arm))
-    make_out_dir(b.out)
+    output_folder(b.out)
+    for sub in ("runs", "logs"):  # the folders the runs write into: no symlink to elsewhere, writable
+        check_output_folder(b.out / sub, f"{sub} folder", inside=b.out)
     with claim(b.out):
         return _run_claimed(b, base)
 
@@ -221,10 +231,14 @@ def _run_claimed(b: Bench, base: Config) -> int:
     for path in write_summary(b, cost):
         print(f"wrote {path}")
     if failed:
-        print(
-            f"ohem bench: {len(failed)} run(s) failed; logs in {b.out / 'logs'} (rerun to retry them)", file=sys.stderr
-        )
+        print(failure_summary(failed, b.out / "logs"), file=sys.stderr)
     return 1 if failed else 0
+
+
+def failure_summary(failed: list[str], logs: Path) -> str:
+    """One line: how many runs failed, and the first one's error (the last line of its log: e.g. its
+    ``FILE: no space left on device``), so that a bench on a full disk says so."""
+    return f"ohem bench: {len(failed)} run(s) failed; first {failed[0]}; logs in {logs} (rerun to retry them)"
 
 
 def pretrain_phase(b: Bench) -> None:
@@ -574,7 +588,7 @@ class Job:
     finish: Callable[[float], str]  # wall seconds -> the line to print
 
     def start(self) -> subprocess.Popen:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
+        output_folder(self.log.parent, "log folder")
         package_root = str(Path(__file__).resolve().parents[2])  # the children import this same ohem
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(self.threads), PYTHONPATH=path)

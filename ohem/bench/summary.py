@@ -10,6 +10,7 @@ from typing import Any
 
 from ohem.bench.arms import ARMS
 from ohem.evaluation.errors import KINDS
+from ohem.util import atomic_open
 
 Row = dict[str, Any]
 BASELINES = ("heuristic", "tv-default")  # the arms every other arm is compared with
@@ -290,7 +291,8 @@ def plot_curves(out: Path, curves: list[Row], arms: list[str]) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
+        with atomic_open(out / name, binary=True) as f:  # never through a symlink; a full disk: one line
+            fig.savefig(f, format="png", dpi=100)
         written.append(out / name)
     return written
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ohem.data.files import check_inside, entry_path, load_json
 from ohem.data.synthetic import SyntheticShapes
-from ohem.util import atomic_open, refuse_symlink, strict_json
+from ohem.util import atomic_open, check_output_folder, output_folder, refuse_symlink, strict_json
 
 MANIFEST = ".ohem-export.json"
 MANIFEST_FORMAT = "ohem-export-1"
@@ -34,7 +34,7 @@ MANIFEST_FORMAT = "ohem-export-1"
 def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, force: bool = False) -> list[Path]:
     """Write every image of ``dataset`` under ``out``; returns the index files written. ``force``:
     replace files of the same names that ohem export did not write (else a one-line error)."""
-    out = Path(out)
+    out = check_output_folder(out)  # before any work: not a link, not a file, writable
     if layout not in ("voc", "coco"):
         raise ValueError(f"export layout: expected voc or coco, got {layout!r}")
     planned = planned_files(dataset, layout)
@@ -46,7 +46,7 @@ def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, for
     stale = sorted(set(previous) - set(planned) - elsewhere)
     for rel in stale:  # checked before anything is written: the manifest may have been edited
         check_inside(out / rel, out, f"export manifest {out / MANIFEST}")
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     write_manifest(out, {**manifest, key: sorted(set(previous) | set(planned))})
     index = _export_voc(dataset, out) if layout == "voc" else _export_coco(dataset, out)
     for rel in stale:
@@ -112,13 +112,16 @@ def _pixels(dataset: SyntheticShapes, index: int) -> tuple[Image.Image, dict]:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    with atomic_open(path, binary=True) as f:
+    with atomic_open(path, binary=True) as f:  # never through a symlink; a full disk: one line naming the file
         image.save(f, format="PNG")
 
 
 def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    subfolders = ("Annotations", "JPEGImages", "ImageSets/Main")
+    for sub in subfolders:  # all checked before any is made: a refused export leaves nothing behind
+        check_output_folder(out / sub, "export folder", inside=out)
+    for sub in subfolders:
+        output_folder(out / sub, "export folder", inside=out)
     names = []
     for i in tqdm(range(len(dataset)), desc=f"export voc {dataset.split}", dynamic_ncols=True):
         image, target = _pixels(dataset, i)
@@ -146,8 +149,10 @@ def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
 
 
 def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    (out / dataset.split).mkdir(parents=True, exist_ok=True)
+    for sub in ("annotations", dataset.split):
+        check_output_folder(out / sub, "export folder", inside=out)
+    for sub in ("annotations", dataset.split):
+        output_folder(out / sub, "export folder", inside=out)
     images: list[dict] = []
     annotations: list[dict] = []
     for i in tqdm(range(len(dataset)), desc=f"export coco {dataset.split}", dynamic_ncols=True):

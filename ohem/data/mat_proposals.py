@@ -17,15 +17,19 @@ Its width is ``x2 - x1 + 1`` pixels in the file's terms. Then, per image, in the
   inclusive corners, i.e. width ``>= min_size + 1`` and height ``>= min_size + 2`` pixels; rule
   ``"min-size"`` keeps boxes with width and height ``>= min_size`` pixels (the rule of ``compute_proposals``).
 
-No cap on the number of boxes. scipy (MATLAB v5/v7 files) and h5py (v7.3, HDF5) are optional:
-``pip install 'ohem[mat]'``.
+The boxes are capped by the proposal readers' limits (``data.max_proposal_boxes_per_image``,
+``data.max_proposal_boxes``), checked from the file's headers before any array is loaded
+(``ohem.data.mat_headers``); boolean (MATLAB logical) arrays are refused. scipy (MATLAB v5/v7 files)
+and h5py (v7.3, HDF5) are optional: ``pip install 'ohem[mat]'``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +37,22 @@ from typing import Any, Literal
 import numpy as np
 
 from ohem.config import check_choice
-from ohem.data.proposals import _error_line, _unique_image_names, write_proposals
+from ohem.data.mat_headers import (
+    BoxLimits,
+    cell_count_error,
+    check_cell_count,
+    check_hdf5_dataset,
+    check_total,
+    check_v5_boxes,
+)
+from ohem.data.proposals import (
+    DEFAULT_MAX_BOXES,
+    DEFAULT_MAX_BOXES_PER_IMAGE,
+    MAX_META_BYTES,
+    _error_line,
+    _unique_image_names,
+    write_proposals,
+)
 from ohem.util import regular_file, require
 
 SmallBoxRule = Literal["min-size", "fast-rcnn"]
@@ -72,12 +91,14 @@ def _require(module: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- reading
-def read_mat_proposals(path: str | os.PathLike) -> MatProposals:
-    """The ``boxes`` (and ``images``, if any) of a MATLAB v5/v7 (scipy) or v7.3 (HDF5, h5py) file."""
+def read_mat_proposals(path: str | os.PathLike, limits: BoxLimits | None = None) -> MatProposals:
+    """The ``boxes`` (and ``images``, if any) of a MATLAB v5/v7 (scipy) or v7.3 (HDF5, h5py) file; arrays
+    beyond ``limits`` (default: the proposal readers' default limits) are refused from their headers."""
     path = regular_file(path, "MATLAB proposals file")  # a FIFO or directory is refused unopened
+    limits = limits or BoxLimits()
     if _is_hdf5(path):
-        return _read_hdf5(path)
-    return _read_v5(path)
+        return _read_hdf5(path, limits)
+    return _read_v5(path, limits)
 
 
 def _is_hdf5(path: Path) -> bool:
@@ -89,7 +110,7 @@ def _is_hdf5(path: Path) -> bool:
     return False
 
 
-def _read_v5(path: Path) -> MatProposals:
+def _read_v5(path: Path, limits: BoxLimits) -> MatProposals:
     sio = _require("scipy.io")
     try:
         version = sio.matlab.matfile_version(str(path))
@@ -98,21 +119,27 @@ def _read_v5(path: Path) -> MatProposals:
     if version[0] != 1:  # (0, 0): v4, or any binary file starting with a zero byte
         raise ValueError(f"{path}: not a MATLAB .mat file (v5, v7 or v7.3): no v5 header, no HDF5 signature")
     try:
-        variables = {name: cls for name, _, cls in sio.whosmat(str(path))}
-        wanted = [v for v in ("boxes", "images") if v in variables]
-        data = sio.loadmat(str(path), variable_names=wanted) if "boxes" in variables else {}
+        variables = {name: (tuple(shape), cls) for name, shape, cls in sio.whosmat(str(path))}
     except Exception as e:
         raise ValueError(f"{path}: cannot read the MATLAB file: {_error_line(e)}") from None
-    if "boxes" not in data:
+    if "boxes" not in variables:
         raise ValueError(f"{path}: no 'boxes' variable (the file holds: {', '.join(sorted(variables)) or 'nothing'})")
-    cells = np.asarray(data["boxes"])
-    if cells.dtype != object or cells.ndim != 2 or min(cells.shape) > 1:
+    shape, matlab_class = variables["boxes"]
+    if matlab_class != "cell" or len(shape) != 2 or min(shape) > 1:  # refused from the header: nothing loaded
         raise ValueError(
             f"{path}: 'boxes' must be a 1 x N or N x 1 cell array (one k x 4 array per image), "
-            f"got a {variables['boxes']} array of shape {cells.shape}"
+            f"got a {matlab_class} array of shape {shape}"
         )
+    logical = check_v5_boxes(path, math.prod(shape), limits)
+    try:
+        data = sio.loadmat(str(path), variable_names=[v for v in ("boxes", "images") if v in variables])
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the MATLAB file: {_error_line(e)}") from None
+    arrays = [np.asarray(c) for c in np.asarray(data["boxes"]).ravel()]
+    for i in logical:  # scipy loads MATLAB's logicals as uint8: as bools they are refused as not numbers
+        arrays[i] = arrays[i].astype(bool)
     names = _v5_names(path, data["images"]) if "images" in data else None
-    return MatProposals(path, [np.asarray(c) for c in cells.ravel()], names)
+    return MatProposals(path, arrays, names)
 
 
 def _v5_names(path: Path, images: Any) -> list[str]:
@@ -131,7 +158,7 @@ def _v5_names(path: Path, images: Any) -> list[str]:
     return names
 
 
-def _read_hdf5(path: Path) -> MatProposals:
+def _read_hdf5(path: Path, limits: BoxLimits) -> MatProposals:
     h5py = _require("h5py")
     try:
         f = h5py.File(path, "r")
@@ -141,17 +168,23 @@ def _read_hdf5(path: Path) -> MatProposals:
         if "boxes" not in f:
             held = ", ".join(sorted(k for k in f if not k.startswith("#"))) or "nothing"
             raise ValueError(f"{path}: no 'boxes' variable (the file holds: {held})")
-        arrays = [
-            _hdf5_array(path, f, ref, f"'boxes' cell {i + 1}") for i, ref in enumerate(_hdf5_cells(path, f, "boxes"))
-        ]
+        refs = _hdf5_cells(path, f, "boxes", lambda n: check_cell_count(path, n, limits))
+        targets = [_hdf5_target(path, f, ref, f"'boxes' cell {i + 1}") for i, ref in enumerate(refs)]
+        total = 0
+        for i, target in enumerate(targets):  # every shape checked before any array is read
+            if not target.attrs.get("MATLAB_empty", 0):
+                total += check_hdf5_dataset(path, target, f"'boxes' cell {i + 1}", limits)
+                check_total(path, total, limits)
+        arrays = [_hdf5_array(target) for target in targets]
         names = None
         if "images" in f:
-            names = _hdf5_names(path, f)
+            names = _hdf5_names(path, f, limits)
     return MatProposals(path, _matlab_orientation(path, arrays), names)
 
 
-def _hdf5_cells(path: Path, f: Any, variable: str) -> list[Any]:
-    """The object references of a MATLAB cell array stored in HDF5 (a 1 x N or N x 1 dataset of references)."""
+def _hdf5_cells(path: Path, f: Any, variable: str, max_cells: Callable[[int], None]) -> list[Any]:
+    """The object references of a MATLAB cell array stored in HDF5 (a 1 x N or N x 1 dataset of references);
+    ``max_cells(N)`` refuses too many cells before the references are read."""
     import h5py
 
     cells = f[variable]
@@ -159,13 +192,12 @@ def _hdf5_cells(path: Path, f: Any, variable: str) -> list[Any]:
         raise ValueError(f"{path}: '{variable}' must be a cell array (a dataset of object references)")
     if len(cells.shape) != 2 or min(cells.shape) > 1:
         raise ValueError(f"{path}: '{variable}' must be a 1 x N or N x 1 cell array, got shape {cells.shape[::-1]}")
+    max_cells(math.prod(cells.shape))
     return list(cells[()].ravel())
 
 
-def _hdf5_array(path: Path, f: Any, ref: Any, item: str) -> np.ndarray:
-    """The array a cell refers to, as h5py reads it (transposed relative to MATLAB). MATLAB's empty arrays
-    (stored as their dimensions, marked ``MATLAB_empty``) come back as (0, 0); its chars (stored as UTF-16
-    codes) as one-character strings and its logicals as bools, so that neither passes for numbers."""
+def _hdf5_target(path: Path, f: Any, ref: Any, item: str) -> Any:
+    """The dataset a cell refers to (its data not read)."""
     import h5py
 
     try:
@@ -174,6 +206,14 @@ def _hdf5_array(path: Path, f: Any, ref: Any, item: str) -> np.ndarray:
         raise ValueError(f"{path}: {item} holds a broken reference: {_error_line(e)}") from None
     if not isinstance(target, h5py.Dataset):
         raise ValueError(f"{path}: {item} is not an array (a MATLAB struct or group?)")
+    return target
+
+
+def _hdf5_array(target: Any) -> np.ndarray:
+    """The array of a cell's dataset, as h5py reads it (transposed relative to MATLAB). MATLAB's empty arrays
+    (stored as their dimensions, marked ``MATLAB_empty``) come back as (0, 0); its chars (stored as UTF-16
+    codes) as one-character strings and its logicals (and any HDF5 boolean) as bools, so that neither passes
+    for numbers."""
     if target.attrs.get("MATLAB_empty", 0):
         return np.zeros((0, 0))
     array = np.asarray(target[()])
@@ -181,7 +221,7 @@ def _hdf5_array(path: Path, f: Any, ref: Any, item: str) -> np.ndarray:
     matlab_class = matlab_class.decode() if isinstance(matlab_class, bytes) else str(matlab_class)
     if matlab_class == "char":
         return np.array([chr(c) for c in array.ravel()], dtype="U1").reshape(array.shape)
-    if matlab_class == "logical":
+    if matlab_class == "logical" or array.dtype.kind == "b":
         return array.astype(bool)
     return array
 
@@ -197,17 +237,22 @@ def _matlab_orientation(path: Path, arrays: list[np.ndarray]) -> list[np.ndarray
     return arrays if tall else [a.T for a in arrays]
 
 
-def _hdf5_names(path: Path, f: Any) -> list[str]:
-    """Names from ``images``: a cell array of char arrays, or a char matrix (MATLAB chars are UTF-16 codes)."""
+def _hdf5_names(path: Path, f: Any, limits: BoxLimits) -> list[str]:
+    """Names from ``images``: a cell array of char arrays, or a char matrix (MATLAB chars are UTF-16 codes).
+    Together they may declare at most ``MAX_META_BYTES`` (checked from the shapes before reading)."""
     import h5py
 
     images = f["images"]
     if isinstance(images, h5py.Dataset) and images.attrs.get("MATLAB_class", b"") in (b"char", "char"):
+        _check_names_size(path, images.size * images.dtype.itemsize)
         codes = np.asarray(images[()])  # (L, N) in HDF5: MATLAB's N x L transposed
         return [_decode_chars(row).rstrip() for row in np.atleast_2d(codes).T]
+    refs = _hdf5_cells(path, f, "images", lambda n: _check_names_size(path, 8 * n))
+    targets = [_hdf5_target(path, f, ref, f"'images' cell {i + 1}") for i, ref in enumerate(refs)]
+    _check_names_size(path, sum(t.size * t.dtype.itemsize for t in targets))
     names = []
-    for i, ref in enumerate(_hdf5_cells(path, f, "images")):
-        chars = _hdf5_array(path, f, ref, f"'images' cell {i + 1}")
+    for i, target in enumerate(targets):
+        chars = _hdf5_array(target)
         if chars.dtype.kind == "U" or not chars.size:
             names.append("".join(chars.ravel().tolist()))
         elif chars.dtype.kind in "iu":  # char codes written without MATLAB's attributes
@@ -215,6 +260,14 @@ def _hdf5_names(path: Path, f: Any) -> list[str]:
         else:
             raise ValueError(f"{path}: 'images' cell {i + 1} is not a string (a {chars.dtype} array)")
     return names
+
+
+def _check_names_size(path: Path, nbytes: int) -> None:
+    if nbytes > MAX_META_BYTES:
+        raise ValueError(
+            f"{path}: 'images' declares {nbytes:,} bytes, more than {MAX_META_BYTES:,} "
+            f"(the image names of a split take far less)"
+        )
 
 
 def _decode_chars(codes: np.ndarray) -> str:
@@ -286,10 +339,7 @@ def _file_order(mat: MatProposals, names: list[str], split: str) -> tuple[list[i
             )
         return [position[name] for name in names], True
     if n != len(names):
-        raise ValueError(
-            f"{path}: 'boxes' holds {n} arrays for the {len(names)} images of the split {split} "
-            f"(one file per split: voc_2007_trainval.mat is 2007:trainval)"
-        )
+        raise cell_count_error(path, n, len(names), split)
     return list(range(n)), False
 
 
@@ -307,17 +357,23 @@ def import_mat_proposals(
     out_path: str | os.PathLike,
     min_size: float = 2,
     rule: SmallBoxRule = "fast-rcnn",
+    max_boxes_per_image: int | None = DEFAULT_MAX_BOXES_PER_IMAGE,
+    max_boxes: int | None = DEFAULT_MAX_BOXES,
 ) -> MatImport:
     """Convert a Fast R-CNN selective-search ``.mat`` file into an ``ohem-proposals-1`` file at ``out_path``, one
     entry per image of ``dataset`` (in its order). See the module docstring for the conversion and the filtering.
-    Boxes reaching outside their image (when the dataset knows its image sizes) are kept, counted and logged."""
+    Boxes reaching outside their image (when the dataset knows its image sizes) are kept, counted and logged.
+    ``max_boxes_per_image`` / ``max_boxes``: the proposal readers' limits (None: no limit), checked from the
+    file's headers before any array is loaded."""
     check_choice("small-box rule", rule, SmallBoxRule)
     if not min_size >= 0:
         raise ValueError(f"min_size must be >= 0, got {min_size}")
     mat_path = Path(mat_path)
     names = _unique_image_names(dataset)
-    mat = read_mat_proposals(mat_path)
-    order, by_name = _file_order(mat, names, str(getattr(dataset, "split", "")) or "given")
+    split = str(getattr(dataset, "split", "")) or "given"
+    limits = BoxLimits(max_boxes_per_image, max_boxes, images=len(names), split=split)
+    mat = read_mat_proposals(mat_path, limits)
+    order, by_name = _file_order(mat, names, split)
     report = MatImport(Path(out_path), images=len(names), by_name=by_name)
     sized = callable(getattr(dataset, "image_size", None))
     boxes_by_name = {}

@@ -48,7 +48,7 @@ from torchvision.ops import box_convert, clip_boxes_to_image
 from tqdm import tqdm
 
 from ohem.config import DataConfig, check_choice
-from ohem.util import atomic_open, one_line, regular_file, require
+from ohem.util import atomic_open, one_line, output_folder, regular_file, require
 
 FORMAT = "ohem-proposals-1"
 PARTS_FORMAT = "ohem-proposals-parts-1"
@@ -512,7 +512,7 @@ def _parts_folder(out_path: Path, wanted: dict[str, Any], resume: bool) -> Path:
                 f"delete it or pass resume=False"
             )
     else:
-        parts.mkdir(parents=True, exist_ok=True)
+        output_folder(parts, "proposals parts folder")
         with atomic_open(manifest, binary=True, make_parents=True) as f:
             f.write(json.dumps(wanted, sort_keys=True).encode())
     return parts

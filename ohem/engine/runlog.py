@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ohem.mining.record import MiningRecorder
-from ohem.util import atomic_open, has_module, install_hint, one_line, open_append, strict_json
+from ohem.util import atomic_open, has_module, install_hint, one_line, open_append, output_folder, strict_json
 
 LOG_FILES = ("log.jsonl", "mining.jsonl")
 
@@ -48,7 +48,8 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             purge_step = None if resume_from is None else resume_from + 1
-            self.writer = SummaryWriter(str(out / "tb"), purge_step=purge_step)
+            tb = output_folder(out / "tb", "TensorBoard folder", inside=out)
+            self.writer = SummaryWriter(str(tb), purge_step=purge_step)
         self.log = open_append(out / "log.jsonl")
         self.recorder = MiningRecorder(num_classes)
         self.mining_path = out / "mining.jsonl"

@@ -36,7 +36,7 @@ from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
 from ohem.mining import build_detector
 from ohem.structures import DetectionDataset
-from ohem.util import atomic_open, make_out_dir, one_line, require, strict_json
+from ohem.util import atomic_open, one_line, output_folder, require, strict_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,7 +91,7 @@ def train(
         run_folder.check_arguments(out, resume, force)
         if skipped := skipped_outputs(draws=cfg.train.vis_images > 0):
             print(f"ohem train: note: {skipped}", file=sys.stderr)
-        make_out_dir(out)
+        output_folder(out)
     try:
         with run_folder.claim(out, enabled=d.main):
             run = setup(cfg, out, resume, d, device, force)
