@@ -7,6 +7,10 @@ of the foreground probability, averaged over 50 steps, fell below 0.001 by itera
 stayed at 0.0000 (the 2 collapsed runs logged with it). Heads that detect: 0.013 and up. A 4096-wide
 head passed through 0.0027-0.01 for up to 250 steps and then learned (3 of 3 runs), hence the low
 threshold. A random-sampling start (``sampler.ohem_start``) or a wider head avoided the collapse.
+Two windows below the threshold are enough: collapsed runs logged on the CPU (2026-12-04, OHEM and
+OHEM with a background prior, from scratch on dense proposals) had 50-step means 0.00017 then 0.00001
+by iteration 300 (OHEM) and 0.00024 then 0.00001 by 250 (the prior), against healthy heads' 0.0027 and
+up, so the warning comes by iteration 300 after a 100-step warm-up (with three windows: 350).
 The mean loss over all RoIs is not the signal: it also levels off, or rises, in healthy runs once
 mining starts.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STALL_WINDOWS = 3  # windows in a row with a collapsed spread before a warning
+STALL_WINDOWS = 2  # windows in a row with a collapsed spread before a warning
 COLLAPSED = 0.001  # std over all RoIs of the foreground probability below this: every RoI scored alike
 
 
