@@ -417,7 +417,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     data = _data_config(load_config(), args).data
     max_boxes = 2000 if args.max_boxes is None else args.max_boxes
     limit = data.max_proposal_boxes_per_image
-    if limit is not None and max_boxes > limit:  # the readers would refuse the file: refused before computing
+    if mode != "import-mat" and limit is not None and max_boxes > limit:  # the readers would refuse the file
         raise ValueError(
             f"--max-boxes {max_boxes:,}: more than data.max_proposal_boxes_per_image = {limit:,} boxes per image "
             "allows (the limit proposal files are read with; raise it with --set, or null for no limit)"

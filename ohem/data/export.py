@@ -46,6 +46,9 @@ def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, for
     stale = sorted(set(previous) - set(planned) - elsewhere)
     for rel in stale:  # checked before anything is written: the manifest may have been edited
         check_inside(out / rel, out, f"export manifest {out / MANIFEST}")
+    subfolders = ("Annotations", "JPEGImages", "ImageSets/Main") if layout == "voc" else ("annotations", dataset.split)
+    for sub in subfolders:  # checked before the manifest is written: a refused export leaves nothing behind
+        check_output_folder(out / sub, "export folder", inside=out)
     output_folder(out)
     write_manifest(out, {**manifest, key: sorted(set(previous) | set(planned))})
     index = _export_voc(dataset, out) if layout == "voc" else _export_coco(dataset, out)
