@@ -27,6 +27,7 @@ from ohem.util import atomic_open, open_append
 from tests.test_hostile import (  # noqa: F401  (trained: the module's fixture, used by the table)
     PROGRESS_BAR,
     Case,
+    check_case,
     ckpt_arg,
     copy_run,
     image_file,
@@ -215,20 +216,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_file(case: Case, trained: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
-    argv = case.setup(tmp_path, trained)
-    out = tmp_path / case.out
-    before, trained_before = snapshot(tmp_path), snapshot(trained)
-    capsys.readouterr()
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == case.rc, err
-    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not PROGRESS_BAR.match(line)]
-    assert len(lines) == 1 and re.search(case.err, lines[0]), err
-    assert snapshot(trained) == trained_before
-    after = snapshot(tmp_path)
-    for path, state in before.items():
-        assert Path(path).is_relative_to(out) and rc == 0 or after.get(path) == state, f"{path} changed"
-    assert rc == 0 or set(after) == set(before), f"failed, yet wrote {set(after) - set(before)}"
+    check_case(case, trained, tmp_path, capsys)
 
 
 # ------------------------------------------------------------------------------------ full disks
