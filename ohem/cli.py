@@ -214,6 +214,15 @@ def _add_bench_command(add_parser: typing.Callable[..., argparse.ArgumentParser]
         type=float,
         help="--budget seconds: training seconds per run (default: solver.iterations at the first arm's s/iter)",
     )
+    p.add_argument(
+        "--schedules",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="K",
+        help="run every arm at these multiples of the run length (solver.iterations, or --seconds), lr steps, "
+        "warm-up and evaluations scaled; summary.md adds mAP against schedule length (e.g. 1 2 4; default 1)",
+    )
     _add_overrides(p, "override for every arm, under the arm's own (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time, each on cores/jobs threads")
     p.add_argument(

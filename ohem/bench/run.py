@@ -26,43 +26,33 @@ one process per run). The folder ``OUT``:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import shlex
-import signal
 import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ohem.bench.arms import ARMS, parse_arms
-from ohem.bench.state import MAX_SECONDS, SCHEMAS, read_csv, read_settings, write_csv
+from ohem.bench.jobs import Job, claim, read_jsonl, run_jobs
+from ohem.bench.schedules import plot_schedules, schedule_markdown, schedule_of
+from ohem.bench.state import (
+    MAX_SECONDS,
+    SCHEMAS,
+    first_difference,
+    read_csv,
+    read_settings,
+    with_defaults,
+    write_csv,
+)
 from ohem.bench.summary import plot_curves, summary_markdown
 from ohem.config import Config, load_config
 from ohem.evaluation.errors import KINDS
-from ohem.util import (
-    atomic_open,
-    check_output_folder,
-    die_with_parent,
-    has_module,
-    install_hint,
-    open_append,
-    output_folder,
-)
-
-try:
-    import fcntl
-except ImportError:  # not on POSIX
-    fcntl = None  # type: ignore[assignment]
+from ohem.util import atomic_open, check_output_folder, has_module, install_hint, output_folder
 
 COST_WARMUP = 10  # untimed steps first: allocator and thread pools settle
-POLL_SECONDS = 0.5
 CHECKPOINT = "checkpoint_last.pt"
 ERROR_SCORE = 0.5  # the error phase's default score threshold
 MAX_JOBS = 256  # --jobs: processes at a time; far more than any machine's cores is a typo
@@ -86,6 +76,7 @@ class Bench:
     cost_init: str | None = None  # cost phase: start from these weights
     pretrain: str | None = None  # a config trained once into OUT/pretrain; every run starts from its weights
     error_score: float | None = ERROR_SCORE  # error phase: detections scoring at least this; None: no phase
+    schedules: list[float] = field(default_factory=lambda: [1.0])  # multiples of the run length (iterations or seconds)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Bench:
@@ -107,6 +98,7 @@ class Bench:
             cost_init=args.cost_init,
             pretrain=args.pretrain,
             error_score=error_score,
+            schedules=list(dict.fromkeys(args.schedules)),
             # the cost phase's own defaults (above) unless given
             **{
                 k: v for k, v in (("cost_iters", args.cost_iters), ("cost_repeats", args.cost_repeats)) if v is not None
@@ -134,12 +126,23 @@ class Bench:
             )
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
+        bad = [k for k in self.schedules if not 0 < k <= MAX_SCHEDULE]  # NaN too
+        if not self.schedules or bad:
+            raise ValueError(
+                f"--schedules: give multiples of the run length in (0, {MAX_SCHEDULE:g}], got {schedule_name(bad[0])}"
+                if bad
+                else "--schedules: give at least one multiple of the run length (e.g. 1 2 4)"
+            )
         if self.error_score is not None and not 0 <= self.error_score <= 1:  # scores are probabilities
             raise ValueError(f"--error-score must be in [0, 1], got {self.error_score}")
 
     @property
     def pretrained(self) -> Path:
         return self.out / "pretrain" / CHECKPOINT
+
+    def wanted(self) -> set[tuple[str, str, str]]:
+        """The runs this call is about, as ``run_key`` gives them."""
+        return {(a, str(s), schedule_name(k)) for a in self.arms for s in self.seeds for k in self.schedules}
 
     def arm_overrides(self, arm: str) -> list[str]:
         """The user's --set, then the arm's (arms apply on top)."""
@@ -148,6 +151,24 @@ class Bench:
             iterations = load_config(self.config, overrides).solver.iterations
             overrides.append(f"sampler.ohem_start={math.floor(iterations * ARMS[arm].warm_fraction + 0.5)}")
         return overrides
+
+
+MAX_SCHEDULE = 1000.0  # --schedules: a thousand times the config's run is a typo
+
+
+def schedule_name(k: float) -> str:
+    """A schedule multiple as the summary and the run folders write it: 1, 2, 0.5."""
+    return f"{k:g}"
+
+
+def run_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """What identifies a run in every CSV: arm, seed, schedule."""
+    return row["arm"], str(row["seed"]), schedule_name(schedule_of(row))
+
+
+def run_name(kind: str, arm: str, seed: int | str, k: float) -> str:
+    """``accuracy-ohem-seed0`` at the config's run length, ``accuracy-ohem-seed0-x2`` at twice it."""
+    return f"{kind}-{arm}-seed{seed}" + ("" if k == 1 else f"-x{schedule_name(k)}")
 
 
 MAX_ITERATIONS = 10**9  # a run's iterations under --budget seconds: more is a broken s/iter or --seconds
@@ -270,7 +291,7 @@ def check_settings(b: Bench, base: Config) -> dict[str, Any]:
         raise ValueError(f"{path}: this folder holds a --budget {stored.get('budget')} benchmark; use another --out")
     # a key added to the config since the folder was made had its default then (that is how keys are added)
     defaults = json.loads(json.dumps(Config().to_dict()))
-    key = _first_difference(_under(defaults, stored.get("values", {})), current["values"])
+    key = first_difference(with_defaults(defaults, stored.get("values", {})), current["values"])
     if key:
         raise ValueError(f"{path}: this folder benchmarks another config ({key} differs); use another --out")
     if b.seconds is None:
@@ -283,40 +304,6 @@ def check_settings(b: Bench, base: Config) -> dict[str, Any]:
 def save_settings(b: Bench, settings: dict[str, Any]) -> None:
     with atomic_open(b.out / "bench.json") as f:
         f.write(json.dumps({**settings, "seconds": b.seconds}, indent=1) + "\n")
-
-
-@contextlib.contextmanager
-def claim(out: Path) -> Iterator[None]:
-    """Hold ``OUT/.bench.lock`` for the call: two benchmarks writing one folder's CSVs would lose rows."""
-    if fcntl is None:  # not on POSIX: no lock
-        yield
-        return
-    fd = os.open(out / ".bench.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the kernel drops it when this process ends
-        except BlockingIOError:
-            raise ValueError(f"{out}: in use by another ohem bench; wait for it to end or use another --out") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def _under(defaults: Any, stored: Any) -> Any:
-    """``stored`` with the keys it lacks filled in from ``defaults`` (nested dicts merged)."""
-    if not (isinstance(defaults, dict) and isinstance(stored, dict)):
-        return stored
-    return {**defaults, **{key: _under(defaults.get(key), value) for key, value in stored.items()}}
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in dict.fromkeys([*a, *b]):
-            found = _first_difference(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
-            if found:
-                return found
-        return None
-    return prefix or "the config" if a != b else None
 
 
 def available_cores() -> int:
@@ -413,43 +400,56 @@ def cost_job(b: Bench, arm: str, repeat: int, cores: int, repeats: list[dict[str
 
 
 def accuracy_phase(b: Bench, cost: dict[str, dict[str, Any]], threads: int) -> list[str]:
-    """An ``accuracy.csv`` row (and its ``curves.csv`` points) per arm and seed; returns failures."""
+    """An ``accuracy.csv`` row (and its ``curves.csv`` points) per arm, seed and schedule; returns failures."""
     path = b.out / "accuracy.csv"
     rows = read_csv(path)
-    done = {(r["arm"], str(r["seed"])) for r in rows}
+    done = {run_key(r) for r in rows}
     jobs, failed = [], []
-    for seed in b.seeds:  # seed-major: every arm has a first seed before any has a second
-        for arm in b.arms:
-            if (arm, str(seed)) in done:
-                continue
-            s_per_iter = float(cost[arm]["s_per_iter"]) if arm in cost else None
-            if b.budget == "seconds" and s_per_iter is None:
-                failed.append(f"accuracy {arm} seed {seed}: skipped: --budget seconds needs its cost row")
-                print(f"ohem bench: {failed[-1]}", flush=True)
-                continue
-            jobs.append(accuracy_job(b, arm, seed, threads, s_per_iter, rows))
-    kept = sum((r["arm"], str(r["seed"])) in {(a, str(s)) for a in b.arms for s in b.seeds} for r in rows)
+    # seed-major: every arm has a first seed at every schedule before any has a second
+    for seed, k, arm in ((seed, k, arm) for seed in b.seeds for k in b.schedules for arm in b.arms):
+        if (arm, str(seed), schedule_name(k)) in done:
+            continue
+        s_per_iter = float(cost[arm]["s_per_iter"]) if arm in cost else None
+        if b.budget == "seconds" and s_per_iter is None:
+            failed.append(f"accuracy {arm} seed {seed}: skipped: --budget seconds needs its cost row")
+            print(f"ohem bench: {failed[-1]}", flush=True)
+            continue
+        jobs.append(accuracy_job(b, arm, seed, k, threads, s_per_iter, rows))
+    kept = sum(run_key(r) in b.wanted() for r in rows)
     if kept:
         print(f"ohem bench: {kept} finished run(s) kept from {path}", flush=True)
     return failed + run_jobs(jobs, parallel=b.jobs)
 
 
-def run_overrides(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float | None) -> tuple[int, list[str]]:
+def run_overrides(
+    b: Bench, arm: str, seed: int, threads: int, s_per_iter: float | None, schedule: float = 1.0
+) -> tuple[int, list[str]]:
     """One accuracy run's iterations and ``--set`` list: the user's, the arm's, seed and threads and,
-    with ``--budget seconds``, the run length and lr schedule that fill the budget at ``s_per_iter``."""
+    at a ``schedule`` other than 1 or with ``--budget seconds``, the run length and lr schedule
+    stretched to ``schedule`` x the config's iterations or x ``--seconds`` at ``s_per_iter``."""
     cfg = load_config(b.config, b.arm_overrides(arm))
     overrides = [*b.arm_overrides(arm), f"train.seed={seed}", f"train.num_threads={threads}"]
     if b.budget != "seconds":
-        return cfg.solver.iterations, overrides
+        if schedule == 1:
+            return cfg.solver.iterations, overrides
+        iterations = max(1, math.floor(cfg.solver.iterations * schedule + 0.5))
+        if iterations > MAX_ITERATIONS:
+            raise ValueError(
+                f"--schedules {schedule_name(schedule)}: {iterations:,} iterations, more than {MAX_ITERATIONS:,}"
+            )
+        return iterations, overrides + schedule_overrides(cfg, iterations)
     assert b.seconds is not None and s_per_iter is not None  # Bench.check and the cost phase set them
-    iterations = budget_iterations(b.seconds, s_per_iter)
+    iterations = budget_iterations(b.seconds * schedule, s_per_iter)
     return iterations, overrides + schedule_overrides(cfg, iterations)
 
 
-def accuracy_job(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float | None, rows: list) -> Job:
-    name = f"accuracy-{arm}-seed{seed}"
+def accuracy_job(
+    b: Bench, arm: str, seed: int, schedule: float, threads: int, s_per_iter: float | None, rows: list
+) -> Job:
+    name = run_name("accuracy", arm, seed, schedule)
     run_dir = b.out / "runs" / name
-    iterations, overrides = run_overrides(b, arm, seed, threads, s_per_iter)
+    iterations, overrides = run_overrides(b, arm, seed, threads, s_per_iter, schedule)
+    key = (arm, str(seed), schedule_name(schedule))
     # A run stopped after its first checkpoint continues; one stopped before starts over (its files
     # are moved to previous-N/ by --force, not deleted).
     resume = (run_dir / CHECKPOINT).is_file()
@@ -467,22 +467,25 @@ def accuracy_job(b: Bench, arm: str, seed: int, threads: int, s_per_iter: float 
     ]
 
     def finish(wall: float) -> str:
-        row, points = read_run(run_dir, arm, seed, iterations, s_per_iter)
+        row, points = read_run(run_dir, arm, seed, iterations, s_per_iter, schedule)
         row.update(wall_s=round(wall, 1), threads=threads, run=str(run_dir.relative_to(b.out)))
-        curves = [r for r in read_csv(b.out / "curves.csv") if (r["arm"], str(r["seed"])) != (arm, str(seed))]
+        curves = [r for r in read_csv(b.out / "curves.csv") if run_key(r) != key]
         write_csv(b.out / "curves.csv", curves + points)  # before the row: a row's curve is always there
         errors = read_csv(b.out / "errors.csv")  # counts of an earlier run in this folder no longer hold
-        if any((r["arm"], str(r["seed"])) == (arm, str(seed)) for r in errors):
-            write_csv(b.out / "errors.csv", [r for r in errors if (r["arm"], str(r["seed"])) != (arm, str(seed))])
+        if any(run_key(r) == key for r in errors):
+            write_csv(b.out / "errors.csv", [r for r in errors if run_key(r) != key])
         rows.append(row)
         write_csv(b.out / "accuracy.csv", rows)
         score = "none (no class measured)" if row["mAP"] is None else f"{row['mAP']:.4f}"
         return f"mAP {score} after {iterations} iterations ({wall:.0f} s)"
 
-    return Job(f"accuracy {arm} seed {seed}", argv, b.out / "logs" / f"{name}.log", threads, finish)
+    label = f"accuracy {arm} seed {seed}" + ("" if schedule == 1 else f" x{schedule_name(schedule)}")
+    return Job(label, argv, b.out / "logs" / f"{name}.log", threads, finish)
 
 
-def read_run(run_dir: Path, arm: str, seed: int, iterations: int, s_per_iter: float | None) -> tuple[dict, list]:
+def read_run(
+    run_dir: Path, arm: str, seed: int, iterations: int, s_per_iter: float | None, schedule: float = 1.0
+) -> tuple[dict, list]:
     """A finished run's ``accuracy.csv`` row and ``curves.csv`` points, from its metrics and log."""
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     records = read_jsonl(run_dir / "log.jsonl")
@@ -491,6 +494,7 @@ def read_run(run_dir: Path, arm: str, seed: int, iterations: int, s_per_iter: fl
         {
             "arm": arm,
             "seed": seed,
+            "schedule": schedule_name(schedule),
             "iteration": it,
             "seconds": round(it * s_per_iter, 3) if s_per_iter else "",
             "mAP": r["eval"].get("mAP"),
@@ -503,6 +507,7 @@ def read_run(run_dir: Path, arm: str, seed: int, iterations: int, s_per_iter: fl
     row = {
         "arm": arm,
         "seed": seed,
+        "schedule": schedule_name(schedule),
         "iterations": iterations,
         "seconds": round(iterations * s_per_iter, 2) if s_per_iter else "",
         "mAP": metrics.get("mAP"),
@@ -514,32 +519,34 @@ def read_run(run_dir: Path, arm: str, seed: int, iterations: int, s_per_iter: fl
 
 
 def error_phase(b: Bench, threads: int) -> list[str]:
-    """An ``errors.csv`` row per finished run of this call's arms and seeds, at ``--error-score``
+    """An ``errors.csv`` row per finished run of this call's arms, seeds and schedules, at ``--error-score``
     (a row at another score is redone); returns failures. Nothing with ``--no-errors``."""
     if b.error_score is None:
         return []
     rows = read_csv(b.out / "errors.csv")
-    done = {(r["arm"], str(r["seed"])) for r in rows if _float(r.get("score")) == b.error_score}
-    wanted = {(arm, str(seed)) for arm in b.arms for seed in b.seeds}
-    runs = [r for r in read_csv(b.out / "accuracy.csv") if (r["arm"], str(r["seed"])) in wanted - done]
-    return run_jobs([error_job(b, r["arm"], r["seed"], b.out / r["run"], threads, rows) for r in runs], b.jobs)
+    done = {run_key(r) for r in rows if _float(r.get("score")) == b.error_score}
+    runs = [r for r in read_csv(b.out / "accuracy.csv") if run_key(r) in b.wanted() - done]
+    return run_jobs([error_job(b, r, threads, rows) for r in runs], b.jobs)
 
 
-def error_job(b: Bench, arm: str, seed: int | str, run_dir: Path, threads: int, rows: list[dict[str, Any]]) -> Job:
-    name = f"errors-{arm}-seed{seed}"
+def error_job(b: Bench, run: dict[str, Any], threads: int, rows: list[dict[str, Any]]) -> Job:
+    arm, seed, schedule = run["arm"], run["seed"], schedule_of(run)
+    name = run_name("errors", arm, seed, schedule)
     result = b.out / "logs" / f"{name}.json"
-    spec = {"run_dir": str(run_dir), "score": b.error_score, "result": str(result)}
+    spec = {"run_dir": str(b.out / run["run"]), "score": b.error_score, "result": str(result)}
 
     def finish(wall: float) -> str:
         counts = json.loads(result.read_text(encoding="utf-8"))
-        row = {"arm": arm, "seed": seed, "score": b.error_score, **{kind: int(counts[kind]) for kind in KINDS}}
-        rows[:] = [r for r in rows if (r["arm"], str(r["seed"])) != (arm, str(seed))] + [row]
+        row = {"arm": arm, "seed": seed, "schedule": schedule_name(schedule), "score": b.error_score}
+        row.update({kind: int(counts[kind]) for kind in KINDS})
+        rows[:] = [r for r in rows if run_key(r) != run_key(row)] + [row]
         write_csv(b.out / "errors.csv", rows)
         return f"{', '.join(f'{row[kind]} {kind}' for kind in KINDS)} at score >= {b.error_score} ({wall:.0f} s)"
 
     result.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "ohem.bench.errors", json.dumps(spec)]
-    return Job(f"errors {arm} seed {seed}", argv, b.out / "logs" / f"{name}.log", threads, finish)
+    label = f"errors {arm} seed {seed}" + ("" if schedule == 1 else f" x{schedule_name(schedule)}")
+    return Job(label, argv, b.out / "logs" / f"{name}.log", threads, finish)
 
 
 def _float(value: Any) -> float | None:
@@ -552,21 +559,29 @@ def _float(value: Any) -> float | None:
 def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
     """``summary.md`` (also printed) and the plots, for this call's arms and seeds (error counts at this
     call's ``--error-score``; none with ``--no-errors``)."""
-    wanted = {(arm, str(seed)) for arm in b.arms for seed in b.seeds}
-    acc = [r for r in read_csv(b.out / "accuracy.csv") if (r["arm"], str(r["seed"])) in wanted]
-    curves = [r for r in read_csv(b.out / "curves.csv") if (r["arm"], str(r["seed"])) in wanted]
+    wanted = b.wanted()
+    acc = [r for r in read_csv(b.out / "accuracy.csv") if run_key(r) in wanted]
+    curves = [r for r in read_csv(b.out / "curves.csv") if run_key(r) in wanted]
     errors = [
-        r
-        for r in read_csv(b.out / "errors.csv")
-        if (r["arm"], str(r["seed"])) in wanted and _float(r.get("score")) == b.error_score
+        r for r in read_csv(b.out / "errors.csv") if run_key(r) in wanted and _float(r.get("score")) == b.error_score
     ]
     for rows in (acc, errors):
-        rows.sort(key=lambda r: (b.arms.index(r["arm"]), b.seeds.index(int(r["seed"]))))
+        rows.sort(key=lambda r: (b.arms.index(r["arm"]), b.seeds.index(int(r["seed"])), schedule_of(r)))
     budget = f"{b.seconds:.1f} s of training per run" if b.budget == "seconds" else "equal iterations"
     title = f"ohem bench: {b.config}, {budget}"
-    text = summary_markdown(
-        title, b.arms, acc, curves, {a: r for a, r in cost.items() if a in b.arms}, b.budget, errors
-    )
+    cost = {a: r for a, r in cost.items() if a in b.arms}
+    if len(b.schedules) == 1:
+        text = summary_markdown(title, b.arms, acc, curves, cost, b.budget, errors)
+    else:  # the tables and verdict of the longest runs, then the arms across schedules
+        longest = max(b.schedules)
+        title += (
+            f"; {', '.join(map(schedule_name, b.schedules))} × the run (tables: the {schedule_name(longest)}× runs)"
+        )
+        acc_longest, curves_longest, errors_longest = (
+            [r for r in rows if schedule_of(r) == longest] for rows in (acc, curves, errors)
+        )
+        extra = schedule_markdown(acc, b.arms)
+        text = summary_markdown(title, b.arms, acc_longest, curves_longest, cost, b.budget, errors_longest, extra)
     with atomic_open(b.out / "summary.md") as f:
         f.write(text)
     print(text)
@@ -574,98 +589,7 @@ def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
         hint = install_hint("matplotlib")
         print(f"ohem bench: note: no curve plots (matplotlib is not installed: {hint})", file=sys.stderr)
         return [b.out / "summary.md"]
-    return [b.out / "summary.md", *plot_curves(b.out, curves, b.arms)]
-
-
-@dataclass
-class Job:
-    """One subprocess: its command, log file, threads, and what to record when it exits cleanly."""
-
-    name: str
-    argv: list[str]
-    log: Path
-    threads: int
-    finish: Callable[[float], str]  # wall seconds -> the line to print
-
-    def start(self) -> subprocess.Popen:
-        output_folder(self.log.parent, "log folder")
-        package_root = str(Path(__file__).resolve().parents[2])  # the children import this same ohem
-        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(self.threads), PYTHONPATH=path)
-        bench = os.getpid()
-        with open_append(self.log) as log:
-            log.write(f"$ {shlex.join(self.argv)}\n")
-            log.flush()
-            return subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                process_group=0,  # its own group: the child and its loader workers are stopped together
-                # and stopped by the kernel if the bench is killed (Linux): SIGTERM, which ohem's commands
-                # turn into an exit that cleans up (its loader workers die with it by SIGKILL)
-                preexec_fn=lambda: die_with_parent(bench, signal.SIGTERM),
-            )
-
-
-def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
-    """Run ``jobs``, ``parallel`` at a time, recording each as it ends; returns the failures' messages."""
-    pending: list[Job] = list(jobs)
-    running: list[tuple[Job, subprocess.Popen, float]] = []
-    failed: list[str] = []
-    try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                job = pending.pop(0)
-                print(f"[{job.name}] started on {job.threads} thread(s); log: {job.log}", flush=True)
-                running.append((job, job.start(), time.monotonic()))
-            time.sleep(POLL_SECONDS)
-            for entry in [e for e in running if e[1].poll() is not None]:
-                running.remove(entry)
-                job, process, started = entry
-                stop([process], grace=0)  # a loader worker that outlived its run
-                message = _finish(job, process.returncode, time.monotonic() - started)
-                if message.startswith("FAILED"):
-                    failed.append(f"{job.name}: {message}")
-                print(f"[{job.name}] {message}", flush=True)
-    finally:  # interrupted: stop the children this call started, with whatever they started
-        stop([process for _, process, _ in running])
-    return failed
-
-
-def stop(processes: list[subprocess.Popen], grace: float = 30.0) -> None:
-    """SIGTERM each process's group, SIGKILL what is left after ``grace`` seconds, and reap them."""
-    for signal_number in (signal.SIGTERM, signal.SIGKILL):
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal_number)
-        deadline = time.monotonic() + grace
-        for process in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-
-
-def _finish(job: Job, returncode: int, wall: float) -> str:
-    if returncode != 0:
-        return f"FAILED (exit {returncode}): {_last_line(job.log)}"
-    try:
-        return job.finish(wall)
-    except (OSError, ValueError, KeyError) as e:  # exited 0 but left no readable result
-        return f"FAILED: its result cannot be read: {e}"
-
-
-def _last_line(path: Path) -> str:
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no output)"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of ``path``, skipping any that do not parse (a line torn by a crash)."""
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    plots = plot_curves(b.out, [r for r in curves if schedule_of(r) == max(b.schedules)], b.arms)  # longest runs
+    if len(b.schedules) > 1:
+        plots += plot_schedules(b.out, acc, b.arms)
+    return [b.out / "summary.md", *plots]

@@ -97,6 +97,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
 }
 # columns whose cells, where the column is there, must be empty or a finite number
 OPTIONAL_NUMBERS = (
+    "schedule",
     "seconds",
     "train_roi_loss",
     "mined_fg_fraction",
@@ -173,3 +174,22 @@ def _seconds_ok(value: Any) -> bool:
     if value is None:
         return True
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_SECONDS
+
+
+def with_defaults(defaults: Any, stored: Any) -> Any:
+    """``stored`` with the keys it lacks filled in from ``defaults`` (nested dicts merged): a key added to
+    the config since a folder was made had its default then."""
+    if not (isinstance(defaults, dict) and isinstance(stored, dict)):
+        return stored
+    return {**defaults, **{key: with_defaults(defaults.get(key), value) for key, value in stored.items()}}
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first value that differs between two nested dicts, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in dict.fromkeys([*a, *b]):
+            found = first_difference(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+            if found:
+                return found
+        return None
+    return prefix or "the config" if a != b else None

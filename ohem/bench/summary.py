@@ -105,7 +105,7 @@ def values_at(curves: list[Row], arms: list[str], key: str, limit: float) -> Com
     """Each arm's mAP (%) per seed at its last evaluation with ``key`` (iteration or seconds) <= ``limit``."""
     last: dict[tuple[str, str], tuple[float, float]] = {}
     for r in curves:
-        x, value = _number(r.get(key)), _number(r.get("mAP"))
+        x, value = number(r.get(key)), number(r.get("mAP"))
         if r["arm"] in arms and x is not None and value is not None and x <= limit * (1 + 1e-9):
             seen = last.get((r["arm"], str(r["seed"])))
             if seen is None or x > seen[0]:
@@ -118,7 +118,7 @@ def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget:
     """The arms at equal iterations and at equal training time. The budget the runs were given is
     compared on their final mAP; the other one on their curves, at the smallest budget all arms reached."""
     arms = list(dict.fromkeys(r["arm"] for r in acc))
-    final = {arm: [v * 100 for r in acc if r["arm"] == arm and (v := _number(r["mAP"])) is not None] for arm in arms}
+    final = {arm: [v * 100 for r in acc if r["arm"] == arm and (v := number(r["mAP"])) is not None] for arm in arms}
     iterations = {r["arm"]: int(r["iterations"]) for r in acc}
     timed = {arm: iterations[arm] * float(cost[arm]["s_per_iter"]) for arm in arms if arm in cost}
     result = []
@@ -140,7 +140,7 @@ def comparisons(acc: list[Row], curves: list[Row], cost: dict[str, Row], budget:
             )
             result.append(at_time)
     else:
-        seconds = [float(r["seconds"]) for r in acc if _number(r.get("seconds")) is not None]
+        seconds = [float(r["seconds"]) for r in acc if number(r.get("seconds")) is not None]
         each = f" ({statistics.mean(seconds):.1f} s each)" if seconds else ""
         result.append(Comparison(f"equal training time{each}", final))
         at_iterations = values_at(curves, arms, "iteration", min(iterations.values()))
@@ -178,10 +178,11 @@ def summary_markdown(
     cost: dict[str, Row],
     budget: str,
     errors: list[Row] | None = None,
+    extra: str = "",
 ) -> str:
-    """``summary.md``: the table per arm, the arms at both budgets, the verdict, the error counts
-    (``errors.csv`` rows, if any), the arms' definitions."""
-    maps = {a: [v * 100 for r in acc if r["arm"] == a and (v := _number(r["mAP"])) is not None] for a in arms}
+    """``summary.md``: the table per arm, the arms at both budgets, the verdict, ``extra`` (a section such
+    as the schedules'), the error counts (``errors.csv`` rows, if any), the arms' definitions."""
+    maps = {a: [v * 100 for r in acc if r["arm"] == a and (v := number(r["mAP"])) is not None] for a in arms}
     rows = []
     for arm in arms:
         mine = [r for r in acc if r["arm"] == arm]
@@ -216,20 +217,22 @@ def summary_markdown(
         "all-RoI loss: mean loss over all RoIs of training images at the last evaluation "
         "(train.roi_loss_images).",
         "",
-        _table(SUMMARY_COLUMNS, rows),
+        table(SUMMARY_COLUMNS, rows),
         "",
     ]
     if found:
         parts += [
             "## At equal iterations and at equal time",
             "",
-            _table(["arm", *(c.budget for c in found)], budgets),
+            table(["arm", *(c.budget for c in found)], budgets),
             "",
             "## Verdict",
             "",
             verdict(found),
             "",
         ]
+    if extra:
+        parts += [extra, ""]
     if errors:
         parts += [errors_markdown(arms, errors), ""]
     parts += ["## Arms", "", *(f"- **{arm}**: {ARMS[arm].description}" for arm in arms if arm in ARMS), ""]
@@ -252,7 +255,7 @@ def errors_markdown(arms: list[str], errors: list[Row]) -> str:
             "(`ohem.evaluation.errors`, IoU 0.5); missed: ground-truth boxes (not difficult) that no detection "
             "matched. Counts per run, mean over an arm's seeds (`errors.csv`).",
             "",
-            _table(["arm", "seeds", *KINDS], rows),
+            table(["arm", "seeds", *KINDS], rows),
         ]
     )
 
@@ -303,13 +306,13 @@ def _series(curves: list[Row], arms: list[str], x_key: str, y_key: str) -> dict[
     series: dict[str, dict[str, list]] = {}
     for arm in arms:
         for r in curves:
-            x, y = _number(r.get(x_key)), _number(r.get(y_key))
+            x, y = number(r.get(x_key)), number(r.get(y_key))
             if r["arm"] == arm and x is not None and y is not None:
                 series.setdefault(arm, {}).setdefault(str(r["seed"]), []).append((x, y * scale))
     return {arm: {seed: sorted(p) for seed, p in s.items()} for arm, s in series.items()}
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     """A CSV cell as a float; None when empty."""
     if value is None or value == "":
         return None
@@ -317,18 +320,18 @@ def _number(value: Any) -> float | None:
 
 
 def _mean(values: Any) -> float | None:
-    numbers = [n for n in map(_number, values) if n is not None]
+    numbers = [n for n in map(number, values) if n is not None]
     return statistics.mean(numbers) if numbers else None
 
 
 def _fmt(value: Any, digits: int) -> str:
-    number = _number(value)
-    return "–" if number is None else f"{number:.{digits}f}"
+    value = number(value)
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _percent(value: Any) -> str:
-    number = _number(value)
-    return "–" if number is None else f"{number * 100:.0f} %"
+    value = number(value)
+    return "–" if value is None else f"{value * 100:.0f} %"
 
 
 def _join(values: Any) -> str:
@@ -352,17 +355,17 @@ def _cost_text(c: Row) -> str:
     """An arm's s/iter with its spread over repeats, and a mark when every repeat ran on a busy machine
     (rows of benches before repeats existed have neither)."""
     text = _fmt(c.get("s_per_iter"), 4)
-    spread = _number(c.get("s_per_iter_spread"))
+    spread = number(c.get("s_per_iter_spread"))
     if spread is not None:
         text += f" ± {spread:.0%}"
     return text + (" **busy**" if str(c.get("contended")) == "1" else "")
 
 
 def _ratio(cost: dict[str, Row], arm: str, base: str, key: str) -> str:
-    a, b = _number(cost.get(arm, {}).get(key)), _number(cost.get(base, {}).get(key))
+    a, b = number(cost.get(arm, {}).get(key)), number(cost.get(base, {}).get(key))
     return "–" if a is None or not b or arm == base else f"{a / b:.2f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
