@@ -68,6 +68,11 @@ def test_rows_hold_each_runs_numbers(bench_out):
         ("ohem", "1"),
     ]
     assert 0 < float(cost["ohem"]["mining_share"]) < 1 and cost["heuristic"]["mining_share"] == ""
+    # counted, not timed: OHEM's read-only pass adds FLOPs and RoIAlign traffic to the heuristic's step
+    flops = {arm: float(r["gflop_per_iter"]) for arm, r in cost.items()}
+    roi_align = {arm: float(r["roi_align_mb_per_iter"]) for arm, r in cost.items()}
+    assert flops["ohem"] > flops["heuristic"] > 0 and roi_align["ohem"] > roi_align["heuristic"] > 0
+    assert "| FLOPs × heuristic | measured ÷ FLOPs |" in (bench_out / "summary.md").read_text(encoding="utf-8")
 
     rows = read(bench_out / "accuracy.csv")
     assert [(r["arm"], r["seed"], r["iterations"]) for r in rows] == [("heuristic", "0", "4"), ("ohem", "0", "4")]
@@ -96,7 +101,7 @@ def test_rows_hold_each_runs_numbers(bench_out):
 
 def test_error_rows_sort_every_detection_and_every_object_of_the_test_split(bench_out):
     rows = read(bench_out / "errors.csv")
-    assert list(rows[0]) == ["arm", "seed", "score", *KINDS]
+    assert list(rows[0]) == ["arm", "seed", "schedule", "score", *KINDS]
     assert [(r["arm"], r["seed"], float(r["score"])) for r in rows] == [
         ("heuristic", "0", ERROR_SCORE),
         ("ohem", "0", ERROR_SCORE),
@@ -390,7 +395,9 @@ def test_no_cost_phase_gives_equal_iteration_rows_without_a_seconds_axis(tmp_pat
     [row] = read(out / "accuracy.csv")
     assert (row["arm"], row["iterations"], row["seconds"]) == ("heuristic", "4", "")
     assert {p["seconds"] for p in read(out / "curves.csv")} == {""}
-    assert "| heuristic | 1 | 4 | – |" in (out / "summary.md").read_text(encoding="utf-8")
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    header = next(line for line in summary.splitlines() if line.startswith("| arm | seeds |"))
+    assert "| heuristic | 1 | 4 | " in summary and "train s" not in header and "s/iter" not in header  # unmeasured
     assert not (out / "errors.csv").exists()  # error_score None: --no-errors
     assert "What the detectors get wrong" not in (out / "summary.md").read_text(encoding="utf-8")
 

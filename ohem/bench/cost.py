@@ -9,6 +9,10 @@ iteration are measured here, between the starts of consecutive training steps, s
 everything an iteration costs (data, forward, backward, update, logging); the per-step fields of
 ``log.jsonl`` are only read for the mining share, under whichever names they have.
 
+After the timed steps, ``COUNTED_STEPS`` more run under ``ohem.bench.opcount.count_ops`` on one
+thread: their mean FLOPs (forward and backward) and RoIAlign bytes, what the step costs whatever
+the machine (the yardstick the measured ratios are read against).
+
 Beside the wall clock it records the CPU seconds of this process and its children (loader
 workers) and, from ``/proc/stat``, the share of the machine's CPU time that *other* processes
 used while the steps were timed: a busy machine shows there, where the load average read before
@@ -17,6 +21,7 @@ timing missed load that came later.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -28,6 +33,8 @@ from typing import Any
 
 from ohem.config import load_config
 
+COUNTED_STEPS = 2  # steps counted in operations after the timed ones
+
 
 class _Timed(BaseException):
     """Raised from inside the training loop once the timed steps are done (not an error)."""
@@ -37,6 +44,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Train ``spec``'s config for ``warmup + iterations`` steps; wall s/iter, peak memory, mining share."""
     import torch
 
+    from ohem.bench.opcount import OpCount, count_ops
     from ohem.engine import Hook, train
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # others' use of the CPU
@@ -44,12 +52,21 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     warmup, iterations = spec["warmup"], spec["iterations"]
     rss_before = _rss_mib()
     starts: list[tuple[float, float, float]] = []  # per step start: wall, own CPU, machine's busy CPU
+    counted: list[OpCount] = []
+    counting = contextlib.ExitStack()
+    steps = warmup + iterations + (COUNTED_STEPS if spec.get("count_ops", True) else 0)
 
-    class StepStarts(Hook):  # the first hook of each step: its start time, and the stop after the timed ones
+    class StepStarts(Hook):  # the first hook of each step: its start time, the counted steps, the stop
         def before_step(self, run: Any, storage: Any) -> None:
             starts.append((time.perf_counter(), tree_cpu_seconds(), machine_busy_seconds()))
-            if len(starts) > warmup + iterations:  # the start of the step after the last timed one
+            if len(starts) > steps:
                 raise _Timed
+            if len(starts) > warmup + iterations:  # past the timed steps: count this one
+                torch.set_num_threads(1)  # the read-only pass's pooling threads would not be seen
+                counted.append(counting.enter_context(count_ops()))
+
+        def after_step(self, run: Any, storage: Any, record: dict[str, Any]) -> None:
+            counting.close()
 
     try:
         train(cfg, spec["run_dir"], force=True, hooks=[StepStarts()])
@@ -57,6 +74,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         pass
     else:
         raise RuntimeError(f"the run ended after {len(starts)} steps, before the timed ones were done")
+    finally:
+        counting.close()
     (wall_0, cpu_0, busy_0), (wall_1, cpu_1, busy_1) = starts[warmup], starts[warmup + iterations]
     s_per_iter = (wall_1 - wall_0) / iterations
     # what the rest of the machine used of all its cores while the steps were timed
@@ -72,11 +91,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    result.update(_log_times(Path(spec["run_dir"]) / "log.jsonl", warmup, s_per_iter))
+    result.update(_log_times(Path(spec["run_dir"]) / "log.jsonl", warmup, warmup + iterations, s_per_iter))
+    if counted:
+        result["gflop_per_iter"] = statistics.mean(c.flops for c in counted) / 1e9
+        result["roi_align_mb_per_iter"] = statistics.mean(c.roi_align_bytes for c in counted) / 1e6
     return result
 
 
-def _log_times(log: Path, warmup: int, s_per_iter: float) -> dict[str, float]:
+def _log_times(log: Path, warmup: int, last: int, s_per_iter: float) -> dict[str, float]:
     """Mean mining and data seconds of the timed steps, if the log records them (field names vary)."""
     steps = []
     for line in log.read_text(encoding="utf-8").splitlines():
@@ -84,7 +106,7 @@ def _log_times(log: Path, warmup: int, s_per_iter: float) -> dict[str, float]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if "eval" not in record and record.get("iteration", 0) > warmup:
+        if "eval" not in record and warmup < record.get("iteration", 0) <= last:  # the timed steps
             steps.append(record)
     out: dict[str, float] = {}
     for name, keys in (("mining", ("time_mining", "ohem_mining_time")), ("data", ("time_data",))):

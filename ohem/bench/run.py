@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ohem.bench.arms import ARMS, parse_arms
+from ohem.bench.cost import COUNTED_STEPS
 from ohem.bench.jobs import Job, claim, read_jsonl, run_jobs
 from ohem.bench.schedules import plot_schedules, schedule_markdown, schedule_of
 from ohem.bench.state import (
@@ -313,6 +314,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+MEDIANS = (  # cost.csv's median over the quiet repeats
+    "cpu_s_per_iter",
+    "mining_s_per_iter",
+    "mining_share",
+    "data_s_per_iter",
+    "data_share",
+    "gflop_per_iter",
+    "roi_align_mb_per_iter",
+)
 CONTENDED = 0.15  # other processes used more than this share of the machine's CPU while a repeat was timed
 
 
@@ -346,7 +356,7 @@ def cost_row(arm: str, repeats: list[dict[str, Any]], iterations: int, cores: in
     middle = statistics.median(per_iter)
     row: dict[str, Any] = {"arm": arm, "s_per_iter": round(middle, 6)}
     row["s_per_iter_spread"] = round((max(per_iter) - min(per_iter)) / middle, 4)
-    for key in ("cpu_s_per_iter", "mining_s_per_iter", "mining_share", "data_s_per_iter", "data_share"):
+    for key in MEDIANS:
         values = [float(r[key]) for r in used if r.get(key) not in (None, "")]
         if values:
             row[key] = round(statistics.median(values), 6)
@@ -359,7 +369,8 @@ def cost_row(arm: str, repeats: list[dict[str, Any]], iterations: int, cores: in
 
 def cost_job(b: Bench, arm: str, repeat: int, cores: int, repeats: list[dict[str, Any]], path: Path) -> Job:
     cfg = load_config(b.config, b.arm_overrides(arm))
-    steps = b.cost_warmup + b.cost_iters + 1  # the timer stops at the start of the step after the last
+    # the timer stops at the start of the step after the last; then the steps counted in operations
+    steps = b.cost_warmup + b.cost_iters + 1 + COUNTED_STEPS
     overrides = [*b.arm_overrides(arm), f"train.seed={b.seeds[0]}", f"train.num_threads={cores}"]
     if cfg.solver.iterations < steps:
         overrides += schedule_overrides(cfg, steps)
@@ -387,6 +398,8 @@ def cost_job(b: Bench, arm: str, repeat: int, cores: int, repeats: list[dict[str
             f"repeat {repeat + 1}/{b.cost_repeats}: {row['s_per_iter']:.4f} s/iter ({row['cpu_s_per_iter']:.4f} "
             f"CPU s), peak RSS {row['peak_rss_mib']:.0f} MiB ({wall:.0f} s)"
         )
+        if "gflop_per_iter" in row:
+            message += f"; {row['gflop_per_iter']:.2f} GFLOP, RoIAlign {row['roi_align_mb_per_iter']:.0f} MB per step"
         if row["others_cpu_share"] > CONTENDED:  # measured, during the timed steps
             message += (
                 f"; other processes used {row['others_cpu_share']:.0%} of the machine's CPU meanwhile: "

@@ -106,6 +106,8 @@ OPTIONAL_NUMBERS = (
     "mining_share",
     "data_s_per_iter",
     "data_share",
+    "gflop_per_iter",
+    "roi_align_mb_per_iter",
 )
 
 

@@ -163,6 +163,10 @@ SUMMARY_COLUMNS = [
     "s/iter",
     "× heuristic",
     "× tv-default",
+    "GFLOP/iter",
+    "FLOPs × heuristic",
+    "measured ÷ FLOPs",
+    "RoIAlign MB/iter",
     "peak RSS MiB",
     "× heuristic",
     "mining share",
@@ -198,6 +202,10 @@ def summary_markdown(
                 *(_diff(maps, arm, base) for base in BASELINES),
                 _cost_text(c),
                 *(_ratio(cost, arm, base, "s_per_iter") for base in BASELINES),
+                _fmt(c.get("gflop_per_iter"), 2),
+                _ratio(cost, arm, "heuristic", "gflop_per_iter"),
+                _over_flop_bound(cost, arm),
+                _fmt(c.get("roi_align_mb_per_iter"), 0),
                 _fmt(c.get("peak_rss_mib"), 0),
                 _ratio(cost, arm, "heuristic", "peak_rss_mib"),
                 _percent(c.get("mining_share")),
@@ -217,7 +225,7 @@ def summary_markdown(
         "all-RoI loss: mean loss over all RoIs of training images at the last evaluation "
         "(train.roi_loss_images).",
         "",
-        table(SUMMARY_COLUMNS, rows),
+        table(*without_empty_columns(SUMMARY_COLUMNS, rows)),
         "",
     ]
     if found:
@@ -361,9 +369,23 @@ def _cost_text(c: Row) -> str:
     return text + (" **busy**" if str(c.get("contended")) == "1" else "")
 
 
+def _over_flop_bound(cost: dict[str, Row], arm: str) -> str:
+    """The measured step-time ratio over the heuristic divided by the FLOP ratio: 1.00 when the step
+    costs what its arithmetic predicts, above it when the extra work is overhead (launches, syncs,
+    memory-bound kernels such as RoIAlign)."""
+    time, flops = _ratio(cost, arm, "heuristic", "s_per_iter"), _ratio(cost, arm, "heuristic", "gflop_per_iter")
+    return "–" if "–" in (time, flops) else f"{float(time) / float(flops):.2f}"
+
+
 def _ratio(cost: dict[str, Row], arm: str, base: str, key: str) -> str:
     a, b = number(cost.get(arm, {}).get(key)), number(cost.get(base, {}).get(key))
     return "–" if a is None or not b or arm == base else f"{a / b:.2f}"
+
+
+def without_empty_columns(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """The columns where some row has a value (not "–"): a column no arm of the call measured says nothing."""
+    keep = [i for i in range(len(header)) if i == 0 or any(row[i] != "–" for row in rows)]
+    return [header[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -64,6 +64,6 @@ class OHEMSampler:
         per_label = rois.labels if self.nms_per_label else None
         ranked = losses.ranked_by(self.mining_loss)
         rows = select_hard_examples(
-            ranked, rois.boxes, rois.image_ids, self.batch_size_per_image, self.nms_iou, per_label
+            ranked, rois.boxes, rois.image_ids, self.batch_size_per_image, self.nms_iou, per_label, rois.num_images
         )
         return Sample(rows)

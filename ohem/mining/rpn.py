@@ -156,7 +156,12 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
         image_ids = torch.cat([torch.full((a.shape[0],), i, device=losses.device) for i, a in enumerate(anchors)])
         boxes = torch.cat(anchors)
         picked = select_hard_examples(
-            losses[candidates], boxes[candidates], image_ids[candidates], self.num_per_image, nms_iou=self.nms_iou
+            losses[candidates],
+            boxes[candidates],
+            image_ids[candidates],
+            self.num_per_image,
+            nms_iou=self.nms_iou,
+            num_images=len(anchors),
         )
         return candidates[picked]
 
