@@ -8,7 +8,9 @@ first ``--images`` train and test images into a temporary folder, then times eac
 ``ohem.bench.ARMS`` in a process of its own through ``ohem.bench.cost.measure`` (wall seconds per
 step, between step starts, after ``--warmup`` steps), counting the RoIs each read-only pass runs on;
 with ``--repeats`` the arms take turns. Prints per arm (medians over its runs): RoIs per image in the
-read-only pass, s/step, mining s/step (``time_mining``), and RoIs and s/step as ratios to the first arm.
+read-only pass, s/step, mining s/step (``time_mining``), GFLOP and RoIAlign MB per step (counted after the
+timed steps, ``ohem.bench.opcount``), and RoIs, s/step and FLOPs as ratios to the first arm, with the time
+ratio over the FLOP ratio (how far the step is from what its arithmetic predicts).
 A measurement, not a test: the numbers depend on the machine and on what else runs on it.
 """
 
@@ -101,16 +103,20 @@ def main() -> None:
 
 
 def report(runs: dict[str, list[dict[str, Any]]]) -> str:
-    """The table: per arm the medians over its runs, and ratios to the first arm."""
-    keys = ("readonly_rois_per_image", "s_per_iter", "mining_s_per_iter")
+    """The table: per arm the medians over its runs, and ratios to the first arm: of RoIs, of time, of
+    FLOPs (counted, forward and backward: the bound the time ratio would meet if the step were pure
+    arithmetic) and time ratio ÷ FLOP ratio (1.00: at that bound)."""
+    keys = ("readonly_rois_per_image", "s_per_iter", "mining_s_per_iter", "gflop_per_iter", "roi_align_mb_per_iter")
     medians = {arm: [statistics.median(r.get(k, float("nan")) for r in rs) for k in keys] for arm, rs in runs.items()}
-    base_rois, base_seconds, _ = next(iter(medians.values()))
-    header = ("arm", "read-only RoIs/image", "s/step", "mining s/step", "RoIs ratio", "time ratio")
-    lines = ["{:<16}{:>22}{:>9}{:>15}{:>12}{:>12}".format(*header)]
-    for arm, (rois, seconds, mining) in medians.items():
+    base_rois, base_seconds, _, base_flops, _ = next(iter(medians.values()))
+    header = ("arm", "read-only RoIs/img", "s/step", "mining s", "GFLOP", "RoIAlign MB", "RoIs x", "time x", "FLOPs x")
+    lines = ["{:<16}{:>19}{:>8}{:>10}{:>8}{:>13}{:>8}{:>8}{:>9}{:>18}".format(*header, "time x / FLOPs x")]
+    for arm, (rois, seconds, mining, flops, roi_align) in medians.items():
         ratio = rois / base_rois if base_rois else float("nan")
+        time_x, flops_x = seconds / base_seconds, flops / base_flops
         lines.append(
-            f"{arm:<16}{rois:>22.0f}{seconds:>9.3f}{mining:>15.3f}{ratio:>12.3f}{seconds / base_seconds:>12.3f}"
+            f"{arm:<16}{rois:>19.0f}{seconds:>8.3f}{mining:>10.3f}{flops:>8.2f}{roi_align:>13.0f}{ratio:>8.3f}"
+            f"{time_x:>8.3f}{flops_x:>9.3f}{time_x / flops_x:>18.2f}"
         )
     for arm, rs in runs.items():
         lines.append(f"{arm} s/step per run: " + ", ".join(f"{r['s_per_iter']:.3f}" for r in rs))
