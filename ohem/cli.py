@@ -364,7 +364,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     if note := metrics_note(metrics):
         print(f"ohem {args.command}: note: {note}", file=sys.stderr)
-    written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt")]
+    written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt", "checkpoint_best.pt")]
     print(f"wrote {', '.join(str(path) for path in written if path.exists())}")
     return 0
 
