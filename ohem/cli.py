@@ -94,7 +94,7 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     source.add_argument("--checkpoint", help="run the model; its detections are also written to OUT/results.json")
     source.add_argument("--detections", help="a COCO-results JSON file (image_id, category_id, bbox x,y,w,h, score)")
     p.add_argument("--out", required=True, help="folder for metrics.json (and results.json with --checkpoint)")
-    _add_data_arguments(p)
+    _add_data_arguments(p, checkpoint=True)
     p.add_argument(
         "--metric",
         default="voc",
@@ -384,6 +384,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device = resolve_device(args.device, what="--device")
         model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
         cfg = _data_config(cfg, args)
+        if cfg.data.dataset == "voc" and not cfg.data.classes:  # a VOC tree is read with the model's classes
+            cfg.data.classes = list(classes)
         dataset = build_dataset(cfg.data, "test", args.split)
         _check_not_empty(dataset)
         if list(dataset.classes) != classes:
@@ -552,10 +554,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="synthetic | voc:ROOT | coco:ROOT (default: the checkpoint's own data)")
-    parser.add_argument("--split", help="split name, e.g. test, 2007:test, val2017 (default: the configured one)")
-    parser.add_argument("--classes", help="comma-separated class list of a VOC-layout tree (default: the 20 VOC ones)")
+def _add_data_arguments(parser: argparse.ArgumentParser, checkpoint: bool = False) -> None:
+    """--data, --split, --classes; ``checkpoint``: the command takes ``--checkpoint``, whose config
+    and classes are the defaults (``eval``), else the built-in defaults are (``proposals``)."""
+    data = "the checkpoint's own data; with --detections: synthetic" if checkpoint else "synthetic"
+    parser.add_argument("--data", help=f"synthetic | voc:ROOT | coco:ROOT (default: {data})")
+    split = "the checkpoint's test split, else the dataset's default" if checkpoint else "the dataset's default"
+    parser.add_argument("--split", help=f"split name, e.g. test, 2007:test, val2017 (default: {split})")
+    classes = "the checkpoint's classes; with --detections: the 20 VOC ones" if checkpoint else "the 20 VOC ones"
+    parser.add_argument("--classes", help=f"comma-separated class list of a VOC-layout tree (default: {classes})")
 
 
 def _data_config(cfg: Config, args: argparse.Namespace) -> Config:
