@@ -17,6 +17,8 @@ import threading
 import typing
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
 from ohem.structures import DetectionDataset
 from ohem.util import (
@@ -26,6 +28,7 @@ from ohem.util import (
     check_writable,
     one_line,
     output_folder,
+    progress_bar,
     refuse_symlink,
     regular_file,
     require,
@@ -392,7 +395,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
         test_time = TestTime.from_config(cfg.model)
         workers = loader_workers(cfg.data.workers)
-        detections = predict(model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers)
+        detections = predict(
+            model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers, progress="eval"
+        )
         output_folder(out)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
     else:
@@ -615,10 +620,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     output_folder(out)
     results: list[dict[str, typing.Any]] = []
     batch = cfg.test.images_per_batch
-    for start in range(0, len(args.images), batch):
-        # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
-        paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
-        results += _detect_batch(model, paths, drawings, device, test_time, classes, args.score_thresh)
+    with progress_bar(len(args.images), "detect", unit="img") as bar:
+        for start in range(0, len(args.images), batch):
+            # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
+            paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
+            results += _detect_batch(model, paths, drawings, device, test_time, classes, args.score_thresh)
+            bar.update(len(paths))
     with atomic_open(out / "detections.json") as f:
         f.write(strict_json(results))
     return 0
@@ -645,8 +652,21 @@ def _detect_batch(
     for path, image, png, det in zip(paths, images, pngs, detections):
         draw_detections([image], [det], classes, png, score_thresh, titles=[Path(path).name])
         records.append(_detection_record(path, png, image, det, classes, score_thresh))
-        print(f"{path}: {len(records[-1]['scores'])} detections -> {png}")
+        tqdm.write(f"{path}: {detected(det, classes, score_thresh)} -> {png}")  # above the bar
     return records
+
+
+def detected(det: typing.Any, classes: list[str], score_thresh: float) -> str:
+    """How many boxes an image kept at ``--score-thresh``; with none kept, the best score the model
+    gave (so a threshold set too high shows), or that it gave none."""
+    kept = int((det.scores >= score_thresh).sum())
+    if kept or not len(det.scores):
+        return f"{kept} detection{'s' if kept != 1 else ''}" + ("" if kept else " (the model found no box)")
+    best = int(det.scores.argmax())
+    return (
+        f"0 detections (none scored >= --score-thresh {score_thresh:g}; "
+        f"best {float(det.scores[best]):.3f}, {classes[int(det.labels[best]) - 1]})"
+    )
 
 
 def _detection_record(

@@ -23,7 +23,7 @@ from ohem.evaluation.score import METRIC_NAMES, evaluate, format_ap
 from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
 from ohem.mining.stall import StallWatch
-from ohem.util import atomic_open, has_module, refuse_symlink
+from ohem.util import atomic_open, has_module, progress_bar, refuse_symlink
 
 if TYPE_CHECKING:
     from ohem.engine.trainer import Run
@@ -122,15 +122,7 @@ class ProgressHook(Hook):
     """A progress bar on the main process, with the loss and the smoothed images per second."""
 
     def before_train(self, run: Run) -> None:
-        total = run.cfg.solver.iterations
-        # (on rank 0, TQDM_DISABLE and tqdm's other environment settings apply)
-        self.bar = tqdm(
-            total=total,
-            initial=run.start,
-            desc="train",
-            dynamic_ncols=True,
-            **({} if run.d.main else {"disable": True}),
-        )
+        self.bar = progress_bar(run.cfg.solver.iterations, "train", enabled=run.d.main, initial=run.start)
         self.speed: float | None = None
 
     def after_step(self, run: Run, storage: EventStorage, record: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint_last.pt"
 # Any of these says "a run is here".
 RUN_MARKERS = (CHECKPOINT, "log.jsonl", "mining.jsonl", "config.yaml")
 # What a run writes (moved aside together by --force; none may be a symbolic link).
-RUN_FILES = (*RUN_MARKERS, "checkpoint_best.pt", "metrics.json", "detections.png", "tb", "report")
+RUN_FILES = (*RUN_MARKERS, "checkpoint_best.pt", "summary.txt", "metrics.json", "detections.png", "tb", "report")
 PERIODIC = "checkpoint_iter*.pt"  # train.keep_checkpoints > 1: the kept periodic checkpoints (moved aside too)
 
 

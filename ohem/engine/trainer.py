@@ -32,6 +32,7 @@ from ohem.data.loader import Batch, TrainBatches, loader_workers, train_loader
 from ohem.engine import run_folder
 from ohem.engine.hooks import EvalHook, Hook, default_hooks, draw_test_images, test_metrics
 from ohem.engine.runlog import RunLog, skipped_outputs
+from ohem.engine.summary import write_summary
 from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
 from ohem.mining import build_detector
@@ -107,6 +108,7 @@ def train(
 def _train(run: Run, extra_hooks: list[Hook]) -> dict[str, Any]:
     """The iterations of a set-up run, then the final evaluation, ``metrics.json`` and the drawing."""
     hooks = [*extra_hooks, *default_hooks(run)]
+    write_summary(run)
     run_loop(run, hooks)
     evaluated = next((h.metrics for h in hooks if isinstance(h, EvalHook)), None)
     metrics = evaluated or test_metrics(run)  # none when a finished run was resumed
