@@ -117,6 +117,21 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_detect)
 
+    p = add_parser(
+        "export-model", help="a checkpoint's weights for the plain torchvision detector, and how to load them"
+    )
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="an ohem checkpoint (checkpoint_best.pt, checkpoint_last.pt)"
+    )
+    p.add_argument(
+        "--format",
+        default="torchvision",
+        choices=["torchvision"],
+        help="torchvision: a state dict for torchvision.models.detection.MODEL_NAME (tensors only)",
+    )
+    p.add_argument("--out", required=True, help="the file to write (e.g. model.pt)")
+    p.set_defaults(func=cmd_export_model)
+
     p = add_parser("report", help="plots of what OHEM mined in a run, and its hardest RoIs")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of ohem train (log.jsonl, mining.jsonl)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
@@ -537,6 +552,20 @@ def _bad_input_in_worker(error: RuntimeError) -> bool:
         "MemoryError",
     )
     return text.startswith("selective search failed on image") and any(f": {t}: " in text for t in bad_input)
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from ohem.export_model import export_torchvision
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the file to write")
+    check_writable(out.absolute().parent, "--out's folder")  # before the checkpoint is read
+    refuse_symlink(out)
+    code = export_torchvision(args.checkpoint, out)
+    print(f"wrote {out}; the plain torchvision detector with these weights (the sampler only acts in training):")
+    print(code)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
