@@ -50,8 +50,10 @@ def test_train_prints_and_writes_what_it_is_about_to_do(tmp_path, capsys):
     heuristic = ["train", "--config", "demo", "--out", str(tmp_path / "h")]
     heuristic += sets([*TINY, "solver.iterations=1", "solver.warmup_iterations=0", "solver.steps=[]"])
     assert main([*heuristic, "--set", "sampler.method=heuristic", "--set", "train.vis_images=0"]) == 0
-    line = next(x for x in (tmp_path / "h" / "summary.txt").read_text().splitlines() if x.startswith("sampler"))
+    lines = (tmp_path / "h" / "summary.txt").read_text().splitlines()
+    line = next(x for x in lines if x.startswith("sampler"))
     assert line.startswith("sampler: heuristic (") and "fg_fraction 0.25" in line and "nms_iou" not in line
+    assert "(warm-up 0 iterations, no lr steps)" in next(x for x in lines if x.startswith("schedule"))
 
 
 @pytest.mark.parametrize("disabled", [False, True])

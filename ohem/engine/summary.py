@@ -28,6 +28,7 @@ def run_summary(run: Run) -> list[str]:
     weights = cfg.model.backbone_weights or "none (random)"
     evaluation = f"every {t.eval_every} and at the end" if t.eval_every else "at the end"
     checkpoints = f"every {t.checkpoint_every} and at the end" if t.checkpoint_every else "at the end"
+    steps = f"x{s.gamma} at steps {list(s.steps)}" if s.steps else "no lr steps"
     return [
         f"run folder: {run.out} ({state})",
         f"data: {_data(run)}",
@@ -35,7 +36,7 @@ def run_summary(run: Run) -> list[str]:
         f"model: {cfg.model.name}, backbone weights {weights}, device {run.device}{processes}",
         f"sampler: {sampler_settings(run)}",
         f"schedule: {s.iterations} iterations of {s.images_per_batch * s.accumulate_steps} images, lr {s.lr} "
-        f"(warm-up {s.warmup_iterations} iterations, x{s.gamma} at steps {list(s.steps)}); "
+        f"(warm-up {s.warmup_iterations} iterations, {steps}); "
         f"evaluation ({t.eval_metric}) {evaluation}; checkpoints {checkpoints}",
     ]
 
