@@ -17,6 +17,8 @@ import threading
 import typing
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
 from ohem.structures import DetectionDataset
 from ohem.util import (
@@ -26,6 +28,7 @@ from ohem.util import (
     check_writable,
     one_line,
     output_folder,
+    progress_bar,
     refuse_symlink,
     regular_file,
     require,
@@ -94,7 +97,7 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     source.add_argument("--checkpoint", help="run the model; its detections are also written to OUT/results.json")
     source.add_argument("--detections", help="a COCO-results JSON file (image_id, category_id, bbox x,y,w,h, score)")
     p.add_argument("--out", required=True, help="folder for metrics.json (and results.json with --checkpoint)")
-    _add_data_arguments(p)
+    _add_data_arguments(p, checkpoint=True)
     p.add_argument(
         "--metric",
         default="voc",
@@ -113,6 +116,21 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw and list detections scoring at least this")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_detect)
+
+    p = add_parser(
+        "export-model", help="a checkpoint's weights for the plain torchvision detector, and how to load them"
+    )
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="an ohem checkpoint (checkpoint_best.pt, checkpoint_last.pt)"
+    )
+    p.add_argument(
+        "--format",
+        default="torchvision",
+        choices=["torchvision"],
+        help="torchvision: a state dict for torchvision.models.detection.MODEL_NAME (tensors only)",
+    )
+    p.add_argument("--out", required=True, help="the file to write (e.g. model.pt)")
+    p.set_defaults(func=cmd_export_model)
 
     p = add_parser("report", help="plots of what OHEM mined in a run, and its hardest RoIs")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of ohem train (log.jsonl, mining.jsonl)")
@@ -364,7 +382,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     if note := metrics_note(metrics):
         print(f"ohem {args.command}: note: {note}", file=sys.stderr)
-    written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt")]
+    written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt", "checkpoint_best.pt")]
     print(f"wrote {', '.join(str(path) for path in written if path.exists())}")
     return 0
 
@@ -384,13 +402,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device = resolve_device(args.device, what="--device")
         model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
         cfg = _data_config(cfg, args)
+        if cfg.data.dataset == "voc" and not cfg.data.classes:  # a VOC tree is read with the model's classes
+            cfg.data.classes = list(classes)
         dataset = build_dataset(cfg.data, "test", args.split)
         _check_not_empty(dataset)
         if list(dataset.classes) != classes:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
         test_time = TestTime.from_config(cfg.model)
         workers = loader_workers(cfg.data.workers)
-        detections = predict(model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers)
+        detections = predict(
+            model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers, progress="eval"
+        )
         output_folder(out)
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
     else:
@@ -532,6 +554,20 @@ def _bad_input_in_worker(error: RuntimeError) -> bool:
     return text.startswith("selective search failed on image") and any(f": {t}: " in text for t in bad_input)
 
 
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from ohem.export_model import export_torchvision
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the file to write")
+    check_writable(out.absolute().parent, "--out's folder")  # before the checkpoint is read
+    refuse_symlink(out)
+    code = export_torchvision(args.checkpoint, out)
+    print(f"wrote {out}; the plain torchvision detector with these weights (the sampler only acts in training):")
+    print(code)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ohem.data import SyntheticShapes, build_dataset
     from ohem.data.export import export_synthetic
@@ -552,10 +588,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="synthetic | voc:ROOT | coco:ROOT (default: the checkpoint's own data)")
-    parser.add_argument("--split", help="split name, e.g. test, 2007:test, val2017 (default: the configured one)")
-    parser.add_argument("--classes", help="comma-separated class list of a VOC-layout tree (default: the 20 VOC ones)")
+def _add_data_arguments(parser: argparse.ArgumentParser, checkpoint: bool = False) -> None:
+    """--data, --split, --classes; ``checkpoint``: the command takes ``--checkpoint``, whose config
+    and classes are the defaults (``eval``), else the built-in defaults are (``proposals``)."""
+    data = "the checkpoint's own data; with --detections: synthetic" if checkpoint else "synthetic"
+    parser.add_argument("--data", help=f"synthetic | voc:ROOT | coco:ROOT (default: {data})")
+    split = "the checkpoint's test split, else the dataset's default" if checkpoint else "the dataset's default"
+    parser.add_argument("--split", help=f"split name, e.g. test, 2007:test, val2017 (default: {split})")
+    classes = "the checkpoint's classes; with --detections: the 20 VOC ones" if checkpoint else "the 20 VOC ones"
+    parser.add_argument("--classes", help=f"comma-separated class list of a VOC-layout tree (default: {classes})")
 
 
 def _data_config(cfg: Config, args: argparse.Namespace) -> Config:
@@ -608,10 +649,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     output_folder(out)
     results: list[dict[str, typing.Any]] = []
     batch = cfg.test.images_per_batch
-    for start in range(0, len(args.images), batch):
-        # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
-        paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
-        results += _detect_batch(model, paths, drawings, device, test_time, classes, args.score_thresh)
+    with progress_bar(len(args.images), "detect", unit="img") as bar:
+        for start in range(0, len(args.images), batch):
+            # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
+            paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
+            results += _detect_batch(model, paths, drawings, device, test_time, classes, args.score_thresh)
+            bar.update(len(paths))
     with atomic_open(out / "detections.json") as f:
         f.write(strict_json(results))
     return 0
@@ -638,8 +681,21 @@ def _detect_batch(
     for path, image, png, det in zip(paths, images, pngs, detections):
         draw_detections([image], [det], classes, png, score_thresh, titles=[Path(path).name])
         records.append(_detection_record(path, png, image, det, classes, score_thresh))
-        print(f"{path}: {len(records[-1]['scores'])} detections -> {png}")
+        tqdm.write(f"{path}: {detected(det, classes, score_thresh)} -> {png}")  # above the bar
     return records
+
+
+def detected(det: typing.Any, classes: list[str], score_thresh: float) -> str:
+    """How many boxes an image kept at ``--score-thresh``; with none kept, the best score the model
+    gave (so a threshold set too high shows), or that it gave none."""
+    kept = int((det.scores >= score_thresh).sum())
+    if kept or not len(det.scores):
+        return f"{kept} detection{'s' if kept != 1 else ''}" + ("" if kept else " (the model found no box)")
+    best = int(det.scores.argmax())
+    return (
+        f"0 detections (none scored >= --score-thresh {score_thresh:g}; "
+        f"best {float(det.scores[best]):.3f}, {classes[int(det.labels[best]) - 1]})"
+    )
 
 
 def _detection_record(

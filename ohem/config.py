@@ -449,6 +449,9 @@ class TrainConfig(_Section):
     eval_every: int = field(default=500, metadata=ge(0) | RESUMABLE)  # 0: only at the end
     eval_metric: Metric = "voc"  # voc (area AP@0.5) | voc07 (11-point, the paper's) | coco (pycocotools)
     checkpoint_every: int = field(default=500, metadata=ge(0) | RESUMABLE)
+    # checkpoints kept: 1 = checkpoint_last.pt only; N > 1 also keeps the N - 1 most recent of those
+    # written every checkpoint_every steps as checkpoint_iterNNNNNN.pt (older ones are deleted)
+    keep_checkpoints: int = field(default=1, metadata=ge(1) | RESUMABLE)
     # torch CPU threads; None = torch's default
     num_threads: int | None = field(default=None, metadata=ge(1) | RESUMABLE)
     # at each evaluation: mean loss over all RoIs of this many train images

@@ -21,6 +21,7 @@ from ohem.mining import build_detector
 from ohem.models.box_voting import iterative_box_regression_detect
 from ohem.models.multiscale import pyramid_detect
 from ohem.structures import ImageDetections, Images
+from ohem.util import progress_bar
 
 
 @dataclass(frozen=True)
@@ -101,15 +102,19 @@ def predict(
     indices: list[int] | None = None,
     test_time: TestTime | None = None,
     workers: int = 0,
+    progress: str | None = None,
 ) -> list[ImageDetections]:
     """Detections of ``model`` on ``dataset`` (or on its images ``indices``), in that order; images
-    read by ``workers`` loader processes (0: in this one)."""
+    read by ``workers`` loader processes (0: in this one). ``progress``: the label of a progress bar
+    over the images (None: no bar)."""
     model.eval()
     indices = list(range(len(dataset))) if indices is None else indices
     out = []
-    for _, images, targets in eval_batches(dataset, indices, batch_size, workers, device):
-        for det in detect(model, images, targets, test_time):
-            out.append(ImageDetections(det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
+    with progress_bar(len(indices), progress or "", unit="img", enabled=progress is not None) as bar:
+        for _, images, targets in eval_batches(dataset, indices, batch_size, workers, device):
+            for det in detect(model, images, targets, test_time):
+                out.append(ImageDetections(det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
+            bar.update(len(images))
     return out
 
 

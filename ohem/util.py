@@ -19,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
+from tqdm import tqdm
+
 
 def current_umask() -> int:
     """The process's umask (read from /proc where it can be, so that no other thread ever sees 0)."""
@@ -208,6 +210,13 @@ def output_folder(path: str | os.PathLike, flag: str = "--out", inside: str | os
         raise ValueError(f"{flag} {path}: cannot make the folder: {e.strerror or e}") from None
     refuse_symlink(path)  # made by someone else as a link in the meantime
     return path
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True, initial: int = 0) -> tqdm:
+    """A tqdm bar on stderr (rate and ETA), off where ``enabled`` is False or ``TQDM_DISABLE`` is set
+    in the environment now: tqdm itself reads it only once, when it is first imported."""
+    off = not enabled or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, disable=off)
 
 
 def finite_or_none(value: Any) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +59,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> De
     if role not in ("train", "test"):
         raise ValueError(f"dataset role must be train or test, got {role!r}")
     configured = cfg.train_split if role == "train" else cfg.test_split
+    key = "--split" if split else f"data.{role}_split"  # what names the split, for the messages
     split = split or configured or DEFAULT_SPLITS[cfg.dataset][role == "test"]
     if cfg.dataset == "synthetic":
         num = cfg.num_train if split == "train" else cfg.num_test
@@ -77,6 +80,7 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> De
         )
     if cfg.classes:
         raise ValueError("data.classes: a COCO file names its own categories; leave data.classes unset")
+    check_coco_file(Path(cfg.root), split, key)
     return COCODetection(
         cfg.root,
         split,
@@ -85,6 +89,32 @@ def _images_and_annotations(cfg: DataConfig, role: str, split: str | None) -> De
         invalid_boxes=cfg.invalid_boxes,
         max_image_pixels=cfg.max_image_pixels,
         exif_orientation=cfg.exif_orientation,
+    )
+
+
+def check_coco_file(root: Path, split: str, key: str) -> None:
+    """A missing annotation file of split ``split`` (set by ``key``) is an error saying what to set
+    ``key`` to, from the files that are in ``root/annotations``: a user's own COCO-format folder
+    rarely has the default ``instances_train2017.json``."""
+    if split.endswith(".json"):
+        ann_file = Path(split) if Path(split).is_absolute() else root / split
+    else:
+        ann_file = root / "annotations" / f"instances_{split}.json"
+    if os.path.lexists(ann_file):
+        return
+    folder = root / "annotations"
+    names = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
+    named = [n for n in names if n.startswith("instances_")] or names
+    if named:
+        shown = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+        first = named[0]
+        value = first[len("instances_") : -len(".json")] if first.startswith("instances_") else f"annotations/{first}"
+        found = f"{folder} holds {shown} (e.g. {key}={value})"
+    else:
+        found = f"{folder} holds no .json file" if folder.is_dir() else f"{root} has no annotations/ folder"
+    raise FileNotFoundError(
+        f"COCO annotations {ann_file}: no such file; set {key} to a split NAME "
+        f"(reads annotations/instances_NAME.json under data.root) or a .json file's path; {found}"
     )
 
 

@@ -128,6 +128,13 @@ class VOCDetection(DetectionDatasetBase):
                     items.append((tree, line.split()[0], where))
         return items
 
+    def _class_list(self) -> str:
+        """The class list an object's name was looked up in, and the key that sets it."""
+        if self.classes == VOC_CLASSES:
+            return "(the 20 VOC classes; for your own, set data.classes, or --classes, to all of their names)"
+        shown = ", ".join(self.classes[:30]) + (", ..." if len(self.classes) > 30 else "")
+        return f"data.classes [{shown}] (it, or --classes for eval and proposals, must name every annotated class)"
+
     def _parse(self, tree: Path, name: str, listed: str, label_of: dict[str, int], checker: BoxChecker) -> dict:
         """The record of image ``name`` from its annotation; ``listed``: the split file and line naming it."""
         xml = check_inside(tree / "Annotations" / f"{name}.xml", tree / "Annotations", listed)
@@ -147,7 +154,7 @@ class VOCDetection(DetectionDatasetBase):
             if not cls:
                 raise ValueError(f"{where} lacks <name>")
             if cls not in label_of:
-                raise ValueError(f"{where}: class {cls!r} is not in the class list (set data.classes for your own)")
+                raise ValueError(f"{where}: class {cls!r} is not in the class list {self._class_list()}")
             is_difficult = _flag(obj, "difficult", xml, f"object {k}")
             if is_difficult and not self.keep_difficult:
                 continue

@@ -5,7 +5,12 @@ model runs) and ``after_step`` (with the storage the model reported into and the
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import shutil
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,10 +23,14 @@ from ohem.evaluation.score import METRIC_NAMES, evaluate, format_ap
 from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
 from ohem.mining.stall import StallWatch
-from ohem.util import has_module
+from ohem.util import atomic_open, has_module, progress_bar, refuse_symlink
 
 if TYPE_CHECKING:
     from ohem.engine.trainer import Run
+
+
+BEST_CHECKPOINT = "checkpoint_best.pt"
+ITER_CHECKPOINT = re.compile(r"checkpoint_iter(\d+)\.pt")
 
 
 class Hook:
@@ -113,15 +122,7 @@ class ProgressHook(Hook):
     """A progress bar on the main process, with the loss and the smoothed images per second."""
 
     def before_train(self, run: Run) -> None:
-        total = run.cfg.solver.iterations
-        # (on rank 0, TQDM_DISABLE and tqdm's other environment settings apply)
-        self.bar = tqdm(
-            total=total,
-            initial=run.start,
-            desc="train",
-            dynamic_ncols=True,
-            **({} if run.d.main else {"disable": True}),
-        )
+        self.bar = progress_bar(run.cfg.solver.iterations, "train", enabled=run.d.main, initial=run.start)
         self.speed: float | None = None
 
     def after_step(self, run: Run, storage: EventStorage, record: dict[str, Any]) -> None:
@@ -135,7 +136,8 @@ class ProgressHook(Hook):
 
 
 class EvalHook(Hook):
-    """Test metrics every ``train.eval_every`` steps and after the last (``metrics``: the latest)."""
+    """Test metrics every ``train.eval_every`` steps and after the last (``metrics``: the latest);
+    ``checkpoint_best.pt`` at each evaluation that beats the best so far (``run.best``)."""
 
     def __init__(self) -> None:
         self.metrics: dict[str, Any] | None = None
@@ -143,17 +145,57 @@ class EvalHook(Hook):
     def after_step(self, run: Run, storage: EventStorage, record: dict[str, Any]) -> None:
         if is_last(run, storage) or every(run.cfg.train.eval_every, storage):
             self.metrics = evaluate_during_training(run, record["iteration"])
+            keep_best(run, record["iteration"], self.metrics)
 
 
 class CheckpointHook(Hook):
-    """``checkpoint_last.pt`` every ``train.checkpoint_every`` steps and after the last."""
+    """``checkpoint_last.pt`` every ``train.checkpoint_every`` steps and after the last; with
+    ``train.keep_checkpoints`` N > 1, the N - 1 most recent of them as ``checkpoint_iterNNNNNN.pt`` too."""
 
     def after_step(self, run: Run, storage: EventStorage, record: dict[str, Any]) -> None:
         if is_last(run, storage) or every(run.cfg.train.checkpoint_every, storage):
             save(run, record["iteration"])
+            if run.d.main and run.cfg.train.keep_checkpoints > 1:
+                keep_recent(run.out, run.checkpoint_path, record["iteration"], run.cfg.train.keep_checkpoints - 1)
 
 
-def save(run: Run, iteration: int) -> None:
+def keep_best(run: Run, iteration: int, metrics: dict[str, Any]) -> None:
+    """Record ``metrics`` as the best so far and write ``checkpoint_best.pt`` if its mAP beats
+    ``run.best`` (restored on ``--resume``, so a resumed run never replaces a better best)."""
+    value = metrics.get("mAP")
+    if value is None or not math.isfinite(value):  # nothing measured (no test objects): not a best
+        return
+    if run.best is not None and value <= run.best["mAP"]:
+        return
+    run.best = {"iteration": iteration, "metric": run.cfg.train.eval_metric, "mAP": float(value)}
+    save(run, iteration, run.out / BEST_CHECKPOINT)
+
+
+def keep_recent(out: Path, last: Path, iteration: int, keep: int) -> None:
+    """``last`` also as ``checkpoint_iterNNNNNN.pt`` (a hard link where the file system has them:
+    the atomic rewrite of ``last`` replaces its name, not the linked file); then delete all but the
+    ``keep`` most recent such files."""
+    path = out / f"checkpoint_iter{iteration:06d}.pt"
+    refuse_symlink(path)
+    path.unlink(missing_ok=True)  # a resumed run redoing this iteration
+    try:
+        os.link(last, path)
+    except OSError:  # no hard links here: a copy, written atomically
+        with atomic_open(path, binary=True) as f, open(last, "rb") as src:
+            shutil.copyfileobj(src, f)
+    for old in periodic_checkpoints(out)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def periodic_checkpoints(out: Path) -> list[Path]:
+    """The ``checkpoint_iterNNNNNN.pt`` files in ``out``, oldest first."""
+    found = [p for p in out.glob("checkpoint_iter*.pt") if ITER_CHECKPOINT.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(ITER_CHECKPOINT.fullmatch(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def save(run: Run, iteration: int, path: Path | None = None) -> None:
+    """A checkpoint of the run (with its solver state, so any of them can be trained on) at ``path``
+    (default ``checkpoint_last.pt``); every process takes part (their RNG states are gathered)."""
     rng = distributed.gather(run.d, torch.get_rng_state())
     if run.d.main:
         solver = {
@@ -162,7 +204,14 @@ def save(run: Run, iteration: int) -> None:
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
         }
         save_checkpoint(
-            run.checkpoint_path, run.core, run.cfg, run.classes, iteration, solver, rng if run.d.active else None
+            path or run.checkpoint_path,
+            run.core,
+            run.cfg,
+            run.classes,
+            iteration,
+            solver,
+            rng if run.d.active else None,
+            run.best,
         )
     distributed.barrier(run.d)
 

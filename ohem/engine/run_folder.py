@@ -5,8 +5,8 @@
   kernel drops the lock when its process dies, so the lock of a killed run is simply taken over.
 * ``check_folder``: a folder that holds a run (``checkpoint_last.pt``, ``log.jsonl``, ``mining.jsonl``
   or ``config.yaml``) is trained into only with ``--resume`` (continue it) or ``--force`` (start
-  afresh: ``move_aside`` moves the old run's files to ``OUT/previous-N/``; nothing is deleted). The
-  files a run writes must not be symbolic links.
+  afresh: ``move_aside`` moves the old run's files, its checkpoints included, to ``OUT/previous-N/``;
+  nothing is deleted). The files a run writes must not be symbolic links.
 * ``check_resume_config``: ``--resume`` continues the checkpoint's run; the config may differ from
   the checkpoint's only in ``RESUME_MAY_CHANGE``, the fields ``ohem.config`` marks with
   ``RESUMABLE`` (length of the run, evaluation, logging, threads, device), else the
@@ -36,7 +36,8 @@ CHECKPOINT = "checkpoint_last.pt"
 # Any of these says "a run is here".
 RUN_MARKERS = (CHECKPOINT, "log.jsonl", "mining.jsonl", "config.yaml")
 # What a run writes (moved aside together by --force; none may be a symbolic link).
-RUN_FILES = (*RUN_MARKERS, "metrics.json", "detections.png", "tb", "report")
+RUN_FILES = (*RUN_MARKERS, "checkpoint_best.pt", "summary.txt", "metrics.json", "detections.png", "tb", "report")
+PERIODIC = "checkpoint_iter*.pt"  # train.keep_checkpoints > 1: the kept periodic checkpoints (moved aside too)
 
 
 def _may_change_on_resume() -> tuple[str, ...]:
@@ -149,6 +150,8 @@ def check_folder(out: Path, resume: bool, force: bool) -> None:
     check_arguments(out, resume, force)
     for name in RUN_FILES + (LOCK_NAME,):
         refuse_symlink(out / name)
+    for path in out.glob(PERIODIC):
+        refuse_symlink(path)
     found = [name for name in RUN_MARKERS if os.path.lexists(out / name)]
     if found and not resume and not force:
         raise RunFolderError(
@@ -160,6 +163,7 @@ def check_folder(out: Path, resume: bool, force: bool) -> None:
 def move_aside(out: Path) -> Path | None:
     """Move the files of the run in ``out`` into a new ``out/previous-N/``; returns it (None: no run)."""
     present = [name for name in RUN_FILES if os.path.lexists(out / name)]
+    present += sorted(p.name for p in out.glob(PERIODIC))
     if not present:
         return None
     n = 1

@@ -32,11 +32,12 @@ from ohem.data.loader import Batch, TrainBatches, loader_workers, train_loader
 from ohem.engine import run_folder
 from ohem.engine.hooks import EvalHook, Hook, default_hooks, draw_test_images, test_metrics
 from ohem.engine.runlog import RunLog, skipped_outputs
+from ohem.engine.summary import write_summary
 from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
 from ohem.mining import build_detector
 from ohem.structures import DetectionDataset
-from ohem.util import atomic_open, one_line, output_folder, require, strict_json
+from ohem.util import atomic_open, is_int, is_number, one_line, output_folder, require, strict_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,6 +65,7 @@ class Run:
     log: RunLog
     groups: tuple[int, ...] | None  # orientation of each training image, when batches are grouped
     workers: int  # loader processes
+    best: dict[str, Any] | None = None  # the best evaluation so far: {"iteration", "metric", "mAP"}
 
     @property
     def images_per_step(self) -> int:  # this process's images per SGD step
@@ -106,12 +108,13 @@ def train(
 def _train(run: Run, extra_hooks: list[Hook]) -> dict[str, Any]:
     """The iterations of a set-up run, then the final evaluation, ``metrics.json`` and the drawing."""
     hooks = [*extra_hooks, *default_hooks(run)]
+    write_summary(run)
     run_loop(run, hooks)
     evaluated = next((h.metrics for h in hooks if isinstance(h, EvalHook)), None)
     metrics = evaluated or test_metrics(run)  # none when a finished run was resumed
     if run.d.main:
         with atomic_open(run.out / "metrics.json") as f:
-            f.write(strict_json(metrics))
+            f.write(strict_json({**metrics, "best": run.best} if run.best else metrics))
         draw_test_images(run)
     return metrics
 
@@ -246,7 +249,7 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
     log = RunLog(out, start if resume else None, d.main, len(classes))
     groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
     workers = loader_workers(cfg.data.workers)
-    return Run(
+    run = Run(
         cfg,
         out,
         d,
@@ -265,6 +268,8 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
         groups,
         workers,
     )
+    run.best = saved_best(state, out / run_folder.CHECKPOINT) if state else None
+    return run
 
 
 def build_model(cfg: Config, num_classes: int) -> GeneralizedRCNN:
@@ -305,6 +310,16 @@ def restore(
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"checkpoint {path}: solver state: cannot be restored ({one_line(str(e))})") from None
     return state["iteration"]
+
+
+def saved_best(state: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The best evaluation a checkpoint recorded (None: none yet, or a checkpoint older than the record)."""
+    best = state.get("best")
+    if best is None:
+        return None
+    if not (isinstance(best, dict) and is_int(best.get("iteration")) and is_number(best.get("mAP"))):
+        raise ValueError(f"checkpoint {path}: best: expected {{'iteration': N, 'mAP': x}}, got {best!r}")
+    return dict(best)
 
 
 def batch_of(run: Run, position: int) -> list[int]:

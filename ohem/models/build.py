@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import detection
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
@@ -17,6 +18,7 @@ from ohem.checkpoint import load_state_dict_file
 from ohem.config import ModelConfig
 from ohem.models import vgg
 from ohem.models.small import small_fast_rcnn, small_fast_rcnn_wide, small_faster_rcnn
+from ohem.util import one_line
 
 
 def set_input_normalisation(model: GeneralizedRCNN, cfg: ModelConfig) -> None:
@@ -60,9 +62,26 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
     or downloaded: for a checkpoint, whose state dict holds every weight (the file it was trained
     from may be gone; ImageNet weights would be downloaded only to be overwritten)."""
     uses_rpn = cfg.name not in PROPOSAL_MODELS
-    model = BUILDERS[cfg.name](cfg, num_classes, detector_kwargs(cfg, uses_rpn), load_weights)
+    try:
+        model = BUILDERS[cfg.name](cfg, num_classes, detector_kwargs(cfg, uses_rpn), load_weights)
+    except OSError as e:  # urllib's URLError (offline, no DNS, a proxy) and socket errors are OSErrors
+        if cfg.backbone_weights != "imagenet" or not load_weights:
+            raise
+        raise OSError(download_failure(e)) from None
     set_input_normalisation(model, cfg)
     return model
+
+
+def download_failure(error: OSError) -> str:
+    """The one line for ImageNet weights torchvision could not fetch: which key asked for them, and
+    the two ways to train without the network."""
+    reason = one_line(str(getattr(error, "reason", "") or error)) or type(error).__name__
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return (
+        f"model.backbone_weights: imagenet: torchvision could not download the ImageNet weights ({reason}); "
+        f"offline, put the file it names on its 'Downloading:' line into {cache}/ (it looks there first), "
+        "or set model.backbone_weights to a local state-dict file (tensors only), or to null (random weights)"
+    )
 
 
 def detector_kwargs(cfg: ModelConfig, uses_rpn: bool) -> dict[str, Any]:
