@@ -22,6 +22,11 @@ Parts can be left out or narrowed (``--amps``, ``--samplers``, ``--train-iters 0
 ``--vgg-train-iters 0``, ``--e2e-iters 0``, ``--e2e-amps``); ``--profile N`` runs N more steps of
 each step-table row under ``torch.profiler`` and prints its top ops by device time and by CPU time
 (host-bound steps show up as kernel launches and ``cudaStreamSynchronize``).
+
+Beside each step-table row: its FLOPs (forward and backward, counted on one more step), the FLOP
+ratio to the first sampler (the heuristic) and time ratio ÷ FLOP ratio (1.00: the step costs what
+its arithmetic predicts), RoIAlign's MB, the host syncs ``ohem.bench.opcount`` names, and those
+``torch.cuda.set_sync_debug_mode`` reports in one step (the check of that list).
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torchvision
 
+from ohem.bench.opcount import OpCount, count_ops
 from ohem.config import load_config
 from ohem.data import build_dataset
 from ohem.data.loader import eval_batches
@@ -102,14 +109,17 @@ def proposal_overrides(overrides: list[str], num_train: int, num_test: int) -> l
 
 def time_steps(
     overrides: list[str], iters: int, device: torch.device, amp: str = "none", profile: int = 0
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, OpCount, int]:
+    """s/iter and peak MiB of ``iters`` steps after 3 warm-up steps, the last loss, then one more step
+    counted (``ohem.bench.opcount``: FLOPs, RoIAlign bytes, host syncs by name) and the host syncs CUDA's
+    own sync debug mode reports in one step (-1 off CUDA)."""
     overrides = overrides + ["data.num_train=16"]
     cfg = load_config("demo", overrides + proposal_overrides(overrides, 16, 4))
     data = build_dataset(cfg.data, "train")
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.sampler, len(data.classes)).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    pairs = [[2 * i % 16, (2 * i + 1) % 16] for i in range(iters + 3)]
+    pairs = [[2 * i % 16, (2 * i + 1) % 16] for i in range(iters + 5)]
     batches = [next(eval_batches(data, pair, 2, 0, device))[1:] for pair in pairs]
     cuda = device.type == "cuda"
     dtype = training.autocast_dtype(amp, device)
@@ -127,7 +137,7 @@ def time_steps(
         scaler.update()
         return loss
 
-    for i, (images, targets) in enumerate(batches):
+    for i, (images, targets) in enumerate(batches[: iters + 3]):
         if i == 3:  # warm-up done
             if cuda:
                 torch.cuda.synchronize(device)
@@ -137,9 +147,21 @@ def time_steps(
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / iters
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
+    with count_ops() as count:  # after the timing: counting slows the step
+        step(*batches[iters + 3])
+    cuda_syncs = -1
+    if cuda:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step(*batches[iters + 4])
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        cuda_syncs = sum("synchronizing" in str(w.message) for w in caught)
     if profile:
         print_profile(lambda: [step(*batch) for batch in batches[:profile]], device)
-    return seconds, peak, loss.item()
+    return seconds, peak, loss.item(), count, cuda_syncs
 
 
 def print_profile(run: Callable[[], object], device: torch.device, rows: int = 15) -> None:
@@ -184,7 +206,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, torchvision {torchvision.__version__}")
     print(
-        f"{'model':<12} {'amp':<5} {'sampler':<13} {'s/iter':>8} {'peak MiB':>9} {'x heur time':>12} {'x heur mem':>11}"
+        f"{'model':<12} {'amp':<5} {'sampler':<13} {'s/iter':>8} {'peak MiB':>9} {'x heur time':>12} "
+        f"{'x heur mem':>11} {'GFLOP':>8} {'x heur FLOPs':>13} {'time/FLOPs':>11} {'RoIAlign MB':>12} "
+        f"{'syncs':>6} {'CUDA syncs':>11}"
     )
     amps = args.amps or (["none", "bf16", "fp16"] if device.type == "cuda" else ["none", "bf16"])
     MODELS["vgg16-frcn@600"][2] = f"model.min_size={args.vgg_size}"
@@ -194,11 +218,15 @@ def main() -> None:
             base = None
             for sampler in args.samplers or SAMPLERS:
                 sampler_overrides = SAMPLERS[sampler]
-                sec, mem, loss = time_steps(model_overrides + sampler_overrides, args.iters, device, amp, args.profile)
-                base = base or (sec, mem)
+                sec, mem, loss, count, cuda_syncs = time_steps(
+                    model_overrides + sampler_overrides, args.iters, device, amp, args.profile
+                )
+                base = base or (sec, mem, count.flops)
+                time_x, flops_x = sec / base[0], count.flops / base[2]
                 print(
-                    f"{model_name:<12} {amp:<5} {sampler:<13} {sec:8.4f} {mem:9.0f} {sec / base[0]:12.2f} "
-                    f"{mem / base[1]:11.2f}   (last loss {loss:.3f})",
+                    f"{model_name:<12} {amp:<5} {sampler:<13} {sec:8.4f} {mem:9.0f} {time_x:12.2f} "
+                    f"{mem / base[1]:11.2f} {count.flops / 1e9:8.2f} {flops_x:13.2f} {time_x / flops_x:11.2f} "
+                    f"{count.roi_align_bytes / 1e6:12.0f} {count.syncs:6d} {cuda_syncs:11d}   (last loss {loss:.3f})",
                     flush=True,
                 )
     if args.train_iters:

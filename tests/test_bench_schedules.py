@@ -129,3 +129,26 @@ def test_the_schedule_table_has_a_cell_per_arm_and_schedule_and_the_leads():
     assert "| arm | 1× (1500 it.) | 4× (6000 it.) |" in text
     assert "| tv-default | 75.5 ± 0.7 | 84.0 (1 seed) |" in text
     assert "| ohem − tv-default | +3.5 (2.1) | +0.5 |" in text  # the spread needs two seeds of both
+
+
+def test_the_r50_bench_starts_from_every_weight_of_its_source_task_but_the_predictor():
+    from ohem.data import build_dataset
+    from ohem.mining import build_detector
+
+    source, target = load_config("transfer_source_r50"), load_config("bench_r50_transfer")
+    assert (target.model.name, target.model.min_size, target.model.rpn_post_nms_top_n_train) == (
+        "fasterrcnn_resnet50_fpn",
+        800,
+        2000,
+    )
+    assert (target.solver.iterations, target.solver.steps) == (1500, [1000, 1300])
+    shapes = []
+    for cfg in (source, target):
+        classes = len(build_dataset(cfg.data, "test").classes)
+        model = build_detector(cfg.model, cfg.sampler, classes)
+        shapes.append({k: v.shape for k, v in model.state_dict().items()})
+    fresh = tuple(target.model.init_weights_skip)
+    assert fresh == ("roi_heads.box_predictor",)
+    assert {k: v for k, v in shapes[0].items() if not k.startswith(fresh)} == {
+        k: v for k, v in shapes[1].items() if not k.startswith(fresh)
+    }
