@@ -25,7 +25,7 @@ python3 -c "import torch, torchvision; print(torch.__version__, torchvision.__ve
 mkdir -p runs/dense "$out"
 for split in train test; do
     [ -f runs/dense/p20j15-$split.npz ] || python3 -m ohem proposals --data synthetic --split $split --method dense \
-        --out runs/dense/p20j15-$split.npz --processes 8 &
+        --out runs/dense/p20j15-$split.npz &
 done
 wait
 gpu=(--set train.device=${DEVICE:-cuda} --set data.workers=0 --no-errors ${EXTRA:-})
@@ -37,7 +37,7 @@ bench() {  # bench FOLDER ARGS...: one part, stopped at the deadline (its finish
     echo "== $1: exit $?"
 }
 copy_pretrain() {  # the source weights of one folder into another (not trained twice)
-    [ -f "$out/$1/pretrain/metrics.json" ] && mkdir -p "$out/$2/pretrain" && cp -n "$out/$1/pretrain/"* "$out/$2/pretrain/"
+    [ -f "$out/$1/pretrain/metrics.json" ] && mkdir -p "$out/$2/pretrain" && cp -rn "$out/$1/pretrain/." "$out/$2/pretrain/"
 }
 for part in $parts; do
     case $part in

@@ -16,7 +16,7 @@ mkdir -p runs/dense "$out"
 if [ -n "$pretrain" ]; then mkdir -p "$out/pretrain" && cp "$pretrain"/* "$out/pretrain/"; fi
 for split in train test; do
     [ -f runs/dense/p20j15-$split.npz ] || python3 -m ohem proposals --data synthetic --split $split --method dense \
-        --out runs/dense/p20j15-$split.npz --processes 8 &
+        --out runs/dense/p20j15-$split.npz &
 done
 wait
 arms=heuristic,tv-default,ohem,ohem-warm,libra,pisa,ohem-presample,ohem-stratified,is-mix,ohem-prior

@@ -11,7 +11,8 @@ import torch
 
 from ohem.bench import ARMS, Bench, Comparison, budget_iterations, comparisons, run_bench, schedule_overrides, verdict
 from ohem.bench.errors import image_annotations
-from ohem.bench.run import claim, run_overrides
+from ohem.bench.jobs import claim
+from ohem.bench.spec import run_overrides
 from ohem.bench.summary import summary_markdown
 from ohem.cli import main
 from ohem.config import load_config

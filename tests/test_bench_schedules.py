@@ -6,8 +6,8 @@ import csv
 import pytest
 
 from ohem.bench import Bench, run_bench
-from ohem.bench.run import run_overrides
 from ohem.bench.schedules import schedule_markdown, schedule_verdict
+from ohem.bench.spec import run_overrides
 from ohem.cli import main
 from ohem.config import load_config
 from tests.test_bench import TINY_BENCH

@@ -352,7 +352,8 @@ def test_train_on_a_full_disk_keeps_the_earlier_checkpoint(trained: Path, tmp_pa
 
 
 def test_bench_names_the_failed_runs_error(tmp_path: Path) -> None:
-    from ohem.bench.run import Job, failure_summary, run_jobs
+    from ohem.bench.jobs import Job, run_jobs
+    from ohem.bench.run import failure_summary
 
     line = f"ohem train: error: {tmp_path}/checkpoint_last.pt: no space left on device (not written; ...)"
     child = [sys.executable, "-c", f"import sys; print({line!r}, file=sys.stderr); sys.exit(1)"]

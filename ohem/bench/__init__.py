@@ -5,7 +5,8 @@ a verdict, the error counts and the plots (``ohem.bench.run``, ``ohem.bench.summ
 finished run's test detections into kinds of error in its own."""
 
 from ohem.bench.arms import ARMS, Arm, format_arms, parse_arms
-from ohem.bench.run import Bench, budget_iterations, run_bench, schedule_overrides
+from ohem.bench.run import run_bench
+from ohem.bench.spec import Bench, budget_iterations, schedule_overrides
 from ohem.bench.summary import Comparison, comparisons, verdict
 
 __all__ = [

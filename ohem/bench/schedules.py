@@ -8,15 +8,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ohem.bench.spec import schedule_of
 from ohem.bench.summary import RANDOM, SPREAD_RULE, mean_sd, number, table
 from ohem.util import atomic_open
 
 Row = dict[str, Any]
-
-
-def schedule_of(row: Row) -> float:
-    """A row's schedule multiple; rows written before schedules existed ran the config's run length (1)."""
-    return float(row.get("schedule") or 1)
 
 
 def by_schedule(acc: list[Row], arms: list[str]) -> dict[float, dict[str, list[float]]]:
