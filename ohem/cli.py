@@ -271,6 +271,31 @@ def _add_bench_command(add_parser: typing.Callable[..., argparse.ArgumentParser]
         "this into kinds of error, errors.csv (default 0.5)",
     )
     p.add_argument("--no-errors", action="store_true", help="skip the error phase (one test-split pass per run)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--plan",
+        action="store_true",
+        help="write OUT/plan.sh (one shell command per training run still to do) and print it; train nothing",
+    )
+    mode.add_argument(
+        "--collect",
+        action="store_true",
+        help="read the finished runs into the CSVs, summary.md and plots; list the unfinished; train nothing",
+    )
+    p.add_argument(
+        "--executor",
+        default="local",
+        help="where the training runs execute: local (this machine's processes), submitit[:slurm|:local] "
+        "(Slurm jobs of one array; local: submitit's local cluster), ray[:ADDRESS] (Ray tasks; no address: a "
+        "local Ray instance). The cost phase always runs here",
+    )
+    p.add_argument("--partition", help="submitit on Slurm: the partition")
+    p.add_argument("--account", help="submitit on Slurm: the account")
+    p.add_argument("--time-limit", type=int, metavar="MIN", help="submitit: minutes per run (default 1440)")
+    p.add_argument("--gpus-per-run", type=int, help="submitit, ray: GPUs each run asks for (default 0)")
+    p.add_argument(
+        "--cpus-per-run", type=int, help="submitit, ray: CPUs each run asks for and its threads (default cores/jobs)"
+    )
     p.add_argument("--out", help="benchmark folder; rerun into it to resume")
     p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
     p.set_defaults(func=cmd_bench)
@@ -798,4 +823,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.list_arms:
         print(bench.format_arms(), end="")
         return 0
-    return bench.run_bench(bench.Bench.from_args(args))
+    b = bench.Bench.from_args(args)
+    if args.plan:
+        return bench.plan_bench(b)
+    return bench.collect_bench(b) if args.collect else bench.run_bench(b)

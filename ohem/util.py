@@ -304,6 +304,8 @@ EXTRAS = {
     "matplotlib": ("matplotlib", "plots"),
     "scipy": ("scipy", "mat"),
     "h5py": ("h5py", "mat"),
+    "submitit": ("submitit", "slurm"),
+    "ray": ("Ray", "ray"),
 }
 
 

@@ -5,6 +5,8 @@ a verdict, the error counts and the plots (``ohem.bench.run``, ``ohem.bench.summ
 finished run's test detections into kinds of error in its own."""
 
 from ohem.bench.arms import ARMS, Arm, format_arms, parse_arms
+from ohem.bench.executors import Executor
+from ohem.bench.plan import collect_bench, plan_bench
 from ohem.bench.run import run_bench
 from ohem.bench.spec import Bench, budget_iterations, schedule_overrides
 from ohem.bench.summary import Comparison, comparisons, verdict
@@ -14,10 +16,13 @@ __all__ = [
     "Arm",
     "Bench",
     "Comparison",
+    "Executor",
+    "collect_bench",
     "budget_iterations",
     "comparisons",
     "format_arms",
     "parse_arms",
+    "plan_bench",
     "run_bench",
     "schedule_overrides",
     "verdict",

@@ -24,6 +24,7 @@ except ImportError:  # not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 POLL_SECONDS = 0.5
+CHECKPOINT = "checkpoint_last.pt"
 
 
 @contextlib.contextmanager
@@ -43,6 +44,15 @@ def claim(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def resolved_command(argv: list[str], run_dir: Path | None) -> list[str]:
+    """``argv``; for a training run (``run_dir``), ``--resume`` if its folder has a checkpoint (stopped, or
+    preempted and requeued by a scheduler), else ``--force`` (its files, if any, moved to previous-N/)."""
+    if run_dir is None:
+        return argv
+    flag = "--resume" if (run_dir / CHECKPOINT).is_file() else "--force"
+    return [flag if arg in ("--resume", "--force") else arg for arg in argv]
+
+
 @dataclass
 class Job:
     """One subprocess: its command, log file, threads, and what to record when it exits cleanly."""
@@ -52,22 +62,29 @@ class Job:
     log: Path
     threads: int
     finish: Callable[[float], str]  # wall seconds -> the line to print
+    run_dir: Path | None = None  # an ``ohem train`` run: --resume or --force is decided when it starts
+
+    def command(self) -> list[str]:
+        return resolved_command(self.argv, self.run_dir)
+
+    def environment(self) -> dict[str, str]:
+        """What the command's environment sets: this same ohem first on the path, its threads, no bars."""
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        return {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(self.threads), "PYTHONPATH": path}
 
     def start(self) -> subprocess.Popen:
         output_folder(self.log.parent, "log folder")
-        package_root = str(Path(__file__).resolve().parents[2])  # the children import this same ohem
-        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(self.threads), PYTHONPATH=path)
-        bench = os.getpid()
+        argv, bench = self.command(), os.getpid()
         with open_append(self.log) as log:
-            log.write(f"$ {shlex.join(self.argv)}\n")
+            log.write(f"$ {shlex.join(argv)}\n")
             log.flush()
             return subprocess.Popen(
-                self.argv,
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env,
+                env={**os.environ, **self.environment()},
                 process_group=0,  # its own group: the child and its loader workers are stopped together
                 # and stopped by the kernel if the bench is killed (Linux): SIGTERM, which ohem's commands
                 # turn into an exit that cleans up (its loader workers die with it by SIGKILL)
@@ -91,7 +108,7 @@ def run_jobs(jobs: list[Job], parallel: int) -> list[str]:
                 running.remove(entry)
                 job, process, started = entry
                 stop([process], grace=0)  # a loader worker that outlived its run
-                message = _finish(job, process.returncode, time.monotonic() - started)
+                message = finish(job, process.returncode, time.monotonic() - started)
                 if message.startswith("FAILED"):
                     failed.append(f"{job.name}: {message}")
                 print(f"[{job.name}] {message}", flush=True)
@@ -112,7 +129,8 @@ def stop(processes: list[subprocess.Popen], grace: float = 30.0) -> None:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _finish(job: Job, returncode: int, wall: float) -> str:
+def finish(job: Job, returncode: int, wall: float) -> str:
+    """The line to print for a job that ended: its ``finish`` (its rows recorded), or why it failed."""
     if returncode != 0:
         return f"FAILED (exit {returncode}): {_last_line(job.log)}"
     try:

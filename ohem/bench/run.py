@@ -37,7 +37,6 @@ from ohem.bench.cost import COUNTED_STEPS
 from ohem.bench.jobs import Job, claim, run_jobs
 from ohem.bench.schedules import plot_schedules, schedule_markdown
 from ohem.bench.spec import (
-    CHECKPOINT,
     Bench,
     read_run,
     run_key,
@@ -63,6 +62,14 @@ from ohem.util import atomic_open, check_output_folder, has_module, install_hint
 
 def run_bench(b: Bench) -> int:
     """Both phases, then ``summary.md`` and the plots; 1 if a run failed (the others still count)."""
+    base = prepare(b)
+    with claim(b.out):
+        return _run_claimed(b, base)
+
+
+def prepare(b: Bench) -> Config:
+    """Everything checked before anything runs or is written but ``OUT`` and its run and log folders:
+    the options, the config with every arm's overrides, the folders. Returns the config."""
     b.check()
     if b.pretrain:  # every run starts from the pretrained weights (a path inside OUT: the same on every rerun)
         load_config(b.pretrain)  # a bad pretrain config fails here, before anything runs
@@ -76,24 +83,26 @@ def run_bench(b: Bench) -> int:
     output_folder(b.out)
     for sub in ("runs", "logs"):  # the folders the runs write into: no symlink to elsewhere, writable
         check_output_folder(b.out / sub, f"{sub} folder", inside=b.out)
-    with claim(b.out):
-        return _run_claimed(b, base)
+    return base
 
 
-def _run_claimed(b: Bench, base: Config) -> int:
+def open_folder(b: Bench, base: Config) -> dict[str, Any]:
+    """``OUT``'s settings checked against this call's and saved, its CSVs readable; the settings."""
     settings = check_settings(b, base)
     for name in SCHEMAS:  # a hand-edited or broken row is an error now, not a traceback in a later phase
         read_csv(b.out / name)
     save_settings(b, settings)  # before any row: the rows always belong to the settings on file
-    pretrain_phase(b)
-    cores = available_cores()
-    threads = max(1, cores // b.jobs)
-    print(
-        f"ohem bench: {len(b.arms)} arm(s) x {len(b.seeds)} seed(s), budget: {b.budget}; cost phase on {cores} "
-        f"thread(s), then {b.jobs} run(s) at a time on {threads} thread(s) each; {b.out}",
-        flush=True,
-    )
-    cost, failed = cost_phase(b, cores)
+    return settings
+
+
+def run_threads(b: Bench) -> int:
+    """Each training run's threads: ``--cpus-per-run``, else this machine's cores shared by ``--jobs``."""
+    return b.executor.cpus_per_run or max(1, available_cores() // b.jobs)
+
+
+def measured_cost(b: Bench, base: Config, settings: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The cost phase (here, on every core), and ``--seconds`` from it when ``--budget seconds`` has none."""
+    cost, failed = cost_phase(b, available_cores())
     if failed and not any(arm in cost for arm in b.arms):  # e.g. a data error: every run would fail the same way
         raise ValueError(f"cost phase: every arm failed, first {failed[0]}")
     if b.budget == "seconds" and b.seconds is None:  # default: the first arm's time for the config's iterations
@@ -102,6 +111,19 @@ def _run_claimed(b: Bench, base: Config) -> int:
         b.seconds = base.solver.iterations * float(cost[b.arms[0]]["s_per_iter"])
         print(f"ohem bench: --seconds {b.seconds:.1f} ({base.solver.iterations} iterations of {b.arms[0]})")
     save_settings(b, settings)
+    return cost, failed
+
+
+def _run_claimed(b: Bench, base: Config) -> int:
+    settings = open_folder(b, base)
+    pretrain_phase(b)
+    cores, threads = available_cores(), run_threads(b)
+    print(
+        f"ohem bench: {len(b.arms)} arm(s) x {len(b.seeds)} seed(s), budget: {b.budget}; cost phase on {cores} "
+        f"thread(s), then {b.jobs} run(s) at a time on {threads} thread(s) each; {b.out}",
+        flush=True,
+    )
+    cost, failed = measured_cost(b, base, settings)
     failed += accuracy_phase(b, cost, threads)
     failed += error_phase(b, threads)
     for path in write_summary(b, cost):
@@ -117,18 +139,21 @@ def failure_summary(failed: list[str], logs: Path) -> str:
     return f"ohem bench: {len(failed)} run(s) failed; first {failed[0]}; logs in {logs} (rerun to retry them)"
 
 
+def train_command(config: str, run_dir: Path) -> list[str]:
+    """``ohem train`` of ``config`` into ``run_dir``; ``Job.command`` turns ``--force`` into ``--resume``
+    when the run has a checkpoint by the time it starts (a run stopped before its first starts over)."""
+    return [sys.executable, "-m", "ohem", "train", "--config", config, "--out", str(run_dir), "--force"]
+
+
 def pretrain_phase(b: Bench) -> None:
     """``--pretrain``: train its config once into ``OUT/pretrain`` (resumed if stopped; kept once finished)."""
     run_dir = b.pretrained.parent
     if not b.pretrain or (run_dir / "metrics.json").is_file():
         return
-    resume = b.pretrained.is_file()
     cores = available_cores()
-    argv = [sys.executable, "-m", "ohem", "train", "--config", b.pretrain, "--out", str(run_dir)]
-    argv += ["--resume" if resume else "--force", "--set", f"train.num_threads={cores}"]
-    failed = run_jobs(
-        [Job("pretrain", argv, b.out / "logs" / "pretrain.log", cores, lambda wall: f"done ({wall:.0f} s)")], 1
-    )
+    argv = [*train_command(b.pretrain, run_dir), "--set", f"train.num_threads={cores}"]
+    job = Job("pretrain", argv, b.out / "logs" / "pretrain.log", cores, lambda wall: f"done ({wall:.0f} s)", run_dir)
+    failed = b.executor.run([job], 1, b.out / "executor")
     if failed:
         raise ValueError(f"--pretrain {b.pretrain}: {failed[0]}")
 
@@ -268,6 +293,12 @@ def cost_job(b: Bench, arm: str, repeat: int, cores: int, repeats: list[dict[str
 
 def accuracy_phase(b: Bench, cost: dict[str, dict[str, Any]], threads: int) -> list[str]:
     """An ``accuracy.csv`` row (and its ``curves.csv`` points) per arm, seed and schedule; returns failures."""
+    jobs, failed = accuracy_jobs(b, cost, threads)
+    return failed + b.executor.run(jobs, b.jobs, b.out / "executor")
+
+
+def accuracy_jobs(b: Bench, cost: dict[str, dict[str, Any]], threads: int) -> tuple[list[Job], list[str]]:
+    """A job per run of this call without an ``accuracy.csv`` row, and the runs that cannot run (why)."""
     path = b.out / "accuracy.csv"
     rows = read_csv(path)
     done = {run_key(r) for r in rows}
@@ -285,7 +316,7 @@ def accuracy_phase(b: Bench, cost: dict[str, dict[str, Any]], threads: int) -> l
     kept = sum(run_key(r) in b.wanted() for r in rows)
     if kept:
         print(f"ohem bench: {kept} finished run(s) kept from {path}", flush=True)
-    return failed + run_jobs(jobs, parallel=b.jobs)
+    return jobs, failed
 
 
 def accuracy_job(
@@ -295,37 +326,39 @@ def accuracy_job(
     run_dir = b.out / "runs" / name
     iterations, overrides = run_overrides(b, arm, seed, threads, s_per_iter, schedule)
     key = (arm, str(seed), schedule_name(schedule))
-    # A run stopped after its first checkpoint continues; one stopped before starts over (its files
-    # are moved to previous-N/ by --force, not deleted).
-    resume = (run_dir / CHECKPOINT).is_file()
-    argv = [
-        sys.executable,
-        "-m",
-        "ohem",
-        "train",
-        "--config",
-        b.config,
-        "--out",
-        str(run_dir),
-        "--resume" if resume else "--force",
-        *[a for o in overrides for a in ("--set", o)],
-    ]
+    argv = [*train_command(b.config, run_dir), *[a for o in overrides for a in ("--set", o)]]
 
     def finish(wall: float) -> str:
-        row, points = read_run(run_dir, arm, seed, iterations, s_per_iter, schedule)
-        row.update(wall_s=round(wall, 1), threads=threads, run=str(run_dir.relative_to(b.out)))
-        curves = [r for r in read_csv(b.out / "curves.csv") if run_key(r) != key]
-        write_csv(b.out / "curves.csv", curves + points)  # before the row: a row's curve is always there
-        errors = read_csv(b.out / "errors.csv")  # counts of an earlier run in this folder no longer hold
-        if any(run_key(r) == key for r in errors):
-            write_csv(b.out / "errors.csv", [r for r in errors if run_key(r) != key])
-        rows.append(row)
-        write_csv(b.out / "accuracy.csv", rows)
+        row = record_run(b, run_dir, key, iterations, s_per_iter, rows, wall_s=round(wall, 1), threads=threads)
         score = "none (no class measured)" if row["mAP"] is None else f"{row['mAP']:.4f}"
         return f"mAP {score} after {iterations} iterations ({wall:.0f} s)"
 
     label = f"accuracy {arm} seed {seed}" + ("" if schedule == 1 else f" x{schedule_name(schedule)}")
-    return Job(label, argv, b.out / "logs" / f"{name}.log", threads, finish)
+    return Job(label, argv, b.out / "logs" / f"{name}.log", threads, finish, run_dir=run_dir)
+
+
+def record_run(
+    b: Bench,
+    run_dir: Path,
+    key: tuple[str, str, str],
+    iterations: int,
+    s_per_iter: float | None,
+    rows: list[dict[str, Any]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A finished run's ``accuracy.csv`` row (with ``extra``) and ``curves.csv`` points written; its
+    stale ``errors.csv`` row dropped. Returns the row."""
+    arm, seed, schedule = key
+    row, points = read_run(run_dir, arm, int(seed), iterations, s_per_iter, float(schedule))
+    row.update(**extra, run=str(run_dir.relative_to(b.out)))
+    curves = [r for r in read_csv(b.out / "curves.csv") if run_key(r) != key]
+    write_csv(b.out / "curves.csv", curves + points)  # before the row: a row's curve is always there
+    errors = read_csv(b.out / "errors.csv")  # counts of an earlier run in this folder no longer hold
+    if any(run_key(r) == key for r in errors):
+        write_csv(b.out / "errors.csv", [r for r in errors if run_key(r) != key])
+    rows.append(row)
+    write_csv(b.out / "accuracy.csv", rows)
+    return row
 
 
 def error_phase(b: Bench, threads: int) -> list[str]:
@@ -336,7 +369,7 @@ def error_phase(b: Bench, threads: int) -> list[str]:
     rows = read_csv(b.out / "errors.csv")
     done = {run_key(r) for r in rows if _float(r.get("score")) == b.error_score}
     runs = [r for r in read_csv(b.out / "accuracy.csv") if run_key(r) in b.wanted() - done]
-    return run_jobs([error_job(b, r, threads, rows) for r in runs], b.jobs)
+    return b.executor.run([error_job(b, r, threads, rows) for r in runs], b.jobs, b.out / "executor")
 
 
 def error_job(b: Bench, run: dict[str, Any], threads: int, rows: list[dict[str, Any]]) -> Job:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ohem.bench.arms import ARMS, parse_arms
-from ohem.bench.jobs import read_jsonl
+from ohem.bench.executors import Executor
+from ohem.bench.jobs import CHECKPOINT, read_jsonl
 from ohem.bench.state import MAX_SECONDS
 from ohem.config import Config, load_config
 
 COST_WARMUP = 10  # untimed steps first: allocator and thread pools settle
-CHECKPOINT = "checkpoint_last.pt"
 ERROR_SCORE = 0.5  # the error phase's default score threshold
 MAX_JOBS = 256  # --jobs: processes at a time; far more than any machine's cores is a typo
 
@@ -41,6 +41,7 @@ class Bench:
     cost_init: str | None = None  # cost phase: start from these weights
     pretrain: str | None = None  # a config trained once into OUT/pretrain; every run starts from its weights
     error_score: float | None = ERROR_SCORE  # error phase: detections scoring at least this; None: no phase
+    executor: Executor = field(default_factory=Executor)  # where the training runs execute (not the cost phase)
     schedules: list[float] = field(default_factory=lambda: [1.0])  # multiples of the run length (iterations or seconds)
 
     @classmethod
@@ -64,6 +65,14 @@ class Bench:
             pretrain=args.pretrain,
             error_score=error_score,
             schedules=list(dict.fromkeys(args.schedules)),
+            executor=Executor.parse(
+                args.executor,
+                partition=args.partition,
+                account=args.account,
+                time_limit=args.time_limit,
+                gpus_per_run=args.gpus_per_run,
+                cpus_per_run=args.cpus_per_run,
+            ),
             # the cost phase's own defaults (above) unless given
             **{
                 k: v for k, v in (("cost_iters", args.cost_iters), ("cost_repeats", args.cost_repeats)) if v is not None

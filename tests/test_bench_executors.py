@@ -1,0 +1,109 @@
+"""``ohem bench`` on other engines: the same tiny bench through the local pool, submitit's local cluster
+and a local Ray instance gives the same rows bit for bit; ``--plan``, the listed commands run by hand,
+then ``--collect`` gives the same summary as a plain bench; bad executor options are one line."""
+
+import csv
+import subprocess
+
+import pytest
+
+from ohem.bench import Bench, Executor, collect_bench, plan_bench, run_bench
+from ohem.cli import main
+from tests.test_bench import TINY_BENCH
+
+pytest.importorskip("submitit")
+pytest.importorskip("ray")
+
+# what a run computes; wall_s and the run's engine are not in it
+COMPUTED = ("arm", "seed", "schedule", "iterations", "mAP", "train_roi_loss", "mined_fg_fraction", "run")
+
+
+def read(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tiny(out, executor="local"):
+    return Bench(
+        config="demo",
+        out=out,
+        arms=["heuristic", "ohem"],
+        seeds=[0],
+        overrides=list(TINY_BENCH),
+        jobs=2,
+        cost_iters=0,
+        error_score=None,
+        executor=Executor.parse(executor, cpus_per_run=1),
+    )
+
+
+def computed(out):
+    rows = sorted(read(out / "accuracy.csv"), key=lambda r: r["arm"])
+    return [{k: r[k] for k in COMPUTED} for r in rows], sorted(
+        map(tuple, (r.values() for r in read(out / "curves.csv")))
+    )
+
+
+@pytest.fixture(scope="module")
+def local_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "local"
+    assert run_bench(tiny(out)) == 0
+    return out
+
+
+@pytest.mark.parametrize("executor", ["submitit:local", "ray"])
+def test_another_engine_computes_the_same_rows_bit_for_bit(local_out, tmp_path, executor, capsys):
+    out = tmp_path / "b"
+    assert run_bench(tiny(out, executor)) == 0
+    assert "submitted" in capsys.readouterr().out  # the runs went through the engine, not the local pool
+    assert computed(out) == computed(local_out)
+    assert [r["threads"] for r in read(out / "accuracy.csv")] == ["1", "1"]
+
+
+def test_plan_then_the_commands_by_hand_then_collect_gives_the_plain_summary(local_out, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert plan_bench(tiny(out)) == 0
+    plan = (out / "plan.sh").read_text()
+    assert capsys.readouterr().out == plan
+    commands = [line for line in plan.splitlines() if not line.startswith("#")]
+    assert len(commands) == 2 and all(" -m ohem train --config demo --out " in c for c in commands)
+    assert not (out / "accuracy.csv").exists()  # nothing trained
+
+    assert collect_bench(tiny(out)) == 1  # nothing finished yet: listed, not guessed
+    assert "2 run(s) not finished" in capsys.readouterr().err and not read_or_empty(out / "accuracy.csv")
+
+    for command in commands:  # "by hand", one after the other, as a user would paste them
+        subprocess.run(["sh", "-c", command], check=True)
+    assert collect_bench(tiny(out)) == 0
+    assert computed(out) == computed(local_out)
+    assert (out / "summary.md").read_text() == (local_out / "summary.md").read_text()
+    assert collect_bench(tiny(out)) == 0 and computed(out) == computed(local_out)  # idempotent
+
+
+def read_or_empty(path):
+    return read(path) if path.exists() else []
+
+
+def test_a_run_trained_with_other_settings_is_not_collected(local_out, tmp_path):
+    out = tmp_path / "b"
+    assert plan_bench(tiny(out)) == 0
+    command = next(line for line in (out / "plan.sh").read_text().splitlines() if "heuristic" in line)
+    subprocess.run(["sh", "-c", command.replace(" > ", " --set solver.lr=0.5 > ", 1)], check=True)
+    with pytest.raises(ValueError, match=r"accuracy-heuristic-seed0: trained with other settings than this bench"):
+        collect_bench(tiny(out))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--executor", "slurm"], "--executor 'slurm': expected local, submitit[:slurm|:local] or ray[:ADDRESS]"),
+        (["--executor", "submitit:pbs"], "--executor 'submitit:pbs': expected local"),
+        (["--executor", "ray", "--gpus-per-run", "-1"], "--gpus-per-run must be >= 0, got -1"),
+        (["--executor", "submitit", "--time-limit", "0"], "--time-limit must be >= 1, got 0"),
+    ],
+)
+def test_bad_executor_options_are_one_line_errors(tmp_path, capsys, args, message):
+    assert main(["bench", "--config", "demo", "--out", str(tmp_path / "b"), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ohem bench: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
