@@ -107,3 +107,25 @@ def test_bad_executor_options_are_one_line_errors(tmp_path, capsys, args, messag
     err = capsys.readouterr().err
     assert err.startswith("ohem bench: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_one_run_on_two_processes_through_submitit_trains_with_ddp(tmp_path, monkeypatch):
+    from ohem.checkpoint import load_checkpoint
+    from ohem.slurm_train import main as slurm_main
+    from ohem.slurm_train import parse, submit
+    from tests.conftest import TINY
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    train = ["--config", "demo", "--out", str(tmp_path / "ddp")]
+    train += [a for item in [*TINY, "solver.iterations=3", "train.device=cpu"] for a in ("--set", item)]
+    args, train_args = parse(
+        ["--cluster", "local", "--gpus-per-node", "2", "--folder", str(tmp_path / "jobs"), "--", *train]
+    )
+    assert train_args == train
+    job = submit(args, train_args)
+    job.results()  # both tasks; raises if one failed
+    checkpoint = load_checkpoint(tmp_path / "ddp" / "checkpoint_last.pt")
+    assert checkpoint["iteration"] == 3 and len(checkpoint["rng"]["torch"]) == 2  # one RNG state per process
+    with pytest.raises(SystemExit):  # no -- before ohem train's arguments
+        slurm_main(["--cluster", "local"])
