@@ -76,6 +76,14 @@ MODELS = {
         "model.rpn_pre_nms_top_n_train=12000",
         "model.rpn_post_nms_top_n_train=2000",
     ],
+    "r50fpn@800": [  # torchvision's own training size
+        "model.name=fasterrcnn_resnet50_fpn",
+        "data.image_size=320",
+        "model.min_size=800",
+        "model.max_size=1333",
+        "model.rpn_pre_nms_top_n_train=12000",
+        "model.rpn_post_nms_top_n_train=2000",
+    ],
 }
 
 
@@ -108,9 +116,9 @@ def proposal_overrides(overrides: list[str], num_train: int, num_test: int) -> l
 
 
 def time_steps(
-    overrides: list[str], iters: int, device: torch.device, amp: str = "none", profile: int = 0
+    overrides: list[str], iters: int, device: torch.device, amp: str = "none", profile: int = 0, warmup: int = 3
 ) -> tuple[float, float, float, OpCount, int]:
-    """s/iter and peak MiB of ``iters`` steps after 3 warm-up steps, the last loss, then one more step
+    """s/iter and peak MiB of ``iters`` steps after ``warmup`` steps, the last loss, then one more step
     counted (``ohem.bench.opcount``: FLOPs, RoIAlign bytes, host syncs by name) and the host syncs CUDA's
     own sync debug mode reports in one step (-1 off CUDA)."""
     overrides = overrides + ["data.num_train=16"]
@@ -119,7 +127,7 @@ def time_steps(
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.sampler, len(data.classes)).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    pairs = [[2 * i % 16, (2 * i + 1) % 16] for i in range(iters + 5)]
+    pairs = [[2 * i % 16, (2 * i + 1) % 16] for i in range(warmup + iters + 2)]
     batches = [next(eval_batches(data, pair, 2, 0, device))[1:] for pair in pairs]
     cuda = device.type == "cuda"
     dtype = training.autocast_dtype(amp, device)
@@ -137,8 +145,8 @@ def time_steps(
         scaler.update()
         return loss
 
-    for i, (images, targets) in enumerate(batches[: iters + 3]):
-        if i == 3:  # warm-up done
+    for i, (images, targets) in enumerate(batches[: warmup + iters]):
+        if i == warmup:  # warm-up done
             if cuda:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
@@ -148,14 +156,14 @@ def time_steps(
     seconds = (time.perf_counter() - start) / iters
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
     with count_ops() as count:  # after the timing: counting slows the step
-        step(*batches[iters + 3])
+        step(*batches[warmup + iters])
     cuda_syncs = -1
     if cuda:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                step(*batches[iters + 4])
+                step(*batches[warmup + iters + 1])
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         cuda_syncs = sum("synchronizing" in str(w.message) for w in caught)
@@ -182,6 +190,7 @@ def print_profile(run: Callable[[], object], device: torch.device, rows: int = 1
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3, help="step table: untimed steps first")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--amps", nargs="+", choices=["none", "bf16", "fp16"], help="step table (default: all)")
     parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), help="step table (default: all)")
@@ -219,7 +228,7 @@ def main() -> None:
             for sampler in args.samplers or SAMPLERS:
                 sampler_overrides = SAMPLERS[sampler]
                 sec, mem, loss, count, cuda_syncs = time_steps(
-                    model_overrides + sampler_overrides, args.iters, device, amp, args.profile
+                    model_overrides + sampler_overrides, args.iters, device, amp, args.profile, args.warmup
                 )
                 base = base or (sec, mem, count.flops)
                 time_x, flops_x = sec / base[0], count.flops / base[2]
