@@ -529,3 +529,26 @@ def test_a_busy_loop_during_one_arms_timing_does_not_move_the_ratio(tmp_path, mo
     assert float(busy["s_per_iter"]) > 1.3 * other  # the loops did slow that repeat down ...
     assert 0.75 < float(cost["ohem"]["s_per_iter"]) / other < 1.33  # ... but not the arm's time
     assert (cost["ohem"]["contended_repeats"], cost["ohem"]["contended"]) == (1, 0)
+
+
+def test_summary_warns_before_the_verdict_when_no_arm_learned_or_every_arm_still_climbs():
+    def rows(values):
+        return [{"arm": a, "seed": 0, "iterations": 1000, "mAP": v} for a, v in values.items()]
+
+    def curve(arm, points):
+        return [{"arm": arm, "seed": 0, "iteration": it, "mAP": v} for it, v in points]
+
+    untrained = summary_markdown(
+        "t", ["heuristic", "ohem"], rows({"heuristic": 0.0, "ohem": 0.012}), [], {}, "iterations"
+    )
+    warning = untrained.index("**Warning:** every arm is below 5 mAP (best 1.2): the detectors are barely trained")
+    assert warning < untrained.index("## Verdict")
+    climbing = curve("heuristic", [(500, 0.50), (1000, 0.60)]) + curve("ohem", [(500, 0.55), (1000, 0.70)])
+    text = summary_markdown(
+        "t", ["heuristic", "ohem"], rows({"heuristic": 0.6, "ohem": 0.7}), climbing, {}, "iterations"
+    )
+    assert "every arm's mAP still rose by 10.0 points or more between its last two evaluations" in text
+    settled = curve("heuristic", [(500, 0.58), (1000, 0.60)]) + curve("ohem", [(500, 0.55), (1000, 0.70)])
+    assert "Warning" not in summary_markdown(
+        "t", ["heuristic", "ohem"], rows({"heuristic": 0.6, "ohem": 0.7}), settled, {}, "iterations"
+    )

@@ -227,6 +227,7 @@ def summary_markdown(
         "",
         table(*without_empty_columns(SUMMARY_COLUMNS, rows)),
         "",
+        *(f"**Warning:** {w}\n" for w in training_warnings(maps, curves)),
     ]
     if found:
         parts += [
@@ -245,6 +246,35 @@ def summary_markdown(
         parts += [errors_markdown(arms, errors), ""]
     parts += ["## Arms", "", *(f"- **{arm}**: {ARMS[arm].description}" for arm in arms if arm in ARMS), ""]
     return "\n".join(parts)
+
+
+UNTRAINED = 5.0  # mAP (%): below this every arm is still close to guessing
+CLIMBING = 3.0  # mAP points gained between an arm's last two evaluations: still far from its end
+
+
+def training_warnings(maps: dict[str, list[float]], curves: list[Row]) -> list[str]:
+    """Lines that belong before any verdict: every arm nearly untrained, or every arm still climbing."""
+    means = {arm: statistics.mean(v) for arm, v in maps.items() if v}
+    if not means:
+        return []
+    if max(means.values()) < UNTRAINED:
+        return [
+            f"every arm is below {UNTRAINED:g} mAP (best {max(means.values()):.1f}): the detectors are barely "
+            "trained, so a ranking between them says nothing; train longer (solver.iterations) before comparing."
+        ]
+    gains = {}
+    for arm in means:
+        series = _series(curves, [arm], "iteration", "mAP").get(arm, {})
+        last_two = [points[-2:] for points in series.values() if len(points) >= 2]
+        if last_two:
+            gains[arm] = statistics.mean(b[1] - a[1] for a, b in last_two)
+    if gains and len(gains) == len(means) and min(gains.values()) >= CLIMBING:
+        return [
+            f"every arm's mAP still rose by {min(gains.values()):.1f} points or more between its last two "
+            "evaluations: the runs are far from converged, and a longer schedule may change the ranking "
+            "(ohem bench --schedules 1 2 4, or more solver.iterations)."
+        ]
+    return []
 
 
 def errors_markdown(arms: list[str], errors: list[Row]) -> str:
