@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
+from ohem.config import Config, ConfigError, Metric, Range, apply_overrides, load_config
 from ohem.structures import DetectionDataset
 from ohem.util import (
     MissingExtra,
@@ -798,4 +798,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.list_arms:
         print(bench.format_arms(), end="")
         return 0
+    for seed in args.seeds:  # each becomes a run's train.seed: held to its range before anything runs
+        Range(0, 2**64 - 1).check("--seeds", seed)
     return bench.run_bench(bench.Bench.from_args(args))

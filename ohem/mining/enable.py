@@ -11,7 +11,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from ohem.config import ModelConfig, SamplerConfig
+from ohem.config import ConfigError, ModelConfig, SamplerConfig, bg_floor_message
 from ohem.mining.roi_heads import SamplingRoIHeads
 from ohem.mining.rpn import OHEMRegionProposalNetwork
 from ohem.mining.sampler import Sampler
@@ -47,6 +47,9 @@ def enable_sampler(
     object; a sampler with an ``initialise(heads)`` method has it called here, once. ``box_loss_beta``:
     the box loss's smooth-L1 beta (torchvision's 1/9; Fast R-CNN's 1)."""
     config = sampler if isinstance(sampler, SamplerConfig) else None
+    head_bg_iou = _roi_heads_of(model).proposal_matcher.low_threshold
+    if config and config.bg_iou_low is not None and config.bg_iou_low >= head_bg_iou:
+        raise ConfigError(bg_floor_message(config.bg_iou_low, head_bg_iou))  # your head's own threshold
     chosen = build_sampler(config) if config else sampler
     model.roi_heads = rebuild_roi_heads(
         SamplingRoIHeads, _roi_heads_of(model), sampler=chosen, box_loss_beta=box_loss_beta

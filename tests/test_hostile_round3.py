@@ -1,0 +1,163 @@
+"""Hostile input, round 3 (issue 30): numbers without a range, a training step with no RoI, bounds where
+memory follows, the plug-in surface (samplers and ``enable_ohem`` in your own code). The command cases run
+through tests/test_hostile.py's ``check_case`` (exit code, one stderr line, nothing written on a failure:
+not even ``--out``); the plug-in cases call the library as your own code would.
+
+The next bad input is one ``Case(...)`` line in ``CASES``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from pathlib import Path
+
+import pytest
+
+from ohem.config import Config, ConfigError, SamplerConfig, _is_union
+from tests.test_hostile import Case, check_case
+
+Setup = typing.Callable[[Path, Path], list[str]]
+
+
+def _train(*sets: str) -> Setup:
+    args = [a for item in sets for a in ("--set", item)]
+    return lambda tmp, _: ["train", "--config", "demo", "--out", str(tmp / "out"), *args]
+
+
+def _bench(*args: str) -> Setup:
+    return lambda tmp, _: ["bench", "--config", "demo", "--out", str(tmp / "out"), *args]
+
+
+TRAIN = r"^ohem train: error: override '"
+# fmt: off
+CASES = [
+    # --- pattern 5: every number has a range; NaN and infinity nowhere, lists included
+    Case("model.box_score_thresh nan", _train("model.box_score_thresh=.nan"), 1,
+         TRAIN + r"model\.box_score_thresh=\.nan': model\.box_score_thresh must be a finite number in \[0, 1\], "
+         r"got nan$"),
+    Case("model.box_score_thresh 1.5", _train("model.box_score_thresh=1.5"), 1,
+         r"model\.box_score_thresh must be in \[0, 1\], got 1\.5$"),
+    Case("model.box_detections_per_img -1", _train("model.box_detections_per_img=-1"), 1,
+         TRAIN + r"model\.box_detections_per_img=-1': model\.box_detections_per_img must be in \[1, 1000000000\], "
+         r"got -1$"),
+    Case("model.rpn_post_nms_top_n_train 0", _train("model.rpn_post_nms_top_n_train=0"), 1,
+         r"model\.rpn_post_nms_top_n_train must be in \[1, 1000000000\], got 0$"),
+    Case("model.rpn_pre_nms_top_n_test 0", _train("model.rpn_pre_nms_top_n_test=0"), 1,
+         r"model\.rpn_pre_nms_top_n_test must be in \[1, 1000000000\], got 0$"),
+    Case("model.rpn_batch_size_per_image 0", _train("model.rpn_batch_size_per_image=0"), 1,
+         r"model\.rpn_batch_size_per_image must be in \[1, 1000000000\], got 0$"),
+    Case("model.pixel_scale nan", _train("model.pixel_scale=.nan"), 1,
+         r"model\.pixel_scale must be a finite number > 0 and <= 65535, got nan$"),
+    Case("model.pixel_scale 0", _train("model.pixel_scale=0"), 1,
+         r"model\.pixel_scale must be > 0 and <= 65535, got 0\.0$"),
+    Case("model.image_mean with a NaN", _train("model.image_mean=[0.4, .nan, 0.4]"), 1,
+         r"model\.image_mean\[1\] must be a finite number, got nan$"),
+    Case("model.image_std with a 0", _train("model.image_std=[0.2, 0.2, 0]"), 1,
+         r"model\.image_std\[2\] must be > 0, got 0\.0$"),
+    Case("model.image_mean of 2 numbers", _train("model.image_mean=[0.4, 0.4]"), 1,
+         r"model\.image_mean must hold 3 numbers \(R, G, B\), got \[0\.4, 0\.4\]$"),
+    Case("model.trainable_backbone_layers 9", _train("model.trainable_backbone_layers=9"), 1,
+         r"model\.trainable_backbone_layers must be in \[0, 5\], got 9$"),
+    Case("sampler.bg_iou_low above the head's threshold", _train("sampler.bg_iou_low=0.6"), 1,
+         TRAIN + r"sampler\.bg_iou_low=0\.6': sampler\.bg_iou_low = 0\.6 must be below the RoI head's background/"
+         r"foreground IoU threshold 0\.5 \(background is IoU in \[bg_iou_low, 0\.5\): none would be left"),
+    Case("sampler.libra_bins 1e20", _train("sampler.method=libra", "sampler.libra_bins=100000000000000000000"), 1,
+         r"sampler\.libra_bins must be in \[1, 100\], got 100000000000000000000$"),
+    Case("sampler.presample_factor 1e6", _train("sampler.presample_factor=1000000"), 1,
+         r"sampler\.presample_factor must be in \[1, 1000\], got 1000000$"),
+    Case("sampler.isr_p_k 1e300", _train("sampler.isr_p_k=1e300"), 1,
+         r"sampler\.isr_p_k must be in \[0, 100\], got 1e\+300$"),
+    Case("solver.accumulate_steps 1e20", _train("solver.accumulate_steps=100000000000000000000"), 1,
+         r"solver\.accumulate_steps must be in \[1, 1024\], got 100000000000000000000$"),
+    Case("solver.lr 1e300", _train("solver.lr=1e300"), 1, r"solver\.lr must be in \[0, 10\], got 1e\+300$"),
+    Case("solver.gamma 1e308", _train("solver.gamma=1e308"), 1, r"solver\.gamma must be in \[0, 1\], got 1e\+308$"),
+    Case("solver.momentum 5", _train("solver.momentum=5"), 1, r"solver\.momentum must be in \[0, 1\], got 5\.0$"),
+    Case("data.seed -1 (no --out left behind)", _train("data.seed=-1"), 1,
+         TRAIN + r"data\.seed=-1': data\.seed must be in \[0, 18446744073709551615\], got -1$"),
+    Case("train.seed 2^64", _train(f"train.seed={2**64}"), 1,
+         r"train\.seed must be in \[0, 18446744073709551615\], got 18446744073709551616$"),
+    Case("data.seed 2^64", _train(f"data.seed={2**64}"), 1, r"data\.seed must be in \[0, 18446744073709551615\]"),
+    Case("bench --seeds 2^64", _bench("--seeds", "0", str(2**64)), 1,
+         r"^ohem bench: error: --seeds must be in \[0, 18446744073709551615\], got 18446744073709551616$"),
+    Case("bench --seeds -1", _bench("--seeds", "-1"), 1,
+         r"^ohem bench: error: --seeds must be in \[0, 18446744073709551615\], got -1$"),
+    # --- pattern 2: upper bounds where memory follows
+    Case("data.workers 1000", _train("data.workers=1000"), 1, r"data\.workers must be in \[0, 64\], got 1000$"),
+    Case("train.num_threads 100000", _train("train.num_threads=100000"), 1,
+         r"train\.num_threads must be in \[1, 1024\], got 100000$"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_round3(case: Case, tmp_path: Path, capsys) -> None:
+    check_case(case, tmp_path / "no-run", tmp_path, capsys)  # no trained run: the cases fail before training
+
+
+# ------------------------------------------------------------------------------ every number has a range
+def _numeric(hint: typing.Any) -> bool:
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    inner = [typing.get_args(o)[0] if typing.get_origin(o) is list else o for o in options]
+    return any(o in (int, float) for o in inner)
+
+
+def test_every_numeric_field_of_every_section_has_a_range() -> None:
+    sections = [type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)]
+    numeric = [(s, f) for s in sections for f in dataclasses.fields(s) if _numeric(typing.get_type_hints(s)[f.name])]
+    assert len(numeric) > 60  # the walk found the fields
+    missing = [f"{s.SECTION}.{f.name}" for s, f in numeric if "range" not in f.metadata]
+    assert not missing, f"numeric fields without a range: {missing}"
+    unbounded_ints = [  # a count without an upper bound: only the limits whose null means "no limit"
+        f"{s.SECTION}.{f.name}"
+        for s, f in numeric
+        if typing.get_type_hints(s)[f.name] in (int, int | None) and f.metadata["range"].high is None
+    ]
+    assert set(unbounded_ints) <= {
+        "data.max_image_pixels",
+        "data.max_proposal_boxes_per_image",
+        "data.max_proposal_boxes",
+        "data.max_synthetic_images",
+        "data.num_train",  # bounded by data.max_synthetic_images (a joint rule)
+        "data.num_test",
+    }, unbounded_ints
+
+
+# ------------------------------------------------------------------- SamplerConfig built in Python
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"batch_size_per_image": 64.5}, r"^'sampler\.batch_size_per_image' must be int, got 64\.5$"),
+        ({"nms_iou": [0.5, 0.7]}, r"^'sampler\.nms_iou' must be float \| None, got \[0\.5, 0\.7\]$"),
+        ({"rpn_ohem": "false"}, r"^'sampler\.rpn_ohem' must be bool, got 'false'$"),
+        ({"fg_fraction": math.nan}, r"^sampler\.fg_fraction must be a finite number in \[0, 1\], got nan$"),
+        ({"bg_iou_low": 0.5}, r"^sampler\.bg_iou_low = 0\.5 must be below the RoI head's background/foreground "),
+    ],
+)
+def test_sampler_config_in_python_is_held_to_the_yaml_rules(settings: dict, message: str) -> None:
+    from ohem import enable_ohem
+    from ohem.models import build_model
+
+    with pytest.raises(ConfigError, match=message):
+        SamplerConfig(**settings)
+    model = build_model(Config().model, 3, load_weights=False)
+    before = type(model.roi_heads)
+    with pytest.raises(ConfigError, match=message):
+        enable_ohem(model, **settings)  # the plug-in path: the same line, the model left as it was
+    assert type(model.roi_heads) is before
+
+
+def test_python_numbers_are_stored_as_yaml_would_give_them() -> None:
+    cfg = SamplerConfig(fg_fraction=1, bg_iou_low=0)
+    assert type(cfg.fg_fraction) is float and type(cfg.bg_iou_low) is float
+
+
+def test_bg_iou_low_is_checked_against_your_own_heads_threshold() -> None:
+    from ohem import enable_heuristic_sampling
+    from ohem.models import build_model
+
+    model = build_model(Config().model, 3, load_weights=False)
+    model.roi_heads.proposal_matcher.low_threshold = 0.3  # a head of your own: background below IoU 0.3
+    with pytest.raises(ConfigError, match=r"^sampler\.bg_iou_low = 0\.4 must be below .* threshold 0\.3 "):
+        enable_heuristic_sampling(model, bg_iou_low=0.4)
+    enable_heuristic_sampling(model, bg_iou_low=0.2)
