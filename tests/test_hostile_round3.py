@@ -8,14 +8,19 @@ The next bad input is one ``Case(...)`` line in ``CASES``."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from pathlib import Path
 
 import pytest
+import torch
 
 from ohem.config import Config, ConfigError, SamplerConfig, _is_union
-from tests.test_hostile import Case, check_case
+from ohem.events import EventStorage
+from ohem.mining import SAMPLERS, Sample, enable_sampler
+from tests.test_hostile import Case, check_case, image_file
+from tests.test_roi_heads import heads_inputs, small_model
 
 Setup = typing.Callable[[Path, Path], list[str]]
 
@@ -27,6 +32,39 @@ def _train(*sets: str) -> Setup:
 
 def _bench(*args: str) -> Setup:
     return lambda tmp, _: ["bench", "--config", "demo", "--out", str(tmp / "out"), *args]
+
+
+def _coco_without_objects(tmp: Path) -> Path:
+    """A COCO-format folder whose training images have no objects (the test split has one)."""
+    folder = tmp / "coco"
+    images = [{"id": i + 1, "file_name": f"{n}.png", "width": 128, "height": 128} for i, n in enumerate("ab")]
+    for i, image in enumerate(images):
+        image_file(folder / image["file_name"], (128, 128), seed=i)
+    cats = [{"id": 1, "name": "thing"}]
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "iscrowd": 0, "area": 1600}
+    (folder / "train.json").write_text(json.dumps({"images": images, "annotations": [], "categories": cats}))
+    (folder / "test.json").write_text(json.dumps({"images": images, "annotations": [box], "categories": cats}))
+    return folder
+
+
+def _train_without_objects(method: str) -> Setup:
+    def setup(tmp: Path, _: Path) -> list[str]:
+        folder = _coco_without_objects(tmp)
+        sets = [
+            *("data.dataset=coco", f"data.root={folder}", f"data.train_split={folder / 'train.json'}"),
+            *(f"data.test_split={folder / 'test.json'}", "data.empty_images=keep", f"sampler.method={method}"),
+            *("solver.iterations=2", "solver.warmup_iterations=1", "solver.steps=[]", "train.eval_every=0"),
+            *("train.vis_images=0", "model.min_size=128", "model.max_size=128", "train.device=cpu"),
+        ]
+        return _train(*sets)(tmp, _)
+
+    return setup
+
+
+def _roi_loss_zero_and_rpn_trained(tmp: Path) -> None:
+    steps = [json.loads(line) for line in (tmp / "out" / "log.jsonl").read_text().splitlines()][:2]
+    assert [s["loss_classifier"] for s in steps] == [0.0, 0.0] and [s["loss_box_reg"] for s in steps] == [0.0, 0.0]
+    assert all(s["loss_objectness"] > 0 for s in steps)
 
 
 TRAIN = r"^ohem train: error: override '"
@@ -82,6 +120,9 @@ CASES = [
          r"^ohem bench: error: --seeds must be in \[0, 18446744073709551615\], got 18446744073709551616$"),
     Case("bench --seeds -1", _bench("--seeds", "-1"), 1,
          r"^ohem bench: error: --seeds must be in \[0, 18446744073709551615\], got -1$"),
+    # --- pattern 6: a step with no RoI trains the RPN and skips the RoI loss
+    Case("data.empty_images keep, heuristic, images without objects", _train_without_objects("heuristic"), 0, "",
+         check=_roi_loss_zero_and_rpn_trained),
     # --- pattern 2: upper bounds where memory follows
     Case("data.workers 1000", _train("data.workers=1000"), 1, r"data\.workers must be in \[0, 64\], got 1000$"),
     Case("train.num_threads 100000", _train("train.num_threads=100000"), 1,
@@ -161,3 +202,59 @@ def test_bg_iou_low_is_checked_against_your_own_heads_threshold() -> None:
     with pytest.raises(ConfigError, match=r"^sampler\.bg_iou_low = 0\.4 must be below .* threshold 0\.3 "):
         enable_heuristic_sampling(model, bg_iou_low=0.4)
     enable_heuristic_sampling(model, bg_iou_low=0.2)
+
+
+# ------------------------------------------------------------------------------------ a step with no RoI
+def _no_gt(n: int = 2) -> list[dict]:
+    return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in range(n)]
+
+
+class PicksNothing:
+    """A sampler of your own that picks no row."""
+
+    bg_iou_low = 0.0
+    readonly = None
+
+    def sample(self, rois, losses, iteration) -> Sample:
+        return Sample(rois.labels.new_zeros(0))
+
+
+def _assert_no_roi_step(model: torch.nn.Module, losses: dict[str, torch.Tensor], rpn: bool) -> None:
+    assert float(losses["loss_classifier"]) == 0.0 and float(losses["loss_box_reg"]) == 0.0
+    assert losses["loss_classifier"].requires_grad  # connected to the graph: backward reaches the head
+    sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    head_grads = [p.grad for p in model.roi_heads.box_predictor.parameters()]
+    assert all(g is not None and not g.any() for g in head_grads)  # a zero gradient, not a missing one
+    if rpn:  # the RPN learns from the step
+        assert any(p.grad is not None and p.grad.any() for p in model.rpn.parameters())
+    assert all(not v.isnan().any() for v in losses.values())
+
+
+@pytest.mark.parametrize("method", list(SAMPLERS))
+def test_a_batch_with_no_gt_and_no_proposals_skips_the_roi_loss(method: str) -> None:
+    model = small_model()
+    heads = enable_sampler(model, SamplerConfig(method=method, batch_size_per_image=8)).roi_heads.train()
+    features, proposals, shapes, _ = heads_inputs()
+    with EventStorage(3) as storage:
+        _, losses = heads(features, [torch.zeros(0, 4)] * 2, shapes, _no_gt())
+    _assert_no_roi_step(model, losses, rpn=False)
+    if heads.sampler.readonly is not None:  # the mining statistics are zeros, the record an empty one
+        assert float(losses["ohem_all_roi_loss"]) == 0.0
+        assert storage.records["roi_mining"][0]["boxes"].shape == (0, 4)
+
+
+@pytest.mark.parametrize("method", list(SAMPLERS))
+def test_a_training_step_on_images_without_objects_trains_the_rpn(method: str) -> None:
+    model = small_model()
+    enable_sampler(model, SamplerConfig(method=method, batch_size_per_image=8, bg_iou_low=0.1)).train()
+    with EventStorage(3):  # bg_iou_low 0.1: no RPN proposal is a candidate without gt
+        losses = model([torch.rand(3, 128, 128), torch.rand(3, 128, 128)], _no_gt())
+    _assert_no_roi_step(model, losses, rpn=True)
+
+
+def test_a_sampler_that_picks_nothing_skips_the_roi_loss() -> None:
+    model = small_model()
+    enable_sampler(model, PicksNothing()).train()
+    images = [torch.rand(3, 128, 128)]
+    losses = model(images, [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 60.0]]), "labels": torch.tensor([1])}])
+    _assert_no_roi_step(model, losses, rpn=True)
