@@ -585,8 +585,19 @@ def check_joint(cfg: Config, set_by: SetBy | None = None, source: str = "config"
             raise ConfigError(f"{where}: {e}") from None
 
 
-def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The sections of a config file, with its ``base:`` file's sections under them."""
+MAX_BASES, MAX_BASE_DEPTH, MAX_BASE_READS = 16, 16, 64  # base: files per file, chain depth, files per config
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = (), reads: list[Path] | None = None) -> dict[str, Any]:
+    """The sections of a config file, with its ``base:`` file's sections under them. ``reads``: the files read
+    so far for this config (at most ``MAX_BASE_READS``: a fan-out of bases repeats files exponentially)."""
+    reads = [] if reads is None else reads
+    reads.append(path)
+    if len(reads) > MAX_BASE_READS:
+        raise ConfigError(
+            f"config {reads[0]}: its 'base' chain reads more than {MAX_BASE_READS} files (at {path}); "
+            "a chain whose files name several bases reads them again and again"
+        )
     try:  # a FIFO or device would block and a folder cannot be read: refused before opening
         raw = parse_yaml(regular_file(path, "config").read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -610,12 +621,19 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"config {path}: 'base' must be a file path or a list of them, got {shown(bases)}")
+    if len(bases) > MAX_BASES:
+        raise ConfigError(f"config {path}: 'base' lists {len(bases):,} files, at most {MAX_BASES}")
+    if len(seen) + 1 >= MAX_BASE_DEPTH:
+        raise ConfigError(f"config {path}: 'base' chain more than {MAX_BASE_DEPTH} files deep (from {seen[0]})")
     merged: dict[str, Any] = {}
     for base in bases:  # later bases override earlier ones; the file itself overrides them all
-        base_path = (path.parent / base).resolve()
+        try:
+            base_path = (path.parent / base).resolve()
+        except (RuntimeError, OSError) as e:  # a symbolic link loop
+            raise ConfigError(f"config {path}: 'base' {shown(base)}: cannot resolve ({one_line(str(e))})") from None
         if base_path in seen or base_path == path.resolve():
             raise ConfigError(f"config {path}: 'base' chain loops back to {base_path}")
-        merged = _deep_update(merged, read_yaml(base_path, (*seen, path.resolve())))
+        merged = _deep_update(merged, read_yaml(base_path, (*seen, path.resolve()), reads))
     return _deep_update(merged, raw)
 
 

@@ -19,7 +19,7 @@ import torch
 from ohem.config import Config, ConfigError, SamplerConfig, _is_union
 from ohem.events import EventStorage
 from ohem.mining import SAMPLERS, Sample, enable_sampler
-from tests.test_hostile import Case, check_case, image_file
+from tests.test_hostile import Case, check_case, image_file, text_file
 from tests.test_roi_heads import heads_inputs, small_model
 
 Setup = typing.Callable[[Path, Path], list[str]]
@@ -65,6 +65,23 @@ def _roi_loss_zero_and_rpn_trained(tmp: Path) -> None:
     steps = [json.loads(line) for line in (tmp / "out" / "log.jsonl").read_text().splitlines()][:2]
     assert [s["loss_classifier"] for s in steps] == [0.0, 0.0] and [s["loss_box_reg"] for s in steps] == [0.0, 0.0]
     assert all(s["loss_objectness"] > 0 for s in steps)
+
+
+def _base_chain(tmp: Path, files: int, fan_out: int) -> Path:
+    """``f0.yaml`` .. ``fN.yaml``, each naming the next ``fan_out`` times in its ``base:`` list."""
+    for i in range(files):
+        (tmp / f"f{i}.yaml").write_text(f"base: [{', '.join([f'f{i + 1}.yaml'] * fan_out)}]\n")
+    (tmp / f"f{files}.yaml").write_text("solver:\n  lr: 0.01\n")
+    return tmp / "f0.yaml"
+
+
+def _train_config(make: typing.Callable[[Path], Path]) -> Setup:
+    return lambda tmp, _: ["train", "--config", str(make(tmp)), "--out", str(tmp / "out")]
+
+
+def _base_link_loop(tmp: Path) -> Path:
+    (tmp / "loop.yaml").symlink_to("loop.yaml")
+    return text_file(tmp / "c.yaml", "base: loop.yaml\n")
 
 
 TRAIN = r"^ohem train: error: override '"
@@ -124,6 +141,14 @@ CASES = [
     Case("data.empty_images keep, heuristic, images without objects", _train_without_objects("heuristic"), 0, "",
          check=_roi_loss_zero_and_rpn_trained),
     # --- pattern 2: upper bounds where memory follows
+    Case("base: 24 files, each base: [next, next] (2^24 reads)", _train_config(lambda t: _base_chain(t, 24, 2)), 1,
+         r"^ohem train: error: config .*f15\.yaml: 'base' chain more than 16 files deep \(from .*f0\.yaml\)$"),
+    Case("base: 4 files, each naming the next 6 times (6^3 reads)", _train_config(lambda t: _base_chain(t, 3, 6)), 1,
+         r"^ohem train: error: config .*f0\.yaml: its 'base' chain reads more than 64 files \(at .*\); a chain "),
+    Case("base: a list of 100 files", _train_config(lambda t: text_file(t / "c.yaml", f"base: {['x.yaml'] * 100}\n")),
+         1, r"^ohem train: error: config .*c\.yaml: 'base' lists 100 files, at most 16$"),
+    Case("base: a symbolic link loop", _train_config(_base_link_loop), 1,
+         r"^ohem train: error: config .*c\.yaml: 'base' 'loop\.yaml': cannot resolve \(Symlink loop from .*\)$"),
     Case("data.workers 1000", _train("data.workers=1000"), 1, r"data\.workers must be in \[0, 64\], got 1000$"),
     Case("train.num_threads 100000", _train("train.num_threads=100000"), 1,
          r"train\.num_threads must be in \[1, 1024\], got 100000$"),
