@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ohem import enable_ohem
 from ohem.config import Config, ConfigError, SamplerConfig, _is_union
 from ohem.events import EventStorage
 from ohem.mining import SAMPLERS, Sample, enable_sampler
@@ -245,7 +246,7 @@ class PicksNothing:
 
 
 def _assert_no_roi_step(model: torch.nn.Module, losses: dict[str, torch.Tensor], rpn: bool) -> None:
-    assert float(losses["loss_classifier"]) == 0.0 and float(losses["loss_box_reg"]) == 0.0
+    assert losses["loss_classifier"].item() == 0.0 and losses["loss_box_reg"].item() == 0.0
     assert losses["loss_classifier"].requires_grad  # connected to the graph: backward reaches the head
     sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
     head_grads = [p.grad for p in model.roi_heads.box_predictor.parameters()]
@@ -283,3 +284,129 @@ def test_a_sampler_that_picks_nothing_skips_the_roi_loss() -> None:
     images = [torch.rand(3, 128, 128)]
     losses = model(images, [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 60.0]]), "labels": torch.tensor([1])}])
     _assert_no_roi_step(model, losses, rpn=True)
+
+
+# ------------------------------------------------------------------------------------ the plug-in surface
+def test_installing_a_sampler_again_keeps_the_box_loss_and_the_box_target_normalisation() -> None:
+    model = small_model()
+    enable_sampler(model, SamplerConfig(method="heuristic"), box_loss_beta=1.0)
+    model.roi_heads.use_empirical_box_targets()
+    norm = model.roi_heads.box_target_norm
+    norm.mean.fill_(0.5)
+    norm.std.fill_(0.2)
+    enable_ohem(model)  # e.g. OHEM after a heuristic start
+    heads = model.roi_heads
+    assert heads.box_loss_beta == 1.0 and heads.box_target_norm is norm
+    assert float(norm.mean[0, 0]) == 0.5 and float(norm.std[0, 0]) == pytest.approx(0.2)
+    assert heads.box_coder.weights == (1.0, 1.0, 1.0, 1.0)  # raw deltas, as the norm expects
+    assert "box_target_norm.mean" in heads.state_dict()  # saved in checkpoints as before
+    enable_ohem(model, box_loss_beta=0.5)
+    assert model.roi_heads.box_loss_beta == 0.5  # given: taken
+    with pytest.raises(ConfigError, match=r"^box_loss_beta must be a finite number in \[0, 100\], got nan$"):
+        enable_ohem(model, box_loss_beta=math.nan)
+
+
+class Rows:
+    """A sampler of yours returning ``rows`` (and ``weights``) whatever the RoIs; ``presample`` rows too."""
+
+    bg_iou_low = 0.0
+    readonly = None
+
+    def __init__(self, rows=None, weights=None, presample_rows=None, loss=None) -> None:
+        self.rows, self.weights, self.presample_rows, self.loss = rows, weights, presample_rows, loss
+        if presample_rows is None:
+            self.presample = None
+        if loss is None:
+            self.roi_loss = None
+
+    def presample(self, rois):
+        return self.presample_rows(rois) if callable(self.presample_rows) else self.presample_rows
+
+    def sample(self, rois, losses, iteration) -> Sample:
+        rows = torch.tensor([0, 1, 2]) if self.rows is None else self.rows
+        return Sample(rows, self.weights)
+
+    def roi_loss(self, trained):
+        return self.loss
+
+
+def _class_loss(trained):
+    return {"loss_classifier": trained.class_logits.sum() * 0}
+
+
+@pytest.mark.parametrize(
+    ("sampler", "message"),
+    [
+        (
+            Rows(rows=torch.tensor([0, 1, -1])),
+            r"the sample's rows must be in \[0, \d+\) \(the RoIs' rows\), got -1\.\.1",
+        ),
+        (Rows(rows=torch.tensor([0, 10**6])), r"the sample's rows must be in \[0, \d+\) .*, got 0\.\.1000000$"),
+        (Rows(rows=torch.tensor([[0], [1]])), r"the sample's rows must be a 1-D tensor of integer row indices, got "),
+        (
+            Rows(rows=torch.tensor([0.0, 1.0])),
+            r"the sample's rows must be a 1-D tensor of integer row indices, got torch\.float32",
+        ),
+        (Rows(weights=torch.ones(3, 1)), r"the sample's weights must be one per row, shape \(3,\), got \(3, 1\)$"),
+        (
+            Rows(weights=torch.tensor([1.0, math.nan, 1.0])),
+            r"the sample's weights must be finite numbers >= 0, got nan \(row 1\)$",
+        ),
+        (
+            Rows(weights=torch.tensor([1.0, 1.0, -2.0])),
+            r"the sample's weights must be finite numbers >= 0, got -2\.0 \(row 2\)$",
+        ),
+        (
+            Rows(presample_rows=lambda rois: torch.tensor([rois.labels.numel() - 1, 0])),
+            r"the presample's rows must be grouped image by image, in ",
+        ),
+        (Rows(presample_rows=torch.tensor([-1])), r"the presample's rows must be in \[0, \d+\) .*, got -1\.\.-1$"),
+        (
+            Rows(loss=_class_loss),
+            r"roi_loss must return a dict with loss_classifier and loss_box_reg .*missing loss_box_",
+        ),
+    ],
+    ids=[
+        "row -1",
+        "row beyond",
+        "2-D rows",
+        "float rows",
+        "(K,1) weights",
+        "NaN weight",
+        "negative weight",
+        "presample out of order",
+        "presample -1",
+        "roi_loss without loss_box_reg",
+    ],
+)
+def test_a_samplers_bad_output_is_one_line_naming_it(sampler: Rows, message: str) -> None:
+    model = small_model()
+    heads = enable_sampler(model, sampler).roi_heads.train()
+    features, proposals, shapes, targets = heads_inputs()
+    with pytest.raises(ValueError, match=r"^sampler Rows: " + message) as caught:
+        heads(features, proposals, shapes, targets)
+    assert "\n" not in str(caught.value)
+
+
+class FailingInitialise:
+    bg_iou_low = 0.0
+    readonly = None
+
+    def initialise(self, heads) -> None:
+        with torch.no_grad():
+            heads.box_predictor.cls_score.bias.fill_(7.0)  # changes a weight, then fails
+        raise RuntimeError("initialise failed half-way")
+
+    def sample(self, rois, losses, iteration) -> Sample:
+        return Sample(torch.arange(3))
+
+
+def test_a_failing_initialise_leaves_the_model_as_it_was() -> None:
+    model = small_model()
+    enable_sampler(model, SamplerConfig(method="heuristic"), box_loss_beta=1.0)
+    heads, before = model.roi_heads, {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="^initialise failed half-way$"):
+        enable_sampler(model, FailingInitialise())
+    assert model.roi_heads is heads and heads.box_loss_beta == 1.0
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

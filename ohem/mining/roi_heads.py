@@ -25,7 +25,7 @@ from ohem.events import EventStorage, clock, current_storage
 from ohem.mining.pooling import can_reuse_pooling, pooled_with_gradient, rows_of
 from ohem.mining.readonly import RoILosses, readonly_losses
 from ohem.mining.rois import LabelledRoIs, elementwise_iou, label_rois
-from ohem.mining.sampler import Sample, Sampler, TrainedRows, presampled, roi_losses
+from ohem.mining.sampler import Sample, Sampler, TrainedRows, check_sample, presampled, roi_losses
 from ohem.models.box_targets import BoxTargetNorm, raw_box_deltas
 
 
@@ -83,6 +83,7 @@ class SamplingRoIHeads(RoIHeads):
                     self, features, rois, image_shapes, sampler.readonly, self.box_loss_beta, reuse
                 )
             sample = sampler.sample(rois, scores, storage.iteration if storage else None)
+            check_sample(sampler, sample, rois)
         seconds = clock(device) - tic
         if sample.rows.numel() == 0:  # a step with no RoI: the RPN trains, the RoI head's loss is a zero
             losses = self.no_roi_losses(features)
