@@ -266,9 +266,8 @@ class DataConfig(_Section):
     exif_orientation: bool = False
     proposals: str | None = None  # Fast R-CNN: proposal file (.npz, docs/PROPOSALS.md) of the train split
     test_proposals: str | None = None  # ... and of the test split
-    max_proposals: int | None = field(
-        default=2000, metadata=count(1)
-    )  # first boxes of each image's proposals (file order = rank); null: all
+    # first boxes of each image's proposals (file order = rank); null: all
+    max_proposals: int | None = field(default=2000, metadata=count(1))
     # Proposal files are refused when an image holds more boxes, or the file more boxes in all, than these (read
     # from the .npz headers before any array is loaded); null: no limit. Per image 100 000 boxes is 50x selective
     # search's ~2000 and 1.6 MB; in all 1e9 boxes (16 GB of float32) is twice COCO train2017 at 4000 per image.
@@ -338,14 +337,11 @@ class ModelConfig(_Section):
     channel_order: Literal["RGB", "BGR"] = "RGB"
     rpn_batch_size_per_image: int = field(default=256, metadata=count(1))  # anchors sampled per image for the RPN loss
     rpn_pre_nms_top_n_train: int = field(default=1000, metadata=count(1))
-    rpn_post_nms_top_n_train: int = field(
-        default=400, metadata=count(1)
-    )  # RoIs per image handed to the RoI heads (what OHEM mines)
+    # RoIs per image handed to the RoI heads (what OHEM mines)
+    rpn_post_nms_top_n_train: int = field(default=400, metadata=count(1))
     rpn_pre_nms_top_n_test: int = field(default=600, metadata=count(1))
     rpn_post_nms_top_n_test: int = field(default=300, metadata=count(1))
-    box_score_thresh: float = field(
-        default=0.01, metadata=between(0, 1)
-    )  # low, so AP sees the whole precision/recall curve
+    box_score_thresh: float = field(default=0.01, metadata=between(0, 1))  # low: AP sees the whole P/R curve
     box_detections_per_img: int = field(default=100, metadata=count(1))
 
     def check_joint(self) -> None:
