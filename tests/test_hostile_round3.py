@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import struct
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +23,7 @@ from ohem.config import Config, ConfigError, SamplerConfig, _is_union
 from ohem.events import EventStorage
 from ohem.mining import SAMPLERS, Sample, enable_sampler
 from tests.test_hostile import Case, check_case, image_file, text_file
+from tests.test_hostile_files import _import, mat_extra, v5
 from tests.test_roi_heads import heads_inputs, small_model
 
 Setup = typing.Callable[[Path, Path], list[str]]
@@ -29,6 +32,67 @@ Setup = typing.Callable[[Path, Path], list[str]]
 def _train(*sets: str) -> Setup:
     args = [a for item in sets for a in ("--set", item)]
     return lambda tmp, _: ["train", "--config", "demo", "--out", str(tmp / "out"), *args]
+
+
+# ---- hostile .mat files (pattern 1: files libraries open for us)
+def _h5_cells(path: Path, make_cell: typing.Callable) -> Path:
+    """A v7.3 file whose two ``boxes`` cells ``make_cell(file, i)`` makes."""
+    h5py = mat_extra("h5py")
+    with h5py.File(path, "w") as f:
+        refs = [make_cell(f, i).ref for i in range(2)]
+        f.create_dataset("boxes", data=np.array(refs, dtype=h5py.ref_dtype)[:, None])
+    return path
+
+
+def _external_storage(path: Path) -> Path:
+    secret = path.parent / "secret.bin"  # any file on the machine: HDF5 would read its bytes as the cell's
+    secret.write_bytes(np.arange(8, dtype="<f8").tobytes())
+    return _h5_cells(path, lambda f, i: f.create_dataset(f"b{i}", (4, 2), "<f8", external=[(str(secret), 0, 64)]))
+
+
+def _virtual(path: Path) -> Path:
+    h5py = mat_extra("h5py")
+    other = path.parent / "other.h5"
+    with h5py.File(other, "w") as o:
+        o.create_dataset("x", data=np.ones((4, 2)))
+
+    def cell(f, i):
+        layout = h5py.VirtualLayout(shape=(4, 2), dtype="f8")
+        layout[:] = h5py.VirtualSource(str(other), "x", shape=(4, 2))
+        return f.create_virtual_dataset(f"b{i}", layout)
+
+    return _h5_cells(path, cell)
+
+
+def _array_element(path: Path) -> Path:  # a (1, 1) cell whose one element is 11000 x 11000 doubles (968 MB)
+    return _h5_cells(path, lambda f, i: f.create_dataset(f"b{i}", (1, 1), np.dtype(("f8", (11000, 11000)))))
+
+
+def _links(kind: str) -> typing.Callable[[Path], Path]:
+    def make(path: Path) -> Path:
+        h5py = mat_extra("h5py")
+        with h5py.File(path, "w") as f:
+            if kind == "external":
+                f["boxes"] = h5py.ExternalLink("/etc/hostname", "/x")
+            else:
+                f["boxes"], f["loop"] = h5py.SoftLink("/loop"), h5py.SoftLink("/boxes")
+        return path
+
+    return make
+
+
+def _v5_type(where: str) -> typing.Callable[[Path], Path]:
+    """A v5 file with data type 99 (no MATLAB type) in the first cell's data tag (scipy: a segmentation
+    fault) or as the top-level element's type."""
+
+    def make(path: Path) -> Path:
+        raw = bytearray(v5(path, [np.ones((2, 4)), np.ones((1, 4))]).read_bytes())
+        at = raw.index(struct.pack("<II", 9, 64)) if where == "cell" else 128  # 9: miDOUBLE, 2 x 4 of them
+        raw[at : at + 4] = struct.pack("<I", 99)
+        path.write_bytes(bytes(raw))
+        return path
+
+    return make
 
 
 def _bench(*args: str) -> Setup:
@@ -85,6 +149,7 @@ def _base_link_loop(tmp: Path) -> Path:
     return text_file(tmp / "c.yaml", "base: loop.yaml\n")
 
 
+MAT = r"^ohem proposals: error: .*in\.mat: "
 TRAIN = r"^ohem train: error: override '"
 # fmt: off
 CASES = [
@@ -150,6 +215,21 @@ CASES = [
          1, r"^ohem train: error: config .*c\.yaml: 'base' lists 100 files, at most 16$"),
     Case("base: a symbolic link loop", _train_config(_base_link_loop), 1,
          r"^ohem train: error: config .*c\.yaml: 'base' 'loop\.yaml': cannot resolve \(Symlink loop from .*\)$"),
+    # --- pattern 1: files libraries open for us (h5py, scipy)
+    Case(".mat v7.3 cell with external storage", _import(_external_storage), 1,
+         MAT + r"'boxes' cell 1 keeps its data in other files \(HDF5 external storage\); refused, not read$"),
+    Case(".mat v7.3 cell a virtual dataset", _import(_virtual), 1,
+         MAT + r"'boxes' cell 1 is an HDF5 virtual dataset \(its data maps other files\); refused, not read$"),
+    Case(".mat v7.3 'boxes' an external link", _import(_links("external")), 1,
+         MAT + r"'boxes' is an HDF5 external link to /etc/hostname; refused, not followed$"),
+    Case(".mat v7.3 'boxes' a soft-link loop", _import(_links("loop")), 1,
+         MAT + r"'boxes' cannot be opened \(an HDF5 link loop or a dangling link\?\): "),
+    Case(".mat v7.3 (1, 1) cell of 11000 x 11000 array elements", _import(_array_element), 1,
+         MAT + r"'boxes' cell 1 holds HDF5 elements of type \('<f8', \(11000, 11000\)\), not single numbers$"),
+    Case(".mat v5 cell data of type 99 (scipy: SIGSEGV)", _import(_v5_type("cell")), 1,
+         MAT + r"'boxes' cell 1 holds data of type 99, not a MATLAB data type \(forged\)$"),
+    Case(".mat v5 top-level element of type 99", _import(_v5_type("top")), 1,
+         MAT + r"not a MATLAB \.mat file: a variable of data type 99 \(not an array\)$"),
     Case("data.workers 1000", _train("data.workers=1000"), 1, r"data\.workers must be in \[0, 64\], got 1000$"),
     Case("train.num_threads 100000", _train("train.num_threads=100000"), 1,
          r"train\.num_threads must be in \[1, 1024\], got 100000$"),
