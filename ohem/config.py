@@ -56,6 +56,11 @@ def shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """``text`` (a name, a path) cut to ``limit`` characters for a message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class RefusedYAML(yaml.YAMLError):
     """YAML that ohem does not read (an anchor or alias, a repeated key), with the line it is on."""
 
@@ -541,7 +546,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             if not looks_like_a_path(path):
                 found = find_recipe(path)
                 if found is None:
-                    raise ConfigError(f"config {path}: no such file, nor a recipe of that name (ohem recipe --list)")
+                    raise ConfigError(
+                        f"config {cut(str(path))}: no such file, nor a recipe of that name (ohem recipe --list)"
+                    )
                 path = found
             raw = read_yaml(Path(path))
             cfg = merge(cfg, raw, source=f"config {path}")
@@ -588,47 +595,48 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = (), reads: list[Path] | None 
     """The sections of a config file, with its ``base:`` file's sections under them. ``reads``: the files read
     so far for this config (at most ``MAX_BASE_READS``: a fan-out of bases repeats files exponentially)."""
     reads = [] if reads is None else reads
+    where = f"config {cut(str(path))}"
     reads.append(path)
     if len(reads) > MAX_BASE_READS:
         raise ConfigError(
-            f"config {reads[0]}: its 'base' chain reads more than {MAX_BASE_READS} files (at {path}); "
+            f"config {cut(str(reads[0]))}: its 'base' chain reads more than {MAX_BASE_READS} files (at {path}); "
             "a chain whose files name several bases reads them again and again"
         )
     try:  # a FIFO or device would block and a folder cannot be read: refused before opening
         raw = parse_yaml(regular_file(path, "config").read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config {path}: cannot read: no such file") from None
+        raise ConfigError(f"{where}: cannot read: no such file") from None
     except OSError as e:
-        raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
+        raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config {path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+        raise ConfigError(f"{where}: not UTF-8 text: {e.reason} at byte {e.start}") from None
     except RecursionError:
-        raise ConfigError(f"config {path}: nested too deeply to read") from None
+        raise ConfigError(f"{where}: nested too deeply to read") from None
     except RefusedYAML as e:
-        raise ConfigError(f"config {path}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML: {one_line(str(e))}") from None
+        raise ConfigError(f"{where}: not valid YAML: {one_line(str(e))}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
     bases = raw.pop("base", None)
     if bases is None:
         return raw
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"config {path}: 'base' must be a file path or a list of them, got {shown(bases)}")
+        raise ConfigError(f"{where}: 'base' must be a file path or a list of them, got {shown(bases)}")
     if len(bases) > MAX_BASES:
-        raise ConfigError(f"config {path}: 'base' lists {len(bases):,} files, at most {MAX_BASES}")
+        raise ConfigError(f"{where}: 'base' lists {len(bases):,} files, at most {MAX_BASES}")
     if len(seen) + 1 >= MAX_BASE_DEPTH:
-        raise ConfigError(f"config {path}: 'base' chain more than {MAX_BASE_DEPTH} files deep (from {seen[0]})")
+        raise ConfigError(f"{where}: 'base' chain more than {MAX_BASE_DEPTH} files deep (from {seen[0]})")
     merged: dict[str, Any] = {}
     for base in bases:  # later bases override earlier ones; the file itself overrides them all
         try:
             base_path = (path.parent / base).resolve()
         except (RuntimeError, OSError) as e:  # a symbolic link loop
-            raise ConfigError(f"config {path}: 'base' {shown(base)}: cannot resolve ({one_line(str(e))})") from None
+            raise ConfigError(f"{where}: 'base' {shown(base)}: cannot resolve ({one_line(str(e))})") from None
         if base_path in seen or base_path == path.resolve():
-            raise ConfigError(f"config {path}: 'base' chain loops back to {base_path}")
+            raise ConfigError(f"{where}: 'base' chain loops back to {base_path}")
         merged = _deep_update(merged, read_yaml(base_path, (*seen, path.resolve()), reads))
     return _deep_update(merged, raw)
 
