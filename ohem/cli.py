@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ohem.config import Config, ConfigError, Metric, apply_overrides, load_config
+from ohem.config import Config, ConfigError, Metric, Range, apply_overrides, cut, load_config
 from ohem.structures import DetectionDataset
 from ohem.util import (
     MissingExtra,
@@ -359,7 +359,7 @@ def error_message(e: BaseException) -> str:
     import yaml
 
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+        where = cut(f"{e.filename}") + (f" -> {cut(str(e.filename2))}" if e.filename2 is not None else "")
         return f"{where}: {e.strerror}"
     if isinstance(e, json.JSONDecodeError):
         return f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
@@ -471,6 +471,10 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
     check_writable(Path(args.out).absolute().parent, "--out's folder")  # before any work
     data = _data_config(load_config(), args).data
+    inputs = (("--import-mat", args.import_mat), ("data.proposals", data.proposals))
+    for what, given in ((w, p) for w, p in inputs if p):  # the output would replace the file it is made from
+        if _same_file(Path(args.out), Path(given)):
+            raise ValueError(f"--out {args.out}: is this command's input ({what} {given}); give another file to write")
     max_boxes = 2000 if args.max_boxes is None else args.max_boxes
     limit = data.max_proposal_boxes_per_image
     if mode != "import-mat" and limit is not None and max_boxes > limit:  # the readers would refuse the file
@@ -823,6 +827,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.list_arms:
         print(bench.format_arms(), end="")
         return 0
+    for seed in args.seeds:  # each becomes a run's train.seed: held to its range before anything runs
+        Range(0, 2**64 - 1).check("--seeds", seed)
+    if args.pretrain == "":
+        raise ValueError("--pretrain '': empty; give the config (or recipe) to pretrain with")
     b = bench.Bench.from_args(args)
     if args.plan:
         return bench.plan_bench(b)

@@ -56,6 +56,11 @@ def shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """``text`` (a name, a path) cut to ``limit`` characters for a message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class RefusedYAML(yaml.YAMLError):
     """YAML that ohem does not read (an anchor or alias, a repeated key), with the line it is on."""
 
@@ -145,10 +150,14 @@ class Range:
     low: float | None = None
     high: float | None = None
     open: bool = False  # both ends excluded (a probability whose logarithm is taken)
+    low_open: bool = False  # ``low`` excluded (a scale or deviation that divides)
+    empty: bool = False  # an empty list is valid (solver.steps: no step)
 
     def __str__(self) -> str:
         if self.open:
             return f"in ({self.low}, {self.high})"
+        if self.low_open:
+            return f"> {self.low}" + ("" if self.high is None else f" and <= {self.high}")
         if self.low is not None and self.high is not None:
             return f"in [{self.low}, {self.high}]"
         if self.low is not None:
@@ -158,7 +167,7 @@ class Range:
     def check(self, name: str, value: Any) -> None:
         """Raise a one-line ``ConfigError`` naming ``name`` and ``value`` unless it is in range."""
         if isinstance(value, list):
-            if not value:
+            if not value and not self.empty:
                 raise ConfigError(f"{name} must be a number {self} or a non-empty list of them, got []")
             for i, v in enumerate(value):
                 self.check(f"{name}[{i}]", v)
@@ -167,7 +176,7 @@ class Range:
         if not number or not _finite(value):
             finite = "a finite number" + ("" if self.low is None and self.high is None else f" {self}")
             raise ConfigError(f"{name} must be {finite}, got {shown(value)}")
-        below = self.low is not None and (value <= self.low if self.open else value < self.low)
+        below = self.low is not None and (value <= self.low if self.open or self.low_open else value < self.low)
         above = self.high is not None and (value >= self.high if self.open else value > self.high)
         if below or above:
             raise ConfigError(f"{name} must be {self}, got {shown(value)}")
@@ -196,7 +205,19 @@ def inside(low: float, high: float) -> dict[str, Range]:
     return {"range": Range(low, high, open=True)}
 
 
+def count(low: int, high: int = 10**9) -> dict[str, Range]:
+    """Field metadata: a count from ``low`` to ``high`` (default 10^9: far beyond any run, and no count
+    overflows the 64-bit integers torch computes with)."""
+    return {"range": Range(low, high)}
+
+
+def above(low: float, high: float | None = None) -> dict[str, Range]:
+    """Field metadata: more than ``low`` (excluded), at most ``high``."""
+    return {"range": Range(low, high, low_open=True)}
+
+
 FINITE = {"range": Range()}  # field metadata: any finite number
+SEED = {"range": Range(0, 2**64 - 1)}  # field metadata: a seed (torch's generators take 64 bits)
 # Field metadata: ``ohem train --resume`` may give another value (``ohem.engine.run_folder``). Only for what
 # changes how long the run goes on, what it evaluates, logs and draws on the way, and where it runs:
 # never the training the checkpoint holds.
@@ -216,6 +237,9 @@ class _Section:
             for choices in _literals(hints[f.name]):
                 if value is not None or type(None) not in typing.get_args(hints[f.name]):
                     check_choice(name, value, choices)
+            coerced = _coerce(value, hints[f.name], "", name)  # 64.5 for an int, 'false' for a bool: refused
+            if coerced is not value:  # an int for a float, a tuple for a list: stored as YAML would give it
+                setattr(self, f.name, value := coerced)
             if "range" in f.metadata and value is not None:
                 f.metadata["range"].check(name, value)
         if not _JOINT_CHECKS_DEFERRED.get():
@@ -247,7 +271,8 @@ class DataConfig(_Section):
     exif_orientation: bool = False
     proposals: str | None = None  # Fast R-CNN: proposal file (.npz, docs/PROPOSALS.md) of the train split
     test_proposals: str | None = None  # ... and of the test split
-    max_proposals: int | None = 2000  # first boxes of each image's proposals (file order = rank); null: all
+    # first boxes of each image's proposals (file order = rank); null: all
+    max_proposals: int | None = field(default=2000, metadata=count(1))
     # Proposal files are refused when an image holds more boxes, or the file more boxes in all, than these (read
     # from the .npz headers before any array is loaded); null: no limit. Per image 100 000 boxes is 50x selective
     # search's ~2000 and 1.6 MB; in all 1e9 boxes (16 GB of float32) is twice COCO train2017 at 4000 per image.
@@ -256,15 +281,15 @@ class DataConfig(_Section):
     hflip: bool = False  # training: mirror each image with probability 0.5
     aspect_grouping: bool = False  # training: batches of images of one orientation (wide or tall)
     # loader processes (0: in the training process); None: one per 4 cores, at most 4
-    workers: int | None = field(default=None, metadata=ge(0) | RESUMABLE)
+    workers: int | None = field(default=None, metadata=count(0, 64) | RESUMABLE)
     num_train: int = field(default=1000, metadata=ge(1))  # synthetic only
     num_test: int = field(default=200, metadata=ge(1))  # synthetic only
     # synthetic: more images in a split are refused when the config is read; null: no limit. A split's
     # shuffled order and image names take memory by the image (8 bytes and ~60 bytes); 1 000 000 is 1000x
     # the default and ~70 MB, where 10^12 would try to allocate terabytes.
     max_synthetic_images: int | None = field(default=1_000_000, metadata=ge(1))
-    image_size: int = 160  # synthetic only
-    seed: int = 0  # synthetic: the data's seed, separate from the training seed
+    image_size: int = field(default=160, metadata=count(128))  # synthetic only
+    seed: int = field(default=0, metadata=SEED)  # synthetic: the data's seed, separate from the training seed
     # synthetic: target (the benchmark) | source (the look-alikes are the classes: a related task to pretrain on)
     synthetic_task: Literal["target", "source"] = "target"
 
@@ -291,37 +316,38 @@ class ModelConfig(_Section):
     SECTION = "model"
     name: ModelName = "small"  # the list: ModelName, above
     backbone_weights: str | None = None  # None (random init) | "imagenet" (torchvision) | path to a file
-    trainable_backbone_layers: int | None = None  # torchvision models only
+    trainable_backbone_layers: int | None = field(default=None, metadata=between(0, 5))  # torchvision models only
     init_weights: str | None = None  # train: start from this ohem checkpoint's (or state dict's) weights
     # init_weights: state-dict key prefixes not taken from it (they keep their fresh initialisation, and keys of
     # the file under them that the model lacks are ignored), e.g. [roi_heads.box_predictor] for a fresh predictor
     init_weights_skip: list[str] = field(default_factory=list)
     # shorter side; a list: one drawn per training image (multi-scale, +M)
-    min_size: int | list[int] = field(default=160, metadata=ge(1))
-    max_size: int = field(default=160, metadata=ge(1))
+    min_size: int | list[int] = field(default=160, metadata=count(1, 100_000))
+    max_size: int = field(default=160, metadata=count(1, 100_000))
     # None: min_size (its last); a list: image pyramid (+M)
-    test_min_size: int | list[int] | None = field(default=None, metadata=ge(1))
+    test_min_size: int | list[int] | None = field(default=None, metadata=count(1, 100_000))
     # test NMS; None: the model's (torchvision 0.5, Fast R-CNN's VGG 0.3)
     box_nms_thresh: float | None = field(default=None, metadata=between(0, 1))
     box_voting: bool = False  # +B: iterative box regression with weighted voting at test time
     # Smooth-L1 beta of the box loss in every RoI head's passes: torchvision's 1/9; Fast R-CNN's sigma = 1 is beta 1.
-    box_loss_beta: float = field(default=1 / 9, metadata=ge(0))
+    box_loss_beta: float = field(default=1 / 9, metadata=between(0, 100))
     # Box regression targets: fixed (the box coder's weights 10, 10, 5, 5) | empirical (Fast R-CNN: per-class
     # mean/std of the training set's fg RoI targets, measured once at the start of a run; proposal-file models)
     box_target_norm: Literal["fixed", "empirical"] = "fixed"
     # Input pixels: x * pixel_scale (1: [0, 1]; 255: Caffe's 0-255), channels in channel_order, then
     # (x - image_mean) / image_std. None: the model's own mean/std (torchvision's ImageNet RGB for VGG).
-    image_mean: list[float] | None = None
-    image_std: list[float] | None = None
-    pixel_scale: float = 1.0
+    image_mean: list[float] | None = field(default=None, metadata=FINITE)
+    image_std: list[float] | None = field(default=None, metadata=above(0))
+    pixel_scale: float = field(default=1.0, metadata=above(0, 65535))
     channel_order: Literal["RGB", "BGR"] = "RGB"
-    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
-    rpn_pre_nms_top_n_train: int = 1000
-    rpn_post_nms_top_n_train: int = 400  # RoIs per image handed to the RoI heads (what OHEM mines)
-    rpn_pre_nms_top_n_test: int = 600
-    rpn_post_nms_top_n_test: int = 300
-    box_score_thresh: float = 0.01  # low, so AP sees the whole precision/recall curve
-    box_detections_per_img: int = 100
+    rpn_batch_size_per_image: int = field(default=256, metadata=count(1))  # anchors sampled per image for the RPN loss
+    rpn_pre_nms_top_n_train: int = field(default=1000, metadata=count(1))
+    # RoIs per image handed to the RoI heads (what OHEM mines)
+    rpn_post_nms_top_n_train: int = field(default=400, metadata=count(1))
+    rpn_pre_nms_top_n_test: int = field(default=600, metadata=count(1))
+    rpn_post_nms_top_n_test: int = field(default=300, metadata=count(1))
+    box_score_thresh: float = field(default=0.01, metadata=between(0, 1))  # low: AP sees the whole P/R curve
+    box_detections_per_img: int = field(default=100, metadata=count(1))
 
     def check_joint(self) -> None:
         # The resize fits the shorter side to min_size unless the longer one would pass max_size: a
@@ -333,6 +359,11 @@ class ModelConfig(_Section):
                 raise JointRuleError(
                     f"{key} = {size} must be <= model.max_size = {self.max_size} (the longer side's limit)",
                     ("model.min_size", "model.max_size"),
+                )
+        for key, values in (("image_mean", self.image_mean), ("image_std", self.image_std)):
+            if values is not None and len(values) != 3:  # one per channel: torch would fail at the first step
+                raise JointRuleError(
+                    f"model.{key} must hold 3 numbers (R, G, B), got {shown(values)}", (f"model.{key}",)
                 )
 
 
@@ -348,7 +379,7 @@ class SamplerConfig(_Section):
     method: Literal[
         "ohem", "heuristic", "libra", "ohem-presample", "ohem-stratified", "pisa", "is-mix", "ohem-prior"
     ] = "ohem"
-    batch_size_per_image: int = field(default=64, metadata=ge(1))  # B / N: RoIs trained on per image
+    batch_size_per_image: int = field(default=64, metadata=count(1, 100_000))  # B / N: RoIs trained on per image
     # the most foreground per image: heuristic, libra, ohem-stratified, pisa (and ohem before ohem_start)
     fg_fraction: float = field(default=0.25, metadata=between(0, 1))
     # None: the sampler's own (heuristic 0.1; ohem and the others 0.0: docs/PAPER.md)
@@ -358,7 +389,7 @@ class SamplerConfig(_Section):
     nms_iou: float | None = field(default=0.7, metadata=between(0, 1))  # ohem: NMS among RoIs by loss; None = off
     mining_loss: Literal["cls+box", "cls"] = "cls+box"  # ohem: cls+box (paper) | cls (mmdetection)
     nms_per_label: bool = False  # ohem: NMS only among RoIs of one label (the authors' code)
-    max_rois_per_chunk: int = field(default=1024, metadata=ge(1))  # ohem: read-only pass memory bound
+    max_rois_per_chunk: int = field(default=1024, metadata=count(1))  # ohem: read-only pass memory bound
     readonly_dropout: bool = True  # ohem: dropout stays on in the read-only pass (authors' code)
     # ohem: the read-only pass's numerics: tf32 (float32 with TF32 matmuls/convolutions on CUDA; on the CPU
     # the same as fp32) | fp32 | bf16 / fp16 (autocast). The trainable pass keeps train.amp's precision.
@@ -366,10 +397,10 @@ class SamplerConfig(_Section):
     # ohem: the first iteration that mines; before it, a random sample of fg_fraction foreground and
     # background from bg_iou_low. Not in the paper (which starts from ImageNet weights): a from-scratch
     # box head can collapse under mining from the first step (docs/BENCHMARKS.md, "When OHEM pays").
-    ohem_start: int = field(default=0, metadata=ge(0))
+    ohem_start: int = field(default=0, metadata=count(0))
     # ohem-presample: the read-only pass runs on presample_factor x batch_size_per_image random RoIs per image
-    presample_factor: int = field(default=4, metadata=ge(1))
-    libra_bins: int = field(default=3, metadata=ge(1))  # libra: IoU bins the background is drawn equally from
+    presample_factor: int = field(default=4, metadata=count(1, 1000))
+    libra_bins: int = field(default=3, metadata=count(1, 100))  # libra: IoU bins the background is drawn equally from
     # libra: background below this IoU is drawn at random, not by bin (0: IoU 0 exactly); None: no such floor
     libra_floor_thr: float | None = field(default=None, metadata=between(0, 1))
     # libra: the share of the background drawn from below libra_floor_thr
@@ -379,50 +410,67 @@ class SamplerConfig(_Section):
     rpn_nms_iou: float | None = field(default=0.7, metadata=between(0, 1))
     # pisa (Cao et al. 2020; mmdetection's defaults): loss weight ((1 - bias) u + bias) ** k of a RoI of
     # hierarchical rank u in (0, 1], positives by IoU (ISR-P), negatives by score (ISR-N)
-    isr_p_k: float = field(default=2.0, metadata=ge(0))
+    isr_p_k: float = field(default=2.0, metadata=between(0, 100))
     isr_p_bias: float = field(default=0.0, metadata=between(0, 1))
-    isr_n_k: float = field(default=0.5, metadata=ge(0))
+    isr_n_k: float = field(default=0.5, metadata=between(0, 100))
     isr_n_bias: float = field(default=0.0, metadata=between(0, 1))
     isr_n_nms_iou: float = field(default=0.5, metadata=between(0, 1))  # pisa: negatives' groups for their ranks
     # pisa: loss (the paper: each part's weighted cls loss equals its unweighted one) | count (mean weight 1)
     isr_normalise: Literal["loss", "count"] = "loss"
     carl: bool = True  # pisa: add CARL, the box loss of positives weighted by their class score (the paper)
-    carl_k: float = field(default=1.0, metadata=ge(0))  # pisa: CARL's weight ((1 - bias) score + bias) ** k
+    carl_k: float = field(default=1.0, metadata=between(0, 100))  # pisa: CARL's weight ((1 - bias) score + bias) ** k
     carl_bias: float = field(default=0.2, metadata=between(0, 1))
     # is-mix: weight of the uniform part of p_i = (1 - lambda) loss_i / sum(loss) + lambda / N (1: random)
     is_lambda: float = field(default=0.5, metadata=between(0, 1))
     # is-mix: constant | decay (lambda from 1 at iteration 0 linearly to is_lambda at is_lambda_decay_iterations)
     is_lambda_schedule: Literal["constant", "decay"] = "constant"
-    is_lambda_decay_iterations: int = field(default=1000, metadata=ge(1))
+    is_lambda_decay_iterations: int = field(default=1000, metadata=count(1))
     is_weights: Literal["unbiased", "none"] = "unbiased"  # is-mix: 1 / (N p_i) per draw | none (weight 1)
     prior_bg: float = field(default=0.99, metadata=inside(0, 1))  # ohem-prior: P(background) at initialisation
+
+    def check_joint(self) -> None:
+        # Every model's RoI head counts IoU >= 0.5 as foreground and below as background (torchvision's and Fast
+        # R-CNN's box_bg_iou_thresh = box_fg_iou_thresh = 0.5); a floor at or above it leaves no background.
+        if self.bg_iou_low is not None and self.bg_iou_low >= HEAD_BG_IOU:
+            raise JointRuleError(bg_floor_message(self.bg_iou_low, HEAD_BG_IOU), ("sampler.bg_iou_low",))
+
+
+HEAD_BG_IOU = 0.5  # the RoI heads' background/foreground IoU threshold (ohem.models; enable_sampler checks yours)
+
+
+def bg_floor_message(bg_iou_low: float, head_bg_iou: float) -> str:
+    return (
+        f"sampler.bg_iou_low = {bg_iou_low} must be below the RoI head's background/foreground IoU threshold "
+        f"{head_bg_iou} (background is IoU in [bg_iou_low, {head_bg_iou}): none would be left to train on)"
+    )
 
 
 @dataclass
 class SolverConfig(_Section):
     SECTION = "solver"
-    iterations: int = field(default=1500, metadata=ge(1) | RESUMABLE)
-    images_per_batch: int = field(default=2, metadata=ge(1))  # N: images per forward pass
+    iterations: int = field(default=1500, metadata=count(1) | RESUMABLE)
+    images_per_batch: int = field(default=2, metadata=count(1, 4096))  # N: images per forward pass
     # forward/backward passes per SGD step (the authors' 1 image x 2 = N 2)
-    accumulate_steps: int = field(default=1, metadata=ge(1))
-    lr: float = field(default=0.02, metadata=ge(0))
-    momentum: float = field(default=0.9, metadata=ge(0))
-    weight_decay: float = field(default=5e-4, metadata=ge(0))
-    bias_lr_factor: float = field(default=1.0, metadata=ge(0))  # biases train at lr x this (Caffe's Fast R-CNN: 2)
+    accumulate_steps: int = field(default=1, metadata=count(1, 1024))
+    lr: float = field(default=0.02, metadata=between(0, 10))
+    momentum: float = field(default=0.9, metadata=between(0, 1))
+    weight_decay: float = field(default=5e-4, metadata=between(0, 1))
+    bias_lr_factor: float = field(
+        default=1.0, metadata=between(0, 100)
+    )  # biases train at lr x this (Caffe's Fast R-CNN: 2)
     # None: weight_decay (the authors' OHEM nets: 0 on fc biases)
-    bias_weight_decay: float | None = field(default=None, metadata=ge(0))
+    bias_weight_decay: float | None = field(default=None, metadata=between(0, 1))
     # which biases bias_weight_decay applies to: all | roi_heads (fc6, fc7, cls, bbox: the OHEM prototxts;
     # conv biases keep weight_decay)
     bias_weight_decay_on: Literal["all", "roi_heads"] = "all"
-    warmup_iterations: int = field(default=100, metadata=ge(0))
-    warmup_factor: float = field(default=0.001, metadata=ge(0))
-    steps: list[int] = field(default_factory=lambda: [1000, 1300])  # lr x gamma at each (in order)
-    gamma: float = field(default=0.1, metadata=ge(0))
+    warmup_iterations: int = field(default=100, metadata=count(0))
+    warmup_factor: float = field(default=0.001, metadata=between(0, 1))
+    # lr x gamma at each (in order); [] is no step; a negative step is a typo (the lr drops before training starts)
+    steps: list[int] = field(default_factory=lambda: [1000, 1300], metadata={"range": Range(0, empty=True)})
+    gamma: float = field(default=0.1, metadata=between(0, 1))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps:  # [] is no step; a negative step is a typo (the lr drops before training starts)
-            Range(0).check("solver.steps", self.steps)
         # In order; a repeated step is allowed (gamma twice there): ohem bench's budget scaling can merge two.
         if any(later < earlier for earlier, later in zip(self.steps, self.steps[1:])):
             raise ConfigError(f"solver.steps must be in increasing order, got {shown(self.steps)}")
@@ -441,29 +489,29 @@ class SolverConfig(_Section):
 @dataclass
 class TrainConfig(_Section):
     SECTION = "train"
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
     device: str = field(default="auto", metadata=RESUMABLE)  # auto | cpu | cuda | cuda:N
     amp: Literal["none", "bf16", "fp16"] = (
         "none"  # none | bf16 | fp16 (CUDA, with a grad scaler): mixed precision for the whole step
     )
-    eval_every: int = field(default=500, metadata=ge(0) | RESUMABLE)  # 0: only at the end
+    eval_every: int = field(default=500, metadata=count(0) | RESUMABLE)  # 0: only at the end
     eval_metric: Metric = "voc"  # voc (area AP@0.5) | voc07 (11-point, the paper's) | coco (pycocotools)
-    checkpoint_every: int = field(default=500, metadata=ge(0) | RESUMABLE)
+    checkpoint_every: int = field(default=500, metadata=count(0) | RESUMABLE)
     # checkpoints kept: 1 = checkpoint_last.pt only; N > 1 also keeps the N - 1 most recent of those
     # written every checkpoint_every steps as checkpoint_iterNNNNNN.pt (older ones are deleted)
-    keep_checkpoints: int = field(default=1, metadata=ge(1) | RESUMABLE)
+    keep_checkpoints: int = field(default=1, metadata=count(1) | RESUMABLE)
     # torch CPU threads; None = torch's default
-    num_threads: int | None = field(default=None, metadata=ge(1) | RESUMABLE)
+    num_threads: int | None = field(default=None, metadata=count(1, 1024) | RESUMABLE)
     # at each evaluation: mean loss over all RoIs of this many train images
-    roi_loss_images: int = field(default=0, metadata=ge(0) | RESUMABLE)
+    roi_loss_images: int = field(default=0, metadata=count(0) | RESUMABLE)
     # ohem: iterations per record of what was mined (mining.jsonl)
-    mining_log_every: int = field(default=50, metadata=ge(1) | RESUMABLE)
+    mining_log_every: int = field(default=50, metadata=count(1) | RESUMABLE)
     # torchrun: compare the processes' weights every N steps (0: never)
-    check_sync_every: int = field(default=0, metadata=ge(0) | RESUMABLE)
-    vis_images: int = field(default=4, metadata=ge(0) | RESUMABLE)  # test images drawn in detections.png
-    vis_score_thresh: float = field(default=0.5, metadata=FINITE | RESUMABLE)
+    check_sync_every: int = field(default=0, metadata=count(0) | RESUMABLE)
+    vis_images: int = field(default=4, metadata=count(0, 100) | RESUMABLE)  # test images drawn in detections.png
+    vis_score_thresh: float = field(default=0.5, metadata=between(0, 1) | RESUMABLE)
     # CUDA: synchronize to time the mining every N iterations (a sync stalls the queue)
-    timing_every: int = field(default=10, metadata=ge(1) | RESUMABLE)
+    timing_every: int = field(default=10, metadata=count(1) | RESUMABLE)
 
 
 @dataclass
@@ -473,7 +521,7 @@ class TestConfig(_Section):
     SECTION = "test"
     __test__ = False  # a class named Test* that pytest must not collect
     # images per forward pass at test time
-    images_per_batch: int = field(default=4, metadata=ge(1) | RESUMABLE)
+    images_per_batch: int = field(default=4, metadata=count(1, 4096) | RESUMABLE)
 
 
 @dataclass
@@ -498,7 +546,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             if not looks_like_a_path(path):
                 found = find_recipe(path)
                 if found is None:
-                    raise ConfigError(f"config {path}: no such file, nor a recipe of that name (ohem recipe --list)")
+                    raise ConfigError(
+                        f"config {cut(str(path))}: no such file, nor a recipe of that name (ohem recipe --list)"
+                    )
                 path = found
             raw = read_yaml(Path(path))
             cfg = merge(cfg, raw, source=f"config {path}")
@@ -538,37 +588,56 @@ def check_joint(cfg: Config, set_by: SetBy | None = None, source: str = "config"
             raise ConfigError(f"{where}: {e}") from None
 
 
-def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The sections of a config file, with its ``base:`` file's sections under them."""
+MAX_BASES, MAX_BASE_DEPTH, MAX_BASE_READS = 16, 16, 64  # base: files per file, chain depth, files per config
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = (), reads: list[Path] | None = None) -> dict[str, Any]:
+    """The sections of a config file, with its ``base:`` file's sections under them. ``reads``: the files read
+    so far for this config (at most ``MAX_BASE_READS``: a fan-out of bases repeats files exponentially)."""
+    reads = [] if reads is None else reads
+    where = f"config {cut(str(path))}"
+    reads.append(path)
+    if len(reads) > MAX_BASE_READS:
+        raise ConfigError(
+            f"config {cut(str(reads[0]))}: its 'base' chain reads more than {MAX_BASE_READS} files (at {path}); "
+            "a chain whose files name several bases reads them again and again"
+        )
     try:  # a FIFO or device would block and a folder cannot be read: refused before opening
         raw = parse_yaml(regular_file(path, "config").read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config {path}: cannot read: no such file") from None
+        raise ConfigError(f"{where}: cannot read: no such file") from None
     except OSError as e:
-        raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
+        raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config {path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+        raise ConfigError(f"{where}: not UTF-8 text: {e.reason} at byte {e.start}") from None
     except RecursionError:
-        raise ConfigError(f"config {path}: nested too deeply to read") from None
+        raise ConfigError(f"{where}: nested too deeply to read") from None
     except RefusedYAML as e:
-        raise ConfigError(f"config {path}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML: {one_line(str(e))}") from None
+        raise ConfigError(f"{where}: not valid YAML: {one_line(str(e))}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
     bases = raw.pop("base", None)
     if bases is None:
         return raw
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"config {path}: 'base' must be a file path or a list of them, got {shown(bases)}")
+        raise ConfigError(f"{where}: 'base' must be a file path or a list of them, got {shown(bases)}")
+    if len(bases) > MAX_BASES:
+        raise ConfigError(f"{where}: 'base' lists {len(bases):,} files, at most {MAX_BASES}")
+    if len(seen) + 1 >= MAX_BASE_DEPTH:
+        raise ConfigError(f"{where}: 'base' chain more than {MAX_BASE_DEPTH} files deep (from {seen[0]})")
     merged: dict[str, Any] = {}
     for base in bases:  # later bases override earlier ones; the file itself overrides them all
-        base_path = (path.parent / base).resolve()
+        try:
+            base_path = (path.parent / base).resolve()
+        except (RuntimeError, OSError) as e:  # a symbolic link loop
+            raise ConfigError(f"{where}: 'base' {shown(base)}: cannot resolve ({one_line(str(e))})") from None
         if base_path in seen or base_path == path.resolve():
-            raise ConfigError(f"config {path}: 'base' chain loops back to {base_path}")
-        merged = _deep_update(merged, read_yaml(base_path, (*seen, path.resolve())))
+            raise ConfigError(f"{where}: 'base' chain loops back to {base_path}")
+        merged = _deep_update(merged, read_yaml(base_path, (*seen, path.resolve()), reads))
     return _deep_update(merged, raw)
 
 
@@ -628,7 +697,7 @@ def merge(obj: Any, raw: dict[str, Any], source: str, prefix: str = "") -> Any:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {name!r} must be a mapping, got {shown(value)}")
+                raise ConfigError(f"{_at(source)}{name!r} must be a mapping, got {shown(value)}")
             changes[key] = merge(current, value, source, prefix=f"{name}.")
         else:
             changes[key] = _coerce(value, hints[key], source, name)
@@ -663,14 +732,14 @@ def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
                 return _coerce(value, option, source, name)
             except ConfigError:
                 continue
-        raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {shown(value)}")
+        raise ConfigError(f"{_at(source)}{name!r} must be {_describe(hint)}, got {shown(value)}")
     if typing.get_origin(hint) is Literal:
         if value in args and isinstance(value, str):
             return value
-        raise ConfigError(f"{source}: {name!r} must be one of {', '.join(map(str, args))}, got {shown(value)}")
+        raise ConfigError(f"{_at(source)}{name!r} must be one of {', '.join(map(str, args))}, got {shown(value)}")
     if typing.get_origin(hint) is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {name!r} must be a list, got {shown(value)}")
+            raise ConfigError(f"{_at(source)}{name!r} must be a list, got {shown(value)}")
         return [_coerce(v, args[0], source, f"{name}[{i}]") for i, v in enumerate(value)]
     if hint is bool:
         if isinstance(value, bool):
@@ -683,7 +752,7 @@ def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
             try:
                 return float(value)
             except OverflowError:  # an int of more than ~309 digits
-                raise ConfigError(f"{source}: {name!r} must be a finite number, got {shown(value)}") from None
+                raise ConfigError(f"{_at(source)}{name!r} must be a finite number, got {shown(value)}") from None
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
                 return float(value)
@@ -692,7 +761,12 @@ def _coerce(value: Any, hint: Any, source: str, name: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{source}: {name!r} must be {_describe(hint)}, got {shown(value)}")
+    raise ConfigError(f"{_at(source)}{name!r} must be {_describe(hint)}, got {shown(value)}")
+
+
+def _at(source: str) -> str:
+    """A message's ``SOURCE: `` prefix; none for a section built in code (its key names the value)."""
+    return f"{source}: " if source else ""
 
 
 def _describe(hint: Any) -> str:

@@ -1,6 +1,7 @@
 import dataclasses
 import math
 import typing
+from typing import Any
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ from ohem.config import (
     Range,
     SamplerConfig,
     SolverConfig,
+    _is_union,
     apply_overrides,
     config_from_dict,
     load_config,
@@ -121,13 +123,19 @@ def ranged_fields() -> list[tuple[type, str, Range]]:
     return [(s, f.name, f.metadata["range"]) for s in sections for f in dataclasses.fields(s) if "range" in f.metadata]
 
 
+def only_lists(hint: Any) -> bool:
+    """Whether a field of type ``hint`` holds a list of numbers and never one number."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else [hint]
+    return all(typing.get_origin(a) is list for a in options)
+
+
 def out_of_range(r: Range) -> list[float]:
     """Values ``r`` refuses: just below, just above, and not finite."""
     values: list[float] = [float("nan"), float("inf")]
     if r.low is not None:
         values.append(r.low - 1)
     if r.high is not None:
-        values.append(r.high + 0.5)
+        values.append(r.high + 1)  # an int field takes int(value): still above
     return values
 
 
@@ -177,10 +185,12 @@ def test_every_range_checked_field_refuses_out_of_range_values_in_one_line(secti
     # An int field is given ints (the range, not the type, refuses them; nan is not an int).
     for value in [int(v) for v in out_of_range(valid) if math.isfinite(v)] if whole else out_of_range(valid):
         text = {math.inf: ".inf"}.get(value, ".nan" if math.isnan(value) else repr(value))
+        given: Any = [value] if only_lists(hint) else value  # model.image_mean: a list of numbers
+        text = f"[{text}]" if only_lists(hint) else text
         with pytest.raises(ConfigError) as by_override:
             load_config(None, [f"{key}={text}"])
         with pytest.raises(ConfigError) as by_hand:
-            section(**{name: value})
+            section(**{name: given})
         for message, prefix in ((str(by_override.value), f"override '{key}={text}': "), (str(by_hand.value), "")):
             assert "\n" not in message
             assert message.startswith(f"{prefix}{key}") and repr(value) in message, message
@@ -198,7 +208,7 @@ def test_a_range_error_names_the_file(tmp_path):
 def test_lists_are_checked_number_by_number_and_steps_must_increase():
     with pytest.raises(ConfigError, match=r"^override 'model.min_size=\[\]': model.min_size must be .*non-empty"):
         load_config(None, ["model.min_size=[]"])
-    with pytest.raises(ConfigError, match=r"model\.test_min_size\[1\] must be >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"model\.test_min_size\[1\] must be in \[1, 100000\], got 0$"):
         load_config(None, ["model.test_min_size=[600, 0]"])
     with pytest.raises(ConfigError, match=r"^override 'solver.steps=\[6, 5\]': solver\.steps must be in increasing"):
         load_config(None, ["solver.steps=[6, 5]"])
@@ -217,6 +227,7 @@ def test_resume_may_change_exactly_the_fields_marked_so():
         "train.vis_images",
         "train.vis_score_thresh",
         "train.num_threads",
+        "train.keep_checkpoints",
         "train.device",
         "train.check_sync_every",
         "train.timing_every",

@@ -69,10 +69,18 @@ def test_lambda_one_is_uniform_and_none_weights_are_none():
     loss = losses.cls + losses.box
     assert torch.allclose(mixture_probabilities(loss[:50], 1.0), torch.full((50,), 1 / 50))
     sample = sampler(1.0).sample(rois, losses, 0)
-    assert torch.allclose(sample.weights, torch.ones(32))  # 1 / (N x 1/N)
-    assert torch.bincount(rois.image_ids[sample.rows]).tolist() == [16, 16]  # B per image, in image order
-    assert torch.equal(rois.image_ids[sample.rows], rois.image_ids[sample.rows].sort().values)
-    assert sampler(0.5, is_weights="none").sample(rois, losses, 0).weights is None
+    # B = 16 draws per image; a RoI drawn k times is one row of weight k (x rows / draws: the head divides by
+    # the rows), and each draw's weight is 1 / (N x 1/N) = 1
+    rows = sample.rows.numel()
+    draws = sample.weights * 32 / rows
+    assert torch.allclose(draws, draws.round()) and (draws >= 1).all() and int(draws.sum().round()) == 32
+    assert torch.allclose(sample.weights.sum(), torch.tensor(float(rows)))
+    per_image = torch.bincount(rois.image_ids[sample.rows]).tolist()
+    assert all(1 <= n <= 16 for n in per_image) and len(set(sample.rows.tolist())) == rows  # no row twice
+    assert torch.equal(rois.image_ids[sample.rows], rois.image_ids[sample.rows].sort().values)  # image order
+    unweighted = sampler(0.5, is_weights="none").sample(rois, losses, 0)  # weights: the draws only
+    counts = unweighted.weights * 32 / unweighted.rows.numel()
+    assert torch.allclose(counts, counts.round()) and int(counts.sum().round()) == 32
     # lambda 0: in proportion to the loss; zero losses give uniform
     assert torch.allclose(mixture_probabilities(torch.tensor([1.0, 3.0]), 0.0), torch.tensor([0.25, 0.75]))
     assert torch.allclose(mixture_probabilities(torch.zeros(4), 0.0), torch.full((4,), 0.25))
@@ -112,5 +120,14 @@ def test_is_mix_in_the_head_trains_on_b_weighted_draws_per_image():
     with EventStorage(0) as storage:
         _, losses = heads(features, proposals, shapes, targets)
     mined = storage.latest("roi_mining")
-    assert torch.bincount(mined["image_ids"]).tolist() == [20, 20]
+    assert all(1 <= n <= 20 for n in torch.bincount(mined["image_ids"]).tolist())  # 20 draws, a row per RoI drawn
     assert losses["loss_classifier"].requires_grad and "ohem_all_roi_loss" in losses
+
+
+def test_memory_follows_the_roi_count_not_batch_size_per_image():
+    rois, losses = made_up_rois([10, 5])
+    cfg = SamplerConfig(method="is-mix", batch_size_per_image=100_000, nms_iou=None, is_weights="none")
+    sample = build_sampler(cfg).sample(rois, losses, 0)
+    assert sample.rows.numel() <= 15  # 2 x 100,000 draws: at most one row per RoI
+    draws = sample.weights * 200_000 / sample.rows.numel()  # the weights carry how often each was drawn
+    assert int(draws.sum().round()) == 200_000

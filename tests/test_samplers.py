@@ -99,7 +99,7 @@ def test_rows_out_of_image_order_are_refused_rather_than_split_wrongly():
             return Sample(sample.rows.flip(0), None)
 
     heads = enable_sampler(small_model(), Shuffled()).roi_heads.train()
-    with pytest.raises(ValueError, match="^sampler: the sample's rows must be grouped image by image"):
+    with pytest.raises(ValueError, match="^sampler Shuffled: the sample's rows must be grouped image by image"):
         heads(*heads_inputs())
 
 

@@ -60,4 +60,4 @@ def _epoch_batches(groups: tuple[int, ...], batch_size: int, seed: int, epoch: i
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The random stream of one epoch's order: the same for every process and every resume."""
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.Generator().manual_seed((seed * 100_003 + epoch) % 2**64)  # a seed up to 2^64 - 1: wrapped

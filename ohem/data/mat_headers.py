@@ -172,11 +172,12 @@ def _matrix_header(path: Path, element: _Element, order: str) -> _Header:
     return _Header(flags & 0xFF, flags, tuple(dims), name.decode("latin-1"), size + 8)
 
 
-def check_v5_boxes(path: Path, cells: int, limits: BoxLimits) -> set[int]:
-    """Walk the headers of the cells of ``boxes`` (a cell array of ``cells`` cells, per whosmat) and refuse
-    what the limits refuse; the ``images`` variable may declare at most ``MAX_META_BYTES``. Returns the
-    indices of the cells MATLAB marks logical (scipy loads them as uint8: the caller makes them bool)."""
-    check_cell_count(path, cells, limits)
+def check_v5_boxes(path: Path, limits: BoxLimits) -> set[int]:
+    """Walk the headers of every variable, and the cells of ``boxes`` (a cell array: its header gives the cell
+    count), refusing what the limits refuse and any tag whose data type is not MATLAB's (scipy would crash on
+    some: an unknown type in a cell's data is a segmentation fault); ``images`` may declare at most
+    ``MAX_META_BYTES`` and is walked likewise. Runs before scipy reads anything. Returns the indices of the
+    cells MATLAB marks logical (scipy loads them as uint8: the caller makes them bool)."""
     logical: set[int] = set()
     with path.open("rb") as f:
         order = "<" if f.read(128)[126:128] == b"IM" else ">"
@@ -188,17 +189,61 @@ def check_v5_boxes(path: Path, cells: int, limits: BoxLimits) -> set[int]:
             if mdtype == MI_COMPRESSED:
                 mdtype, nbytes, _ = _tag(element, order)
                 element.declare(nbytes)
-            if mdtype == MI_MATRIX and nbytes:
+            if mdtype != MI_MATRIX:
+                raise ValueError(f"{path}: not a MATLAB .mat file: a variable of data type {mdtype} (not an array)")
+            if nbytes:
                 header = _matrix_header(path, element, order)
-                if header.name == "images" and nbytes > MAX_META_BYTES:
-                    raise ValueError(
-                        f"{path}: 'images' declares {nbytes:,} bytes, more than {MAX_META_BYTES:,} "
-                        f"(the image names of a split take far less)"
-                    )
-                if header.name == "boxes":
+                if header.name == "images":
+                    if nbytes > MAX_META_BYTES:
+                        raise ValueError(
+                            f"{path}: 'images' declares {nbytes:,} bytes, more than {MAX_META_BYTES:,} "
+                            f"(the image names of a split take far less)"
+                        )
+                    _check_body(path, element, order, header, nbytes - header.size, "'images'")
+                if header.name == "boxes" and header.mclass == 1:  # not a cell array: whosmat's check refuses it
+                    cells = math.prod(header.dims)
+                    check_cell_count(path, cells, limits)
                     logical = _check_cells(path, element, order, cells, limits)
             f.seek(start + size_in_file)
     return logical
+
+
+V5_NUMBERS = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13}  # miINT8 .. miUINT64 (8, 10 and 11 are reserved: no type)
+V5_TEXT = {16, 17, 18}  # miUTF8, miUTF16, miUTF32
+
+
+def _check_data_type(path: Path, mdtype: int, item: str) -> None:
+    if mdtype not in V5_NUMBERS | V5_TEXT:
+        raise ValueError(f"{path}: {item} holds data of type {mdtype}, not a MATLAB data type (forged)")
+
+
+def _check_body(
+    path: Path, element: _Element, order: str, header: _Header, left: int, item: str, depth: int = 0
+) -> None:
+    """The data elements of an array after its header (``left`` bytes), their types checked, their data
+    skipped: a cell array's cells are arrays, walked in turn; numbers and chars are typed data."""
+    if header.mclass in NOT_NUMBERS and header.mclass != 1:
+        raise ValueError(f"{path}: {item} is a MATLAB {NOT_NUMBERS[header.mclass]} array, not names")
+    if depth > 2:
+        raise ValueError(f"{path}: {item} nests cell arrays more than 2 deep")
+    while left >= 8:
+        mdtype, nbytes, small = _tag(element, order)
+        left -= 8
+        if header.mclass == 1:
+            if mdtype != MI_MATRIX:
+                raise ValueError(f"{path}: {item} holds an element of data type {mdtype}, not an array (forged)")
+            if nbytes:
+                child = _matrix_header(path, element, order)
+                _check_body(path, element, order, child, nbytes - child.size, item, depth + 1)
+            left -= nbytes
+            continue
+        _check_data_type(path, mdtype, item)
+        if not small:
+            if _padded(nbytes) > left:
+                raise ValueError(f"{path}: {item} claims {nbytes:,} bytes of data in {left:,} (forged)")
+            element.skip(_padded(nbytes))
+            left -= _padded(nbytes)
+    element.skip(max(left, 0))
 
 
 def _check_cells(path: Path, element: _Element, order: str, cells: int, limits: BoxLimits) -> set[int]:
@@ -223,7 +268,8 @@ def _check_cells(path: Path, element: _Element, order: str, cells: int, limits: 
         if data_bytes > 8 + 8 * numbers:  # one tag, at most 8 bytes a number (complex is refused above)
             raise ValueError(f"{path}: {item} claims {nbytes:,} bytes for {numbers:,} numbers (forged)")
         if data_bytes >= 8:
-            _, claimed, small = _tag(element, order)
+            data_type, claimed, small = _tag(element, order)
+            _check_data_type(path, data_type, item)
             data_bytes -= 8
             if not small and claimed > data_bytes:
                 raise ValueError(f"{path}: {item} claims {claimed:,} bytes of data in {data_bytes:,} (forged)")
@@ -235,5 +281,22 @@ def _check_cells(path: Path, element: _Element, order: str, cells: int, limits: 
 
 # --------------------------------------------------------------------------------------------- MATLAB v7.3
 def check_hdf5_dataset(path: Path, dataset: Any, item: str, limits: BoxLimits) -> int:
-    """The boxes an HDF5 dataset declares, from its shape alone (its data is not read)."""
-    return declared_boxes(path, tuple(dataset.shape), item, limits)
+    """The boxes an HDF5 dataset declares, from its shape and element type alone (its data is not read). An
+    element must be one number: an HDF5 array type (a (1, 1) dataset whose element is 11000 x 11000 numbers)
+    or a compound one is refused, so the bytes read follow the declared shape (at most 8 bytes a number)."""
+    dtype = dataset.dtype
+    if dtype.subdtype is not None or dtype.fields is not None or dtype.kind not in "biuf":
+        raise ValueError(f"{path}: {item} holds HDF5 elements of type {dtype}, not single numbers")
+    boxes = declared_boxes(path, tuple(dataset.shape), item, limits)
+    if dtype.itemsize > 8:
+        raise ValueError(f"{path}: {item} holds {dtype.itemsize}-byte numbers (at most 8)")
+    return boxes
+
+
+def check_hdf5_stored_here(path: Path, dataset: Any, item: str) -> None:
+    """Refuse, before any read, a dataset whose data HDF5 would read from other files: external storage (raw
+    data in any file it names) or a virtual dataset (a mapping of other files' datasets)."""
+    if dataset.external:
+        raise ValueError(f"{path}: {item} keeps its data in other files (HDF5 external storage); refused, not read")
+    if dataset.is_virtual:
+        raise ValueError(f"{path}: {item} is an HDF5 virtual dataset (its data maps other files); refused, not read")

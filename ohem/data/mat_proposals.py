@@ -42,6 +42,7 @@ from ohem.data.mat_headers import (
     cell_count_error,
     check_cell_count,
     check_hdf5_dataset,
+    check_hdf5_stored_here,
     check_total,
     check_v5_boxes,
 )
@@ -118,6 +119,7 @@ def _read_v5(path: Path, limits: BoxLimits) -> MatProposals:
         raise ValueError(f"{path}: not a MATLAB .mat file (v5, v7 or v7.3): {_error_line(e)}") from None
     if version[0] != 1:  # (0, 0): v4, or any binary file starting with a zero byte
         raise ValueError(f"{path}: not a MATLAB .mat file (v5, v7 or v7.3): no v5 header, no HDF5 signature")
+    logical = check_v5_boxes(path, limits)  # every header and the cells' tags, before scipy reads any
     try:
         variables = {name: (tuple(shape), cls) for name, shape, cls in sio.whosmat(str(path))}
     except Exception as e:
@@ -130,7 +132,6 @@ def _read_v5(path: Path, limits: BoxLimits) -> MatProposals:
             f"{path}: 'boxes' must be a 1 x N or N x 1 cell array (one k x 4 array per image), "
             f"got a {matlab_class} array of shape {shape}"
         )
-    logical = check_v5_boxes(path, math.prod(shape), limits)
     try:
         data = sio.loadmat(str(path), variable_names=[v for v in ("boxes", "images") if v in variables])
     except Exception as e:
@@ -187,13 +188,30 @@ def _hdf5_cells(path: Path, f: Any, variable: str, max_cells: Callable[[int], No
     ``max_cells(N)`` refuses too many cells before the references are read."""
     import h5py
 
-    cells = f[variable]
+    cells = _hdf5_variable(path, f, variable)
     if not isinstance(cells, h5py.Dataset) or h5py.check_dtype(ref=cells.dtype) is not h5py.Reference:
         raise ValueError(f"{path}: '{variable}' must be a cell array (a dataset of object references)")
     if len(cells.shape) != 2 or min(cells.shape) > 1:
         raise ValueError(f"{path}: '{variable}' must be a 1 x N or N x 1 cell array, got shape {cells.shape[::-1]}")
     max_cells(math.prod(cells.shape))
+    check_hdf5_stored_here(path, cells, f"'{variable}'")
     return list(cells[()].ravel())
+
+
+def _hdf5_variable(path: Path, f: Any, name: str) -> Any:
+    """The file's variable ``name``, refused when it is a link to another file (an external link opens any
+    path) or a link that does not resolve (a soft-link loop)."""
+    import h5py
+
+    try:
+        link = f.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise ValueError(f"{path}: '{name}' is an HDF5 external link to {link.filename}; refused, not followed")
+        return f[name]
+    except (KeyError, RuntimeError, OSError) as e:  # a soft-link loop, a dangling link
+        raise ValueError(
+            f"{path}: '{name}' cannot be opened (an HDF5 link loop or a dangling link?): {_error_line(e)}"
+        ) from None
 
 
 def _hdf5_target(path: Path, f: Any, ref: Any, item: str) -> Any:
@@ -206,6 +224,7 @@ def _hdf5_target(path: Path, f: Any, ref: Any, item: str) -> Any:
         raise ValueError(f"{path}: {item} holds a broken reference: {_error_line(e)}") from None
     if not isinstance(target, h5py.Dataset):
         raise ValueError(f"{path}: {item} is not an array (a MATLAB struct or group?)")
+    check_hdf5_stored_here(path, target, item)
     return target
 
 
@@ -242,8 +261,9 @@ def _hdf5_names(path: Path, f: Any, limits: BoxLimits) -> list[str]:
     Together they may declare at most ``MAX_META_BYTES`` (checked from the shapes before reading)."""
     import h5py
 
-    images = f["images"]
+    images = _hdf5_variable(path, f, "images")
     if isinstance(images, h5py.Dataset) and images.attrs.get("MATLAB_class", b"") in (b"char", "char"):
+        check_hdf5_stored_here(path, images, "'images'")
         _check_names_size(path, images.size * images.dtype.itemsize)
         codes = np.asarray(images[()])  # (L, N) in HDF5: MATLAB's N x L transposed
         return [_decode_chars(row).rstrip() for row in np.atleast_2d(codes).T]

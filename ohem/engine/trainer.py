@@ -235,7 +235,7 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
         norm.fit(train_set, model.roi_heads.proposal_matcher.high_threshold, cfg.data.hflip)
     model.to(device)
     if d.active:  # same initial weights everywhere; then each rank samples with its own stream
-        torch.manual_seed(cfg.train.seed + 1_000_003 * d.rank)
+        torch.manual_seed((cfg.train.seed + 1_000_003 * d.rank) % 2**64)  # torch takes 64 bits
     optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.solver.lr, momentum=cfg.solver.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")

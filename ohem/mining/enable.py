@@ -11,7 +11,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from ohem.config import ModelConfig, SamplerConfig
+from ohem.config import ConfigError, ModelConfig, Range, SamplerConfig, bg_floor_message
 from ohem.mining.roi_heads import SamplingRoIHeads
 from ohem.mining.rpn import OHEMRegionProposalNetwork
 from ohem.mining.sampler import Sampler
@@ -38,29 +38,43 @@ def build_detector(
     return model
 
 
-def enable_sampler(
-    model: nn.Module, sampler: SamplerConfig | Sampler, box_loss_beta: float = ModelConfig.box_loss_beta
-) -> nn.Module:
+def enable_sampler(model: nn.Module, sampler: SamplerConfig | Sampler, box_loss_beta: float | None = None) -> nn.Module:
     """A ``SamplingRoIHeads`` training on what ``sampler`` picks in ``model.roi_heads`` (and, with
     ``rpn_ohem`` in a ``SamplerConfig``, OHEM in the RPN too); returns ``model``. ``sampler``: a
     ``SamplerConfig`` (its ``method`` names the sampler in ``ohem.mining.SAMPLERS``) or a sampler
-    object; a sampler with an ``initialise(heads)`` method has it called here, once. ``box_loss_beta``:
-    the box loss's smooth-L1 beta (torchvision's 1/9; Fast R-CNN's 1)."""
+    object; a sampler with an ``initialise(heads)`` method has it called here, once (should it fail, the
+    model is left as it was). ``box_loss_beta``: the box loss's smooth-L1 beta (torchvision's 1/9; Fast
+    R-CNN's 1); None keeps the one of a ``SamplingRoIHeads`` already there (a sampler installed again keeps
+    its box loss and its box-target normalisation), else 1/9."""
     config = sampler if isinstance(sampler, SamplerConfig) else None
+    heads = _roi_heads_of(model)
+    head_bg_iou = heads.proposal_matcher.low_threshold
+    if config and config.bg_iou_low is not None and config.bg_iou_low >= head_bg_iou:
+        raise ConfigError(bg_floor_message(config.bg_iou_low, head_bg_iou))  # your head's own threshold
     chosen = build_sampler(config) if config else sampler
-    model.roi_heads = rebuild_roi_heads(
-        SamplingRoIHeads, _roi_heads_of(model), sampler=chosen, box_loss_beta=box_loss_beta
-    )
+    installed = heads if isinstance(heads, SamplingRoIHeads) else None
+    if box_loss_beta is None:
+        box_loss_beta = installed.box_loss_beta if installed else ModelConfig.box_loss_beta
+    Range(0, 100).check("box_loss_beta", box_loss_beta)  # model.box_loss_beta's range
+    new = rebuild_roi_heads(SamplingRoIHeads, heads, sampler=chosen, box_loss_beta=box_loss_beta)
+    if installed is not None:  # the box coder (weights 1 under empirical targets) is rebuilt from its weights
+        new.box_target_norm = installed.box_target_norm  # the same module: its measured mean and std
     initialise = getattr(chosen, "initialise", None)
     if initialise is not None:  # once, on install: a checkpoint loaded afterwards overwrites it
-        initialise(model.roi_heads)
+        before = {k: v.detach().to("cpu", copy=True) for k, v in heads.state_dict().items()}
+        try:
+            initialise(new)
+        except BaseException:
+            heads.load_state_dict(before)  # the modules are shared: undo what it changed before failing
+            raise
+    model.roi_heads = new
     return enable_rpn_ohem(model, config.rpn_nms_iou) if config and config.rpn_ohem else model
 
 
 def enable_ohem(
     model: nn.Module,
     sampler: SamplerConfig | None = None,
-    box_loss_beta: float = ModelConfig.box_loss_beta,
+    box_loss_beta: float | None = None,
     **settings: Any,
 ) -> nn.Module:
     """OHEM in ``model.roi_heads``; returns ``model``. ``settings`` are ``SamplerConfig`` fields
@@ -74,7 +88,7 @@ def enable_ohem(
 def enable_heuristic_sampling(
     model: nn.Module,
     sampler: SamplerConfig | None = None,
-    box_loss_beta: float = ModelConfig.box_loss_beta,
+    box_loss_beta: float | None = None,
     **settings: Any,
 ) -> nn.Module:
     """Fast R-CNN's sampler in ``model.roi_heads``: ``fg_fraction`` foreground, background from IoU

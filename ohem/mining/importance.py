@@ -19,9 +19,11 @@ lambda = 1 is uniform random sampling of all RoIs (weights 1, no foreground quot
 Where we chose: draws are with replacement, because then they are independent draws from p and the
 mean of B weighted losses is unbiased exactly; without replacement the second draw's distribution
 depends on the first, and 1 / (N p_i) is biased (the unbiased alternative needs inclusion
-probabilities, which have no closed form for unequal p). A RoI drawn twice is a row twice. The head
-divides by the number of rows, so the step's loss estimates the mean over images of each image's mean
-RoI loss (the all-RoI mean when images hold equally many RoIs).
+probabilities, which have no closed form for unequal p). A RoI drawn k times is one row of k times its
+weight (so the trainable pass's memory follows the RoI count, not B), and the weights are scaled by rows /
+draws because the head divides by the number of rows: the step's loss is the mean of the B draws' weighted
+losses, an estimate of the mean over images of each image's mean RoI loss (the all-RoI mean when images
+hold equally many RoIs).
 """
 
 from __future__ import annotations
@@ -76,15 +78,23 @@ class ISMixSampler:
             raise ValueError("ISMixSampler.sample needs the read-only pass's losses")
         mix, loss = self.mixture(iteration), losses.ranked_by(self.mining_loss).float()
         candidates = self.candidates(rois, loss)
-        rows, weights = [candidates[:0]], [loss[:0]]
+        rows, weights, draws = [candidates[:0]], [loss[:0]], 0
         for members in split_by_image(candidates, rois.image_ids[candidates], rois.num_images):
             if members.numel() == 0:
                 continue
             p = mixture_probabilities(loss[members], mix)
             drawn = torch.multinomial(p, self.batch_size_per_image, replacement=True)
-            rows.append(members[drawn])
-            weights.append(1.0 / (members.numel() * p[drawn]))
-        return Sample(torch.cat(rows), torch.cat(weights) if self.weights == "unbiased" else None)
+            # A RoI drawn k times is one row of weight k: the trainable pass's memory follows the RoI count,
+            # not batch_size_per_image (draws with replacement can outnumber the RoIs many times over).
+            times = torch.bincount(drawn, minlength=members.numel())
+            kept = torch.nonzero(times).squeeze(1)
+            unbiased = 1.0 / (members.numel() * p[kept]) if self.weights == "unbiased" else 1.0
+            rows.append(members[kept])
+            weights.append(times[kept] * unbiased)
+            draws += self.batch_size_per_image
+        rows_all = torch.cat(rows)
+        # the head divides by the number of rows: scaled so that the loss is the mean over the draws, as before
+        return Sample(rows_all, torch.cat(weights).float() * (rows_all.numel() / max(draws, 1)))
 
     def candidates(self, rois: LabelledRoIs, loss: Tensor) -> Tensor:
         """Rows in image order: every RoI, or each image's survivors of NMS by loss."""

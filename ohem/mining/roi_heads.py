@@ -17,7 +17,7 @@ Evaluation is ``RoIHeads``' own code path, untouched.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, maskrcnn_loss
 
@@ -25,7 +25,7 @@ from ohem.events import EventStorage, clock, current_storage
 from ohem.mining.pooling import can_reuse_pooling, pooled_with_gradient, rows_of
 from ohem.mining.readonly import RoILosses, readonly_losses
 from ohem.mining.rois import LabelledRoIs, elementwise_iou, label_rois
-from ohem.mining.sampler import Sample, Sampler, TrainedRows, presampled, roi_losses
+from ohem.mining.sampler import Sample, Sampler, TrainedRows, check_sample, presampled, roi_losses
 from ohem.models.box_targets import BoxTargetNorm, raw_box_deltas
 
 
@@ -74,29 +74,57 @@ class SamplingRoIHeads(RoIHeads):
         rois = presampled(sampler, label_rois(self, proposals, targets, sampler.bg_iou_low))
         reuse = sampler.readonly is not None and can_reuse_pooling(self, features)
         scores = None
-        if sampler.readonly is not None:
-            scores = readonly_losses(self, features, rois, image_shapes, sampler.readonly, self.box_loss_beta, reuse)
-        sample = sampler.sample(rois, scores, storage.iteration if storage else None)
-        seconds = clock(device) - tic
-        # the trainable pass, on the sampled rows only
-        boxes, matched_idxs, labels, _ = rois.per_image(sample.rows)
-        if reuse:
-            pooled = pooled_with_gradient(
-                self.box_roi_pool,
-                features,
-                boxes,
-                image_shapes,
-                rows_of(scores.pooled, sample.rows),  # type: ignore[union-attr,arg-type]  # reuse: scores set
-            )
+        if rois.labels.numel() == 0:  # no gt and no proposal (or none a candidate): no RoI to rank or sample
+            scores = no_roi_scores(features) if sampler.readonly is not None else None
+            sample = Sample(rois.labels.new_zeros(0))
         else:
-            pooled = self.box_roi_pool(features, boxes, image_shapes)
-        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
-        losses = roi_losses(sampler, TrainedRows(rois, sample, class_logits, box_regression, self))
-        losses.update(self.mask_and_keypoint_losses(features, boxes, matched_idxs, labels, image_shapes, targets))
+            if sampler.readonly is not None:
+                scores = readonly_losses(
+                    self, features, rois, image_shapes, sampler.readonly, self.box_loss_beta, reuse
+                )
+            sample = sampler.sample(rois, scores, storage.iteration if storage else None)
+            check_sample(sampler, sample, rois)
+        seconds = clock(device) - tic
+        if sample.rows.numel() == 0:  # a step with no RoI: the RPN trains, the RoI head's loss is a zero
+            losses = self.no_roi_losses(features)
+        else:
+            losses = self.trainable_pass(features, rois, sample, scores if reuse else None, image_shapes, targets)
         if scores is not None:
             stats = mining_stats(rois, scores, sample)
             losses.update(stats)
             report_mining(storage, rois, scores, sample, image_shapes, seconds, stats["ohem_all_roi_loss"])
+        return losses
+
+    def trainable_pass(
+        self,
+        features: dict[str, Tensor],
+        rois: LabelledRoIs,
+        sample: Sample,
+        reused: RoILosses | None,
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """The losses of the sampled rows (pooling reused from the read-only pass's ``reused``, if given)."""
+        boxes, matched_idxs, labels, _ = rois.per_image(sample.rows)
+        if reused is not None:
+            rows = rows_of(reused.pooled, sample.rows)  # type: ignore[arg-type]  # reuse: pooled kept
+            pooled = pooled_with_gradient(self.box_roi_pool, features, boxes, image_shapes, rows)
+        else:
+            pooled = self.box_roi_pool(features, boxes, image_shapes)
+        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        losses = roi_losses(self.sampler, TrainedRows(rois, sample, class_logits, box_regression, self))
+        losses.update(self.mask_and_keypoint_losses(features, boxes, matched_idxs, labels, image_shapes, targets))
+        return losses
+
+    def no_roi_losses(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The RoI losses of a step without RoIs: zeros connected to the heads' weights (their gradient
+        is zero; a DDP process without RoIs still reduces every gradient)."""
+        zero = connected_zero(next(iter(features.values())), self.box_head, self.box_predictor)
+        losses = {"loss_classifier": zero, "loss_box_reg": zero.clone()}
+        if self.has_mask():
+            losses["loss_mask"] = connected_zero(zero, self.mask_head, self.mask_predictor)
+        if self.has_keypoint():
+            losses["loss_keypoint"] = connected_zero(zero, self.keypoint_head, self.keypoint_predictor)
         return losses
 
     def mask_and_keypoint_losses(
@@ -141,6 +169,22 @@ def check_target_types(heads: RoIHeads, targets: list[dict[str, Tensor]]) -> Non
             raise TypeError(f"target labels must of int64 type, instead got {t['labels'].dtype}")
         if heads.has_keypoint() and t["keypoints"].dtype != torch.float32:
             raise TypeError(f"target keypoints must of float type, instead got {t['keypoints'].dtype}")
+
+
+def connected_zero(like: Tensor, *modules: nn.Module | None) -> Tensor:
+    """A float zero (on ``like``'s device) that depends on one element of each trainable weight of ``modules``."""
+    zero = like.new_zeros((), dtype=torch.float32)
+    for module in modules:
+        for p in module.parameters() if module is not None else ():
+            if p.requires_grad:
+                zero = zero + p.reshape(-1)[0].float() * 0.0
+    return zero
+
+
+def no_roi_scores(features: dict[str, Tensor]) -> RoILosses:
+    """The read-only pass's result over no RoI."""
+    empty = next(iter(features.values())).new_zeros(0, dtype=torch.float32)
+    return RoILosses(empty, empty, empty, None)
 
 
 def mining_stats(rois: LabelledRoIs, scores: RoILosses, sample: Sample) -> dict[str, Tensor]:

@@ -44,12 +44,8 @@ class LabelledRoIs:
 
     def per_image(self, rows: Tensor) -> tuple[list[Tensor], ...]:
         """``rows`` (in image order) as per-image lists of (boxes, matched idxs, labels, targets)."""
-        image_ids = self.image_ids[rows]
-        # a sampler's rows out of image order would be split among the wrong images (checked where it is
-        # cheap: on the CPU; on a GPU the check would wait for the queued kernels)
-        if image_ids.device.type == "cpu" and bool((image_ids.diff() < 0).any()):
-            raise ValueError("sampler: the sample's rows must be grouped image by image, in image order")
-        parts = split_by_image(rows, image_ids, self.num_images)
+        # rows in image order: the head checks a sampler's rows first (ohem.mining.sampler.check_rows)
+        parts = split_by_image(rows, self.image_ids[rows], self.num_images)
         fields = (self.boxes, self.matched_idxs, self.labels, self.box_targets)
         return tuple([field[p] for p in parts] for field in fields)
 

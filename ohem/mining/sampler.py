@@ -74,7 +74,56 @@ def presampled(sampler: Sampler, rois: LabelledRoIs) -> LabelledRoIs:
     """``rois`` restricted to the sampler's ``presample`` rows, when it has that step and uses it."""
     presample = getattr(sampler, "presample", None)  # optional: most samplers see every RoI
     rows = presample(rois) if presample is not None else None
-    return rois if rows is None else rois.take(rows)
+    if rows is None:
+        return rois
+    check_rows(sampler, rows, rois, "presample")
+    return rois.take(rows)
+
+
+def sampler_name(sampler: object) -> str:
+    return type(sampler).__name__
+
+
+def check_rows(sampler: object, rows: object, rois: LabelledRoIs, what: str = "sample") -> None:
+    """A one-line ``ValueError`` naming the sampler unless ``rows`` are a 1-D integer tensor of rows of ``rois``
+    in image order. Values are checked on the CPU only (on a GPU the check would wait for the queue)."""
+    name = sampler_name(sampler)
+    if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype.is_floating_point or rows.dtype == torch.bool:
+        got = f"{rows.dtype} of shape {tuple(rows.shape)}" if isinstance(rows, Tensor) else type(rows).__name__
+        raise ValueError(f"sampler {name}: the {what}'s rows must be a 1-D tensor of integer row indices, got {got}")
+    count = rois.labels.numel()
+    if rows.device.type != "cpu" or rows.numel() == 0:
+        return
+    low, high = int(rows.min()), int(rows.max())
+    if low < 0 or high >= count:  # -1 would wrap to the last row
+        raise ValueError(
+            f"sampler {name}: the {what}'s rows must be in [0, {count}) (the RoIs' rows), got {low}..{high}"
+        )
+    if bool((rois.image_ids[rows].diff() < 0).any()):
+        raise ValueError(f"sampler {name}: the {what}'s rows must be grouped image by image, in image order")
+
+
+def check_sample(sampler: object, sample: object, rois: LabelledRoIs) -> None:
+    """``sample`` as the head needs it (``check_rows``; weights one per row, finite, >= 0), else one line."""
+    name = sampler_name(sampler)
+    if not isinstance(sample, Sample):
+        raise ValueError(f"sampler {name}: sample() must return an ohem.mining.Sample, got {type(sample).__name__}")
+    check_rows(sampler, sample.rows, rois)
+    weights = sample.weights
+    if weights is None:
+        return
+    if not isinstance(weights, Tensor) or weights.shape != sample.rows.shape:
+        got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(
+            f"sampler {name}: the sample's weights must be one per row, shape {tuple(sample.rows.shape)}, got {got}"
+        )
+    bad = ~(torch.isfinite(weights) & (weights >= 0)) if weights.device.type == "cpu" else None
+    if bad is not None and bool(bad.any()):  # NaN, infinite or negative: the loss would be too
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"sampler {name}: the sample's weights must be finite numbers >= 0, got {float(weights[first])} "
+            f"(row {first})"
+        )
 
 
 @dataclass
@@ -115,7 +164,14 @@ def roi_losses(sampler: Sampler, trained: TrainedRows) -> dict[str, Tensor]:
     weighted loss (``sampled_roi_loss``)."""
     own_loss = getattr(sampler, "roi_loss", None)
     if own_loss is not None:
-        return own_loss(trained)
+        losses = own_loss(trained)
+        missing = {"loss_classifier", "loss_box_reg"} - set(losses if isinstance(losses, dict) else ())
+        if missing:  # a head's loss silently dropped from the training loss otherwise
+            raise ValueError(
+                f"sampler {sampler_name(sampler)}: roi_loss must return a dict with loss_classifier and "
+                f"loss_box_reg (and any loss_* terms of its own), missing {', '.join(sorted(missing))}"
+            )
+        return losses
     logits, deltas, weights = trained.class_logits, trained.box_regression, trained.sample.weights
     cls, box = sampled_roi_loss(logits, deltas, trained.labels, trained.box_targets, trained.beta, weights)
     return {"loss_classifier": cls, "loss_box_reg": box}
