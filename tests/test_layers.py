@@ -22,7 +22,16 @@ LAYERS = [
     ("ohem.mining",),
     ("ohem.evaluation", "ohem.inference", "ohem.visualize"),  # the trainer evaluates, so they sit below it
     ("ohem.engine",),
-    ("ohem.bench", "ohem.report", "ohem.recipe_card", "ohem.export_model", "ohem.cli", "ohem.cli_doc", "ohem.__main__"),
+    (
+        "ohem.bench",
+        "ohem.report",
+        "ohem.recipe_card",
+        "ohem.export_model",
+        "ohem.commands",
+        "ohem.cli",
+        "ohem.cli_doc",
+        "ohem.__main__",
+    ),
 ]
 
 

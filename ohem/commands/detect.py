@@ -1,0 +1,153 @@
+"""``ohem detect``: a checkpoint's detections on image files, drawn, and detections.json."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import typing
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ohem.util import (
+    atomic_open,
+    check_output_folder,
+    output_folder,
+    progress_bar,
+    refuse_symlink,
+    require,
+    strict_json,
+)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from ohem.data.common import read_image_size
+    from ohem.engine.trainer import resolve_device
+    from ohem.inference import TestTime, check_image_size, model_from_checkpoint
+
+    require("matplotlib", "drawing detections")
+    if not math.isfinite(args.score_thresh):
+        raise ValueError(f"--score-thresh: must be a finite number, got {args.score_thresh}")
+    device = resolve_device(args.device, what="--device")
+    # Every input checked from its header (photos turned upright by their EXIF orientation) before
+    # anything is written; the pixels are decoded a batch at a time below.
+    sizes = [read_image_size(path, "image", exif_orientation=True) for path in args.images]
+    model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
+    test_time = TestTime.from_config(cfg.model)
+    for path, (height, width) in zip(args.images, sizes):
+        check_image_size(model, height, width, test_time, f"image {path}")
+    out = check_output_folder(args.out)  # before any work: not a link, not a file, writable
+    pngs = output_names(args.images, out)
+    output_folder(out)
+    results: list[dict[str, typing.Any]] = []
+    batch = cfg.test.images_per_batch
+    with progress_bar(len(args.images), "detect", unit="img") as bar:
+        for start in range(0, len(args.images), batch):
+            # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
+            paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
+            results += _detect_batch(model, paths, drawings, device, test_time, classes, args.score_thresh)
+            bar.update(len(paths))
+    with atomic_open(out / "detections.json") as f:
+        f.write(strict_json(results))
+    return 0
+
+
+def _detect_batch(
+    model: typing.Any,
+    paths: list[str],
+    pngs: list[Path],
+    device: typing.Any,
+    test_time: typing.Any,
+    classes: list[str],
+    score_thresh: float,
+) -> list[dict[str, typing.Any]]:
+    """Decode ``paths`` (turned upright by their EXIF orientation), detect, draw each into its PNG;
+    their ``detections.json`` records. The decoded images are dropped when this returns."""
+    from ohem.data.common import read_image
+    from ohem.inference import predict
+    from ohem.visualize import draw_detections
+
+    images = [read_image(path, "image", exif_orientation=True) for path in paths]
+    detections = predict(model, [(image, {}) for image in images], device, len(images), test_time=test_time)
+    records = []
+    for path, image, png, det in zip(paths, images, pngs, detections):
+        draw_detections([image], [det], classes, png, score_thresh, titles=[Path(path).name])
+        records.append(_detection_record(path, png, image, det, classes, score_thresh))
+        tqdm.write(f"{path}: {detected(det, classes, score_thresh)} -> {png}")  # above the bar
+    return records
+
+
+def detected(det: typing.Any, classes: list[str], score_thresh: float) -> str:
+    """How many boxes an image kept at ``--score-thresh``; with none kept, the best score the model
+    gave (so a threshold set too high shows), or that it gave none."""
+    kept = int((det.scores >= score_thresh).sum())
+    if kept or not len(det.scores):
+        return f"{kept} detection{'s' if kept != 1 else ''}" + ("" if kept else " (the model found no box)")
+    best = int(det.scores.argmax())
+    return (
+        f"0 detections (none scored >= --score-thresh {score_thresh:g}; "
+        f"best {float(det.scores[best]):.3f}, {classes[int(det.labels[best]) - 1]})"
+    )
+
+
+def _detection_record(
+    path: str, png: Path, image: typing.Any, det: typing.Any, classes: list[str], score_thresh: float
+) -> dict[str, typing.Any]:
+    """One input's entry in ``detections.json``: its drawing, the size its boxes refer to (after
+    EXIF orientation), and the detections scoring at least ``score_thresh``."""
+    keep = det.scores >= score_thresh
+    return {
+        "image": str(path),
+        "drawing": str(png),
+        "width": int(image.shape[-1]),
+        "height": int(image.shape[-2]),
+        "boxes": det.boxes[keep].tolist(),
+        "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
+        "scores": det.scores[keep].tolist(),
+    }
+
+
+def output_names(inputs: list[str], out: Path) -> list[Path]:
+    """One drawing per input in ``out``: ``STEM.png``, or ``STEM-1.png``, ``STEM-2.png``, ... where that
+    name is taken by an earlier input of the call (compared without case) or is one of the inputs
+    themselves (same path or same file): no output overwrites an input or another output."""
+    sources = [Path(p) for p in inputs]
+    real = {os.path.realpath(p) for p in sources}
+
+    def is_an_input(candidate: Path) -> bool:
+        if os.path.realpath(candidate) in real:
+            return True
+        return candidate.exists() and any(_same_file(candidate, p) for p in sources)
+
+    if is_an_input(out / "detections.json"):
+        raise ValueError(f"--out {out}: its detections.json would overwrite an input; choose another --out")
+    check_replaceable(out / "detections.json")
+    taken = {"detections.json"}
+    names = []
+    for source in sources:
+        stem, n = source.stem or "image", 0
+        while True:
+            candidate = out / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
+            if candidate.name.lower() not in taken and not is_an_input(candidate):
+                break
+            n += 1
+        check_replaceable(candidate)
+        taken.add(candidate.name.lower())
+        names.append(candidate)
+    return names
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise unless ``path`` is missing or a regular file: checked before any output is written, so
+    that a folder (or FIFO, link, ...) in the way fails the command before its work, not after."""
+    refuse_symlink(path)
+    if os.path.lexists(path) and not path.is_file():
+        raise ValueError(f"{path}: exists and is not a regular file; ohem replaces only files (move it away)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
