@@ -103,6 +103,18 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (drawn, never overwritten)")
     p.add_argument("--out", required=True, help="folder for one PNG per image and detections.json")
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw and list detections scoring at least this")
+    p.add_argument(
+        "--proposals",
+        metavar="FILE.npz",
+        help="a Fast R-CNN model's proposals, from a file ohem proposals wrote (an image's boxes found by its "
+        "path, file name or stem); default: selective search on each image (fast mode; ohem[proposals])",
+    )
+    _add_overrides(
+        p,
+        "a test-time key, e.g. --set model.box_score_thresh=0.3 (repeatable): model.box_score_thresh, "
+        "box_nms_thresh, box_detections_per_img, test_min_size, box_voting, rpn_pre_nms_top_n_test, "
+        "rpn_post_nms_top_n_test; data.max_proposals; test.images_per_batch",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_detect)
 
