@@ -12,11 +12,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     require("matplotlib", "plotting")
     from ohem.report import write_report
 
-    written = write_report(args.run_dir, args.out)
-    for path in written:
+    report = write_report(args.run_dir, args.out)
+    for path in report.paths:
         print(f"wrote {path}")
-    if not any(path.name == "hardest_rois.png" for path in written):
-        print("ohem report: note: mining.jsonl records no hardest RoIs; hardest_rois.png not drawn", file=sys.stderr)
+    for note in report.notes:
+        print(f"ohem report: note: {note}", file=sys.stderr)
     return 0
 
 
