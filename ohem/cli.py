@@ -119,7 +119,8 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     p.set_defaults(func=cmd_detect)
 
     p = add_parser(
-        "export-model", help="a checkpoint's weights for the plain torchvision detector, and how to load them"
+        "export-model",
+        help="a checkpoint as the plain torchvision detector (weights, TorchScript or ONNX), and how to run it",
     )
     p.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="an ohem checkpoint (checkpoint_best.pt, checkpoint_last.pt)"
@@ -127,8 +128,10 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     p.add_argument(
         "--format",
         default="torchvision",
-        choices=["torchvision"],
-        help="torchvision: a state dict for torchvision.models.detection.MODEL_NAME (tensors only)",
+        choices=["torchvision", "torchscript", "onnx"],
+        help="torchvision: a state dict for torchvision.models.detection.MODEL_NAME (tensors only); "
+        "torchscript: the detector for torch.jit.load; onnx: one image in, boxes, labels, scores out "
+        "(Faster R-CNN models; ohem[export])",
     )
     p.add_argument("--out", required=True, help="the file to write (e.g. model.pt)")
     p.set_defaults(func=cmd_export_model)

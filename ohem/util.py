@@ -304,6 +304,8 @@ EXTRAS = {
     "matplotlib": ("matplotlib", "plots"),
     "scipy": ("scipy", "mat"),
     "h5py": ("h5py", "mat"),
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
 }
 
 

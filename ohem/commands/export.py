@@ -12,15 +12,20 @@ from ohem.util import check_output_folder, check_writable, refuse_symlink
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from ohem.export_model import export_torchvision
+    from ohem.export_model import export_model
 
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; give the file to write")
     check_writable(out.absolute().parent, "--out's folder")  # before the checkpoint is read
     refuse_symlink(out)
-    code = export_torchvision(args.checkpoint, out)
-    print(f"wrote {out}; the plain torchvision detector with these weights (the sampler only acts in training):")
+    code = export_model(args.checkpoint, out, args.format)
+    what = {
+        "torchvision": "the plain torchvision detector with these weights (the sampler only acts in training)",
+        "torchscript": "the plain torchvision detector as TorchScript (the sampler only acts in training)",
+        "onnx": "the plain torchvision detector as ONNX, one image a call (the sampler only acts in training)",
+    }[args.format]
+    print(f"wrote {out}; {what}:")
     print(code)
     return 0
 
