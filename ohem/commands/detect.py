@@ -10,6 +10,7 @@ import sys
 import typing
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from ohem.config import Config, ConfigError
@@ -22,6 +23,9 @@ from ohem.util import (
     require,
     strict_json,
 )
+
+if typing.TYPE_CHECKING:
+    from ohem.data.proposals import ProposalFile
 
 # What ``detect --set`` may change: the test-time keys. The rest of the model is fixed by its weights,
 # and a key that does nothing at detection (solver.lr) is refused rather than silently ignored.
@@ -38,7 +42,7 @@ DETECT_KEYS = (
 )
 SEARCH_MAX_BOXES = 2000  # selective search's boxes per image when data.max_proposals is null (ohem proposals')
 
-ProposalsFor = typing.Callable[[str, typing.Any], typing.Any]  # (image path, its pixels) -> (n, 4) boxes
+ProposalsFor = typing.Callable[[str, torch.Tensor], torch.Tensor]  # (image path, its pixels) -> (n, 4) boxes
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -69,10 +73,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
             for start in range(0, len(args.images), batch):
                 # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
                 paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
-                found = _detect_batch(
+                results += _detect_batch(
                     model, paths, drawings, device, test_time, classes, args.score_thresh, proposals_for
                 )
-                results += found
                 bar.update(len(paths))
     with atomic_open(out / "detections.json") as f:
         f.write(strict_json(results))
@@ -112,25 +115,19 @@ def proposal_source(
             f"(fast, at most {most} per image); --proposals FILE.npz reads them from a file",
             file=sys.stderr,
         )
-        return lambda path, image: torch_boxes(selective_search(image, "fast", most))
+        return lambda path, image: torch.from_numpy(selective_search(image, "fast", most))
     data = cfg.data
     file = stack.enter_context(ProposalFile(proposals, data.max_proposal_boxes_per_image, data.max_proposal_boxes))
     keys = {path: proposal_key(file, path) for path in images}
 
-    def read(path: str, image: typing.Any) -> typing.Any:
+    def read(path: str, image: torch.Tensor) -> torch.Tensor:
         boxes = clip_boxes(file.boxes(keys[path])[0], int(image.shape[-2]), int(image.shape[-1]))[0]
         return boxes if limit is None else boxes[:limit]
 
     return read
 
 
-def torch_boxes(boxes: typing.Any) -> typing.Any:
-    import torch
-
-    return torch.from_numpy(boxes)
-
-
-def proposal_key(file: typing.Any, path: str) -> str:
+def proposal_key(file: ProposalFile, path: str) -> str:
     """The name ``path``'s boxes have in a proposal file: the path as given, its file name, or its stem
     (``ohem proposals`` names a VOC image by its stem); a one-line error naming the image if none is there."""
     candidates = list(dict.fromkeys([path, Path(path).name, Path(path).stem]))
