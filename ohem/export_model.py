@@ -45,7 +45,7 @@ def check_exportable(cfg: Config, path: str | Path) -> None:
     if m.name not in TORCHVISION_MODELS:
         raise ValueError(
             f"{where}: model.name {m.name}: its backbone is ohem's own, not a torchvision builder's; "
-            f"--format torchvision exports {', '.join(TORCHVISION_MODELS)}"
+            f"export-model exports {', '.join(TORCHVISION_MODELS)}"
         )
     if isinstance(m.test_min_size, list):
         raise ValueError(

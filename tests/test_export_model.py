@@ -155,7 +155,7 @@ def test_formats_a_model_cannot_be_held_in_are_one_line_saying_why(tmp_path, cap
         err = capsys.readouterr().err
         assert err == (
             f"ohem export-model: error: checkpoint {ckpt}: model.name small: its backbone is ohem's own, not a "
-            f"torchvision builder's; --format torchvision exports {', '.join(TORCHVISION_MODELS)}\n"
+            f"torchvision builder's; export-model exports {', '.join(TORCHVISION_MODELS)}\n"
         )
     block(monkeypatch, "onnx")
     assert main(["export-model", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m")]) == 1
