@@ -95,6 +95,15 @@ def test_fast_rcnn_with_no_box_inside_the_image_says_so(fast_checkpoint, tmp_pat
     assert "photo0.png: 0 detections (no proposal box lies inside the image)" in capsys.readouterr().out
 
 
+def test_a_raised_box_score_thresh_is_named_when_nothing_is_kept(fast_checkpoint, tmp_path, capsys):
+    [path] = photos(tmp_path, 1)
+    write_proposals(tmp_path / "p.npz", {"photo0": [[0, 0, 50, 50]]})
+    args = ["--proposals", str(tmp_path / "p.npz"), "--set", "model.box_score_thresh=1"]
+    assert detect(fast_checkpoint, [path], tmp_path / "det", *args) == 0
+    said = "photo0.png: 0 detections (the model kept no box: none scored above model.box_score_thresh 1)"
+    assert said in capsys.readouterr().out
+
+
 def rpn_checkpoint(path):
     cfg = load_config("demo", TINY)
     save_checkpoint(path, build_detector(cfg.model, cfg.sampler, 5, load_weights=False), cfg, list("abcde"), 1)

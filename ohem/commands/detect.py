@@ -164,19 +164,23 @@ def _detect_batch(
     for path, image, png, det, target in zip(paths, images, pngs, detections, targets):
         draw_detections([image], [det], classes, png, score_thresh, titles=[Path(path).name])
         records.append(_detection_record(path, png, image, det, classes, score_thresh))
-        said = detected(det, classes, score_thresh)
+        said = detected(det, classes, score_thresh, getattr(model.roi_heads, "score_thresh", None))
         if "proposals" in target and not len(target["proposals"]):  # not the model's doing
             said = "0 detections (no proposal box lies inside the image)"
         tqdm.write(f"{path}: {said} -> {png}")  # above the bar
     return records
 
 
-def detected(det: typing.Any, classes: list[str], score_thresh: float) -> str:
+def detected(det: typing.Any, classes: list[str], score_thresh: float, model_thresh: float | None = None) -> str:
     """How many boxes an image kept at ``--score-thresh``; with none kept, the best score the model
-    gave (so a threshold set too high shows), or that it gave none."""
+    gave (so a threshold set too high shows), or that it gave none (above ``model.box_score_thresh``,
+    its own cut, where known: ``--set`` may have raised it)."""
     kept = int((det.scores >= score_thresh).sum())
-    if kept or not len(det.scores):
-        return f"{kept} detection{'s' if kept != 1 else ''}" + ("" if kept else " (the model found no box)")
+    if kept:
+        return f"{kept} detection{'s' if kept != 1 else ''}"
+    if not len(det.scores):
+        cut = "" if model_thresh is None else f": none scored above model.box_score_thresh {model_thresh:g}"
+        return f"0 detections (the model kept no box{cut})"
     best = int(det.scores.argmax())
     return (
         f"0 detections (none scored >= --score-thresh {score_thresh:g}; "
