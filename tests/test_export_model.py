@@ -109,6 +109,9 @@ def photo(tmp_path, height, width, seed):
     return read_image(path, "image")
 
 
+# what the printed lines get from torch and the scripted model, as a user's script would: said in the docs
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:RCNN always returns a \\(Losses, Detections\\) tuple in scripting:UserWarning")
 def test_torchscript_file_detects_as_predict(tmp_path, capsys):
     code, ckpt = run_exported(tmp_path, capsys, "torchscript")
     ours, _, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
