@@ -1,4 +1,5 @@
-"""Command line: ``ohem train | eval | detect | report | proposals | recipe | export | bench``.
+"""Command line: ``ohem train | eval | detect | report | proposals | recipe | export | bench``: the parser and
+the dispatch; each command's body is in ``ohem/commands/``.
 
 Every command and option is in docs/CLI.md, generated from ``build_parser`` (``python -m ohem.cli_doc``).
 """
@@ -8,32 +9,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
-import math
-import os
 import signal
 import sys
 import threading
 import typing
-from pathlib import Path
 
-from tqdm import tqdm
-
-from ohem.config import Config, ConfigError, Metric, Range, apply_overrides, cut, load_config
-from ohem.structures import DetectionDataset
-from ohem.util import (
-    MissingExtra,
-    atomic_open,
-    check_output_folder,
-    check_writable,
-    one_line,
-    output_folder,
-    progress_bar,
-    refuse_symlink,
-    regular_file,
-    require,
-    strict_json,
-)
+from ohem.commands.bench import cmd_bench
+from ohem.commands.common import error_message
+from ohem.commands.detect import cmd_detect
+from ohem.commands.export import cmd_export, cmd_export_model
+from ohem.commands.proposals import cmd_proposals
+from ohem.commands.report import cmd_recipe, cmd_report
+from ohem.commands.train import cmd_eval, cmd_train
+from ohem.config import ConfigError, Metric
+from ohem.util import MissingExtra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,11 +103,24 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (drawn, never overwritten)")
     p.add_argument("--out", required=True, help="folder for one PNG per image and detections.json")
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw and list detections scoring at least this")
+    p.add_argument(
+        "--proposals",
+        metavar="FILE.npz",
+        help="a Fast R-CNN model's proposals, from a file ohem proposals wrote (an image's boxes found by its "
+        "path, file name or stem); default: selective search on each image (fast mode; ohem[proposals])",
+    )
+    _add_overrides(
+        p,
+        "a test-time key, e.g. --set model.box_score_thresh=0.3 (repeatable): model.box_score_thresh, "
+        "box_nms_thresh, box_detections_per_img, test_min_size, box_voting, rpn_pre_nms_top_n_test, "
+        "rpn_post_nms_top_n_test; data.max_proposals; test.images_per_batch",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_detect)
 
     p = add_parser(
-        "export-model", help="a checkpoint's weights for the plain torchvision detector, and how to load them"
+        "export-model",
+        help="a checkpoint as the plain torchvision detector (weights, TorchScript or ONNX), and how to run it",
     )
     p.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="an ohem checkpoint (checkpoint_best.pt, checkpoint_last.pt)"
@@ -126,8 +128,10 @@ def _add_run_commands(add_parser: typing.Callable[..., argparse.ArgumentParser])
     p.add_argument(
         "--format",
         default="torchvision",
-        choices=["torchvision"],
-        help="torchvision: a state dict for torchvision.models.detection.MODEL_NAME (tensors only)",
+        choices=["torchvision", "torchscript", "onnx"],
+        help="torchvision: a state dict for torchvision.models.detection.MODEL_NAME (tensors only); "
+        "torchscript: the detector for torch.jit.load; onnx: one image in, boxes, labels, scores out "
+        "(Faster R-CNN models; ohem[export])",
     )
     p.add_argument("--out", required=True, help="the file to write (e.g. model.pt)")
     p.set_defaults(func=cmd_export_model)
@@ -344,36 +348,6 @@ def _refuse_empty_out(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {out!r}: empty; give {what} to write")
 
 
-@contextlib.contextmanager
-def naming_the_file(what: str) -> typing.Iterator[None]:
-    """Library errors that cannot know the file they read (bad UTF-8, JSON nested too deeply) get
-    ``what`` (e.g. ``config FILE``) in front of their message."""
-    try:
-        yield
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{what}: {error_message(e)}") from e
-
-
-def error_message(e: BaseException) -> str:
-    """One line saying what went wrong: ``<file>: <item>: <what>`` where the error knows its file."""
-    import yaml
-
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        where = cut(f"{e.filename}") + (f" -> {cut(str(e.filename2))}" if e.filename2 is not None else "")
-        return f"{where}: {e.strerror}"
-    if isinstance(e, json.JSONDecodeError):
-        return f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
-    if isinstance(e, UnicodeDecodeError):
-        return f"not UTF-8 text: {e.reason} at byte {e.start}"
-    if isinstance(e, RecursionError):
-        return "input nested too deeply to read (RecursionError)"
-    if isinstance(e, MemoryError):
-        return f"out of memory{': ' + one_line(str(e)) if str(e) else ''}"
-    if isinstance(e, yaml.YAMLError):
-        return f"not valid YAML: {one_line(str(e))}"
-    return one_line(str(e)) or type(e).__name__
-
-
 def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
@@ -390,233 +364,6 @@ def _add_workers(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _workers_override(args: argparse.Namespace) -> list[str]:
-    workers = getattr(args, "loader_workers", None)
-    return [] if workers is None else [f"data.workers={workers}"]
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from ohem.engine.trainer import train
-    from ohem.evaluation.score import format_metrics, metrics_note
-
-    cfg = load_config(args.config, args.overrides + _workers_override(args))
-    out = Path(args.out)
-    metrics = train(cfg, out, resume=args.resume, force=args.force)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
-        return 0
-    print(format_metrics(metrics))
-    if note := metrics_note(metrics):
-        print(f"ohem {args.command}: note: {note}", file=sys.stderr)
-    written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt", "checkpoint_best.pt")]
-    print(f"wrote {', '.join(str(path) for path in written if path.exists())}")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from ohem.data import build_dataset
-    from ohem.data.loader import loader_workers
-    from ohem.engine.trainer import resolve_device
-    from ohem.evaluation.detections_file import read_detections, write_detections
-    from ohem.evaluation.score import format_metrics, metrics_note, score_detections
-    from ohem.inference import TestTime, model_from_checkpoint, predict
-
-    if args.metric == "coco":
-        require("pycocotools", "--metric coco")
-    out = check_output_folder(args.out)  # before any work: not a link, not a file, writable
-    if args.checkpoint:
-        device = resolve_device(args.device, what="--device")
-        model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
-        cfg = _data_config(cfg, args)
-        if cfg.data.dataset == "voc" and not cfg.data.classes:  # a VOC tree is read with the model's classes
-            cfg.data.classes = list(classes)
-        dataset = build_dataset(cfg.data, "test", args.split)
-        _check_not_empty(dataset)
-        if list(dataset.classes) != classes:
-            raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
-        test_time = TestTime.from_config(cfg.model)
-        workers = loader_workers(cfg.data.workers)
-        detections = predict(
-            model, dataset, device, cfg.test.images_per_batch, test_time=test_time, workers=workers, progress="eval"
-        )
-        output_folder(out)
-        write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
-    else:
-        regular_file(args.detections, "detections file")
-        dataset = build_dataset(_data_config(load_config(), args).data, "test", args.split)
-        _check_not_empty(dataset)
-        with naming_the_file(f"detections file {args.detections}"):
-            detections = read_detections(args.detections, dataset.image_ids, dataset.category_ids)
-        output_folder(out)
-    metrics = score_detections(dataset, detections, args.metric)
-    with atomic_open(out / "metrics.json") as f:
-        f.write(strict_json(metrics))
-    print(format_metrics(metrics))
-    if note := metrics_note(metrics):
-        print(f"ohem {args.command}: note: {note}", file=sys.stderr)
-    written = [out / "results.json"] if args.checkpoint else []
-    print(f"wrote {', '.join(str(p) for p in [*written, out / 'metrics.json'])}")
-    return 0
-
-
-def _check_not_empty(dataset: DetectionDataset) -> None:
-    if len(dataset) == 0:
-        raise ValueError(f"--split {getattr(dataset, 'split', '')}: the split has no images to evaluate on")
-
-
-def cmd_proposals(args: argparse.Namespace) -> int:
-    from ohem.data import build_dataset
-
-    mode = _check_proposal_flags(args)
-    if Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
-    check_writable(Path(args.out).absolute().parent, "--out's folder")  # before any work
-    data = _data_config(load_config(), args).data
-    inputs = (("--import-mat", args.import_mat), ("data.proposals", data.proposals))
-    for what, given in ((w, p) for w, p in inputs if p):  # the output would replace the file it is made from
-        if _same_file(Path(args.out), Path(given)):
-            raise ValueError(f"--out {args.out}: is this command's input ({what} {given}); give another file to write")
-    max_boxes = 2000 if args.max_boxes is None else args.max_boxes
-    limit = data.max_proposal_boxes_per_image
-    if mode != "import-mat" and limit is not None and max_boxes > limit:  # the readers would refuse the file
-        raise ValueError(
-            f"--max-boxes {max_boxes:,}: more than data.max_proposal_boxes_per_image = {limit:,} boxes per image "
-            "allows (the limit proposal files are read with; raise it with --set, or null for no limit)"
-        )
-    min_size = 2 if args.min_size is None else args.min_size
-    if mode == "selective-search":
-        from ohem.data.proposals import require_selective_search
-
-        require_selective_search()
-    dataset = build_dataset(data, "test", args.split)
-    if mode == "dense":
-        from ohem.data.dense_proposals import dense_proposals
-
-        copies = 20 if args.copies is None else args.copies
-        jitter = 0.15 if args.jitter is None else args.jitter
-        path = dense_proposals(
-            dataset, args.out, max_boxes, copies, jitter, max_boxes_per_image=limit, max_boxes=data.max_proposal_boxes
-        )
-        print(f"wrote {path} ({len(dataset)} images, {max_boxes} boxes each)")
-        return _print_recall(dataset, path)
-    if mode == "selective-search":
-        from ohem.data.proposals import compute_proposals
-
-        processes = (os.cpu_count() or 1) if args.processes is None else args.processes
-        try:
-            path = compute_proposals(dataset, args.out, args.mode or "fast", max_boxes, min_size, workers=processes)
-        except RuntimeError as e:
-            if not _bad_input_in_worker(e):
-                raise
-            raise ValueError(one_line(str(e))) from e  # the worker's message names the image and the problem
-        print(f"wrote {path} ({len(dataset)} images)")
-        return _print_recall(dataset, path)
-    from ohem.data.mat_proposals import import_mat_proposals
-
-    done = import_mat_proposals(
-        args.import_mat,
-        dataset,
-        args.out,
-        min_size,
-        args.small_boxes or "fast-rcnn",
-        max_boxes_per_image=data.max_proposal_boxes_per_image,  # the proposal readers' own limits
-        max_boxes=data.max_proposal_boxes,
-    )
-    aligned = "by the file's image names" if done.by_name else "in the split's order (the file names no images)"
-    print(
-        f"wrote {done.path} ({done.images} images, {done.boxes} boxes, aligned {aligned}; removed "
-        f"{done.duplicates} duplicates and {done.small} small boxes; {done.outside} boxes reach outside their image)"
-    )
-    return _print_recall(dataset, done.path)
-
-
-# The modes of ohem proposals each flag applies to (a flag given to another mode is an error).
-PROPOSAL_FLAG_MODES = {
-    "--method": ("selective-search", "dense"),
-    "--mode": ("selective-search",),
-    "--max-boxes": ("selective-search", "dense"),
-    "--processes": ("selective-search",),
-    "--copies": ("dense",),
-    "--jitter": ("dense",),
-    "--min-size": ("selective-search", "import-mat"),
-    "--small-boxes": ("import-mat",),
-}
-_MODE_NAMES = {"selective-search": "--method selective-search", "dense": "--method dense", "import-mat": "--import-mat"}
-
-
-def _check_proposal_flags(args: argparse.Namespace) -> str:
-    """The mode of ``ohem proposals`` (selective-search, dense or import-mat), after refusing any flag
-    given that the mode does not use (it would be silently ignored)."""
-    mode = "import-mat" if args.import_mat else (args.method or "selective-search")
-    for flag, modes in PROPOSAL_FLAG_MODES.items():
-        if getattr(args, flag[2:].replace("-", "_")) is not None and mode not in modes:
-            used_by = " and ".join(_MODE_NAMES[m] for m in modes)
-            raise ValueError(f"{flag} does not apply to {_MODE_NAMES[mode]}; it is for {used_by}")
-    return mode
-
-
-def _print_recall(dataset: DetectionDataset, path: str | Path) -> int:
-    from ohem.data.proposals import ProposalFile
-    from ohem.evaluation import proposal_recall
-
-    with ProposalFile(path) as boxes:
-        r = proposal_recall(dataset, boxes)
-    counts = f"{r['proposals_per_image']:.0f} boxes per image (min {r['min_per_image']}, max {r['max_per_image']})"
-    recall = f"{r['recall@0.5']:.1%} at IoU 0.5, {r['recall@0.7']:.1%} at 0.7"
-    print(f"{counts}; recall of the {r['objects']} objects: {recall}")
-    return 0
-
-
-def _bad_input_in_worker(error: RuntimeError) -> bool:
-    """Whether selective search failed on bad input (an image that cannot be read: the data's
-    ValueError or OSError, quoted by the worker as ``Type: message``), not on a bug."""
-    text = str(error)
-    bad_input = (
-        "ValueError",
-        "OSError",
-        "FileNotFoundError",
-        "PermissionError",
-        "IsADirectoryError",
-        "UnidentifiedImageError",
-        "DecompressionBombError",
-        "MemoryError",
-    )
-    return text.startswith("selective search failed on image") and any(f": {t}: " in text for t in bad_input)
-
-
-def cmd_export_model(args: argparse.Namespace) -> int:
-    from ohem.export_model import export_torchvision
-
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out}: is a folder; give the file to write")
-    check_writable(out.absolute().parent, "--out's folder")  # before the checkpoint is read
-    refuse_symlink(out)
-    code = export_torchvision(args.checkpoint, out)
-    print(f"wrote {out}; the plain torchvision detector with these weights (the sampler only acts in training):")
-    print(code)
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from ohem.data import SyntheticShapes, build_dataset
-    from ohem.data.export import export_synthetic
-
-    check_output_folder(args.out)
-    _check_data_overrides(args.overrides)
-    cfg = apply_overrides(load_config(), args.overrides)
-    dataset = build_dataset(cfg.data, "test", args.split)
-    if not isinstance(dataset, SyntheticShapes):
-        raise ConfigError(f"data.dataset: export writes the synthetic data, got {cfg.data.dataset}")
-    for path in export_synthetic(dataset, args.out, args.layout, force=args.force):
-        print(f"wrote {path}")
-    if args.layout == "voc":
-        classes = ",".join(dataset.classes)
-        print(f"read it with: --data voc:{args.out} --split {args.split} --classes {classes}")
-    else:
-        print(f"read it with: --data coco:{args.out} --split {args.split}")
-    return 0
-
-
 def _add_data_arguments(parser: argparse.ArgumentParser, checkpoint: bool = False) -> None:
     """--data, --split, --classes; ``checkpoint``: the command takes ``--checkpoint``, whose config
     and classes are the defaults (``eval``), else the built-in defaults are (``proposals``)."""
@@ -626,212 +373,3 @@ def _add_data_arguments(parser: argparse.ArgumentParser, checkpoint: bool = Fals
     parser.add_argument("--split", help=f"split name, e.g. test, 2007:test, val2017 (default: {split})")
     classes = "the checkpoint's classes; with --detections: the 20 VOC ones" if checkpoint else "the 20 VOC ones"
     parser.add_argument("--classes", help=f"comma-separated class list of a VOC-layout tree (default: {classes})")
-
-
-def _data_config(cfg: Config, args: argparse.Namespace) -> Config:
-    """``cfg`` with --data, --classes, --workers and the data.* and test.* overrides applied."""
-    _check_data_overrides(args.overrides)
-    overrides = _workers_override(args)
-    if args.data:
-        kind, _, root = args.data.partition(":")
-        if kind not in ("synthetic", "voc", "coco") or (kind != "synthetic" and not root):
-            raise ValueError(f"--data: expected synthetic, voc:ROOT or coco:ROOT, got {args.data!r}")
-        overrides += [f"data.dataset={kind}", f"data.root={root}" if root else "data.root=null"]
-        if kind != cfg.data.dataset:  # the checkpoint's split names mean nothing to another dataset
-            overrides += [
-                "data.train_split=null",
-                "data.test_split=null",
-                "data.classes=null",
-                "data.proposals=null",
-                "data.test_proposals=null",
-            ]
-    cfg = apply_overrides(cfg, overrides + args.overrides)
-    if args.classes:
-        cfg.data.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    return cfg
-
-
-def _check_data_overrides(overrides: list[str]) -> None:
-    for item in overrides:
-        if not item.startswith(("data.", "test.")):
-            raise ConfigError(f"override {item!r}: this command takes only data.key=value and test.key=value overrides")
-
-
-def cmd_detect(args: argparse.Namespace) -> int:
-    from ohem.data.common import read_image_size
-    from ohem.engine.trainer import resolve_device
-    from ohem.inference import TestTime, check_image_size, model_from_checkpoint
-
-    require("matplotlib", "drawing detections")
-    if not math.isfinite(args.score_thresh):
-        raise ValueError(f"--score-thresh: must be a finite number, got {args.score_thresh}")
-    device = resolve_device(args.device, what="--device")
-    # Every input checked from its header (photos turned upright by their EXIF orientation) before
-    # anything is written; the pixels are decoded a batch at a time below.
-    sizes = [read_image_size(path, "image", exif_orientation=True) for path in args.images]
-    model, cfg, classes = model_from_checkpoint(args.checkpoint, device)
-    test_time = TestTime.from_config(cfg.model)
-    for path, (height, width) in zip(args.images, sizes):
-        check_image_size(model, height, width, test_time, f"image {path}")
-    out = check_output_folder(args.out)  # before any work: not a link, not a file, writable
-    pngs = output_names(args.images, out)
-    output_folder(out)
-    results: list[dict[str, typing.Any]] = []
-    batch = cfg.test.images_per_batch
-    with progress_bar(len(args.images), "detect", unit="img") as bar:
-        for start in range(0, len(args.images), batch):
-            # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
-            paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
-            results += _detect_batch(model, paths, drawings, device, test_time, classes, args.score_thresh)
-            bar.update(len(paths))
-    with atomic_open(out / "detections.json") as f:
-        f.write(strict_json(results))
-    return 0
-
-
-def _detect_batch(
-    model: typing.Any,
-    paths: list[str],
-    pngs: list[Path],
-    device: typing.Any,
-    test_time: typing.Any,
-    classes: list[str],
-    score_thresh: float,
-) -> list[dict[str, typing.Any]]:
-    """Decode ``paths`` (turned upright by their EXIF orientation), detect, draw each into its PNG;
-    their ``detections.json`` records. The decoded images are dropped when this returns."""
-    from ohem.data.common import read_image
-    from ohem.inference import predict
-    from ohem.visualize import draw_detections
-
-    images = [read_image(path, "image", exif_orientation=True) for path in paths]
-    detections = predict(model, [(image, {}) for image in images], device, len(images), test_time=test_time)
-    records = []
-    for path, image, png, det in zip(paths, images, pngs, detections):
-        draw_detections([image], [det], classes, png, score_thresh, titles=[Path(path).name])
-        records.append(_detection_record(path, png, image, det, classes, score_thresh))
-        tqdm.write(f"{path}: {detected(det, classes, score_thresh)} -> {png}")  # above the bar
-    return records
-
-
-def detected(det: typing.Any, classes: list[str], score_thresh: float) -> str:
-    """How many boxes an image kept at ``--score-thresh``; with none kept, the best score the model
-    gave (so a threshold set too high shows), or that it gave none."""
-    kept = int((det.scores >= score_thresh).sum())
-    if kept or not len(det.scores):
-        return f"{kept} detection{'s' if kept != 1 else ''}" + ("" if kept else " (the model found no box)")
-    best = int(det.scores.argmax())
-    return (
-        f"0 detections (none scored >= --score-thresh {score_thresh:g}; "
-        f"best {float(det.scores[best]):.3f}, {classes[int(det.labels[best]) - 1]})"
-    )
-
-
-def _detection_record(
-    path: str, png: Path, image: typing.Any, det: typing.Any, classes: list[str], score_thresh: float
-) -> dict[str, typing.Any]:
-    """One input's entry in ``detections.json``: its drawing, the size its boxes refer to (after
-    EXIF orientation), and the detections scoring at least ``score_thresh``."""
-    keep = det.scores >= score_thresh
-    return {
-        "image": str(path),
-        "drawing": str(png),
-        "width": int(image.shape[-1]),
-        "height": int(image.shape[-2]),
-        "boxes": det.boxes[keep].tolist(),
-        "labels": [classes[i - 1] for i in det.labels[keep].tolist()],
-        "scores": det.scores[keep].tolist(),
-    }
-
-
-def output_names(inputs: list[str], out: Path) -> list[Path]:
-    """One drawing per input in ``out``: ``STEM.png``, or ``STEM-1.png``, ``STEM-2.png``, ... where that
-    name is taken by an earlier input of the call (compared without case) or is one of the inputs
-    themselves (same path or same file): no output overwrites an input or another output."""
-    sources = [Path(p) for p in inputs]
-    real = {os.path.realpath(p) for p in sources}
-
-    def is_an_input(candidate: Path) -> bool:
-        if os.path.realpath(candidate) in real:
-            return True
-        return candidate.exists() and any(_same_file(candidate, p) for p in sources)
-
-    if is_an_input(out / "detections.json"):
-        raise ValueError(f"--out {out}: its detections.json would overwrite an input; choose another --out")
-    check_replaceable(out / "detections.json")
-    taken = {"detections.json"}
-    names = []
-    for source in sources:
-        stem, n = source.stem or "image", 0
-        while True:
-            candidate = out / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
-            if candidate.name.lower() not in taken and not is_an_input(candidate):
-                break
-            n += 1
-        check_replaceable(candidate)
-        taken.add(candidate.name.lower())
-        names.append(candidate)
-    return names
-
-
-def check_replaceable(path: Path) -> None:
-    """Raise unless ``path`` is missing or a regular file: checked before any output is written, so
-    that a folder (or FIFO, link, ...) in the way fails the command before its work, not after."""
-    refuse_symlink(path)
-    if os.path.lexists(path) and not path.is_file():
-        raise ValueError(f"{path}: exists and is not a regular file; ohem replaces only files (move it away)")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    require("matplotlib", "plotting")
-    from ohem.report import write_report
-
-    written = write_report(args.run_dir, args.out)
-    for path in written:
-        print(f"wrote {path}")
-    if not any(path.name == "hardest_rois.png" for path in written):
-        print("ohem report: note: mining.jsonl records no hardest RoIs; hardest_rois.png not drawn", file=sys.stderr)
-    return 0
-
-
-def cmd_recipe(args: argparse.Namespace) -> int:
-    from ohem.recipe_card import card_for_file, render_card
-    from ohem.recipes import format_recipes
-
-    if args.list:
-        if args.config or args.check or args.overrides:
-            raise ValueError("--list takes no recipe, --check or --set")
-        print(format_recipes(), end="")
-        return 0
-    if not args.config:
-        raise ValueError("give a recipe name or config file (ohem recipe --list names the shipped ones)")
-    card = card_for_file(args.config, args.overrides)
-    print(render_card(card), end="")
-    if args.check and card.different:
-        names = ", ".join(row.setting for row in card.different)
-        print(f"ohem recipe: {len(card.different)} setting(s) differ from the source: {names}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from ohem import bench
-
-    if args.list_arms:
-        print(bench.format_arms(), end="")
-        return 0
-    for seed in args.seeds:  # each becomes a run's train.seed: held to its range before anything runs
-        Range(0, 2**64 - 1).check("--seeds", seed)
-    if args.pretrain == "":
-        raise ValueError("--pretrain '': empty; give the config (or recipe) to pretrain with")
-    b = bench.Bench.from_args(args)
-    if args.plan:
-        return bench.plan_bench(b)
-    return bench.collect_bench(b) if args.collect else bench.run_bench(b)

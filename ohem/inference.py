@@ -15,7 +15,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms
 
 from ohem.checkpoint import load_checkpoint
-from ohem.config import Config, ModelConfig, config_from_dict
+from ohem.config import Config, ModelConfig, apply_overrides, config_from_dict
 from ohem.data.loader import eval_batches
 from ohem.mining import build_detector
 from ohem.models.box_voting import iterative_box_regression_detect
@@ -118,8 +118,11 @@ def predict(
     return out
 
 
-def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, Config, list[str]]:
-    """The checkpoint's model in eval mode on ``device``, its config and its class names. The model
+def model_from_checkpoint(
+    path: str | Path, device: torch.device, overrides: Sequence[str] = ()
+) -> tuple[nn.Module, Config, list[str]]:
+    """The checkpoint's model in eval mode on ``device``, its config (with ``overrides`` applied before the
+    model is built: test-time keys such as ``model.box_score_thresh``) and its class names. The model
     is built without reading ``model.backbone_weights`` (a file that may be gone, or ImageNet weights
     to download): the checkpoint holds every weight."""
     state = load_checkpoint(path)
@@ -129,6 +132,8 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Mo
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"checkpoint {path}: classes: expected a non-empty list of class names, got {classes!r:.80}")
     cfg = config_from_dict(state["config"], source=f"checkpoint {path}")
+    if overrides:
+        cfg = apply_overrides(cfg, list(overrides))
     model = build_detector(cfg.model, cfg.sampler, len(classes), load_weights=False)
     load_weights_into(model, state.get("model"), f"checkpoint {path}")
     return model.to(device).eval(), cfg, classes

@@ -9,12 +9,16 @@ Reads the run's ``log.jsonl``, ``mining.jsonl`` and ``config.yaml``; writes into
 * ``mined_classes.png``: per interval, the share of each class (and background) among mined RoIs;
 * ``map.png``: test mAP at each evaluation;
 * ``hardest_rois.png``: the hardest RoI of evenly spaced intervals, drawn on its training image.
+
+A run without mining records (a sampler that reports none, e.g. ``heuristic``; a run stopped before its
+first record) gets ``losses.png`` and ``map.png``, and a note saying why the others are not drawn. Every
+curve's y-axis starts at 0; a series of one point is drawn as a marker with its value.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -25,7 +29,7 @@ from ohem.config import Config, config_from_dict, parse_yaml
 from ohem.data import build_dataset
 from ohem.engine.runlog import read_jsonl_records
 from ohem.util import is_number, one_line, output_folder, regular_file
-from ohem.visualize import draw_box, image_grid, save_figure
+from ohem.visualize import draw_box, image_grid, image_title, save_figure, short_title
 
 
 def is_box(value: object) -> bool:
@@ -36,7 +40,9 @@ def is_box(value: object) -> bool:
 # Keys each kind of record must hold, with a check of its value.
 _NUMBER = (is_number, "a number")
 _COUNTS = (lambda v: isinstance(v, list) and all(is_number(x) for x in v), "a list of numbers")
-STEP_KEYS = {"iteration": _NUMBER, "loss_classifier": _NUMBER, "loss_box_reg": _NUMBER, "ohem_all_roi_loss": _NUMBER}
+# (``ohem_all_roi_loss``: required of an OHEM run, drawn where a step has it)
+STEP_KEYS = {"iteration": _NUMBER, "loss_classifier": _NUMBER, "loss_box_reg": _NUMBER}
+OHEM_STEP_KEYS = {**STEP_KEYS, "ohem_all_roi_loss": _NUMBER}
 MINING_KEYS = {
     "iteration": _NUMBER,
     "mined_fg_fraction": _NUMBER,
@@ -97,18 +103,29 @@ def smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery_size: int = 12) -> list[Path]:
-    """Write the report's PNGs; returns their paths."""
+# The pictures drawn from mining.jsonl
+MINED_PICTURES = ("mined_fg_fraction.png", "mined_iou.png", "mined_classes.png", "hardest_rois.png")
+
+
+class Report(NamedTuple):
+    """What ``write_report`` wrote, and the notes to show about what it could not draw."""
+
+    paths: list[Path]
+    notes: list[str]
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery_size: int = 12) -> Report:
+    """Write the report's PNGs; returns their paths and notes on the pictures not drawn (and why)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise ValueError(f"{run}: not a folder (RUN_DIR is the --out of an ohem train)")
     log = read_jsonl(run / "log.jsonl")
-    mining = read_jsonl(run / "mining.jsonl")
-    if not mining:
-        raise ValueError(f"{run / 'mining.jsonl'}: empty (the run used no OHEM, or stopped before its first record)")
+    cfg = read_run_config(run / "config.yaml")
+    mining, why_none = _mining_records(run / "mining.jsonl", cfg)
+    notes: list[str] = []
     steps = [r for r in log if "eval" not in r]
     evals = [r for r in log if "eval" in r]
-    check_records(run / "log.jsonl", steps, STEP_KEYS, "step record")
+    check_records(run / "log.jsonl", steps, OHEM_STEP_KEYS if mining else STEP_KEYS, "step record")
     check_records(
         run / "log.jsonl",
         evals,
@@ -120,26 +137,41 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, gallery
         },
         "evaluation",
     )
-    check_mining(run / "mining.jsonl", mining)
-    cfg = read_run_config(run / "config.yaml")
-    dataset = build_dataset(cfg.data, "train")
-    names = ["background", *dataset.classes]
-    check_hardest(run / "mining.jsonl", mining, len(dataset), len(names))
+    figures: dict[str, Figure | None] = {"losses.png": plot_losses(steps, evals), "map.png": None}
+    if mining:
+        check_mining(run / "mining.jsonl", mining)
+        dataset = build_dataset(cfg.data, "train")
+        names = ["background", *dataset.classes]
+        check_hardest(run / "mining.jsonl", mining, len(dataset), len(names))
+        figures |= {
+            "mined_fg_fraction.png": plot_fg_fraction(steps, mining),
+            "mined_iou.png": plot_mined_iou(mining),
+            "mined_classes.png": plot_mined_classes(mining, names),
+            "hardest_rois.png": plot_hardest_rois(mining, dataset, names, gallery_size),
+        }
+        if figures["hardest_rois.png"] is None:
+            notes.append("mining.jsonl records no hardest RoIs; hardest_rois.png not drawn")
+    if evals:
+        figures["map.png"] = plot_map(evals)
+    if not mining:
+        drawn = " and ".join(name for name, fig in figures.items() if fig is not None)
+        notes.append(f"{why_none}; drawing {drawn} ({', '.join(MINED_PICTURES)} need mining records)")
     out = output_folder(out_dir) if out_dir else output_folder(run / "report", "report folder", inside=run)
-    figures = {
-        "losses.png": plot_losses(steps, evals),
-        "mined_fg_fraction.png": plot_fg_fraction(steps, mining),
-        "mined_iou.png": plot_mined_iou(mining),
-        "mined_classes.png": plot_mined_classes(mining, names),
-        "map.png": plot_map(evals) if evals else None,
-        "hardest_rois.png": plot_hardest_rois(mining, dataset, names, gallery_size),
-    }
     written = []
     for name, fig in figures.items():
         if fig is not None:
             save_figure(fig, out / name)
             written.append(out / name)
-    return written
+    return Report(written, notes)
+
+
+def _mining_records(path: Path, cfg: Config) -> tuple[list[dict], str]:
+    """``mining.jsonl``'s records, and why there are none where there are none (the sampler records
+    nothing, or the run stopped before its first record)."""
+    if not path.exists():
+        return [], f"{path.parent}: no mining.jsonl (sampler.method {cfg.sampler.method} records no mined RoIs)"
+    mining = read_jsonl(path)
+    return mining, "" if mining else f"{path}: empty (the run stopped before its first mining record)"
 
 
 def check_mining(path: Path, mining: list[dict]) -> None:
@@ -165,62 +197,120 @@ def check_hardest(path: Path, mining: list[dict], num_images: int, num_labels: i
 
 
 def _plot_figure() -> tuple[Figure, Axes]:
-    """A 7 x 4 inch figure with one plot."""
-    fig = Figure(figsize=(7, 4))
-    return fig, fig.subplots()
+    """A 7 x 4 inch figure with one plot, laid out so that titles and a legend beside the plot fit;
+    iterations are whole numbers on its x-axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, ax
+
+
+def _legend_outside(ax: Axes) -> None:
+    """The legend to the right of the plot, where it hides no data (none for one series: the title names it)."""
+    if len(ax.get_legend_handles_labels()[0]) > 1:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+
+
+def plot_series(ax: Axes, xs: list[float], ys: list[float], style: str = "-", **kwargs: Any) -> None:
+    """A curve; a series of one point is a marker with its value written beside it (a line of one
+    point is invisible, and an axis around one point says nothing of its size)."""
+    if len(xs) == 1:
+        kwargs.pop("alpha", None)
+        ax.plot(xs, ys, "o", **kwargs)
+        ax.annotate(f"{ys[0]:.3g}", (xs[0], ys[0]), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    else:
+        ax.plot(xs, ys, style, **kwargs)
+
+
+def _from_zero(ax: Axes, top: float | None = None) -> None:
+    """The y-axis from 0 (to ``top``, else matplotlib's): a difference is seen at its true size."""
+    ax.set_ylim(bottom=0, top=top)
 
 
 def plot_losses(steps: list[dict], evals: list[dict]) -> Figure:
-    """Loss on the mined RoIs vs mean loss over all RoIs, per iteration (smoothed), and the mean loss
-    over all RoIs of training images in eval mode where the run measured it."""
-    it = np.array([r["iteration"] for r in steps])
-    hard = np.array([r["loss_classifier"] + r["loss_box_reg"] for r in steps])
-    every = np.array([r["ohem_all_roi_loss"] for r in steps])
+    """Loss on the trained RoIs, per iteration (smoothed), against the mean loss over all RoIs where the
+    run measured it (OHEM: every step; the loss of training images in eval mode: at evaluations)."""
+    it = [r["iteration"] for r in steps]
+    trained = np.array([r["loss_classifier"] + r["loss_box_reg"] for r in steps])
+    k = len(it) - len(smooth(trained)) + 1
     fig, ax = _plot_figure()
-    k = len(it) - len(smooth(hard)) + 1
-    ax.plot(it[k - 1 :], smooth(hard), label="mined RoIs (what is trained on)")
-    ax.plot(it[k - 1 :], smooth(every), label="all RoIs of the batch")
+    ohem = all("ohem_all_roi_loss" in r for r in steps)
+    label = "mined RoIs (what is trained on)" if ohem else "sampled RoIs (what is trained on)"
+    plot_series(ax, it[k - 1 :], smooth(trained).tolist(), label=label)
+    if ohem:
+        every = np.array([r["ohem_all_roi_loss"] for r in steps])
+        plot_series(ax, it[k - 1 :], smooth(every).tolist(), label="all RoIs of the batch")
     measured = [(r["iteration"], r["train_roi_loss"]) for r in evals if "train_roi_loss" in r]
     if measured:
-        ax.plot(*zip(*measured), "o-", label="all RoIs of train images (eval mode)")
-    ax.set(xlabel="iteration", ylabel="loss per RoI (cls + box)", yscale="log", title="Loss: mined vs all RoIs")
-    ax.legend()
+        xs, ys = zip(*measured)
+        plot_series(ax, list(xs), list(ys), "o-", label="all RoIs of train images (eval mode)")
+    title = "Loss: mined vs all RoIs" if ohem else "Loss on the trained RoIs"
+    ax.set(xlabel="iteration", ylabel="loss per RoI (cls + box)", title=title)
+    _from_zero(ax)
+    _legend_outside(ax)
     return fig
 
 
 def plot_fg_fraction(steps: list[dict], mining: list[dict]) -> Figure:
     """Foreground fraction among mined RoIs (per interval) vs among all RoIs (per iteration)."""
     fig, ax = _plot_figure()
-    ax.plot([r["iteration"] for r in mining], [r["mined_fg_fraction"] for r in mining], label="among mined RoIs")
+    mined = [r["mined_fg_fraction"] for r in mining]
+    plot_series(ax, [r["iteration"] for r in mining], mined, label="among mined RoIs")
     all_fg = [(r["iteration"], r["ohem_all_fg_fraction"]) for r in steps if "ohem_all_fg_fraction" in r]
-    ax.plot(*zip(*all_fg), alpha=0.4, label="among all RoIs")
-    ax.set(xlabel="iteration", ylabel="foreground fraction", ylim=(0, 1), title="Foreground share of mined RoIs")
-    ax.legend()
+    if all_fg:
+        xs, ys = zip(*all_fg)
+        plot_series(ax, list(xs), list(ys), alpha=0.4, label="among all RoIs")
+    ax.set(xlabel="iteration", ylabel="foreground fraction", title="Foreground share of mined RoIs")
+    _from_zero(ax, 1)
+    _legend_outside(ax)
     return fig
 
 
 def plot_mined_iou(mining: list[dict]) -> Figure:
-    """Per interval, the distribution of the mined RoIs' IoU with their best gt box (a heat map)."""
+    """Per interval, the distribution of the mined RoIs' IoU with their best gt box (a heat map); with
+    one interval, its histogram as bars."""
     mit = [r["iteration"] for r in mining]
     hist = np.array([r["iou_hist"] for r in mining], dtype=float)
     hist /= np.maximum(hist.sum(1, keepdims=True), 1)
     fig, ax = _plot_figure()
-    span = (mit[0], mit[-1]) if len(mit) > 1 else (mit[0] - 0.5, mit[0] + 0.5)
-    image = ax.imshow(hist.T, aspect="auto", origin="lower", extent=(*span, 0, 1), cmap="viridis")
+    if len(mit) == 1:
+        edges = np.linspace(0, 1, hist.shape[1] + 1)
+        ax.bar(edges[:-1], hist[0], width=np.diff(edges), align="edge", edgecolor="white")
+        ax.axvline(0.5, color="black", ls="--", lw=1)
+        ax.set_xticks(np.linspace(0, 1, 11))  # IoU, not iterations: not whole numbers
+        ax.set(
+            xlabel="IoU with best gt box", ylabel="share of mined RoIs", title=f"IoU of mined RoIs (iteration {mit[0]})"
+        )
+        _from_zero(ax)
+        return fig
+    image = ax.imshow(hist.T, aspect="auto", origin="lower", extent=(mit[0], mit[-1], 0, 1), cmap="viridis")
     ax.axhline(0.5, color="white", ls="--", lw=1)
     ax.set(xlabel="iteration", ylabel="IoU with best gt box", title="IoU of mined RoIs (share per interval)")
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, label="share of the interval's mined RoIs")
     return fig
 
 
 def plot_mined_classes(mining: list[dict], names: list[str]) -> Figure:
-    """Per interval, the share of each class (and background) among mined RoIs (stacked)."""
+    """Per interval, the share of each class (and background) among mined RoIs (stacked); with one
+    interval, each label's share as a bar with its value."""
     counts = np.array([r["label_counts"] for r in mining], dtype=float)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    labels = names[: shares.shape[1]]
     fig, ax = _plot_figure()
-    ax.stackplot([r["iteration"] for r in mining], shares.T, labels=names[: shares.shape[1]])
-    ax.set(xlabel="iteration", ylabel="share of mined RoIs", ylim=(0, 1), title="Labels of mined RoIs")
-    ax.legend(loc="upper right", fontsize=7)
+    if len(mining) == 1:
+        bars = ax.bar(labels, shares[0], color=[f"C{i % 10}" for i in range(len(labels))])
+        ax.bar_label(bars, labels=[f"{s:.0%}" for s in shares[0]], fontsize=8)
+        title = f"Labels of mined RoIs (iteration {mining[0]['iteration']})"
+        ax.set(ylabel="share of mined RoIs", title=title)
+        _from_zero(ax, 1)
+        return fig
+    ax.stackplot([r["iteration"] for r in mining], shares.T, labels=labels)
+    ax.set(xlabel="iteration", ylabel="share of mined RoIs", title="Labels of mined RoIs")
+    _from_zero(ax, 1)
+    handles, texts = ax.get_legend_handles_labels()  # top of the stack first, as drawn
+    ax.legend(handles[::-1], texts[::-1], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     return fig
 
 
@@ -228,8 +318,13 @@ def plot_map(evals: list[dict]) -> Figure:
     """Test mAP at each evaluation."""
     fig, ax = _plot_figure()
     measured = [r for r in evals if r["eval"].get("mAP") is not None]  # null: nothing measured
-    ax.plot([r["iteration"] for r in measured], [r["eval"]["mAP"] * 100 for r in measured], "o-")
+    if measured:
+        xs = [r["iteration"] for r in measured]
+        plot_series(ax, xs, [r["eval"]["mAP"] * 100 for r in measured], "o-", clip_on=False)  # 0 % shows
+        if len(xs) == 1:  # an axis of 3.8, 3.9, ... around one evaluation's iteration says nothing
+            ax.set_xticks(xs)
     ax.set(xlabel="iteration", ylabel="test mAP@0.5 (%)", title="Test mAP")
+    _from_zero(ax, 100)
     return fig
 
 
@@ -248,9 +343,11 @@ def plot_hardest_rois(mining: list[dict], dataset: Any, names: list[str], galler
         for box in target["boxes"].tolist():
             draw_box(ax, box, "white", dashed=True)
         draw_box(ax, pick["box"], "red")
+        name = short_title(image_title(dataset, pick["image_index"]), 30)
         ax.set_title(
-            f"it {pick['iteration']}: {names[pick['label']]}\nIoU {pick['iou']:.2f}, loss {pick['loss']:.2f}",
+            f"it {pick['iteration']}: {names[pick['label']]}, IoU {pick['iou']:.2f}, loss {pick['loss']:.2f}\n{name}",
             fontsize=8,
         )
-    fig.suptitle("Hardest mined RoI (red) per interval; ground truth dashed", fontsize=10)
+    gap = "; " if len(picks) > 1 else ";\n"  # one 3.2-inch panel: the title in two lines, not clipped
+    fig.suptitle(f"Hardest mined RoI (red) per interval{gap}ground truth dashed", fontsize=10)
     return fig

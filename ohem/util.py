@@ -306,6 +306,8 @@ EXTRAS = {
     "h5py": ("h5py", "mat"),
     "submitit": ("submitit", "slurm"),
     "ray": ("Ray", "ray"),
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "export"),
 }
 
 

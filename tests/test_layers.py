@@ -27,6 +27,7 @@ LAYERS = [
         "ohem.report",
         "ohem.recipe_card",
         "ohem.export_model",
+        "ohem.commands",
         "ohem.cli",
         "ohem.cli_doc",
         "ohem.__main__",

@@ -300,8 +300,6 @@ def errors_markdown(arms: list[str], errors: list[Row]) -> str:
 
 def plot_curves(out: Path, curves: list[Row], arms: list[str]) -> list[Path]:
     """mAP against iteration and against seconds, all-RoI loss against iteration (seeds faint, mean bold)."""
-    from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
-
     written = []
     for x_key, y_key, name, xlabel, ylabel in [
         ("iteration", "mAP", "map_vs_iteration.png", "iteration", "test mAP (%)"),
@@ -317,25 +315,60 @@ def plot_curves(out: Path, curves: list[Row], arms: list[str]) -> list[Path]:
         series = _series(curves, arms, x_key, y_key)
         if not series:
             continue
-        fig = Figure(figsize=(8, 5))
-        ax = fig.subplots()
-        for i, (arm, per_seed) in enumerate(series.items()):
-            colour = f"C{i % 10}"
-            for points in per_seed.values():
-                ax.plot(*zip(*points), color=colour, alpha=0.3, lw=1)
-            xs = sorted({x for points in per_seed.values() for x, _ in points})
-            mean = [statistics.mean(y for points in per_seed.values() for x2, y in points if x2 == x) for x in xs]
-            ax.plot(xs, mean, "o-", color=colour, lw=2, label=f"{arm} ({len(per_seed)} seed{'s'[: len(per_seed) > 1]})")
-        ax.set(xlabel=xlabel, ylabel=ylabel)
-        if y_key == "train_roi_loss":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        fig = curves_figure(series, xlabel, ylabel, top=100 if y_key == "mAP" else None)
         with atomic_open(out / name, binary=True) as f:  # never through a symlink; a full disk: one line
             fig.savefig(f, format="png", dpi=100)
         written.append(out / name)
     return written
+
+
+def curves_figure(series: dict[str, dict[str, list]], xlabel: str, ylabel: str, top: float | None = None) -> Any:
+    """One plot of ``_series``' arms, its y-axis from 0 (to ``top``), its legend beside it."""
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
+
+    fig = Figure(figsize=(8, 5), layout="constrained")  # room for the legend beside the plot
+    ax = fig.subplots()
+    singles = [_plot_arm(ax, f"C{i % 10}", arm, per_seed) for i, (arm, per_seed) in enumerate(series.items())]
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_ylim(bottom=0, top=top)  # from 0: a gap is seen at its true size
+    points = [s for s in singles if s is not None]
+    if len(points) == len(singles):  # no curve at all: ticks at the points, not 1900, 1925, ...
+        ax.set_xticks(sorted({x for x, _, _ in points}))
+    _write_values(fig, ax, points)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # off the curves
+    return fig
+
+
+def _plot_arm(ax: Any, colour: str, arm: str, per_seed: dict[str, list]) -> tuple[float, float, str] | None:
+    """One arm: each seed's curve faint, their mean bold. A mean of one point (one evaluation) is a
+    marker, not a line that is not there: returned (x, y, colour) for ``_write_values``."""
+    for points in per_seed.values():
+        if len(points) > 1:
+            ax.plot(*zip(*points), color=colour, alpha=0.3, lw=1)
+    xs = sorted({x for points in per_seed.values() for x, _ in points})
+    mean = [statistics.mean(y for points in per_seed.values() for x2, y in points if x2 == x) for x in xs]
+    label = f"{arm} ({len(per_seed)} seed{'s'[: len(per_seed) > 1]})"
+    if len(xs) > 1:
+        ax.plot(xs, mean, "o-", color=colour, lw=2, label=label)
+        return None
+    ax.plot(xs, mean, "o", color=colour, label=label, clip_on=False)
+    return xs[0], mean[0], colour
+
+
+def _write_values(fig: Any, ax: Any, points: list[tuple[float, float, str]], gap_px: float = 13) -> None:
+    """Each single point's value beside it, moved up where needed so that no two values overlap."""
+    if not points:
+        return
+    fig.draw_without_rendering()  # the layout, so that data map to their final pixels
+    placed: list[tuple[float, float]] = []  # (x px, y px) of the values written
+    for x, y, colour in sorted(points, key=lambda p: p[1]):
+        px, py = ax.transData.transform((x, y))
+        lift = max([0.0, *(qy + gap_px - py for qx, qy in placed if abs(qx - px) < 60)])
+        placed.append((px, py + lift))
+        ax.annotate(
+            f"{y:.3g}", (x, y), textcoords="offset pixels", xytext=(8, lift), va="center", color=colour, fontsize=9
+        )
 
 
 def _series(curves: list[Row], arms: list[str], x_key: str, y_key: str) -> dict[str, dict[str, list]]:

@@ -254,7 +254,7 @@ def test_metrics(run: Run) -> dict[str, Any]:
 def draw_test_images(run: Run) -> None:
     """``detections.png``: the first ``train.vis_images`` test images with their detections (0: none;
     without matplotlib, ``ohem[plots]``, none either: ``train`` said so when it started)."""
-    from ohem.visualize import draw_detections  # matplotlib: imported only when drawing
+    from ohem.visualize import draw_detections, image_title  # matplotlib: imported only when drawing
 
     t = run.cfg.train
     if t.vis_images == 0 or not has_module("matplotlib"):  # drawing turned off, or not installed
@@ -264,6 +264,6 @@ def draw_test_images(run: Run) -> None:
         run.core, subset, run.device, run.cfg.test.images_per_batch, test_time=TestTime.from_config(run.cfg.model)
     )
     images, boxes = [image for image, _ in subset], [target["boxes"] for _, target in subset]
-    titles = [run.test_set.image_name(i) for i in range(len(subset))]
+    titles = [image_title(run.test_set, i) for i in range(len(subset))]  # file names, not COCO ids
     path = run.out / "detections.png"
     draw_detections(images, detections, run.classes, path, t.vis_score_thresh, titles=titles, ground_truth=boxes)

@@ -1,0 +1,92 @@
+"""What several commands share: one-line error messages, the data config from --data, --classes and --set,
+the --workers override."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import typing
+from pathlib import Path
+
+from ohem.config import Config, ConfigError, apply_overrides, cut
+from ohem.structures import DetectionDataset
+from ohem.util import one_line
+
+
+@contextlib.contextmanager
+def naming_the_file(what: str) -> typing.Iterator[None]:
+    """Library errors that cannot know the file they read (bad UTF-8, JSON nested too deeply) get
+    ``what`` (e.g. ``config FILE``) in front of their message."""
+    try:
+        yield
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{what}: {error_message(e)}") from e
+
+
+def error_message(e: BaseException) -> str:
+    """One line saying what went wrong: ``<file>: <item>: <what>`` where the error knows its file."""
+    import yaml
+
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        where = cut(f"{e.filename}") + (f" -> {cut(str(e.filename2))}" if e.filename2 is not None else "")
+        return f"{where}: {e.strerror}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text: {e.reason} at byte {e.start}"
+    if isinstance(e, RecursionError):
+        return "input nested too deeply to read (RecursionError)"
+    if isinstance(e, MemoryError):
+        return f"out of memory{': ' + one_line(str(e)) if str(e) else ''}"
+    if isinstance(e, yaml.YAMLError):
+        return f"not valid YAML: {one_line(str(e))}"
+    return one_line(str(e)) or type(e).__name__
+
+
+def workers_override(args: argparse.Namespace) -> list[str]:
+    workers = getattr(args, "loader_workers", None)
+    return [] if workers is None else [f"data.workers={workers}"]
+
+
+def check_not_empty(dataset: DetectionDataset) -> None:
+    if len(dataset) == 0:
+        raise ValueError(f"--split {getattr(dataset, 'split', '')}: the split has no images to evaluate on")
+
+
+def data_config(cfg: Config, args: argparse.Namespace) -> Config:
+    """``cfg`` with --data, --classes, --workers and the data.* and test.* overrides applied."""
+    check_data_overrides(args.overrides)
+    overrides = workers_override(args)
+    if args.data:
+        kind, _, root = args.data.partition(":")
+        if kind not in ("synthetic", "voc", "coco") or (kind != "synthetic" and not root):
+            raise ValueError(f"--data: expected synthetic, voc:ROOT or coco:ROOT, got {args.data!r}")
+        overrides += [f"data.dataset={kind}", f"data.root={root}" if root else "data.root=null"]
+        if kind != cfg.data.dataset:  # the checkpoint's split names mean nothing to another dataset
+            overrides += [
+                "data.train_split=null",
+                "data.test_split=null",
+                "data.classes=null",
+                "data.proposals=null",
+                "data.test_proposals=null",
+            ]
+    cfg = apply_overrides(cfg, overrides + args.overrides)
+    if args.classes:
+        cfg.data.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    return cfg
+
+
+def check_data_overrides(overrides: list[str]) -> None:
+    for item in overrides:
+        if not item.startswith(("data.", "test.")):
+            raise ConfigError(f"override {item!r}: this command takes only data.key=value and test.key=value overrides")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (both existing)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
