@@ -8,7 +8,7 @@ first ``--images`` train and test images into a temporary folder, then times eac
 ``ohem.bench.ARMS`` in a process of its own through ``ohem.bench.cost.measure`` (wall seconds per
 step, between step starts, after ``--warmup`` steps), counting the RoIs each read-only pass runs on;
 with ``--repeats`` the arms take turns. Prints per arm (medians over its runs): RoIs per image in the
-read-only pass, s/step, mining s/step (``time_mining``), GFLOP and RoIAlign MB per step (counted after the
+read-only pass, s/step, mining s/step (``time_mining``), GFLOP and RoI pool MB per step (counted after the
 timed steps, ``ohem.bench.opcount``), and RoIs, s/step and FLOPs as ratios to the first arm, with the time
 ratio over the FLOP ratio (how far the step is from what its arithmetic predicts).
 A measurement, not a test: the numbers depend on the machine and on what else runs on it.
@@ -106,10 +106,10 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> str:
     """The table: per arm the medians over its runs, and ratios to the first arm: of RoIs, of time, of
     FLOPs (counted, forward and backward: the bound the time ratio would meet if the step were pure
     arithmetic) and time ratio ÷ FLOP ratio (1.00: at that bound)."""
-    keys = ("readonly_rois_per_image", "s_per_iter", "mining_s_per_iter", "gflop_per_iter", "roi_align_mb_per_iter")
+    keys = ("readonly_rois_per_image", "s_per_iter", "mining_s_per_iter", "gflop_per_iter", "roi_pool_mb_per_iter")
     medians = {arm: [statistics.median(r.get(k, float("nan")) for r in rs) for k in keys] for arm, rs in runs.items()}
     base_rois, base_seconds, _, base_flops, _ = next(iter(medians.values()))
-    header = ("arm", "read-only RoIs/img", "s/step", "mining s", "GFLOP", "RoIAlign MB", "RoIs x", "time x", "FLOPs x")
+    header = ("arm", "read-only RoIs/img", "s/step", "mining s", "GFLOP", "RoI pool MB", "RoIs x", "time x", "FLOPs x")
     lines = ["{:<16}{:>19}{:>8}{:>10}{:>8}{:>13}{:>8}{:>8}{:>9}{:>18}".format(*header, "time x / FLOPs x")]
     for arm, (rois, seconds, mining, flops, roi_align) in medians.items():
         ratio = rois / base_rois if base_rois else float("nan")

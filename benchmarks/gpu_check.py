@@ -216,7 +216,7 @@ def main() -> None:
     print(f"{name}, torch {torch.__version__}, torchvision {torchvision.__version__}")
     print(
         f"{'model':<12} {'amp':<5} {'sampler':<13} {'s/iter':>8} {'peak MiB':>9} {'x heur time':>12} "
-        f"{'x heur mem':>11} {'GFLOP':>8} {'x heur FLOPs':>13} {'time/FLOPs':>11} {'RoIAlign MB':>12} "
+        f"{'x heur mem':>11} {'GFLOP':>8} {'x heur FLOPs':>13} {'time/FLOPs':>11} {'RoI pool MB':>12} "
         f"{'syncs':>6} {'CUDA syncs':>11}"
     )
     amps = args.amps or (["none", "bf16", "fp16"] if device.type == "cuda" else ["none", "bf16"])
@@ -235,7 +235,7 @@ def main() -> None:
                 print(
                     f"{model_name:<12} {amp:<5} {sampler:<13} {sec:8.4f} {mem:9.0f} {time_x:12.2f} "
                     f"{mem / base[1]:11.2f} {count.flops / 1e9:8.2f} {flops_x:13.2f} {time_x / flops_x:11.2f} "
-                    f"{count.roi_align_bytes / 1e6:12.0f} {count.syncs:6d} {cuda_syncs:11d}   (last loss {loss:.3f})",
+                    f"{count.roi_pool_bytes / 1e6:12.0f} {count.syncs:6d} {cuda_syncs:11d}   (last loss {loss:.3f})",
                     flush=True,
                 )
     if args.train_iters:

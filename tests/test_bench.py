@@ -71,7 +71,7 @@ def test_rows_hold_each_runs_numbers(bench_out):
     assert 0 < float(cost["ohem"]["mining_share"]) < 1 and cost["heuristic"]["mining_share"] == ""
     # counted, not timed: OHEM's read-only pass adds FLOPs and RoIAlign traffic to the heuristic's step
     flops = {arm: float(r["gflop_per_iter"]) for arm, r in cost.items()}
-    roi_align = {arm: float(r["roi_align_mb_per_iter"]) for arm, r in cost.items()}
+    roi_align = {arm: float(r["roi_pool_mb_per_iter"]) for arm, r in cost.items()}
     assert flops["ohem"] > flops["heuristic"] > 0 and roi_align["ohem"] > roi_align["heuristic"] > 0
     assert "| FLOPs × heuristic | measured ÷ FLOPs |" in (bench_out / "summary.md").read_text(encoding="utf-8")
 

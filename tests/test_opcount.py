@@ -2,10 +2,10 @@
 training step (with the selection CUDA runs) waits on the host no more often than a heuristic step."""
 
 import torch
-from torchvision.ops import roi_align
+from torchvision.ops import roi_align, roi_pool
 
 import ohem.mining.hard_examples as hard_examples
-from ohem.bench.opcount import count_ops, roi_align_bytes
+from ohem.bench.opcount import count_ops, pooling_bytes
 from ohem.config import load_config
 from ohem.data import build_dataset
 from ohem.data.loader import eval_batches
@@ -22,7 +22,7 @@ def test_a_linear_layer_costs_six_flops_per_weight_and_row_forward_and_backward(
         layer(x).sum().backward()
     # forward 2*8*32*16; backward: the same for the input's gradient and for the weight's
     assert count.flops == 3 * 2 * 8 * 32 * 16
-    assert count.syncs == 0 and count.roi_align_calls == 0
+    assert count.syncs == 0 and count.roi_pool_calls == 0
 
 
 def test_roi_align_bytes_follow_the_samples_per_bin():
@@ -32,11 +32,24 @@ def test_roi_align_bytes_follow_the_samples_per_bin():
         roi_align(feature, rois, (2, 2), spatial_scale=1.0, sampling_ratio=2).sum().backward()
     # per RoI, bin and channel: 2 x 2 samples of 4 float32 values read, one value written; twice (backward)
     per_pass = 2 * (2 * 2) * 4 * (2 * 2 * 4 * 4 + 4)  # RoIs, bins, channels
-    assert (count.roi_align_calls, count.roi_align_bytes) == (2, 2 * per_pass)
+    assert (count.roi_pool_calls, count.roi_pool_bytes) == (2, 2 * per_pass)
     # adaptive (sampling_ratio -1): ceil(roi height / 2) x ceil(roi width / 2) samples per bin, per RoI
     samples = 4 * 4 + 2 * 6  # 8 x 8 RoI: 4 x 4; 12 wide x 4 high: 2 x 6
     args = (feature, rois, 1.0, 2, 2, -1, False)
-    assert roi_align_bytes("torchvision::roi_align", args) == samples * 2 * 2 * 4 * 4 * 4 + 2 * 2 * 2 * 4 * 4
+    assert pooling_bytes("torchvision::roi_align", args) == samples * 2 * 2 * 4 * 4 * 4 + 2 * 2 * 2 * 4 * 4
+
+
+def test_roi_pool_bytes_read_every_cell_under_the_roi_once_per_channel():
+    feature = torch.randn(1, 4, 16, 16, requires_grad=True)
+    rois = torch.tensor([[0, 0.0, 0.0, 7.0, 7.0], [0, 12.0, 12.0, 30.0, 30.0]])  # the second clipped to the map
+    with count_ops() as count:
+        out = roi_pool(feature, rois, (2, 2), spatial_scale=1.0)
+        out.sum().backward()
+    cells = 8 * 8 + 4 * 4  # 8 x 8 cells; 12..15 x 12..15 inside the 16 x 16 map
+    forward = cells * 4 * 4 + 2 * 4 * 2 * 2 * (4 + 8)  # float32 values read; bins and their argmax written
+    argmax = torch.ops.torchvision.roi_pool(feature, rois, 1.0, 2, 2)[1]
+    backward = 2 * 4 * 2 * 2 * (2 * 4 + argmax.element_size())
+    assert (count.roi_pool_calls, count.roi_pool_bytes) == (2, forward + backward)
 
 
 def test_host_syncs_are_the_ops_a_gpu_would_wait_for():

@@ -94,7 +94,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     result.update(_log_times(Path(spec["run_dir"]) / "log.jsonl", warmup, warmup + iterations, s_per_iter))
     if counted:
         result["gflop_per_iter"] = statistics.mean(c.flops for c in counted) / 1e9
-        result["roi_align_mb_per_iter"] = statistics.mean(c.roi_align_bytes for c in counted) / 1e6
+        result["roi_pool_mb_per_iter"] = statistics.mean(c.roi_pool_bytes for c in counted) / 1e6
     return result
 
 

@@ -42,6 +42,7 @@ SYNC_OPS = frozenset(
 MASK_INDEXING = frozenset({"aten::index.Tensor", "aten::index_put", "aten::index_put_"})  # with a boolean index
 HOST_COPIES = ("tolist", "cpu", "numpy")  # Tensor methods that copy a GPU tensor to the host
 ROI_ALIGN = frozenset({"torchvision::roi_align", "torchvision::_roi_align_backward"})
+ROI_POOL = frozenset({"torchvision::roi_pool", "torchvision::_roi_pool_backward"})  # Fast R-CNN's VGG16
 
 
 @dataclass
@@ -49,8 +50,8 @@ class OpCount:
     """What the operations inside ``count_ops`` cost."""
 
     flops: int = 0  # forward and backward, FlopCounterMode's formulas (a multiply-add is 2)
-    roi_align_bytes: int = 0  # RoIAlign forward and backward: the feature values read, the bins written
-    roi_align_calls: int = 0
+    roi_pool_bytes: int = 0  # RoIAlign / RoIPool forward and backward: the feature values read, the bins written
+    roi_pool_calls: int = 0
     host_syncs: Counter = field(default_factory=Counter)  # op name -> count
 
     @property
@@ -60,6 +61,27 @@ class OpCount:
 
 def _is_mask(index: Any) -> bool:
     return isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
+
+
+def pooling_bytes(name: str, args: tuple) -> int:
+    """Bytes one RoI pooling call moves (``roi_align_bytes`` or ``roi_pool_bytes`` by the op's name)."""
+    return roi_pool_op_bytes(name, args) if name in ROI_POOL else roi_align_bytes(name, args)
+
+
+def roi_pool_op_bytes(name: str, args: tuple) -> int:
+    """Bytes one RoIPool call moves: forward, every feature value under each RoI (clipped to the map) read
+    once per channel, the bins and their argmax written; backward, the bins' gradient and argmax read and
+    scattered."""
+    if name.endswith("_backward"):
+        grad, argmax = args[0], args[2]
+        return int(grad.numel() * (2 * grad.element_size() + argmax.element_size()))
+    feature, rois, scale, height, width = args[:5]
+    boxes = (rois[:, 1:].detach().float() * scale).round()
+    high = torch.tensor([feature.shape[3] - 1, feature.shape[2] - 1], dtype=boxes.dtype)
+    boxes = torch.minimum(boxes.clamp(min=0), torch.cat([high, high]))
+    cells = ((boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)).sum()
+    bins = rois.shape[0] * feature.shape[1] * height * width
+    return int(cells) * feature.shape[1] * feature.element_size() + bins * (feature.element_size() + 8)
 
 
 def roi_align_bytes(name: str, args: tuple) -> int:
@@ -92,9 +114,9 @@ class _DispatchCounter(TorchDispatchMode):
         name = func.name()
         if name in SYNC_OPS or (name in MASK_INDEXING and any(_is_mask(i) for i in (args[1] if len(args) > 1 else ()))):
             self.count.host_syncs[name] += 1
-        if name in ROI_ALIGN:
-            self.count.roi_align_bytes += roi_align_bytes(name, args)
-            self.count.roi_align_calls += 1
+        if name in ROI_ALIGN or name in ROI_POOL:
+            self.count.roi_pool_bytes += pooling_bytes(name, args)
+            self.count.roi_pool_calls += 1
         return func(*args, **(kwargs or {}))
 
 

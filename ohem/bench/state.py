@@ -107,7 +107,7 @@ OPTIONAL_NUMBERS = (
     "data_s_per_iter",
     "data_share",
     "gflop_per_iter",
-    "roi_align_mb_per_iter",
+    "roi_pool_mb_per_iter",
 )
 
 
