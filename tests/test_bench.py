@@ -5,6 +5,7 @@ the verdict and the error table are checked on exact, hand-made numbers; arm lis
 import csv
 import json
 import os
+import statistics
 
 import pytest
 import torch
@@ -522,13 +523,21 @@ def test_a_busy_loop_during_one_arms_timing_does_not_move_the_ratio(tmp_path, mo
             loop.kill()
     assert failed == []
     timings = {(r["arm"], r["repeat"]): r for r in read(b.out / "cost_repeats.csv")}
-    busy, quiet = timings[("ohem", "0")], [timings[("ohem", "1")], timings[("ohem", "2")]]
-    assert float(busy["others_cpu_share"]) > CONTENDED  # seen during the timed steps
-    assert all(float(r["others_cpu_share"]) <= CONTENDED for r in quiet)
-    other = float(cost["ohem-prior"]["s_per_iter"])
-    assert float(busy["s_per_iter"]) > 1.3 * other  # the loops did slow that repeat down ...
-    assert 0.75 < float(cost["ohem"]["s_per_iter"]) / other < 1.33  # ... but not the arm's time
-    assert (cost["ohem"]["contended_repeats"], cost["ohem"]["contended"]) == (1, 0)
+    busy, others = timings[("ohem", "0")], [timings[("ohem", "1")], timings[("ohem", "2")]]
+    assert float(busy["others_cpu_share"]) > CONTENDED  # seen during the timed steps, whatever else runs
+    # What holds on any machine: the loops' timing is never one the arm's time is taken from; the arm's
+    # time is the median of its quiet repeats, or, when other work loaded every repeat, marked busy.
+    quiet = [r for r in others if float(r["others_cpu_share"]) <= CONTENDED]
+    assert int(cost["ohem"]["contended_repeats"]) == 3 - len(quiet)
+    if not quiet:
+        assert int(cost["ohem"]["contended"]) == 1
+        return
+    median = statistics.median(float(r["s_per_iter"]) for r in quiet)
+    assert float(cost["ohem"]["s_per_iter"]) == pytest.approx(median, abs=1e-6) and int(cost["ohem"]["contended"]) == 0
+    if len(quiet) == 2 and int(cost["ohem-prior"]["contended_repeats"]) == 0:  # the rest of the machine was quiet
+        other = float(cost["ohem-prior"]["s_per_iter"])
+        assert float(busy["s_per_iter"]) > 1.3 * other  # the loops did slow that repeat down ...
+        assert 0.75 < float(cost["ohem"]["s_per_iter"]) / other < 1.33  # ... but not the arm's time
 
 
 def test_summary_warns_before_the_verdict_when_no_arm_learned_or_every_arm_still_climbs():
