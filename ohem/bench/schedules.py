@@ -155,10 +155,14 @@ def plot_schedules(out: Path, acc: list[Row], arms: list[str]) -> list[Path]:
                 label=arm,
             )
     left.set(xlabel="iterations of the run", ylabel="test mAP (%)", ylim=(0, 100), xscale="log")
+    lengths = sorted({int(r["iterations"]) for r in acc if r["arm"] in arms})
+    left.set_xticks(lengths, [str(n) for n in lengths])  # the run lengths themselves, not powers of ten
+    left.minorticks_off()
     left.set_title("final mAP against run length", fontsize=10)
     right.axhline(0, color="black", lw=1)
     right.set(xlabel="schedule (× the config's run)", ylabel=f"mAP − {RANDOM} (points)", xscale="log")
     right.set_xticks(list(values), [f"{k:g}×" for k in values])
+    right.minorticks_off()
     right.set_title(f"lead over {RANDOM} (bars: sum of the two sds)", fontsize=10)
     for ax in (left, right):
         ax.grid(alpha=0.3)
