@@ -278,7 +278,7 @@ def cost_job(b: Bench, arm: str, repeat: int, cores: int, repeats: list[dict[str
             f"CPU s), peak RSS {row['peak_rss_mib']:.0f} MiB ({wall:.0f} s)"
         )
         if "gflop_per_iter" in row:
-            message += f"; {row['gflop_per_iter']:.2f} GFLOP, RoIAlign {row['roi_pool_mb_per_iter']:.0f} MB per step"
+            message += f"; {row['gflop_per_iter']:.2f} GFLOP, RoI pooling {row['roi_pool_mb_per_iter']:.0f} MB per step"
         if row["others_cpu_share"] > CONTENDED:  # measured, during the timed steps
             message += (
                 f"; other processes used {row['others_cpu_share']:.0%} of the machine's CPU meanwhile: "
