@@ -129,3 +129,21 @@ def test_one_run_on_two_processes_through_submitit_trains_with_ddp(tmp_path, mon
     assert checkpoint["iteration"] == 3 and len(checkpoint["rng"]["torch"]) == 2  # one RNG state per process
     with pytest.raises(SystemExit):  # no -- before ohem train's arguments
         slurm_main(["--cluster", "local"])
+
+
+def test_a_requeued_run_resumes_from_its_checkpoint(tmp_path):
+    from ohem.bench.executors import RunCommand
+    from ohem.bench.jobs import Job
+
+    run_dir = tmp_path / "runs" / "accuracy-ohem-seed0"
+    argv = ["true", "--out", str(run_dir), "--force", "--set", "train.seed=0"]
+    job = Job("accuracy ohem seed 0", argv, tmp_path / "logs" / "a.log", 1, str, run_dir=run_dir)
+    (tmp_path / "logs").mkdir()
+    command = RunCommand.of(job)
+    assert command() == 0 and "--force" in (tmp_path / "logs" / "a.log").read_text()  # no checkpoint yet: from 0
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint_last.pt").write_bytes(b"")
+    requeued = command.checkpoint()  # what submitit calls on preemption
+    assert requeued.function is command
+    assert requeued.function() == 0
+    assert (tmp_path / "logs" / "a.log").read_text().splitlines()[-1].startswith(f"$ true --out {run_dir} --resume")
