@@ -47,6 +47,7 @@ from ohem.bench.spec import (
     schedule_overrides,
 )
 from ohem.bench.state import (
+    MEDIANS,
     SCHEMAS,
     first_difference,
     read_csv,
@@ -193,15 +194,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-MEDIANS = (  # cost.csv's median over the quiet repeats
-    "cpu_s_per_iter",
-    "mining_s_per_iter",
-    "mining_share",
-    "data_s_per_iter",
-    "data_share",
-    "gflop_per_iter",
-    "roi_pool_mb_per_iter",
-)
 CONTENDED = 0.15  # other processes used more than this share of the machine's CPU while a repeat was timed
 
 

@@ -95,12 +95,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     },
     "errors.csv": {"arm": _text, "seed": _integer(None), "score": _finite, **{kind: _integer(0) for kind in KINDS}},
 }
-# columns whose cells, where the column is there, must be empty or a finite number
-OPTIONAL_NUMBERS = (
-    "schedule",
-    "seconds",
-    "train_roi_loss",
-    "mined_fg_fraction",
+MEDIANS = (  # cost.csv's medians over an arm's quiet repeats
     "cpu_s_per_iter",
     "mining_s_per_iter",
     "mining_share",
@@ -109,6 +104,8 @@ OPTIONAL_NUMBERS = (
     "gflop_per_iter",
     "roi_pool_mb_per_iter",
 )
+# columns whose cells, where the column is there, must be empty or a finite number
+OPTIONAL_NUMBERS = ("schedule", "seconds", "train_roi_loss", "mined_fg_fraction", *MEDIANS)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
