@@ -69,7 +69,7 @@ class Executor:
         return run_jobs(jobs, parallel)
 
     def _run_submitit(self, jobs: list[Job], parallel: int, folder: Path) -> list[str]:
-        submitit = require("submitit", "slurm")
+        submitit = require("submitit", "--executor submitit")
         executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=self.target)
         executor.update_parameters(timeout_min=self.time_limit, cpus_per_task=self.cpus_per_run or jobs[0].threads)
         if executor.cluster == "slurm":
@@ -78,14 +78,28 @@ class Executor:
             executor.update_parameters(**slurm)
             with executor.batch():  # one job array
                 handles = [executor.submit(RunCommand.of(job)) for job in jobs]
-            return _wait(list(zip(jobs, handles)), lambda h: h.done(), lambda h: h.result())
+            try:
+                return _wait(list(zip(jobs, handles)), lambda h: h.done(), lambda h: h.result())
+            except BaseException:  # the bench stopped: its jobs go with it, as the local pool's children do
+                for handle in handles:
+                    handle.cancel(check=False)
+                raise
         # submitit's local cluster has no queue: at most ``parallel`` submitted at a time
-        return _throttled(
-            jobs, parallel, lambda job: executor.submit(RunCommand.of(job)), lambda h: h.done(), lambda h: h.result()
-        )
+        submitted: list[Any] = []
+
+        def submit(job: Job) -> Any:
+            submitted.append(executor.submit(RunCommand.of(job)))
+            return submitted[-1]
+
+        try:
+            return _throttled(jobs, parallel, submit, lambda h: h.done(), lambda h: h.result())
+        except BaseException:
+            for handle in submitted:
+                handle.cancel(check=False)
+            raise
 
     def _run_ray(self, jobs: list[Job], parallel: int) -> list[str]:
-        ray = require("ray", "ray")
+        ray = require("ray", "--executor ray")
         started = not ray.is_initialized()
         if started:  # a local instance with this machine's cores, or the cluster at the address
             ray.init(address=self.target, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
