@@ -25,7 +25,7 @@ each step-table row under ``torch.profiler`` and prints its top ops by device ti
 
 Beside each step-table row: its FLOPs (forward and backward, counted on one more step), the FLOP
 ratio to the first sampler (the heuristic) and time ratio ÷ FLOP ratio (1.00: the step costs what
-its arithmetic predicts), RoIAlign's MB, the host syncs ``ohem.bench.opcount`` names, and those
+its arithmetic predicts), RoI pooling's MB, the host syncs ``ohem.bench.opcount`` names, and those
 ``torch.cuda.set_sync_debug_mode`` reports in one step (the check of that list).
 """
 
@@ -119,7 +119,7 @@ def time_steps(
     overrides: list[str], iters: int, device: torch.device, amp: str = "none", profile: int = 0, warmup: int = 3
 ) -> tuple[float, float, float, OpCount, int]:
     """s/iter and peak MiB of ``iters`` steps after ``warmup`` steps, the last loss, then one more step
-    counted (``ohem.bench.opcount``: FLOPs, RoIAlign bytes, host syncs by name) and the host syncs CUDA's
+    counted (``ohem.bench.opcount``: FLOPs, RoI pooling bytes, host syncs by name) and the host syncs CUDA's
     own sync debug mode reports in one step (-1 off CUDA)."""
     overrides = overrides + ["data.num_train=16"]
     cfg = load_config("demo", overrides + proposal_overrides(overrides, 16, 4))

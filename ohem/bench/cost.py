@@ -10,7 +10,7 @@ everything an iteration costs (data, forward, backward, update, logging); the pe
 ``log.jsonl`` are only read for the mining share, under whichever names they have.
 
 After the timed steps, ``COUNTED_STEPS`` more run under ``ohem.bench.opcount.count_ops`` on one
-thread: their mean FLOPs (forward and backward) and RoIAlign bytes, what the step costs whatever
+thread: their mean FLOPs (forward and backward) and RoI pooling bytes, what the step costs whatever
 the machine (the yardstick the measured ratios are read against).
 
 Beside the wall clock it records the CPU seconds of this process and its children (loader
