@@ -2,14 +2,13 @@
 and a local Ray instance gives the same rows bit for bit; ``--plan``, the listed commands run by hand,
 then ``--collect`` gives the same summary as a plain bench; bad executor options are one line."""
 
-import csv
 import subprocess
 
 import pytest
 
-from ohem.bench import Bench, Executor, collect_bench, plan_bench, run_bench
+from ohem.bench import Executor, collect_bench, plan_bench, run_bench
 from ohem.cli import main
-from tests.test_bench import TINY_BENCH
+from tests.test_bench import read, tiny_bench
 
 pytest.importorskip("submitit")
 pytest.importorskip("ray")
@@ -18,23 +17,9 @@ pytest.importorskip("ray")
 COMPUTED = ("arm", "seed", "schedule", "iterations", "mAP", "train_roi_loss", "mined_fg_fraction", "run")
 
 
-def read(path):
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def tiny(out, executor="local"):
-    return Bench(
-        config="demo",
-        out=out,
-        arms=["heuristic", "ohem"],
-        seeds=[0],
-        overrides=list(TINY_BENCH),
-        jobs=2,
-        cost_iters=0,
-        error_score=None,
-        executor=Executor.parse(executor, cpus_per_run=1),
-    )
+    """test_bench's tiny bench, without cost and error phases, two runs at a time on one thread each."""
+    return tiny_bench(out, jobs=2, cost_iters=0, error_score=None, executor=Executor.parse(executor, cpus_per_run=1))
 
 
 def computed(out):

@@ -10,12 +10,7 @@ from ohem.bench.schedules import schedule_markdown, schedule_verdict
 from ohem.bench.spec import run_overrides
 from ohem.cli import main
 from ohem.config import load_config
-from tests.test_bench import TINY_BENCH
-
-
-def read(path):
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+from tests.test_bench import TINY_BENCH, read
 
 
 def test_a_schedule_stretches_the_run_and_its_lr_steps():

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ohem.checkpoint import load_checkpoint
 from ohem.cli import main
+from tests.conftest import TINY
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "OWN_DATA.md"
 CLASSES = ["cat", "dog"]
@@ -20,13 +21,7 @@ CLASSES = ["cat", "dog"]
 TINY_TAIL = [
     "model.name=small",
     "model.backbone_weights=null",
-    "model.min_size=128",
-    "model.max_size=128",
-    "model.rpn_pre_nms_top_n_train=300",
-    "model.rpn_post_nms_top_n_train=100",
-    "model.rpn_pre_nms_top_n_test=200",
-    "model.rpn_post_nms_top_n_test=50",
-    "sampler.batch_size_per_image=16",
+    *(item for item in TINY if item.startswith(("model.", "sampler."))),  # the suite's tiny sizes
     "solver.iterations=2",
     "solver.warmup_iterations=0",
     "solver.steps=[]",

@@ -76,24 +76,20 @@ class Executor:
             slurm: dict[str, Any] = {"slurm_array_parallelism": parallel, "gpus_per_node": self.gpus_per_run}
             slurm.update({f"slurm_{k}": v for k, v in (("partition", self.partition), ("account", self.account)) if v})
             executor.update_parameters(**slurm)
-            with executor.batch():  # one job array
-                handles = [executor.submit(RunCommand.of(job)) for job in jobs]
-            try:
-                return _wait(list(zip(jobs, handles)), lambda h: h.done(), lambda h: h.result())
-            except BaseException:  # the bench stopped: its jobs go with it, as the local pool's children do
-                for handle in handles:
-                    handle.cancel(check=False)
-                raise
-        # submitit's local cluster has no queue: at most ``parallel`` submitted at a time
-        submitted: list[Any] = []
+            with executor.batch():  # one job array, all of it in flight at once
+                submitted = [executor.submit(RunCommand.of(job)) for job in jobs]
+            handle_of = {id(job): handle for job, handle in zip(jobs, submitted)}
+            submit, parallel = (lambda job: handle_of[id(job)]), len(jobs)
+        else:  # submitit's local cluster has no queue: at most ``parallel`` submitted at a time
+            submitted = []
 
-        def submit(job: Job) -> Any:
-            submitted.append(executor.submit(RunCommand.of(job)))
-            return submitted[-1]
+            def submit(job: Job) -> Any:
+                submitted.append(executor.submit(RunCommand.of(job)))
+                return submitted[-1]
 
         try:
             return _throttled(jobs, parallel, submit, lambda h: h.done(), lambda h: h.result())
-        except BaseException:
+        except BaseException:  # the bench stopped: its jobs go with it, as the local pool's children do
             for handle in submitted:
                 handle.cancel(check=False)
             raise
@@ -156,7 +152,8 @@ def _call(command: RunCommand) -> int:  # a module-level function: what Ray ship
 
 
 def _throttled(jobs: list[Job], parallel: int, submit: Any, done: Any, result: Any) -> list[str]:
-    """Submit ``jobs`` keeping at most ``parallel`` in flight; record each as it ends."""
+    """Submit ``jobs`` (``submit``: job -> the engine's handle) keeping at most ``parallel`` in flight;
+    record each as it ends."""
     pending, failed = list(jobs), []
     running: list[tuple[Job, Any, float]] = []
     while pending or running:
@@ -165,18 +162,6 @@ def _throttled(jobs: list[Job], parallel: int, submit: Any, done: Any, result: A
             job.log.parent.mkdir(parents=True, exist_ok=True)
             print(f"[{job.name}] submitted ({job.threads} thread(s)); log: {job.log}", flush=True)
             running.append((job, submit(job), time.monotonic()))
-        time.sleep(POLL_SECONDS)
-        for entry in [e for e in running if done(e[1])]:
-            running.remove(entry)
-            failed += _record(entry, result)
-    return failed
-
-
-def _wait(submitted: list[tuple[Job, Any]], done: Any, result: Any) -> list[str]:
-    """Wait for jobs submitted at once (a Slurm array); record each as it ends."""
-    running = [(job, handle, time.monotonic()) for job, handle in submitted]
-    failed: list[str] = []
-    while running:
         time.sleep(POLL_SECONDS)
         for entry in [e for e in running if done(e[1])]:
             running.remove(entry)
