@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ohem.bench.spec import schedule_of
-from ohem.bench.summary import RANDOM, SPREAD_RULE, mean_sd, number, table
+from ohem.bench.summary import RANDOM, SPREAD_RULE, mean_sd, mean_sd_text, number, table
 from ohem.util import atomic_open
 
 Row = dict[str, Any]
@@ -35,7 +35,7 @@ def schedule_markdown(acc: list[Row], arms: list[str]) -> str:
     per schedule, and the verdict."""
     values = by_schedule(acc, arms)
     header = ["arm", *(f"{k:g}× ({_iterations(acc, k)})" for k in values)]
-    rows = [[arm, *(_mean_sd_text(values[k].get(arm, [])) for k in values)] for arm in arms]
+    rows = [[arm, *(mean_sd_text(values[k].get(arm, [])) for k in values)] for arm in arms]
     if RANDOM in arms:
         rows += [[f"{arm} − {RANDOM}", *(_lead_text(values[k], arm) for k in values)] for arm in arms if arm != RANDOM]
     return "\n".join(
@@ -51,13 +51,6 @@ def schedule_markdown(acc: list[Row], arms: list[str]) -> str:
             schedule_verdict(values),
         ]
     )
-
-
-def _mean_sd_text(values: list[float]) -> str:
-    if not values:
-        return "–"
-    mean, sd = mean_sd(values)
-    return f"{mean:.1f} ± {sd:.1f}" if sd is not None else f"{mean:.1f} (1 seed)"
 
 
 def lead(at: dict[str, list[float]], arm: str, base: str = RANDOM) -> tuple[float, float | None] | None:

@@ -197,7 +197,7 @@ def summary_markdown(
                 str(len(mine)),
                 _join(r["iterations"] for r in mine),
                 _join(_fmt(r.get("seconds"), 0) for r in mine),
-                _mean_sd_text(maps[arm]),
+                mean_sd_text(maps[arm]),
                 ", ".join(f"{v:.1f}" for v in maps[arm]) or "–",
                 *(_diff(maps, arm, base) for base in BASELINES),
                 _cost_text(c),
@@ -213,7 +213,7 @@ def summary_markdown(
             ]
         )
     found = comparisons(acc, curves, cost, budget) if acc else []
-    budgets = [[arm, *(_mean_sd_text(c.values.get(arm, [])) for c in found)] for arm in arms]
+    budgets = [[arm, *(mean_sd_text(c.values.get(arm, [])) for c in found)] for arm in arms]
     parts = [
         f"# {title}",
         "",
@@ -409,7 +409,8 @@ def _join(values: Any) -> str:
     return ", ".join(dict.fromkeys(str(v) for v in values)) or "–"
 
 
-def _mean_sd_text(values: list[float]) -> str:
+def mean_sd_text(values: list[float]) -> str:
+    """``mean ± sd`` over seeds, ``mean (1 seed)``, or "–" for none."""
     if not values:
         return "–"
     mean, sd = mean_sd(values)
