@@ -22,10 +22,10 @@ from ohem.bench.run import (
     measured_cost,
     open_folder,
     prepare,
+    pretrain_job,
     pretrain_phase,
     record_run,
     run_threads,
-    train_command,
     write_summary,
 )
 from ohem.bench.spec import Bench, run_key, run_name, run_overrides, schedule_name
@@ -56,9 +56,8 @@ def plan_bench(b: Bench) -> int:
         jobs, skipped = accuracy_jobs(b, cost, run_threads(b))
         output_folder(b.out / "logs", "log folder")  # where the commands write their output
         lines = ["#!/bin/sh", f"# ohem bench --plan: {len(jobs)} training run(s) of {b.out}; then --collect"]
-        if b.pretrain and not (b.pretrained.parent / "metrics.json").is_file():
-            argv = [*train_command(b.pretrain, b.pretrained.parent), "--set", f"train.num_threads={run_threads(b)}"]
-            source = Job("pretrain", argv, b.out / "logs" / "pretrain.log", run_threads(b), str, b.pretrained.parent)
+        source = pretrain_job(b, run_threads(b))
+        if source is not None:
             lines += ["# first, the source task: every run below starts from its weights", shell_line(source)]
             lines.append("# then, in any order, anywhere that sees this folder at the same path:")
         lines += [shell_line(job) for job in jobs]

@@ -146,14 +146,21 @@ def train_command(config: str, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "ohem", "train", "--config", config, "--out", str(run_dir), "--force"]
 
 
-def pretrain_phase(b: Bench) -> None:
-    """``--pretrain``: train its config once into ``OUT/pretrain`` (resumed if stopped; kept once finished)."""
+def pretrain_job(b: Bench, threads: int) -> Job | None:
+    """``--pretrain``'s training of its config into ``OUT/pretrain``; None when there is none to do
+    (no ``--pretrain``, or it finished: its weights are kept)."""
     run_dir = b.pretrained.parent
     if not b.pretrain or (run_dir / "metrics.json").is_file():
+        return None
+    argv = [*train_command(b.pretrain, run_dir), "--set", f"train.num_threads={threads}"]
+    return Job("pretrain", argv, b.out / "logs" / "pretrain.log", threads, lambda wall: f"done ({wall:.0f} s)", run_dir)
+
+
+def pretrain_phase(b: Bench) -> None:
+    """``--pretrain``: train its config once into ``OUT/pretrain`` (resumed if stopped; kept once finished)."""
+    job = pretrain_job(b, available_cores())
+    if job is None:
         return
-    cores = available_cores()
-    argv = [*train_command(b.pretrain, run_dir), "--set", f"train.num_threads={cores}"]
-    job = Job("pretrain", argv, b.out / "logs" / "pretrain.log", cores, lambda wall: f"done ({wall:.0f} s)", run_dir)
     failed = b.executor.run([job], 1, b.out / "executor")
     if failed:
         raise ValueError(f"--pretrain {b.pretrain}: {failed[0]}")
