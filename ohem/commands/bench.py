@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ohem.config import Range
+from ohem.config import check_range
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -14,7 +14,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(bench.format_arms(), end="")
         return 0
     for seed in args.seeds:  # each becomes a run's train.seed: held to its range before anything runs
-        Range(0, 2**64 - 1).check("--seeds", seed)
+        check_range("--seeds", seed, 0, 2**64 - 1)
     if args.pretrain == "":
         raise ValueError("--pretrain '': empty; give the config (or recipe) to pretrain with")
     b = bench.Bench.from_args(args)

@@ -16,14 +16,13 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ohem.config import RESUMABLE, Config, config_from_dict
+from ohem.config import Config, config_from_dict, resumable_keys
 from ohem.util import refuse_symlink
 
 try:
@@ -40,19 +39,7 @@ RUN_FILES = (*RUN_MARKERS, "checkpoint_best.pt", "summary.txt", "metrics.json", 
 PERIODIC = "checkpoint_iter*.pt"  # train.keep_checkpoints > 1: the kept periodic checkpoints (moved aside too)
 
 
-def _may_change_on_resume() -> tuple[str, ...]:
-    """The ``section.key`` of every config field whose metadata says ``--resume`` may change it."""
-    cfg = Config()
-    sections = [(s.name, getattr(cfg, s.name)) for s in dataclasses.fields(cfg)]
-    return tuple(
-        f"{name}.{f.name}"
-        for name, section in sections
-        for f in dataclasses.fields(section)
-        if RESUMABLE.items() <= f.metadata.items()
-    )
-
-
-RESUME_MAY_CHANGE = _may_change_on_resume()  # config keys a --resume may change
+RESUME_MAY_CHANGE = resumable_keys()  # config keys a --resume may change
 
 
 # Descriptors of the locks this process holds. A forked child (a DataLoader worker) closes its
