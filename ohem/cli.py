@@ -221,7 +221,11 @@ def _add_data_commands(add_parser: typing.Callable[..., argparse.ArgumentParser]
 def _add_bench_command(add_parser: typing.Callable[..., argparse.ArgumentParser]) -> None:
     p = add_parser("bench", help="train sampler arms x seeds on a config: mAP and cost tables, curves, a verdict")
     p.add_argument("--config", help="YAML config every arm trains, or a shipped recipe's name (e.g. bench)")
-    p.add_argument("--arms", default="heuristic,tv-default,ohem", help="comma-separated arm names (--list-arms)")
+    p.add_argument(
+        "--arms",
+        default="heuristic,tv-default,ohem",
+        help="comma-separated arm names (--list-arms) or YAML files of your own (config fragments: the sampler)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (initial weights, data order)")
     p.add_argument(
         "--budget",

@@ -212,7 +212,7 @@ class Sources:
 
 
 def check_range(name: str, value: object, low: float, high: float) -> None:
-    """A one-line ``ConfigError`` unless ``value`` is a finite number in [``low``, ``high``] (an option, an argument)."""
+    """A one-line ``ConfigError`` unless ``value`` is a finite number in [``low``, ``high``] (an option)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or not low <= value <= high:  # type: ignore[operator]  # NaN fails both comparisons
         raise ConfigError(f"{name} must be a finite number in [{low}, {high}], got {shown(value)}")

@@ -270,11 +270,7 @@ def _fg_fraction(cfg: Config) -> Any:
 
 
 def _bg_lo(cfg: Config) -> Shown:
-    from ohem.mining import build_sampler  # torch: only when a card is made
-
-    s = cfg.sampler
-    floor = build_sampler(s).bg_iou_low
-    return Shown(floor, _fmt(floor) if s.bg_iou_low is not None else f"null: {_fmt(floor)} for {s.method}")
+    return Shown(cfg.sampler.bg_iou_low, _fmt(cfg.sampler.bg_iou_low))
 
 
 def _proposals(cfg: Config) -> Any:
@@ -337,7 +333,8 @@ HEAD_DROPOUT = inspect.signature(VGGBoxHead.__init__).parameters["dropout"].defa
 def _dropout(cfg: Config) -> Shown:
     if cfg.sampler.method != "ohem":
         return Shown(HEAD_DROPOUT, f"{_fmt(HEAD_DROPOUT)} on fc6, fc7 (fixed by the model)")
-    on = cfg.sampler.readonly_dropout
+    readonly = cfg.sampler.readonly
+    on = readonly is not None and readonly.dropout
     return Shown((HEAD_DROPOUT, on), f"{_fmt(HEAD_DROPOUT)} on fc6, fc7; read-only copy: {'on' if on else 'off'}")
 
 

@@ -52,11 +52,10 @@ from ohem.bench.state import (
     first_difference,
     read_csv,
     read_settings,
-    with_defaults,
     write_csv,
 )
 from ohem.bench.summary import plot_curves, summary_markdown
-from ohem.config import Config, load_config
+from ohem.config import Config, ConfigError, config_from_dict, load_config
 from ohem.evaluation.errors import KINDS
 from ohem.util import atomic_open, check_output_folder, has_module, install_hint, output_folder
 
@@ -177,9 +176,13 @@ def check_settings(b: Bench, base: Config) -> dict[str, Any]:
     stored = read_settings(path)
     if stored.get("budget") != b.budget:
         raise ValueError(f"{path}: this folder holds a --budget {stored.get('budget')} benchmark; use another --out")
-    # a key added to the config since the folder was made had its default then (that is how keys are added)
-    defaults = json.loads(json.dumps(Config().to_dict()))
-    key = first_difference(with_defaults(defaults, stored.get("values", {})), current["values"])
+    # a key added to the config since the folder was made had its default then (that is how keys are added);
+    # a folder of 0.1 recorded the flat sampler section, translated here
+    try:
+        recorded = json.loads(json.dumps(config_from_dict(stored.get("values", {}), str(path)).to_dict()))
+    except ConfigError as e:
+        raise ValueError(f"{e} (this folder's config; use another --out)") from None
+    key = first_difference(recorded, current["values"])
     if key:
         raise ValueError(f"{path}: this folder benchmarks another config ({key} differs); use another --out")
     if b.seconds is None:
@@ -412,8 +415,9 @@ def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
     budget = f"{b.seconds:.1f} s of training per run" if b.budget == "seconds" else "equal iterations"
     title = f"ohem bench: {b.config}, {budget}"
     cost = {a: r for a, r in cost.items() if a in b.arms}
+    descriptions = {a: b.arm(a).description for a in b.arms}
     if len(b.schedules) == 1:
-        text = summary_markdown(title, b.arms, acc, curves, cost, b.budget, errors)
+        text = summary_markdown(title, b.arms, acc, curves, cost, b.budget, errors, descriptions=descriptions)
     else:  # the tables and verdict of the longest runs, then the arms across schedules
         longest = max(b.schedules)
         title += (
@@ -423,7 +427,9 @@ def write_summary(b: Bench, cost: dict[str, dict[str, Any]]) -> list[Path]:
             [r for r in rows if schedule_of(r) == longest] for rows in (acc, curves, errors)
         )
         extra = schedule_markdown(acc, b.arms)
-        text = summary_markdown(title, b.arms, acc_longest, curves_longest, cost, b.budget, errors_longest, extra)
+        text = summary_markdown(
+            title, b.arms, acc_longest, curves_longest, cost, b.budget, errors_longest, extra, descriptions
+        )
     with atomic_open(b.out / "summary.md") as f:
         f.write(text)
     print(text)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ohem.bench.arms import ARMS, parse_arms
+from ohem.bench.arms import Arm, builtin_arms, parse_arms
 from ohem.bench.executors import Executor
 from ohem.bench.jobs import CHECKPOINT, read_jsonl
 from ohem.bench.state import MAX_SECONDS
@@ -43,6 +43,7 @@ class Bench:
     error_score: float | None = ERROR_SCORE  # error phase: detections scoring at least this; None: no phase
     executor: Executor = field(default_factory=Executor)  # where the training runs execute (not the cost phase)
     schedules: list[float] = field(default_factory=lambda: [1.0])  # multiples of the run length (iterations or seconds)
+    arm_files: dict[str, Arm] = field(default_factory=dict)  # --arms given as files, by name (else built-in)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Bench:
@@ -52,10 +53,13 @@ class Bench:
         if args.no_errors and args.error_score is not None:
             raise ValueError("--error-score and --no-errors: give one (--no-errors skips the error phase)")
         error_score = None if args.no_errors else ERROR_SCORE if args.error_score is None else args.error_score
+        arms = parse_arms(args.arms)
+        builtin = builtin_arms()
         return cls(
             config=args.config,
             out=Path(args.out),
-            arms=parse_arms(args.arms),
+            arms=[arm.name for arm in arms],
+            arm_files={arm.name: arm for arm in arms if builtin.get(arm.name) != arm},
             seeds=list(dict.fromkeys(args.seeds)),
             overrides=list(args.overrides),
             budget=args.budget,
@@ -118,12 +122,17 @@ class Bench:
         """The runs this call is about, as ``run_key`` gives them."""
         return {(a, str(s), schedule_name(k)) for a in self.arms for s in self.seeds for k in self.schedules}
 
-    def arm_overrides(self, arm: str) -> list[str]:
+    def arm(self, name: str) -> Arm:
+        """The arm of that name: given as a file, else built in."""
+        return self.arm_files.get(name) or builtin_arms()[name]
+
+    def arm_overrides(self, name: str) -> list[str]:
         """The user's --set, then the arm's (arms apply on top)."""
-        overrides = [*self.overrides, *ARMS[arm].overrides]
-        if ARMS[arm].warm_fraction:
+        arm = self.arm(name)
+        overrides = [*self.overrides, *arm.overrides]
+        if arm.start_fraction:
             iterations = load_config(self.config, overrides).solver.iterations
-            overrides.append(f"sampler.ohem_start={math.floor(iterations * ARMS[arm].warm_fraction + 0.5)}")
+            overrides.append(f"sampler.start={math.floor(iterations * arm.start_fraction + 0.5)}")
         return overrides
 
 
@@ -165,9 +174,9 @@ def budget_iterations(seconds: float, s_per_iter: float) -> int:
 
 
 def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
-    """``cfg``'s run stretched to ``iterations``: lr steps, warm-up, the start of mining, is-mix's lambda
-    decay and the evaluation interval scaled by the same factor (so every arm drops its lr and is
-    evaluated at the same fractions of its run)."""
+    """``cfg``'s run stretched to ``iterations``: lr steps, warm-up, the sampler's settings counted in
+    iterations (its ``stretched``) and the evaluation interval scaled by the same factor (so every arm
+    drops its lr and is evaluated at the same fractions of its run)."""
     factor = iterations / cfg.solver.iterations
     steps = [max(1, math.floor(step * factor + 0.5)) for step in cfg.solver.steps]
     overrides = [
@@ -175,11 +184,8 @@ def schedule_overrides(cfg: Config, iterations: int) -> list[str]:
         f"solver.steps=[{', '.join(map(str, steps))}]",
         f"solver.warmup_iterations={math.floor(cfg.solver.warmup_iterations * factor + 0.5)}",
     ]
-    if cfg.sampler.ohem_start:
-        overrides.append(f"sampler.ohem_start={math.floor(cfg.sampler.ohem_start * factor + 0.5)}")
-    if cfg.sampler.is_lambda_schedule == "decay":  # is-mix's lambda reaches is_lambda at the same fraction
-        decay = max(1, math.floor(cfg.sampler.is_lambda_decay_iterations * factor + 0.5))
-        overrides.append(f"sampler.is_lambda_decay_iterations={decay}")
+    stretched = cfg.sampler.stretched(factor).to_dict()
+    overrides += [f"sampler.{k}={json.dumps(v)}" for k, v in stretched.items() if cfg.sampler.to_dict()[k] != v]
     if cfg.train.eval_every:
         overrides.append(f"train.eval_every={max(1, math.floor(cfg.train.eval_every * factor + 0.5))}")
     return overrides

@@ -175,14 +175,6 @@ def _seconds_ok(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_SECONDS
 
 
-def with_defaults(defaults: Any, stored: Any) -> Any:
-    """``stored`` with the keys it lacks filled in from ``defaults`` (nested dicts merged): a key added to
-    the config since a folder was made had its default then."""
-    if not (isinstance(defaults, dict) and isinstance(stored, dict)):
-        return stored
-    return {**defaults, **{key: with_defaults(defaults.get(key), value) for key, value in stored.items()}}
-
-
 def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     """The dotted key of the first value that differs between two nested dicts, or None."""
     if isinstance(a, dict) and isinstance(b, dict):

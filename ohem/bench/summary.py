@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ohem.bench.arms import ARMS
+from ohem.bench.arms import builtin_arms
 from ohem.evaluation.errors import KINDS
 from ohem.util import atomic_open
 
@@ -183,9 +183,11 @@ def summary_markdown(
     budget: str,
     errors: list[Row] | None = None,
     extra: str = "",
+    descriptions: dict[str, str] | None = None,
 ) -> str:
     """``summary.md``: the table per arm, the arms at both budgets, the verdict, ``extra`` (a section such
-    as the schedules'), the error counts (``errors.csv`` rows, if any), the arms' definitions."""
+    as the schedules'), the error counts (``errors.csv`` rows, if any), the arms' ``descriptions`` (default:
+    the built-in arms')."""
     maps = {a: [v * 100 for r in acc if r["arm"] == a and (v := number(r["mAP"])) is not None] for a in arms}
     rows = []
     for arm in arms:
@@ -244,7 +246,9 @@ def summary_markdown(
         parts += [extra, ""]
     if errors:
         parts += [errors_markdown(arms, errors), ""]
-    parts += ["## Arms", "", *(f"- **{arm}**: {ARMS[arm].description}" for arm in arms if arm in ARMS), ""]
+    if descriptions is None:
+        descriptions = {name: arm.description for name, arm in builtin_arms().items()}
+    parts += ["## Arms", "", *(f"- **{arm}**: {descriptions[arm]}" for arm in arms if arm in descriptions), ""]
     return "\n".join(parts)
 
 

@@ -10,8 +10,9 @@ from ohem.config import check_range
 def cmd_bench(args: argparse.Namespace) -> int:
     from ohem import bench
 
-    if args.list_arms:
-        print(bench.format_arms(), end="")
+    if args.list_arms:  # the built-in arms, and the files given with --arms
+        files = [arm for arm in bench.parse_arms(args.arms) if arm.name not in bench.builtin_arms()]
+        print(bench.format_arms([*bench.builtin_arms().values(), *files]), end="")
         return 0
     for seed in args.seeds:  # each becomes a run's train.seed: held to its range before anything runs
         check_range("--seeds", seed, 0, 2**64 - 1)
