@@ -215,7 +215,7 @@ def check_range(name: str, value: object, low: float, high: float) -> None:
     """A one-line ``ConfigError`` unless ``value`` is a finite number in [``low``, ``high``] (an option)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or not low <= value <= high:  # type: ignore[operator]  # NaN fails both comparisons
-        raise ConfigError(f"{name} must be a finite number in [{low}, {high}], got {shown(value)}")
+        raise ConfigError(f"{name} must be in [{low}, {high}], got {shown(value)}")
 
 
 def sampler_keys(method: object) -> set[str]:

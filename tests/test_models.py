@@ -90,7 +90,7 @@ def test_unknown_model_name_is_a_one_line_error_when_the_config_is_loaded():
         load_config(None, ["model.name=yolo"])
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("override 'model.name=yolo': 'model.name' must be one of small, ") and "'yolo'" in message
+    assert message.startswith("override 'model.name=yolo': model.name must be one of small, ") and "'yolo'" in message
 
 
 def test_imagenet_backbone_goes_through_torchvision_weights_api(monkeypatch):
