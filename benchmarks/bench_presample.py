@@ -5,7 +5,7 @@
 
 Writes dense proposals (those of ``ohem proposals --method dense``, 2000 per image by default) for the
 first ``--images`` train and test images into a temporary folder, then times each arm of
-``ohem.bench.ARMS`` in a process of its own through ``ohem.bench.cost.measure`` (wall seconds per
+``ohem.bench.builtin_arms()`` in a process of its own through ``ohem.bench.cost.measure`` (wall seconds per
 step, between step starts, after ``--warmup`` steps), counting the RoIs each read-only pass runs on;
 with ``--repeats`` the arms take turns. Prints per arm (medians over its runs): RoIs per image in the
 read-only pass, s/step, mining s/step (``time_mining``), GFLOP and RoI pool MB per step (counted after the
@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ohem.bench import ARMS
+from ohem.bench import builtin_arms
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def main() -> None:
         quiet = ["train.eval_every=0", "train.checkpoint_every=0", "train.roi_loss_images=0", "train.vis_images=0"]
         runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
         for arm in arms * args.repeats:  # taking turns: a change in the machine's load hits every arm
-            overrides = [*args.overrides, *data, *quiet, *ARMS[arm].overrides]
+            overrides = [*args.overrides, *data, *quiet, *builtin_arms()[arm].overrides]
             spec = {
                 "config": args.config,
                 "overrides": overrides,

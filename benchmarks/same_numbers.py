@@ -31,6 +31,14 @@ ARMS = {
     "ohem-warm": [*OHEM, "sampler.ohem_start={third}"],
 }
 TIMES = {"time_data", "time_step", "time_mining"}  # wall-clock fields: never equal twice
+RENAMED = {"sampler.ohem_start": "sampler.start"}  # trees where each sampler owns its settings (0.2.0)
+
+
+def in_keys_of(source: Path, sets: list[str]) -> list[str]:
+    """``sets`` in the key names of the tree at ``source``."""
+    if not (source / "ohem" / "config_sections.py").exists():
+        return sets
+    return [RENAMED.get(item.partition("=")[0], item.partition("=")[0]) + "=" + item.partition("=")[2] for item in sets]
 
 
 def train(source: Path, out: Path, sets: list[str]) -> None:
@@ -92,7 +100,7 @@ def main() -> int:
     for arm, sets in ARMS.items():
         sets = [s.format(third=args.iterations // 3) for s in sets]
         for tree, source in (("ref", ref_src.resolve()), ("this", ROOT)):
-            jobs.append((source, (args.out / f"{tree}-{arm}").resolve(), [*common, *sets]))
+            jobs.append((source, (args.out / f"{tree}-{arm}").resolve(), [*common, *in_keys_of(source, sets)]))
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda job: train(*job), jobs))
     for arm in ARMS:
