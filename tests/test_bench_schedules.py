@@ -26,7 +26,7 @@ def test_a_schedule_stretches_the_run_and_its_lr_steps():
     ]
     assert run_overrides(b, "ohem", 0, 1, None, schedule=1) == run_overrides(b, "ohem", 0, 1, None)  # as before
     warm = load_config("demo", run_overrides(b, "ohem-warm", 0, 1, None, schedule=2)[1])
-    assert (warm.solver.iterations, warm.sampler.ohem_start) == (3000, 1000)  # mining from the same third
+    assert (warm.solver.iterations, warm.sampler.start) == (3000, 1000)  # mining from the same third
     timed = Bench(config="demo", out=None, arms=["ohem"], budget="seconds", seconds=30.0)
     assert run_overrides(timed, "ohem", 0, 1, 0.1, schedule=2)[0] == 600  # twice the seconds
 

@@ -62,7 +62,8 @@ CASES = [
          TRAIN + r"override 'solver\.iterations=50': solver\.warmup_iterations = 100 must be <= solver\.iterations = "
          r"50 \(a longer warm-up never reaches solver\.lr\)$"),
     Case("a negative lr step", _train("solver.steps=[-5, 1000]"), 1,
-         TRAIN + r"override 'solver\.steps=\[-5, 1000\]': solver\.steps\[0\] must be an integer in \[0, 1000000000\], got -5$"),
+         TRAIN + r"override 'solver\.steps=\[-5, 1000\]': solver\.steps\[0\] must be "
+         r"an integer in \[0, 1000000000\], got -5$"),
     # --- recipe cards refuse the value (not "differs from the source")
     Case("recipe, lr .nan", _recipe_file("solver:\n  lr: .nan\n"), 1,
          r"^ohem recipe: error: config .*c\.yaml: solver\.lr must be a finite number in \[0, 10\], got nan$"),
@@ -84,7 +85,8 @@ CASES = [
          TRAIN + r"override 'solver\.iterations=9{60,}\.\.\. \(520 characters\): solver\.iterations must be an "
          r"integer in \[1, 1000000000\], got 9{60,}\.\.\. \(500 characters\)$"),
     Case("solver.lr of 500 digits (beyond float range)", _train("solver.lr=" + "9" * 500), 1,
-         TRAIN + r"override 'solver\.lr=9+\.\.\. \(512 characters\): solver\.lr must be a finite number in \[0, 10\], got 9+"),
+         TRAIN + r"override 'solver\.lr=9+\.\.\. \(512 characters\): solver\.lr must be "
+         r"a finite number in \[0, 10\], got 9+"),
     Case("sampler.method of 100000 characters", _train("sampler.method=" + "x" * 100_000), 1,
          TRAIN + r"override 'sampler\.method=x+\.\.\. \(100,017 characters\): sampler\.method must be one of "
          r"ohem, .*, got 'x+\.\.\. \(100,002 characters\)$"),

@@ -160,7 +160,8 @@ CASES = [
     Case("model.box_score_thresh 1.5", _train("model.box_score_thresh=1.5"), 1,
          r"model\.box_score_thresh must be a finite number in \[0, 1\], got 1\.5$"),
     Case("model.box_detections_per_img -1", _train("model.box_detections_per_img=-1"), 1,
-         TRAIN + r"model\.box_detections_per_img=-1': model\.box_detections_per_img must be an integer in \[1, 1000000000\], "
+         TRAIN + r"model\.box_detections_per_img=-1': model\.box_detections_per_img must be "
+         r"an integer in \[1, 1000000000\], "
          r"got -1$"),
     Case("model.rpn_post_nms_top_n_train 0", _train("model.rpn_post_nms_top_n_train=0"), 1,
          r"model\.rpn_post_nms_top_n_train must be an integer in \[1, 1000000000\], got 0$"),
@@ -191,14 +192,18 @@ CASES = [
          r"sampler\.isr_p_k must be a finite number in \[0, 100\], got 1e\+300$"),
     Case("solver.accumulate_steps 1e20", _train("solver.accumulate_steps=100000000000000000000"), 1,
          r"solver\.accumulate_steps must be an integer in \[1, 1024\], got 100000000000000000000$"),
-    Case("solver.lr 1e300", _train("solver.lr=1e300"), 1, r"solver\.lr must be a finite number in \[0, 10\], got 1e\+300$"),
-    Case("solver.gamma 1e308", _train("solver.gamma=1e308"), 1, r"solver\.gamma must be a finite number in \[0, 1\], got 1e\+308$"),
-    Case("solver.momentum 5", _train("solver.momentum=5"), 1, r"solver\.momentum must be a finite number in \[0, 1\], got 5$"),
+    Case("solver.lr 1e300", _train("solver.lr=1e300"), 1, r"solver\.lr must be "
+         r"a finite number in \[0, 10\], got 1e\+300$"),
+    Case("solver.gamma 1e308", _train("solver.gamma=1e308"), 1, r"solver\.gamma must be "
+         r"a finite number in \[0, 1\], got 1e\+308$"),
+    Case("solver.momentum 5", _train("solver.momentum=5"), 1, r"solver\.momentum must be "
+         r"a finite number in \[0, 1\], got 5$"),
     Case("data.seed -1 (no --out left behind)", _train("data.seed=-1"), 1,
          TRAIN + r"data\.seed=-1': data\.seed must be an integer in \[0, 18446744073709551615\], got -1$"),
     Case("train.seed 2^64", _train(f"train.seed={2**64}"), 1,
          r"train\.seed must be an integer in \[0, 18446744073709551615\], got 18446744073709551616$"),
-    Case("data.seed 2^64", _train(f"data.seed={2**64}"), 1, r"data\.seed must be an integer in \[0, 18446744073709551615\]"),
+    Case("data.seed 2^64", _train(f"data.seed={2**64}"), 1, r"data\.seed must be "
+         r"an integer in \[0, 18446744073709551615\]"),
     Case("bench --seeds 2^64", _bench("--seeds", "0", str(2**64)), 1,
          r"^ohem bench: error: --seeds must be in \[0, 18446744073709551615\], got 18446744073709551616$"),
     Case("bench --seeds -1", _bench("--seeds", "-1"), 1,
@@ -241,7 +246,8 @@ CASES = [
          str(tmp / "out")], 1, r"^ohem train: error: x{200}\.\.\. \(5,000 characters\): File name too long$"),
     Case("a config path of 5000 characters", _train_config(lambda t: t / ("y" * 5000 + ".yaml")), 1,
          r"^ohem train: error: /.{150,}\.\.\. \(\d,\d{3} characters\): File name too long$"),
-    Case("data.workers 1000", _train("data.workers=1000"), 1, r"data\.workers must be a finite number in \[0, 64\], got 1000$"),
+    Case("data.workers 1000", _train("data.workers=1000"), 1, r"data\.workers must be "
+         r"an integer in \[0, 64\], got 1000$"),
     Case("train.num_threads 100000", _train("train.num_threads=100000"), 1,
          r"train\.num_threads must be an integer in \[1, 1024\], got 100000$"),
 ]
@@ -253,7 +259,7 @@ def test_hostile_round3(case: Case, tmp_path: Path, capsys) -> None:
     check_case(case, tmp_path / "no-run", tmp_path, capsys)  # no trained run: the cases fail before training
 
 
-# every number has a range: tests/test_config.py::test_every_numeric_field_has_a_range_and_refuses_what_is_outside_in_one_line
+# every number has a range: test_config.py's test_every_numeric_field_has_a_range_and_refuses_...
 
 
 # ------------------------------------------------------------------- SamplerConfig built in Python
