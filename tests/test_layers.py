@@ -12,6 +12,8 @@ LAYERS = [
         "ohem.util",
         "ohem.recipes",
         "ohem.config",
+        "ohem.config_files",
+        "ohem.config_sections",
         "ohem.events",
         "ohem.structures",
         "ohem.distributed",
@@ -30,10 +32,16 @@ LAYERS = [
         "ohem.commands",
         "ohem.cli",
         "ohem.cli_doc",
+        "ohem.config_doc",
         "ohem.__main__",
         "ohem.slurm_train",
     ),
 ]
+
+
+# The one import up the layers: the config's sampler section is the sampler itself, so reading a config
+# looks its class up among the registered samplers (inside the functions that do, never at import).
+UPWARD = {("ohem.config", "ohem.mining.sampler")}
 
 
 def layer_of(module: str) -> int:
@@ -73,7 +81,7 @@ def test_no_module_imports_from_a_layer_above_its_own():
         if name == "ohem":  # the package itself re-exports the public API
             continue
         for target in imports(path, top_level_only=False):
-            if target != "ohem" and layer_of(target) > layer_of(name):
+            if target != "ohem" and layer_of(target) > layer_of(name) and (name, target) not in UPWARD:
                 upward.append(f"{name} -> {target}")
     assert upward == []
 
