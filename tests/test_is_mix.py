@@ -6,12 +6,12 @@ import torch
 
 from ohem.config import ConfigError, SamplerConfig
 from ohem.events import EventStorage
-from ohem.mining import ISMixSampler, LabelledRoIs, RoILosses, build_sampler, enable_sampler
+from ohem.mining import ISMixSampler, LabelledRoIs, PerRoILoss, build_sampler, enable_sampler
 from ohem.mining.importance import mixture_probabilities
 from tests.test_roi_heads import grid_proposals, heads_inputs, small_model
 
 
-def made_up_rois(counts: list[int], seed: int = 0) -> tuple[LabelledRoIs, RoILosses]:
+def made_up_rois(counts: list[int], seed: int = 0) -> tuple[LabelledRoIs, PerRoILoss]:
     """Images of ``counts`` RoIs with skewed losses (a few large, many small), as the read-only pass gives."""
     g = torch.Generator().manual_seed(seed)
     n = sum(counts)
@@ -22,7 +22,7 @@ def made_up_rois(counts: list[int], seed: int = 0) -> tuple[LabelledRoIs, RoILos
     box = torch.where(labels > 0, torch.rand(n, generator=g), 0.0)
     zeros = torch.zeros(n, dtype=torch.long)
     rois = LabelledRoIs(boxes, image_ids, zeros, labels, torch.zeros(n, 4), boxes, len(counts))
-    return rois, RoILosses(cls, box, torch.rand(n, generator=g), None)
+    return rois, PerRoILoss(cls, box, torch.rand(n, generator=g), None)
 
 
 def sampler(mix: float, **settings) -> ISMixSampler:
@@ -31,7 +31,7 @@ def sampler(mix: float, **settings) -> ISMixSampler:
     return build_sampler(cfg)
 
 
-def estimates(s: ISMixSampler, rois: LabelledRoIs, losses: RoILosses, draws: int) -> torch.Tensor:
+def estimates(s: ISMixSampler, rois: LabelledRoIs, losses: PerRoILoss, draws: int) -> torch.Tensor:
     """The head's loss (weighted sum over the number of rows) of ``draws`` independent samples."""
     loss = losses.cls + losses.box
     out = []

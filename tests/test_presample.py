@@ -10,8 +10,8 @@ from torchvision.ops import batched_nms
 import ohem.mining.roi_heads as core
 from ohem.config import SamplerConfig
 from ohem.events import EventStorage
-from ohem.mining import PresampledOHEMSampler, build_sampler, enable_sampler, label_rois, readonly_losses
-from ohem.mining.rois import sampled_roi_loss
+from ohem.mining import PresampledOHEMSampler, build_sampler, enable_sampler, label_rois, readonly_pass
+from ohem.mining.rois import weighted_roi_loss
 from tests.test_roi_heads import heads_inputs, small_model
 
 
@@ -31,10 +31,10 @@ def spy_on_the_readonly_pass(monkeypatch):
     seen = []
 
     def spy(heads, features, rois, *args, **kwargs):
-        seen.append((rois, readonly_losses(heads, features, rois, *args, **kwargs)))
+        seen.append((rois, readonly_pass(heads, features, rois, *args, **kwargs)))
         return seen[-1][1]
 
-    monkeypatch.setattr(core, "readonly_losses", spy)
+    monkeypatch.setattr(core, "readonly_pass", spy)
     return seen
 
 
@@ -105,11 +105,11 @@ def step_before_presample(heads, features, proposals, shapes, targets):
     rois = label_rois(heads, proposals, targets, sampler.bg_iou_low)
     scores = None
     if sampler.readonly is not None:
-        scores = readonly_losses(heads, features, rois, shapes, sampler.readonly, heads.box_loss_beta)
+        scores = readonly_pass(heads, features, rois, shapes, sampler.readonly, heads.box_loss_beta)
     rows = sampler.sample(rois, scores, 3).rows
     boxes, _, labels, box_targets = rois.per_image(rows)
     logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, boxes, shapes)))
-    return sampled_roi_loss(logits, deltas, torch.cat(labels), torch.cat(box_targets), heads.box_loss_beta, None)
+    return weighted_roi_loss(logits, deltas, torch.cat(labels), torch.cat(box_targets), heads.box_loss_beta, None)
 
 
 @pytest.mark.parametrize("dropout", [False, True])

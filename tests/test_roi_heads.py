@@ -15,12 +15,12 @@ from ohem.events import EventStorage
 from ohem.mining import (
     HeuristicSampler,
     OHEMSampler,
-    RoILosses,
+    PerRoILoss,
     SamplingRoIHeads,
     enable_heuristic_sampling,
     enable_ohem,
     label_rois,
-    per_roi_loss_terms,
+    unreduced_loss_terms,
 )
 from ohem.mining.pooling import fixed_bincount, split_by_image
 from ohem.mining.rois import match_rois
@@ -201,7 +201,7 @@ def test_per_roi_loss_cls_and_box_terms():
     regression[1, 4:8] = torch.tensor([0.1, 0.0, 0.0, 0.0])
     labels = torch.tensor([0, 1])
     targets = torch.zeros(2, 4)
-    terms = RoILosses(*per_roi_loss_terms(logits, regression, labels, targets, beta=1 / 9), torch.zeros(2), None)
+    terms = PerRoILoss(*unreduced_loss_terms(logits, regression, labels, targets, beta=1 / 9), torch.zeros(2), None)
     cls, both = terms.ranked_by("cls"), terms.ranked_by("cls+box")
     expected_cls = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert torch.allclose(cls, expected_cls)
@@ -255,12 +255,12 @@ def test_ohem_ignores_rois_below_bg_iou_low():
 
 
 def test_mining_by_classification_loss_only_ranks_by_cross_entropy():
-    from ohem.mining import readonly_losses
+    from ohem.mining import readonly_pass
 
     heads = with_readonly(make_heads(k=6, nms_iou=None, mining_loss="cls"), dropout=False)
     features, proposals, shapes, targets = heads_inputs()
     rois = label_rois(heads, proposals, targets, 0.0)
-    scores = readonly_losses(heads, features, rois, shapes, heads.sampler.readonly, heads.box_loss_beta)
+    scores = readonly_pass(heads, features, rois, shapes, heads.sampler.readonly, heads.box_loss_beta)
     rows = heads.sampler.sample(rois, scores, 0).rows
     for image in range(2):
         mine = torch.nonzero(rois.image_ids == image).squeeze(1)
@@ -299,18 +299,18 @@ def test_ohem_on_mask_rcnn_trains_the_mask_branch_on_mined_positives():
 
 
 def test_mean_roi_loss_does_not_depend_on_the_sampler():
-    from ohem.evaluation import mean_roi_loss
+    from ohem.evaluation import all_roi_mean_loss
 
     ds = SyntheticShapes("train", 4, image_size=128)
     ohem_model = enable_ohem(small_model())
     heuristic_model = enable_heuristic_sampling(small_model())  # same seed: same weights
-    values = [mean_roi_loss(m, ds, [0, 1, 2], torch.device("cpu")) for m in (ohem_model, heuristic_model)]
+    values = [all_roi_mean_loss(m, ds, [0, 1, 2], torch.device("cpu")) for m in (ohem_model, heuristic_model)]
     assert values[0] == pytest.approx(values[1], rel=1e-6) and values[0] > 0
     assert ohem_model.training  # mode restored
-    plain = mean_roi_loss(small_model(), ds, [0, 1, 2], torch.device("cpu"))  # torchvision's own RoIHeads
+    plain = all_roi_mean_loss(small_model(), ds, [0, 1, 2], torch.device("cpu"))  # torchvision's own RoIHeads
     assert plain == pytest.approx(values[0], rel=1e-6)
     with pytest.raises(TypeError, match="needs a torchvision RoIHeads"):
-        mean_roi_loss(torch.nn.Module(), ds, [0], torch.device("cpu"))
+        all_roi_mean_loss(torch.nn.Module(), ds, [0], torch.device("cpu"))
 
 
 def test_low_precision_readonly_pass_ranks_nearly_like_float32():

@@ -9,7 +9,7 @@ import torch
 from ohem.config import SamplerConfig
 from ohem.events import EventStorage
 from ohem.mining import SAMPLERS, LabelledRoIs, Sample, SamplingRoIHeads, TrainedRows, build_sampler, enable_sampler
-from ohem.mining.rois import per_roi_loss_terms, sampled_roi_loss
+from ohem.mining.rois import unreduced_loss_terms, weighted_roi_loss
 from tests.test_roi_heads import heads_inputs, small_model
 
 
@@ -60,7 +60,7 @@ def test_a_sampler_object_plugs_in_and_its_weights_weight_the_loss():
 
     rois = label_rois(heads, proposals, targets, 0.0)
     rows = sampler.sample(rois, None, 0).rows
-    cls, box = per_roi_loss_terms(logits, deltas, rois.labels[rows], rois.box_targets[rows], heads.box_loss_beta)
+    cls, box = unreduced_loss_terms(logits, deltas, rois.labels[rows], rois.box_targets[rows], heads.box_loss_beta)
     weights = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0, 3.0])
     assert torch.allclose(losses["loss_classifier"], (cls * weights).sum() / 6, rtol=1e-5)
     assert torch.allclose(losses["loss_box_reg"], (box * weights).sum() / 6, rtol=1e-5, atol=1e-8)
@@ -72,12 +72,12 @@ def test_unweighted_loss_is_torchvisions_and_weights_of_one_agree_with_it():
     torch.manual_seed(0)
     logits, deltas = torch.randn(50, 6), torch.randn(50, 24)
     labels, targets = torch.randint(0, 6, (50,)), torch.randn(50, 4)
-    cls, box = sampled_roi_loss(logits, deltas, labels, targets, 1 / 9, None)
+    cls, box = weighted_roi_loss(logits, deltas, labels, targets, 1 / 9, None)
     want_cls, want_box = fastrcnn_loss(logits, deltas, [labels], [targets])
     assert torch.equal(cls, want_cls) and torch.equal(box, want_box)  # bit for bit
-    cls_1, box_1 = sampled_roi_loss(logits, deltas, labels, targets, 1 / 9, torch.ones(50))
+    cls_1, box_1 = weighted_roi_loss(logits, deltas, labels, targets, 1 / 9, torch.ones(50))
     assert torch.allclose(cls_1, cls, rtol=1e-6) and torch.allclose(box_1, box, rtol=1e-6)
-    cls_2, box_2 = sampled_roi_loss(logits, deltas, labels, targets, 1 / 9, torch.full((50,), 2.0))
+    cls_2, box_2 = weighted_roi_loss(logits, deltas, labels, targets, 1 / 9, torch.full((50,), 2.0))
     assert torch.allclose(cls_2, 2 * cls, rtol=1e-6) and torch.allclose(box_2, 2 * box, rtol=1e-6)
 
 
@@ -148,7 +148,7 @@ class OwnLoss(FirstRowsWeighted):
 
     def roi_loss(self, trained: TrainedRows) -> dict:
         self.trained = trained
-        cls, box = sampled_roi_loss(
+        cls, box = weighted_roi_loss(
             trained.class_logits, trained.box_regression, trained.labels, trained.box_targets, trained.beta, None
         )
         return {"loss_classifier": 2 * cls, "loss_box_reg": 2 * box, "loss_extra": trained.class_logits.mean()}
@@ -166,7 +166,7 @@ def test_a_sampler_with_roi_loss_gets_the_trainable_pass_and_its_loss_is_the_hea
     assert trained.class_logits.requires_grad and trained.class_logits.shape == (6, 6)
     assert torch.equal(trained.labels, trained.rois.labels[trained.sample.rows])
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_extra"}
-    cls, _ = sampled_roi_loss(
+    cls, _ = weighted_roi_loss(
         trained.class_logits, trained.box_regression, trained.labels, trained.box_targets, trained.beta, None
     )
     assert torch.equal(losses["loss_classifier"], 2 * cls)

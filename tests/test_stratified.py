@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ohem.config import SamplerConfig
-from ohem.mining import LabelledRoIs, RoILosses, StratifiedOHEMSampler, build_sampler, enable_sampler
+from ohem.mining import LabelledRoIs, PerRoILoss, StratifiedOHEMSampler, build_sampler, enable_sampler
 from tests.test_roi_heads import heads_inputs, small_model, train_forward
 
 
@@ -17,10 +17,10 @@ def labelled(labels_per_image: list[list[int]]) -> LabelledRoIs:
     return LabelledRoIs(boxes, ids, zeros, labels, torch.zeros(len(labels), 4), boxes.clone(), len(labels_per_image))
 
 
-def losses_of(cls: list[float], box: list[float] | None = None) -> RoILosses:
+def losses_of(cls: list[float], box: list[float] | None = None) -> PerRoILoss:
     cls_t = torch.tensor(cls)
     box_t = torch.zeros_like(cls_t) if box is None else torch.tensor(box)
-    return RoILosses(cls_t, box_t, torch.zeros_like(cls_t), None)
+    return PerRoILoss(cls_t, box_t, torch.zeros_like(cls_t), None)
 
 
 def test_the_hardest_by_classification_loss_within_each_quota():
