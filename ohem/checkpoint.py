@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ohem.config import Config
-from ohem.mining.enable import installed_sampler
 from ohem.util import atomic_open, one_line, regular_file
 
 CHECKPOINT_FORMAT = "ohem-checkpoint-1"
@@ -53,12 +52,13 @@ def save_checkpoint(
     training_state: dict[str, Any] | None = None,
     rng_per_rank: list[torch.Tensor] | None = None,
     best: dict[str, Any] | None = None,
+    sampler_state: dict[str, Any] | None = None,
 ) -> None:
     """Atomically write a checkpoint. ``training_state``: the optimizer's, scheduler's and scaler's
     ``state_dict()``; ``rng_per_rank``: every process's RNG state under torchrun; ``best``: the run's
     best evaluation so far (``{"iteration", "metric", "mAP"}``), kept across ``--resume``. The sampler's
-    own state (``SamplerBase.state_dict``: empty for the built-in ones) is saved too, so ``--resume`` is exact."""
-    sampler = installed_sampler(model)
+    own state ``sampler_state`` (``SamplerBase.state_dict``: empty for the built-in ones) is saved too, so
+    ``--resume`` is exact."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
@@ -68,7 +68,7 @@ def save_checkpoint(
         **(training_state or {"optimizer": None, "scheduler": None, "scaler": None}),
         "rng": {"torch": rng_per_rank or torch.get_rng_state(), "python": _python_rng_to_lists(random.getstate())},
         "best": best,
-        "sampler": sampler.state_dict() if sampler is not None else {},
+        "sampler": sampler_state or {},
     }
     with atomic_open(path, binary=True) as f:
         torch.save(state, f)
@@ -80,20 +80,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path}: not an ohem checkpoint (no format {CHECKPOINT_FORMAT!r})")
     return state
-
-
-def restore_sampler(state: dict[str, Any], model: nn.Module, path: str | Path) -> None:
-    """The sampler state a checkpoint saved (none saved, as by checkpoints older than it: no state)."""
-    sampler = installed_sampler(model)
-    saved = state.get("sampler") or {}
-    if sampler is None:
-        return
-    if not isinstance(saved, dict):
-        raise ValueError(f"checkpoint {path}: sampler: expected a dict, got {type(saved).__name__}")
-    try:
-        sampler.load_state_dict(saved)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"checkpoint {path}: sampler: cannot be restored ({one_line(str(e))})") from None
 
 
 def restore_rng(state: dict[str, Any], rank: int) -> None:

@@ -215,6 +215,7 @@ def save(run: Run, iteration: int, path: Path | None = None) -> None:
             solver,
             rng if run.d.active else None,
             run.best,
+            sampler.state_dict() if (sampler := installed_sampler(run.core)) is not None else None,
         )
     distributed.barrier(run.d)
 

@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ohem import distributed
-from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng, restore_sampler
+from ohem.checkpoint import load_checkpoint, load_state_dict_file, restore_rng
 from ohem.config import Config
 from ohem.data import aspect_groups, batch_indices, build_dataset, grouped_batch_indices
 from ohem.data.loader import Batch, TrainBatches, loader_workers, train_loader
@@ -35,7 +35,7 @@ from ohem.engine.runlog import RunLog, skipped_outputs
 from ohem.engine.summary import write_summary
 from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
-from ohem.mining import build_detector
+from ohem.mining import build_detector, installed_sampler
 from ohem.structures import DetectionDataset
 from ohem.util import atomic_open, is_int, is_number, one_line, output_folder, require, strict_json
 
@@ -316,6 +316,19 @@ def restore(
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"checkpoint {path}: solver state: cannot be restored ({one_line(str(e))})") from None
     return state["iteration"]
+
+
+def restore_sampler(state: dict[str, Any], model: nn.Module, path: Path) -> None:
+    """The sampler state a checkpoint saved (a checkpoint older than it saved none: no state)."""
+    sampler, saved = installed_sampler(model), state.get("sampler") or {}
+    if sampler is None:
+        return
+    if not isinstance(saved, dict):
+        raise ValueError(f"checkpoint {path}: sampler: expected a dict, got {type(saved).__name__}")
+    try:
+        sampler.load_state_dict(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path}: sampler: cannot be restored ({one_line(str(e))})") from None
 
 
 def saved_best(state: dict[str, Any], path: Path) -> dict[str, Any] | None:

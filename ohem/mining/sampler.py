@@ -43,10 +43,9 @@ if TYPE_CHECKING:
     from torchvision.models.detection.roi_heads import RoIHeads
 
 # Strict: 64.5 is not an int, 'false' not a bool; NaN and infinity are refused; an unknown key is an error.
-# Each field's docstring is its description (docs/CONFIG.md is generated from them).
-SETTINGS = ConfigDict(
-    extra="forbid", strict=True, allow_inf_nan=False, validate_assignment=True, use_attribute_docstrings=True
-)
+# Each field's docstring is its description (docs/CONFIG.md is generated from them). No validate_assignment:
+# a sampler with state keeps it in plain attributes (set in __post_init__), which that would refuse.
+SETTINGS = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 Count = Annotated[int, Field(ge=1, le=10**9)]
@@ -115,7 +114,8 @@ class SamplerBase:
         return dataclasses.replace(self)
 
     def state_dict(self) -> dict[str, Any]:
-        """State kept across steps (saved in checkpoints); settings are not state."""
+        """State kept across steps (saved in checkpoints; tensors, numbers, strings, lists, dicts), held
+        in attributes set in ``__post_init__`` (a fresh copy then starts afresh); settings are not state."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
