@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -68,7 +69,7 @@ def enable_sampler(model: nn.Module, sampler: SamplerBase, box_loss_beta: float 
     if box_loss_beta is None:
         box_loss_beta = installed.box_loss_beta if installed else DEFAULT_BOX_LOSS_BETA
     if not (isinstance(box_loss_beta, int | float) and 0 <= box_loss_beta <= 100):  # model.box_loss_beta's range
-        raise ConfigError(f"box_loss_beta must be a number in [0, 100], got {box_loss_beta!r}")
+        raise ConfigError(f"box_loss_beta must be a finite number in [0, 100], got {box_loss_beta!r}")
     new = rebuild_roi_heads(SamplingRoIHeads, heads, sampler=chosen, box_loss_beta=box_loss_beta)
     if installed is not None:  # the box coder (weights 1 under empirical targets) is rebuilt from its weights
         new.box_target_norm = installed.box_target_norm  # the same module: its measured mean and std
@@ -103,10 +104,16 @@ def enable_heuristic_sampling(
 def _built(method: str, sampler: SamplerBase | None, settings: dict[str, Any]) -> SamplerBase:
     """The ``method`` sampler of ``settings`` over ``sampler``'s fields of the same name."""
     cls = sampler_class(method)
-    if sampler is None:
-        return cls(**settings)
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{**{k: v for k, v in dataclasses.asdict(sampler).items() if k in names}, **settings})
+    shared = {}
+    if sampler is not None:
+        names = {f.name for f in dataclasses.fields(cls)}
+        shared = {k: v for k, v in dataclasses.asdict(sampler).items() if k in names}
+    try:
+        return cls(**{**shared, **settings})
+    except ValidationError as e:  # one line, as a config's error: pydantic's runs over several
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"sampler.{where}: {first['msg']}, got {first.get('input')!r}") from None
 
 
 def installed_sampler(model: nn.Module) -> SamplerBase | None:
