@@ -58,15 +58,13 @@ def test_beta_reaches_the_trainable_pass(enable, beta):
     heads.box_predictor.register_forward_hook(lambda m, i, o: outputs.append(o))
     inner = heads.sampler
 
-    class Recording:  # the sampler's own choice, recorded
-        bg_iou_low, readonly = inner.bg_iou_low, inner.readonly
-
-        def sample(self, rois, losses, iteration):
-            sample = inner.sample(rois, losses, iteration)
+    class Recording(type(inner)):  # the sampler's own choice, recorded
+        def sample(self, rois, per_roi, iteration):
+            sample = super().sample(rois, per_roi, iteration)
             sampled.append((rois, sample.rows))
             return sample
 
-    heads.sampler = Recording()
+    heads.sampler = Recording(**{k: v for k, v in inner.to_dict().items() if k != "method"})
     _, losses = heads(features, proposals, shapes, targets)
     # torchvision's formula by hand, on what the trainable pass saw: smooth-L1 (beta) over fg / all sampled
     _, deltas = outputs[-1]

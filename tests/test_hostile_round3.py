@@ -286,7 +286,7 @@ def test_every_numeric_field_of_every_section_has_a_range() -> None:
     ("settings", "message"),
     [
         ({"batch_size_per_image": 64.5}, r"^sampler\.batch_size_per_image: .*integer.*, got 64\.5$"),
-        ({"nms_iou": [0.5, 0.7]}, r"^sampler\.nms_iou\..*, got \[0\.5, 0\.7\]$"),
+        ({"nms_iou": [0.5, 0.7]}, r"^sampler\.nms_iou: .*, got \[0\.5, 0\.7\]$"),
         ({"nms_per_label": "false"}, r"^sampler\.nms_per_label: .*boolean.*, got 'false'$"),
         ({"fg_fraction": math.nan}, r"^sampler\.fg_fraction: .*finite.*, got nan$"),
         ({"bg_iou_low": 0.5}, r"^sampler\.bg_iou_low = 0\.5 must be below the RoI head's background/foreground "),
