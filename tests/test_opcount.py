@@ -1,7 +1,7 @@
 """``ohem.bench.opcount``: FLOPs, RoIAlign bytes and host syncs counted on known operations; an OHEM
 training step (with the selection CUDA runs) waits on the host no more often than a heuristic step."""
 
-import ohem.mining.hard_examples as hard_examples
+import ohem.mining.samplers.ohem as hard_examples
 import torch
 from torchvision.ops import roi_align, roi_pool
 

@@ -186,7 +186,7 @@ def test_gradient_reaches_only_the_selected_rois_and_readonly_pass_has_no_graph(
     assert (~covered).sum() > 100  # most of the map belongs to unselected RoIs only
 
 
-def test_readonly_losses_do_not_depend_on_chunk_size():
+def test_readonly_pass_does_not_depend_on_chunk_size():
     features, proposals, shapes, targets = heads_inputs()
     results = []
     for chunk in (7, 100000):
@@ -299,7 +299,7 @@ def test_ohem_on_mask_rcnn_trains_the_mask_branch_on_mined_positives():
     assert model.roi_heads.mask_head[0][0].weight.grad.abs().sum() > 0
 
 
-def test_mean_roi_loss_does_not_depend_on_the_sampler():
+def test_all_roi_mean_loss_does_not_depend_on_the_sampler():
     from ohem.evaluation import all_roi_mean_loss
 
     ds = SyntheticShapes("train", 4, image_size=128)
