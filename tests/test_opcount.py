@@ -1,10 +1,10 @@
 """``ohem.bench.opcount``: FLOPs, RoIAlign bytes and host syncs counted on known operations; an OHEM
 training step (with the selection CUDA runs) waits on the host no more often than a heuristic step."""
 
-import ohem.mining.samplers.ohem as hard_examples
 import torch
 from torchvision.ops import roi_align, roi_pool
 
+import ohem.mining.samplers.ohem as hard_examples
 from ohem.bench.opcount import count_ops, pooling_bytes
 from ohem.config import load_config
 from ohem.data import build_dataset
