@@ -34,14 +34,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from ohem.bench.cost import measure
 
     counted = {"passes": 0, "rois": 0}
-    readonly_losses = heads_module.readonly_losses
+    readonly_pass = heads_module.readonly_pass
 
     def counting(heads, features, rois, *args, **kwargs):
         counted["passes"] += 1
         counted["rois"] += rois.boxes.shape[0]
-        return readonly_losses(heads, features, rois, *args, **kwargs)
+        return readonly_pass(heads, features, rois, *args, **kwargs)
 
-    heads_module.readonly_losses = counting
+    heads_module.readonly_pass = counting
     result = measure(spec)
     images = spec["images_per_batch"] * max(counted["passes"], 1)
     return {**result, "readonly_rois_per_image": counted["rois"] / images if counted["passes"] else 0.0}

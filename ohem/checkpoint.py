@@ -52,10 +52,13 @@ def save_checkpoint(
     training_state: dict[str, Any] | None = None,
     rng_per_rank: list[torch.Tensor] | None = None,
     best: dict[str, Any] | None = None,
+    sampler_state: dict[str, Any] | None = None,
 ) -> None:
     """Atomically write a checkpoint. ``training_state``: the optimizer's, scheduler's and scaler's
     ``state_dict()``; ``rng_per_rank``: every process's RNG state under torchrun; ``best``: the run's
-    best evaluation so far (``{"iteration", "metric", "mAP"}``), kept across ``--resume``."""
+    best evaluation so far (``{"iteration", "metric", "mAP"}``), kept across ``--resume``. The sampler's
+    own state ``sampler_state`` (``SamplerBase.state_dict``: empty for the built-in ones) is saved too, so
+    ``--resume`` is exact."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
@@ -65,6 +68,7 @@ def save_checkpoint(
         **(training_state or {"optimizer": None, "scheduler": None, "scaler": None}),
         "rng": {"torch": rng_per_rank or torch.get_rng_state(), "python": _python_rng_to_lists(random.getstate())},
         "best": best,
+        "sampler": sampler_state or {},
     }
     with atomic_open(path, binary=True) as f:
         torch.save(state, f)

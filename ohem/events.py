@@ -4,7 +4,7 @@ of keeping them in attributes that a trainer would have to know about.
 
     with EventStorage(iteration=it) as storage:
         losses = model(images, targets)
-    storage.records["roi_mining"], storage.scalars["time_mining"]
+    storage.records["roi_mining"], storage.scalars["time_mining"], storage.statistics[-1]["ohem_all_roi_loss"]
 
 Outside a ``with EventStorage()`` block (a user's own training loop) ``current_storage()`` is None
 and modules report nothing.
@@ -30,12 +30,24 @@ class EventStorage:
         self.sync_timing = sync_timing
         self.scalars: dict[str, float] = {}  # summed over the step's forward passes
         self.records: dict[str, list[Any]] = {}  # one entry per forward pass, in order
+        # detached statistics (e.g. ohem_*), one dict per module and forward pass, in order: the loss dict
+        # holds losses only, so these reach the trainer's log here
+        self.statistics: list[dict[str, torch.Tensor]] = []
 
     def put_scalar(self, name: str, value: float) -> None:
         self.scalars[name] = self.scalars.get(name, 0.0) + value
 
     def put_record(self, name: str, record: Any) -> None:
         self.records.setdefault(name, []).append(record)
+
+    def put_statistics(self, values: dict[str, torch.Tensor]) -> None:
+        """Detached per-forward statistics (left on their device: the trainer copies them to the host
+        with the losses, in one copy)."""
+        self.statistics.append(values)
+
+    def statistics_since(self, mark: int) -> dict[str, torch.Tensor]:
+        """The statistics put after the first ``mark`` entries (one forward pass's), merged."""
+        return {key: value for values in self.statistics[mark:] for key, value in values.items()}
 
     def latest(self, name: str) -> Any:
         """The last record put under ``name``; KeyError when there is none."""

@@ -35,9 +35,9 @@ def test_train_prints_and_writes_what_it_is_about_to_do(tmp_path, capsys):
         "data: synthetic, train split 'train' 8 images, test split 'test' 4 images",
         "classes (5): circle, square, triangle, plus, ring",
         "model: small, backbone weights none (random), device cpu",
-        "sampler: ohem (batch_size_per_image 16, nms_iou 0.7, nms_per_label False, mining_loss cls+box, start 0, "
-        "fg_fraction 0.25, readonly.max_rois_per_chunk 1024, readonly.dropout True, readonly.precision tf32, "
-        "bg_iou_low 0.0); RPN: torchvision's random anchors",
+        "sampler: ohem (batch_size_per_image 16, fg_fraction 0.25, bg_iou_low 0.0, max_rois_per_chunk 1024, "
+        "readonly_dropout True, readonly_precision tf32, nms_iou 0.7, mining_loss cls+box, nms_per_label False, "
+        "start 0); RPN: torchvision's random anchors",
         "schedule: 4 iterations of 2 images, lr 0.01 (warm-up 2 iterations, x0.1 at steps [3]); "
         "evaluation (voc) at the end; checkpoints every 2 and at the end",
     ]

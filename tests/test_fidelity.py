@@ -14,7 +14,7 @@ from ohem.data import build_dataset
 from ohem.engine.trainer import lr_factor, param_groups, train
 from ohem.events import EventStorage
 from ohem.inference import model_from_checkpoint, predict
-from ohem.mining import build_detector, enable_heuristic_sampling, enable_ohem, per_roi_loss_terms
+from ohem.mining import build_detector, enable_heuristic_sampling, enable_ohem, unreduced_loss_terms
 from ohem.models.box_targets import BoxTargetNorm
 from ohem.util import strict_json
 from tests.test_roi_heads import heads_inputs, small_model
@@ -25,8 +25,8 @@ def test_per_roi_box_term_by_hand_for_both_betas():
     deltas = torch.zeros(2, 12)
     deltas[1, 4:8] = torch.tensor([0.05, -0.5, 2.0, 0.0])  # class 1's deltas of the fg RoI
     labels, targets = torch.tensor([0, 1]), torch.zeros(2, 4)
-    _, box_ninth = per_roi_loss_terms(logits, deltas, labels, targets, beta=1 / 9)
-    _, box_one = per_roi_loss_terms(logits, deltas, labels, targets, beta=1.0)
+    _, box_ninth = unreduced_loss_terms(logits, deltas, labels, targets, beta=1 / 9)
+    _, box_one = unreduced_loss_terms(logits, deltas, labels, targets, beta=1.0)
     # smooth-L1: 0.5 x^2 / beta below beta, |x| - beta / 2 above; summed over the 4 coordinates
     ninth = 0.5 * 0.05**2 * 9 + (0.5 - 1 / 18) + (2.0 - 1 / 18)
     one = 0.5 * 0.05**2 + 0.5 * 0.5**2 + (2.0 - 0.5)
@@ -39,7 +39,7 @@ def test_background_box_term_is_zero_without_gradient_even_for_infinite_targets(
     deltas = torch.randn(3, 12, requires_grad=True)
     labels = torch.tensor([0, 2, 0])
     targets = torch.tensor([[float("-inf")] * 4, [0.1, 0.2, 0.0, -0.1], [float("inf")] * 4])
-    cls_loss, box_loss = per_roi_loss_terms(torch.zeros(3, 3), deltas, labels, targets, beta=1 / 9)
+    cls_loss, box_loss = unreduced_loss_terms(torch.zeros(3, 3), deltas, labels, targets, beta=1 / 9)
     assert box_loss[0] == 0 and box_loss[2] == 0 and box_loss[1] > 0
     box_loss.sum().backward()
     grad = deltas.grad.reshape(3, 3, 4)
@@ -58,15 +58,13 @@ def test_beta_reaches_the_trainable_pass(enable, beta):
     heads.box_predictor.register_forward_hook(lambda m, i, o: outputs.append(o))
     inner = heads.sampler
 
-    class Recording:  # the sampler's own choice, recorded
-        bg_iou_low, readonly = inner.bg_iou_low, inner.readonly
-
-        def sample(self, rois, losses, iteration):
-            sample = inner.sample(rois, losses, iteration)
+    class Recording(type(inner)):  # the sampler's own choice, recorded
+        def sample(self, rois, per_roi, iteration):
+            sample = super().sample(rois, per_roi, iteration)
             sampled.append((rois, sample.rows))
             return sample
 
-    heads.sampler = Recording()
+    heads.sampler = Recording(**{k: v for k, v in inner.to_dict().items() if k != "method"})
     _, losses = heads(features, proposals, shapes, targets)
     # torchvision's formula by hand, on what the trainable pass saw: smooth-L1 (beta) over fg / all sampled
     _, deltas = outputs[-1]

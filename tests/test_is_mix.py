@@ -3,15 +3,15 @@ uniform, the schedule, NMS candidates, and the sampler in the head."""
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from ohem.config import ConfigError, SamplerConfig
 from ohem.events import EventStorage
-from ohem.mining import ISMixSampler, LabelledRoIs, RoILosses, build_sampler, enable_sampler
-from ohem.mining.importance import mixture_probabilities
+from ohem.mining import SAMPLERS, ISMixSampler, LabelledRoIs, PerRoILoss, enable_sampler
+from ohem.mining.samplers.is_mix import mixture_probabilities
 from tests.test_roi_heads import grid_proposals, heads_inputs, small_model
 
 
-def made_up_rois(counts: list[int], seed: int = 0) -> tuple[LabelledRoIs, RoILosses]:
+def made_up_rois(counts: list[int], seed: int = 0) -> tuple[LabelledRoIs, PerRoILoss]:
     """Images of ``counts`` RoIs with skewed losses (a few large, many small), as the read-only pass gives."""
     g = torch.Generator().manual_seed(seed)
     n = sum(counts)
@@ -22,16 +22,15 @@ def made_up_rois(counts: list[int], seed: int = 0) -> tuple[LabelledRoIs, RoILos
     box = torch.where(labels > 0, torch.rand(n, generator=g), 0.0)
     zeros = torch.zeros(n, dtype=torch.long)
     rois = LabelledRoIs(boxes, image_ids, zeros, labels, torch.zeros(n, 4), boxes, len(counts))
-    return rois, RoILosses(cls, box, torch.rand(n, generator=g), None)
+    return rois, PerRoILoss(cls, box, torch.rand(n, generator=g), None)
 
 
 def sampler(mix: float, **settings) -> ISMixSampler:
     settings = {"nms_iou": None, **settings}
-    cfg = SamplerConfig(method="is-mix", batch_size_per_image=16, is_lambda=mix, **settings)
-    return build_sampler(cfg)
+    return SAMPLERS["is-mix"](batch_size_per_image=16, lambda_uniform=mix, **settings)
 
 
-def estimates(s: ISMixSampler, rois: LabelledRoIs, losses: RoILosses, draws: int) -> torch.Tensor:
+def estimates(s: ISMixSampler, rois: LabelledRoIs, losses: PerRoILoss, draws: int) -> torch.Tensor:
     """The head's loss (weighted sum over the number of rows) of ``draws`` independent samples."""
     loss = losses.cls + losses.box
     out = []
@@ -51,7 +50,7 @@ def test_weighted_loss_is_an_unbiased_estimate_of_the_mean_roi_loss(mix):
     standard_error = got.std() / len(got) ** 0.5
     assert abs(got.mean() - mean) < 3 * standard_error
     if mix < 1:  # the same draws unweighted are far off: the weights are what makes it unbiased
-        biased = estimates(sampler(mix, is_weights="none"), rois, losses, 2000)
+        biased = estimates(sampler(mix, weights="none"), rois, losses, 2000)
         assert biased.mean() - mean > 10 * biased.std() / len(biased) ** 0.5
 
 
@@ -78,7 +77,7 @@ def test_lambda_one_is_uniform_and_none_weights_are_none():
     per_image = torch.bincount(rois.image_ids[sample.rows]).tolist()
     assert all(1 <= n <= 16 for n in per_image) and len(set(sample.rows.tolist())) == rows  # no row twice
     assert torch.equal(rois.image_ids[sample.rows], rois.image_ids[sample.rows].sort().values)  # image order
-    unweighted = sampler(0.5, is_weights="none").sample(rois, losses, 0)  # weights: the draws only
+    unweighted = sampler(0.5, weights="none").sample(rois, losses, 0)  # weights: the draws only
     counts = unweighted.weights * 32 / unweighted.rows.numel()
     assert torch.allclose(counts, counts.round()) and int(counts.sum().round()) == 32
     # lambda 0: in proportion to the loss; zero losses give uniform
@@ -88,15 +87,15 @@ def test_lambda_one_is_uniform_and_none_weights_are_none():
 
 
 def test_lambda_decays_linearly_from_one_to_is_lambda():
-    s = sampler(0.2, is_lambda_schedule="decay", is_lambda_decay_iterations=100)
+    s = sampler(0.2, lambda_schedule="decay", lambda_decay_iterations=100)
     assert [s.mixture(i) for i in (0, 50, 100, 1000)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
     assert sampler(0.2).mixture(0) == 0.2 and sampler(0.2).mixture(None) == 0.2  # constant
-    with pytest.raises(RuntimeError, match="^sampler.is_lambda_schedule=decay needs the iteration"):
+    with pytest.raises(RuntimeError, match="^sampler.lambda_schedule=decay needs the iteration"):
         s.sample(*made_up_rois([10]), None)
-    with pytest.raises(ConfigError, match=r"^sampler.is_lambda must be in \[0, 1\], got 1.5$"):
-        SamplerConfig(is_lambda=1.5)
-    with pytest.raises(ConfigError, match=r"^sampler.is_weights: expected one of unbiased, none, got 'ht'$"):
-        SamplerConfig(is_weights="ht")
+    with pytest.raises(ValidationError, match="lambda_uniform"):
+        SAMPLERS["is-mix"](lambda_uniform=1.5)
+    with pytest.raises(ValidationError, match="weights"):
+        SAMPLERS["is-mix"](weights="ht")
 
 
 def test_with_nms_only_survivors_are_drawn():
@@ -113,7 +112,7 @@ def test_with_nms_only_survivors_are_drawn():
 
 def test_is_mix_in_the_head_trains_on_b_weighted_draws_per_image():
     model = small_model()
-    cfg = SamplerConfig(method="is-mix", batch_size_per_image=20, is_lambda=0.5, nms_iou=None)
+    cfg = SAMPLERS["is-mix"](batch_size_per_image=20, lambda_uniform=0.5, nms_iou=None)
     heads = enable_sampler(model, cfg).roi_heads.train()
     assert heads.sampler.readonly is not None  # it ranks by the read-only pass's losses
     features, proposals, shapes, targets = heads_inputs()
@@ -121,13 +120,12 @@ def test_is_mix_in_the_head_trains_on_b_weighted_draws_per_image():
         _, losses = heads(features, proposals, shapes, targets)
     mined = storage.latest("roi_mining")
     assert all(1 <= n <= 20 for n in torch.bincount(mined["image_ids"]).tolist())  # 20 draws, a row per RoI drawn
-    assert losses["loss_classifier"].requires_grad and "ohem_all_roi_loss" in losses
+    assert losses["loss_classifier"].requires_grad and "ohem_all_roi_loss" in heads.last_statistics
 
 
 def test_memory_follows_the_roi_count_not_batch_size_per_image():
     rois, losses = made_up_rois([10, 5])
-    cfg = SamplerConfig(method="is-mix", batch_size_per_image=100_000, nms_iou=None, is_weights="none")
-    sample = build_sampler(cfg).sample(rois, losses, 0)
+    sample = SAMPLERS["is-mix"](batch_size_per_image=100_000, nms_iou=None, weights="none").sample(rois, losses, 0)
     assert sample.rows.numel() <= 15  # 2 x 100,000 draws: at most one row per RoI
     draws = sample.weights * 200_000 / sample.rows.numel()  # the weights carry how often each was drawn
     assert int(draws.sum().round()) == 200_000

@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from ohem.config import SamplerConfig
 from ohem.events import EventStorage
-from ohem.mining import LabelledRoIs, LibraSampler, build_sampler, enable_sampler
-from ohem.mining.libra import even_shares
+from ohem.mining import SAMPLERS, LabelledRoIs, LibraSampler, enable_sampler
 from ohem.mining.rois import elementwise_iou
+from ohem.mining.samplers.libra import even_shares
 from tests.test_roi_heads import heads_inputs, small_model
 
 
@@ -134,19 +133,18 @@ def test_properties_on_random_rois():
 
 
 def test_it_plugs_into_the_head_without_a_readonly_pass():
-    heads = enable_sampler(small_model(), SamplerConfig(method="libra", batch_size_per_image=16)).roi_heads.train()
+    heads = enable_sampler(small_model(), SAMPLERS["libra"](batch_size_per_image=16)).roi_heads.train()
     assert isinstance(heads.sampler, LibraSampler) and heads.sampler.readonly is None
     calls = []
     heads.box_head.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     with EventStorage(0) as storage:
         _, losses = heads(*heads_inputs())
     assert calls == [32] and torch.isfinite(losses["loss_classifier"])  # the trainable pass alone, 16 per image
-    assert "roi_mining" not in storage.records and "ohem_mined_loss" not in losses
+    assert "roi_mining" not in storage.records and heads.last_statistics == {} and storage.statistics == []
 
 
-def test_settings_come_from_the_config_and_a_floor_at_the_ceiling_is_a_one_line_error():
-    cfg = SamplerConfig(method="libra", libra_bins=4, libra_floor_thr=0.05, libra_floor_fraction=0.2)
-    sampler = build_sampler(cfg)
+def test_settings_are_the_samplers_fields_and_a_floor_at_the_ceiling_is_a_one_line_error():
+    sampler = SAMPLERS["libra"](bins=4, floor_thr=0.05, floor_fraction=0.2)
     assert (sampler.bins, sampler.floor_thr, sampler.floor_fraction, sampler.bg_iou_low) == (4, 0.05, 0.2, 0.0)
-    with pytest.raises(ValueError, match=r"^sampler.libra_floor_thr must be below 0.5 .*, got 0.5$"):
-        build_sampler(SamplerConfig(method="libra", libra_floor_thr=0.5))
+    with pytest.raises(ValueError, match=r"sampler.floor_thr must be below 0.5 .*, got 0.5"):
+        SAMPLERS["libra"](floor_thr=0.5)

@@ -1,18 +1,19 @@
-"""The ``ohem-prior`` sampler: OHEM whose classifier starts at P(background) = ``prior_bg``."""
+"""The ``ohem-prior`` sampler: OHEM whose classifier starts at P(background) = ``background_prior``."""
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-from ohem.config import ConfigError, ModelConfig, SamplerConfig
-from ohem.mining import OHEMPriorSampler, OHEMSampler, build_detector, build_sampler
-from ohem.mining.prior import set_background_prior
+from ohem.config import ModelConfig
+from ohem.mining import SAMPLERS, OHEMPriorSampler, OHEMSampler, enable_sampler
+from ohem.mining.samplers.ohem_prior import set_background_prior
 from ohem.models import build_model
 
 
 def detector(method: str, **settings) -> nn.Module:
     torch.manual_seed(0)
-    return build_detector(ModelConfig(), SamplerConfig(method=method, **settings), 5)
+    return enable_sampler(build_model(ModelConfig(), 5), SAMPLERS[method](**settings))
 
 
 def test_the_box_predictor_starts_at_the_background_prior():
@@ -38,21 +39,21 @@ def test_ohem_and_other_priors_are_unaffected():
     torch.manual_seed(0)
     built = build_model(ModelConfig(), 5)
     assert torch.equal(ohem.roi_heads.box_predictor.cls_score.bias, built.roi_heads.box_predictor.cls_score.bias)
-    half = detector("ohem-prior", prior_bg=0.5).roi_heads.box_predictor
+    half = detector("ohem-prior", background_prior=0.5).roi_heads.box_predictor
     with torch.no_grad():
         assert half(torch.zeros(1, 256))[0].softmax(1)[0, 0].item() == pytest.approx(0.5, abs=1e-6)
 
 
 def test_ohem_prior_mines_as_ohem_does():
-    cfg = SamplerConfig(method="ohem-prior", batch_size_per_image=32, nms_iou=0.5, ohem_start=7)
-    prior, ohem = build_sampler(cfg), build_sampler(SamplerConfig(batch_size_per_image=32, nms_iou=0.5, ohem_start=7))
-    assert isinstance(prior, OHEMSampler) and prior.prior_bg == 0.99
-    assert {k: v for k, v in vars(prior).items() if k != "prior_bg"} == vars(ohem)
+    prior = SAMPLERS["ohem-prior"](batch_size_per_image=32, nms_iou=0.5, start=7)
+    ohem = SAMPLERS["ohem"](batch_size_per_image=32, nms_iou=0.5, start=7)
+    assert isinstance(prior, OHEMSampler) and prior.background_prior == 0.99
+    assert {k: v for k, v in vars(prior).items() if k != "background_prior"} == vars(ohem)
 
 
-def test_prior_bg_is_a_probability_strictly_between_0_and_1():
+def test_background_prior_is_a_probability_strictly_between_0_and_1():
     for bad in (0.0, 1.0, 1.5):
-        with pytest.raises(ConfigError, match=rf"^sampler.prior_bg must be in \(0, 1\), got {bad}$"):
-            SamplerConfig(prior_bg=bad)
+        with pytest.raises(ValidationError, match="background_prior"):
+            SAMPLERS["ohem-prior"](background_prior=bad)
     with pytest.raises(TypeError, match="^ohem-prior: the box predictor needs a cls_score Linear"):
         set_background_prior(nn.Linear(4, 4), 0.99)

@@ -4,7 +4,7 @@ training step (with the selection CUDA runs) waits on the host no more often tha
 import torch
 from torchvision.ops import roi_align, roi_pool
 
-import ohem.mining.hard_examples as hard_examples
+import ohem.mining.samplers.ohem as hard_examples
 from ohem.bench.opcount import count_ops, pooling_bytes
 from ohem.config import load_config
 from ohem.data import build_dataset

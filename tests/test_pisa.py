@@ -3,11 +3,11 @@ normalisation, CARL's gradient, and the head's loss with it."""
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from ohem.config import ConfigError, SamplerConfig
 from ohem.events import EventStorage
-from ohem.mining import PISASampler, build_sampler, enable_sampler, label_rois
-from ohem.mining.pisa import carl_loss, hierarchical_rank, negative_weights, normalised, positive_weights
+from ohem.mining import SAMPLERS, PISASampler, enable_sampler, label_rois
+from ohem.mining.samplers.pisa import carl_loss, hierarchical_rank, negative_weights, normalised, positive_weights
 from tests.test_roi_heads import heads_inputs, small_model
 
 
@@ -80,7 +80,7 @@ def test_carl_gradient_reaches_the_classification_logits_of_positives_only():
 
 def pisa_forward(**settings):
     model = small_model()
-    cfg = SamplerConfig(method="pisa", batch_size_per_image=32, **settings)
+    cfg = SAMPLERS["pisa"](batch_size_per_image=32, **settings)
     heads = enable_sampler(model, cfg).roi_heads.train()
     features, proposals, shapes, targets = heads_inputs()
     with EventStorage(0):
@@ -118,10 +118,15 @@ def test_pisa_weights_in_the_head_differ_from_one_and_sum_to_the_count(monkeypat
 
 
 def test_pisa_settings_are_checked_and_read():
-    sampler = build_sampler(SamplerConfig(method="pisa", carl=False, isr_p_k=1.5, isr_n_bias=0.1))
-    assert sampler.carl is None and sampler.isr_p == (1.5, 0.0) and sampler.isr_n == (0.5, 0.1)
+    sampler = SAMPLERS["pisa"](carl=False, isr_p_k=1.5, isr_n_bias=0.1)
+    assert not sampler.carl and (sampler.isr_p_k, sampler.isr_p_bias, sampler.isr_n_k, sampler.isr_n_bias) == (
+        1.5,
+        0.0,
+        0.5,
+        0.1,
+    )
     assert sampler.bg_iou_low == 0.0 and sampler.readonly is None
-    with pytest.raises(ConfigError, match=r"^sampler.isr_normalise: expected one of loss, count, got 'mean'$"):
-        SamplerConfig(isr_normalise="mean")
-    with pytest.raises(ConfigError, match=r"^sampler.carl_bias must be in \[0, 1\], got 1.5$"):
-        SamplerConfig(carl_bias=1.5)
+    with pytest.raises(ValidationError, match="isr_normalise"):
+        SAMPLERS["pisa"](isr_normalise="mean")
+    with pytest.raises(ValidationError, match="carl_bias"):
+        SAMPLERS["pisa"](carl_bias=1.5)

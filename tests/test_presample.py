@@ -8,15 +8,14 @@ import torch
 from torchvision.ops import batched_nms
 
 import ohem.mining.roi_heads as core
-from ohem.config import SamplerConfig
 from ohem.events import EventStorage
-from ohem.mining import PresampledOHEMSampler, build_sampler, enable_sampler, label_rois, readonly_losses
-from ohem.mining.rois import sampled_roi_loss
+from ohem.mining import SAMPLERS, PresampledOHEMSampler, enable_sampler, label_rois, readonly_pass
+from ohem.mining.rois import weighted_roi_loss
 from tests.test_roi_heads import heads_inputs, small_model
 
 
 def presample_heads(k=4, factor=4, **settings):
-    cfg = SamplerConfig(method="ohem-presample", batch_size_per_image=k, presample_factor=factor, **settings)
+    cfg = SAMPLERS["ohem-presample"](batch_size_per_image=k, factor=factor, **settings)
     return enable_sampler(small_model(), cfg).roi_heads.train()
 
 
@@ -31,10 +30,10 @@ def spy_on_the_readonly_pass(monkeypatch):
     seen = []
 
     def spy(heads, features, rois, *args, **kwargs):
-        seen.append((rois, readonly_losses(heads, features, rois, *args, **kwargs)))
+        seen.append((rois, readonly_pass(heads, features, rois, *args, **kwargs)))
         return seen[-1][1]
 
-    monkeypatch.setattr(core, "readonly_losses", spy)
+    monkeypatch.setattr(core, "readonly_pass", spy)
     return seen
 
 
@@ -80,7 +79,7 @@ def test_the_kept_rows_are_the_top_by_loss_among_the_presample_after_nms(monkeyp
 def test_samplers_without_the_step_train_bit_for_bit_as_before_it(method):
     """The head against the step as it was written before ``presample`` existed (label, read-only pass,
     sample, pool again, loss): the same losses and gradients, bit for bit."""
-    cfg = SamplerConfig(method=method, batch_size_per_image=16)
+    cfg = SAMPLERS[method](batch_size_per_image=16, bg_iou_low=0.1 if method == "heuristic" else 0.0)
     heads = enable_sampler(small_model(), cfg).roi_heads.train()
     features, proposals, shapes, targets = heads_inputs()
     runs = []
@@ -105,11 +104,11 @@ def step_before_presample(heads, features, proposals, shapes, targets):
     rois = label_rois(heads, proposals, targets, sampler.bg_iou_low)
     scores = None
     if sampler.readonly is not None:
-        scores = readonly_losses(heads, features, rois, shapes, sampler.readonly, heads.box_loss_beta)
+        scores = readonly_pass(heads, features, rois, shapes, sampler.readonly, heads.box_loss_beta)
     rows = sampler.sample(rois, scores, 3).rows
     boxes, _, labels, box_targets = rois.per_image(rows)
     logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, boxes, shapes)))
-    return sampled_roi_loss(logits, deltas, torch.cat(labels), torch.cat(box_targets), heads.box_loss_beta, None)
+    return weighted_roi_loss(logits, deltas, torch.cat(labels), torch.cat(box_targets), heads.box_loss_beta, None)
 
 
 @pytest.mark.parametrize("dropout", [False, True])
@@ -119,9 +118,7 @@ def test_cpu_pooling_reuse_gives_the_same_step_on_the_presample(monkeypatch, dro
     for reuse in (False, True):
         monkeypatch.setattr(core, "can_reuse_pooling", lambda heads, feats, reuse=reuse: reuse)
         heads = presample_heads(k=4, factor=2)
-        heads.sampler = dataclasses.replace(
-            heads.sampler, readonly=dataclasses.replace(heads.sampler.readonly, dropout=dropout)
-        )
+        heads.sampler = dataclasses.replace(heads.sampler, readonly_dropout=dropout)
         pooled_with_grad = []
         heads.box_roi_pool.register_forward_hook(lambda m, i, o, seen=pooled_with_grad: seen.append(o.requires_grad))
         feats = {"0": features["0"].detach().clone().requires_grad_()}
@@ -135,7 +132,7 @@ def test_cpu_pooling_reuse_gives_the_same_step_on_the_presample(monkeypatch, dro
     assert all(torch.equal(losses_a[k], losses_b[k]) for k in losses_a) and torch.equal(grad_a, grad_b)
 
 
-def test_settings_come_from_the_config():
-    sampler = build_sampler(SamplerConfig(method="ohem-presample", presample_factor=6, nms_iou=0.5, ohem_start=7))
+def test_settings_are_the_samplers_fields():
+    sampler = SAMPLERS["ohem-presample"](factor=6, nms_iou=0.5, start=7)
     assert isinstance(sampler, PresampledOHEMSampler) and sampler.readonly is not None
-    assert (sampler.presample_factor, sampler.nms_iou, sampler.start, sampler.bg_iou_low) == (6, 0.5, 7, 0.0)
+    assert (sampler.factor, sampler.nms_iou, sampler.start, sampler.bg_iou_low) == (6, 0.5, 7, 0.0)

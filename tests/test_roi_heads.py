@@ -15,12 +15,12 @@ from ohem.events import EventStorage
 from ohem.mining import (
     HeuristicSampler,
     OHEMSampler,
-    RoILosses,
+    PerRoILoss,
     SamplingRoIHeads,
     enable_heuristic_sampling,
     enable_ohem,
     label_rois,
-    per_roi_loss_terms,
+    unreduced_loss_terms,
 )
 from ohem.mining.pooling import fixed_bincount, split_by_image
 from ohem.mining.rois import match_rois
@@ -111,8 +111,8 @@ def train_forward(heads, features, proposals, shapes, targets, iteration=0):
 
 
 def with_readonly(heads, **changes):
-    """The heads' OHEM sampler with its read-only pass's settings changed."""
-    heads.sampler = dataclasses.replace(heads.sampler, readonly=dataclasses.replace(heads.sampler.readonly, **changes))
+    """The heads' OHEM sampler with its read-only pass's settings changed (``dropout``, ``precision``)."""
+    heads.sampler = dataclasses.replace(heads.sampler, **{f"readonly_{k}": v for k, v in changes.items()})
     return heads
 
 
@@ -130,19 +130,20 @@ def test_training_loss_is_the_mean_mined_loss_and_selection_is_top_loss():
     heads = make_heads(k=5)
     features, proposals, shapes, targets = heads_inputs()
     losses, mined, _ = train_forward(heads, features, proposals, shapes, targets)
-    assert set(losses) >= {
-        "loss_classifier",
-        "loss_box_reg",
+    assert set(losses) == {"loss_classifier", "loss_box_reg"}  # losses only
+    stats = heads.last_statistics
+    assert set(stats) == {
+        "ohem_score_spread",
         "ohem_all_roi_loss",
         "ohem_mined_loss",
         "ohem_mined_fg_fraction",
         "ohem_all_fg_fraction",
     }
-    assert all(not v.requires_grad for k, v in losses.items() if k.startswith("ohem_"))
+    assert all(not v.requires_grad for v in stats.values())
     # The trainable pass optimises exactly the mean per-RoI loss of the mined RoIs.
     total = losses["loss_classifier"] + losses["loss_box_reg"]
-    assert torch.allclose(total.detach(), losses["ohem_mined_loss"], rtol=1e-5)
-    assert losses["ohem_mined_loss"] > losses["ohem_all_roi_loss"]
+    assert torch.allclose(total.detach(), stats["ohem_mined_loss"], rtol=1e-5)
+    assert stats["ohem_mined_loss"] > stats["ohem_all_roi_loss"]
     assert torch.bincount(mined["image_ids"]).tolist() == [5, 5]
     for i in range(2):
         mine = mined["losses"][mined["image_ids"] == i]
@@ -174,7 +175,7 @@ def test_gradient_reaches_only_the_selected_rois_and_readonly_pass_has_no_graph(
     rois = torch.cat([proposals[0], targets[0]["boxes"]])  # every RoI, in the read-only pass's order
     rows = torch.stack([torch.nonzero((rois == box).all(1))[0, 0] for box in mined["boxes"]])
     assert torch.equal(trained.detach(), torch.cat(pooled)[rows])
-    sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    sum(losses.values()).backward()
     grad = features["0"].grad[0].abs().sum(0)  # (16, 16) at stride 8
     covered = torch.zeros_like(grad, dtype=torch.bool)
     for x1, y1, x2, y2 in mined["boxes"].tolist():
@@ -185,7 +186,7 @@ def test_gradient_reaches_only_the_selected_rois_and_readonly_pass_has_no_graph(
     assert (~covered).sum() > 100  # most of the map belongs to unselected RoIs only
 
 
-def test_readonly_losses_do_not_depend_on_chunk_size():
+def test_readonly_pass_does_not_depend_on_chunk_size():
     features, proposals, shapes, targets = heads_inputs()
     results = []
     for chunk in (7, 100000):
@@ -201,7 +202,7 @@ def test_per_roi_loss_cls_and_box_terms():
     regression[1, 4:8] = torch.tensor([0.1, 0.0, 0.0, 0.0])
     labels = torch.tensor([0, 1])
     targets = torch.zeros(2, 4)
-    terms = RoILosses(*per_roi_loss_terms(logits, regression, labels, targets, beta=1 / 9), torch.zeros(2), None)
+    terms = PerRoILoss(*unreduced_loss_terms(logits, regression, labels, targets, beta=1 / 9), torch.zeros(2), None)
     cls, both = terms.ranked_by("cls"), terms.ranked_by("cls+box")
     expected_cls = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert torch.allclose(cls, expected_cls)
@@ -255,12 +256,12 @@ def test_ohem_ignores_rois_below_bg_iou_low():
 
 
 def test_mining_by_classification_loss_only_ranks_by_cross_entropy():
-    from ohem.mining import readonly_losses
+    from ohem.mining import readonly_pass
 
     heads = with_readonly(make_heads(k=6, nms_iou=None, mining_loss="cls"), dropout=False)
     features, proposals, shapes, targets = heads_inputs()
     rois = label_rois(heads, proposals, targets, 0.0)
-    scores = readonly_losses(heads, features, rois, shapes, heads.sampler.readonly, heads.box_loss_beta)
+    scores = readonly_pass(heads, features, rois, shapes, heads.sampler.readonly, heads.box_loss_beta)
     rows = heads.sampler.sample(rois, scores, 0).rows
     for image in range(2):
         mine = torch.nonzero(rois.image_ids == image).squeeze(1)
@@ -292,25 +293,25 @@ def test_ohem_on_mask_rcnn_trains_the_mask_branch_on_mined_positives():
         t["masks"] = masks
     model.train()
     losses = model(images, targets)
-    assert {"loss_mask", "loss_classifier", "ohem_mined_loss"} <= set(losses)
+    assert {"loss_mask", "loss_classifier"} <= set(losses) and "ohem_mined_loss" in model.roi_heads.last_statistics
     assert torch.isfinite(losses["loss_mask"])
-    sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    sum(losses.values()).backward()
     assert model.roi_heads.mask_head[0][0].weight.grad.abs().sum() > 0
 
 
-def test_mean_roi_loss_does_not_depend_on_the_sampler():
-    from ohem.evaluation import mean_roi_loss
+def test_all_roi_mean_loss_does_not_depend_on_the_sampler():
+    from ohem.evaluation import all_roi_mean_loss
 
     ds = SyntheticShapes("train", 4, image_size=128)
     ohem_model = enable_ohem(small_model())
     heuristic_model = enable_heuristic_sampling(small_model())  # same seed: same weights
-    values = [mean_roi_loss(m, ds, [0, 1, 2], torch.device("cpu")) for m in (ohem_model, heuristic_model)]
+    values = [all_roi_mean_loss(m, ds, [0, 1, 2], torch.device("cpu")) for m in (ohem_model, heuristic_model)]
     assert values[0] == pytest.approx(values[1], rel=1e-6) and values[0] > 0
     assert ohem_model.training  # mode restored
-    plain = mean_roi_loss(small_model(), ds, [0, 1, 2], torch.device("cpu"))  # torchvision's own RoIHeads
+    plain = all_roi_mean_loss(small_model(), ds, [0, 1, 2], torch.device("cpu"))  # torchvision's own RoIHeads
     assert plain == pytest.approx(values[0], rel=1e-6)
     with pytest.raises(TypeError, match="needs a torchvision RoIHeads"):
-        mean_roi_loss(torch.nn.Module(), ds, [0], torch.device("cpu"))
+        all_roi_mean_loss(torch.nn.Module(), ds, [0], torch.device("cpu"))
 
 
 def test_low_precision_readonly_pass_ranks_nearly_like_float32():
@@ -337,7 +338,7 @@ def test_tf32_readonly_pass_is_float32_on_the_cpu():
         feats = {"0": features["0"].detach().clone().requires_grad_()}
         torch.manual_seed(1)  # the same dropout masks
         losses, record, _ = train_forward(heads, feats, proposals, shapes, targets)
-        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        sum(losses.values()).backward()
         runs.append((record, losses, feats["0"].grad))
     (mined_a, losses_a, grad_a), (mined_b, losses_b, grad_b) = runs
     assert all(torch.equal(mined_a[k], mined_b[k]) for k in ("boxes", "labels", "losses", "iou", "all_roi_loss"))
@@ -379,7 +380,7 @@ def test_mining_time_and_record_go_to_the_open_storage_only():
     heads = make_heads(k=4)
     inputs = heads_inputs()
     _, losses = heads(*inputs)  # a user's own loop: no storage, nothing reported, the losses as usual
-    assert "ohem_mined_loss" in losses
+    assert "ohem_mined_loss" in heads.last_statistics and "ohem_mined_loss" not in losses
     with EventStorage(0, sync_timing=True) as storage:  # on the CPU there is nothing to wait for
         heads(*inputs)
         heads(*inputs)  # two forward passes of one step (gradient accumulation)
@@ -415,7 +416,7 @@ def test_reused_pooling_gives_the_same_losses_and_gradients_as_pooling_again(mon
         feats = {"0": features["0"].detach().clone().requires_grad_()}
         torch.manual_seed(3)  # the same dropout masks
         losses, _, _ = train_forward(heads, feats, proposals, shapes, targets)
-        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        sum(losses.values()).backward()
         grads = {n: p.grad for n, p in heads.named_parameters() if p.grad is not None}
         runs.append((calls, losses, grads, feats["0"].grad))
     (calls_a, losses_a, grads_a, feat_a), (calls_b, losses_b, grads_b, feat_b) = runs
@@ -438,22 +439,23 @@ def test_pooling_is_reused_only_for_one_level_roi_align_on_the_cpu_outside_autoc
     assert not can_reuse_pooling(heads, {**features, "1": features["0"]})
 
 
-def test_before_ohem_start_the_sample_is_random_with_the_foreground_share_capped():
+def test_before_start_the_sample_is_random_with_the_foreground_share_capped():
     heads = make_heads(k=8)
     heads.sampler = dataclasses.replace(heads.sampler, start=5)
     features, proposals, shapes, targets = heads_inputs()
     torch.manual_seed(1)
-    losses, record, _ = train_forward(heads, features, proposals, shapes, targets, iteration=4)
+    _, record, _ = train_forward(heads, features, proposals, shapes, targets, iteration=4)
+    random_stats = heads.last_statistics
     counts = torch.bincount(record["image_ids"], minlength=2)
     assert counts.tolist() == [8, 8]  # the budget per image is kept
     for image in range(2):
         fg = int((record["labels"][record["image_ids"] == image] > 0).sum())
         assert 1 <= fg <= 2  # at most 25 % of 8 foreground; the gt box itself is always there
-    assert losses["ohem_mined_fg_fraction"] <= 0.25
+    assert random_stats["ohem_mined_fg_fraction"] <= 0.25
     # from iteration 5 on, mining picks by loss: the hardest 8 per image, a different set
-    mined, _, _ = train_forward(heads, features, proposals, shapes, targets, iteration=5)
-    assert mined["ohem_mined_loss"] > losses["ohem_mined_loss"]
-    with pytest.raises(RuntimeError, match="sampler.ohem_start needs the iteration"):
+    train_forward(heads, features, proposals, shapes, targets, iteration=5)
+    assert heads.last_statistics["ohem_mined_loss"] > random_stats["ohem_mined_loss"]
+    with pytest.raises(RuntimeError, match="sampler.start needs the iteration"):
         heads(features, proposals, shapes, targets)  # outside a trainer, the iteration is unknown
 
 

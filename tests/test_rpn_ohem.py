@@ -157,12 +157,14 @@ def test_loss_is_torchvision_formula_on_selected_anchors():
     assert pos.numel() > 0
     torch.testing.assert_close(losses["loss_objectness"], bce.mean())
     torch.testing.assert_close(losses["loss_rpn_box_reg"], smooth_l1.sum() / sel.numel())
-    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "rpn_ohem_fg_fraction", "rpn_ohem_all_loss"}
-    torch.testing.assert_close(losses["rpn_ohem_fg_fraction"], (labels[sel] > 0).float().mean())
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"}  # losses only
+    stats = rpn.last_statistics
+    assert set(stats) == {"rpn_ohem_fg_fraction", "rpn_ohem_all_loss"}
+    torch.testing.assert_close(stats["rpn_ohem_fg_fraction"], (labels[sel] > 0).float().mean())
     valid = labels >= 0
     all_bce = F.binary_cross_entropy_with_logits(objectness.detach(), labels.clamp(min=0), reduction="none")
     all_box = F.smooth_l1_loss(deltas.detach(), reg_targets, beta=beta, reduction="none").sum(1) * (labels > 0)
-    torch.testing.assert_close(losses["rpn_ohem_all_loss"], (all_bce + all_box)[valid].mean())
+    torch.testing.assert_close(stats["rpn_ohem_all_loss"], (all_bce + all_box)[valid].mean())
     # The ranking loss of the selected anchors averages to the trained loss.
     torch.testing.assert_close(mined["losses"][sel].mean(), losses["loss_objectness"] + losses["loss_rpn_box_reg"])
 
@@ -256,15 +258,16 @@ def test_trains_with_roi_ohem_too():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for _ in range(2):
         losses = model(images, targets)
-        assert {"loss_objectness", "loss_rpn_box_reg", "rpn_ohem_fg_fraction", "rpn_ohem_all_loss"} <= set(losses)
-        assert any(k.startswith("ohem_") for k in losses)
+        assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+        assert set(model.rpn.last_statistics) == {"rpn_ohem_fg_fraction", "rpn_ohem_all_loss"}
+        assert "ohem_all_roi_loss" in model.roi_heads.last_statistics
         assert all(torch.isfinite(v).all() for v in losses.values())
-        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        loss = sum(losses.values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     assert not torch.equal(head_before, model.rpn.head.cls_logits.weight)
-    assert 0 < losses["rpn_ohem_fg_fraction"] < 1
+    assert 0 < model.rpn.last_statistics["rpn_ohem_fg_fraction"] < 1
 
 
 def test_quota_above_candidates_uses_all_non_ignored():
@@ -306,4 +309,5 @@ def test_mining_time_is_measured_and_the_all_anchor_loss_is_the_mean_over_non_ig
         _, losses = rpn(image_list, features, targets)
     assert storage.scalars["time_mining"] > 0
     mined = storage.latest("rpn_mining")
-    assert torch.equal(losses["rpn_ohem_all_loss"], mined["losses"][mined["labels"] >= 0].mean())
+    assert storage.statistics == [rpn.last_statistics]
+    assert torch.equal(rpn.last_statistics["rpn_ohem_all_loss"], mined["losses"][mined["labels"] >= 0].mean())

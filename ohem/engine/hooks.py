@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from ohem import distributed
 from ohem.checkpoint import save_checkpoint
-from ohem.evaluation.roi_loss import mean_roi_loss
+from ohem.evaluation.roi_loss import all_roi_mean_loss
 from ohem.evaluation.score import METRIC_NAMES, evaluate, format_ap
 from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
+from ohem.mining.enable import installed_sampler
 from ohem.mining.stall import StallWatch
 from ohem.util import atomic_open, has_module, progress_bar, refuse_symlink
 
@@ -75,11 +76,13 @@ class TimingHook(Hook):
 
 class CollapseWatchHook(Hook):
     """The one-line warning of ``ohem.mining.stall`` for a box head that scores every RoI alike, fed
-    from the steps that ran a read-only pass, after the lr warm-up and ``sampler.ohem_start``."""
+    from the steps that ran a read-only pass, after the lr warm-up and the sampler's ``mining_start``
+    (ohem's ``sampler.start``)."""
 
     def before_train(self, run: Run) -> None:
-        cfg = run.cfg
-        self.watch = StallWatch(cfg.train.mining_log_every, max(cfg.solver.warmup_iterations, cfg.sampler.ohem_start))
+        cfg, sampler = run.cfg, installed_sampler(run.core)
+        start = sampler.mining_start if sampler is not None else 0
+        self.watch = StallWatch(cfg.train.mining_log_every, max(cfg.solver.warmup_iterations, start))
 
     def after_step(self, run: Run, storage: EventStorage, record: dict[str, Any]) -> None:
         if not run.d.main or "ohem_score_spread" not in record:
@@ -212,6 +215,7 @@ def save(run: Run, iteration: int, path: Path | None = None) -> None:
             solver,
             rng if run.d.active else None,
             run.best,
+            sampler.state_dict() if (sampler := installed_sampler(run.core)) is not None else None,
         )
     distributed.barrier(run.d)
 
@@ -224,7 +228,7 @@ def evaluate_during_training(run: Run, iteration: int) -> dict[str, Any]:
     message = f"iteration {iteration}: test {METRIC_NAMES[cfg.train.eval_metric]} {format_ap(metrics['mAP'])}"
     indices = list(range(min(cfg.train.roi_loss_images, len(run.train_set))))
     if indices:
-        mine = mean_roi_loss(
+        mine = all_roi_mean_loss(
             run.core, run.train_set, indices[d.rank :: d.world], run.device, cfg.test.images_per_batch, run.workers
         )
         entry["train_roi_loss"] = distributed.mean(d, {"v": mine})["v"]

@@ -4,8 +4,7 @@ hours go into it rather than after."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ohem.data.build import DEFAULT_SPLITS
 from ohem.util import atomic_open
@@ -57,25 +56,19 @@ def _data(run: Run) -> str:
 
 
 def sampler_settings(run: Run) -> str:
-    """``sampler.method`` and the settings of the sampler the model trains with (the sampler object's
-    own fields: only those its method uses), and the RPN's sampling."""
-    sampler = getattr(getattr(run.core, "roi_heads", None), "sampler", None)
-    fields = _fields(sampler) if sampler is not None and dataclasses.is_dataclass(sampler) else {}
+    """``sampler.method`` and the settings of the sampler the model trains with (its own fields: only
+    those its method has), and the RPN's sampling."""
+    from ohem.mining import OHEMRegionProposalNetwork, installed_sampler  # torch: only when a run starts
+
+    sampler = installed_sampler(run.core)
+    if sampler is None:
+        return "torchvision's RoI sampler"
+    fields = sampler.to_dict()
+    method = fields.pop("method")
     settings = ", ".join(f"{key} {value}" for key, value in fields.items())
-    rpn = "OHEM (sampler.rpn_ohem)" if run.cfg.sampler.rpn_ohem else "torchvision's random anchors"
-    return f"{run.cfg.sampler.method} ({settings}); RPN: {rpn}"
-
-
-def _fields(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """A dataclass's fields, nested ones flattened as ``outer.inner``."""
-    flat: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            flat.update(_fields(value, f"{prefix}{f.name}."))
-        else:
-            flat[f"{prefix}{f.name}"] = value
-    return flat
+    mined = isinstance(getattr(run.core, "rpn", None), OHEMRegionProposalNetwork)
+    rpn = "OHEM (model.rpn_ohem)" if mined else "torchvision's random anchors"
+    return f"{method} ({settings}); RPN: {rpn}"
 
 
 def write_summary(run: Run) -> None:

@@ -35,7 +35,7 @@ from ohem.engine.runlog import RunLog, skipped_outputs
 from ohem.engine.summary import write_summary
 from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
-from ohem.mining import build_detector
+from ohem.mining import build_detector, installed_sampler
 from ohem.structures import DetectionDataset
 from ohem.util import atomic_open, is_int, is_number, one_line, output_folder, require, strict_json
 
@@ -153,7 +153,7 @@ def train_step(run: Run, it: int, batches: Iterator[Batch], storage: EventStorag
         indices, images, targets = next(batches)
         synchronize(run.device)  # the copies to the device count as data time
         waited, tic = waited + time.perf_counter() - tic, time.perf_counter()
-        losses = forward_backward(run, it, part, images, targets)
+        losses = forward_backward(run, it, part, images, targets, storage)
         values = torch.stack([value.detach().float() for value in losses.values()]).tolist()  # one host copy
         for key, value in zip(losses, values):
             sums[key] = sums.get(key, 0.0) + value / accumulate
@@ -169,15 +169,19 @@ def train_step(run: Run, it: int, batches: Iterator[Batch], storage: EventStorag
     return record
 
 
-def forward_backward(run: Run, it: int, part: int, images: list, targets: list) -> dict[str, torch.Tensor]:
-    """Part ``part`` of step ``it``: the losses (``loss`` their sum) of one forward pass, backpropagated."""
+def forward_backward(
+    run: Run, it: int, part: int, images: list, targets: list, storage: EventStorage
+) -> dict[str, torch.Tensor]:
+    """Part ``part`` of step ``it``: the losses (``loss`` their sum) of one forward pass, backpropagated,
+    and the statistics the modules put in ``storage`` during it (``ohem_*``: the loss dict holds losses only)."""
     accumulate, d = run.cfg.solver.accumulate_steps, run.d
+    mark = len(storage.statistics)
     # DDP averages gradients across processes only on the last pass of the step.
     ddp = typing.cast(nn.parallel.DistributedDataParallel, run.model)
     with ddp.no_sync() if d.active and part < accumulate - 1 else contextlib.nullcontext():
         with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
             losses = run.model(images, targets)
-        loss = sum(v.float() for k, v in losses.items() if k.startswith("loss_"))
+        loss = sum(v.float() for v in losses.values())
         if not distributed.all_true(d, bool(torch.isfinite(loss))):
             last_good = run.checkpoint_path if run.checkpoint_path.exists() else "none"
             batch = batch_of(run, it * accumulate + part)
@@ -185,7 +189,8 @@ def forward_backward(run: Run, it: int, part: int, images: list, targets: list) 
                 f"non-finite loss at iteration {it + 1} on train images {batch}; last good checkpoint: {last_good}"
             )
         run.scaler.scale(loss / accumulate).backward()
-    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+    statistics = storage.statistics_since(mark)
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, **statistics}
 
 
 def training_batches(run: Run) -> Iterator[Batch]:
@@ -301,6 +306,7 @@ def restore(
     if not isinstance(state["iteration"], int) or state["iteration"] < 0:
         raise ValueError(f"checkpoint {path}: iteration: expected a count, got {state['iteration']!r}")
     load_weights_into(model, state["model"], f"checkpoint {path}")
+    restore_sampler(state, model, path)
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -310,6 +316,19 @@ def restore(
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"checkpoint {path}: solver state: cannot be restored ({one_line(str(e))})") from None
     return state["iteration"]
+
+
+def restore_sampler(state: dict[str, Any], model: nn.Module, path: Path) -> None:
+    """The sampler state a checkpoint saved (a checkpoint older than it saved none: no state)."""
+    sampler, saved = installed_sampler(model), state.get("sampler") or {}
+    if sampler is None:
+        return
+    if not isinstance(saved, dict):
+        raise ValueError(f"checkpoint {path}: sampler: expected a dict, got {type(saved).__name__}")
+    try:
+        sampler.load_state_dict(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path}: sampler: cannot be restored ({one_line(str(e))})") from None
 
 
 def saved_best(state: dict[str, Any], path: Path) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from ohem.evaluation.coco import coco_evaluate
 from ohem.evaluation.detections_file import read_detections, write_detections
 from ohem.evaluation.errors import KINDS, classify_detections, count_errors
 from ohem.evaluation.recall import proposal_recall
-from ohem.evaluation.roi_loss import mean_roi_loss
+from ohem.evaluation.roi_loss import all_roi_mean_loss
 from ohem.evaluation.voc import average_precision, voc_evaluate
 from ohem.structures import ImageAnnotations, ImageDetections  # re-exported: where they were before ohem.structures
 
@@ -17,7 +17,7 @@ __all__ = [
     "average_precision",
     "coco_evaluate",
     "count_errors",
-    "mean_roi_loss",
+    "all_roi_mean_loss",
     "proposal_recall",
     "read_detections",
     "voc_evaluate",

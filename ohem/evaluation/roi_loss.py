@@ -13,18 +13,17 @@ import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from ohem.config import SamplerConfig
 from ohem.data.loader import eval_batches
-from ohem.mining import ReadOnlySettings, label_rois, readonly_losses
+from ohem.mining import ReadOnlySettings, label_rois, readonly_pass
 from ohem.models import FastRCNN, backbone_features
 from ohem.structures import Images
 
 # the measure in float32 on every device, not TF32
-STRICT = ReadOnlySettings.from_config(SamplerConfig(readonly_precision="fp32"))
+STRICT = ReadOnlySettings(max_rois_per_chunk=1024, dropout=True, precision="fp32")
 
 
 @torch.no_grad()
-def mean_roi_loss(
+def all_roi_mean_loss(
     model: GeneralizedRCNN,
     dataset: Images,
     indices: list[int],
@@ -34,7 +33,9 @@ def mean_roi_loss(
 ) -> float:
     heads = getattr(model, "roi_heads", None)
     if not isinstance(heads, RoIHeads):
-        raise TypeError(f"mean_roi_loss needs a torchvision RoIHeads at model.roi_heads, got {type(heads).__name__}")
+        raise TypeError(
+            f"all_roi_mean_loss needs a torchvision RoIHeads at model.roi_heads, got {type(heads).__name__}"
+        )
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -49,7 +50,7 @@ def mean_roi_loss(
             else:
                 proposals, _ = model.rpn(image_list, features)
             rois = label_rois(heads, proposals, targets, bg_iou_low=0.0)
-            terms = readonly_losses(heads, features, rois, image_list.image_sizes, STRICT, box_loss_beta(heads))
+            terms = readonly_pass(heads, features, rois, image_list.image_sizes, STRICT, box_loss_beta(heads))
             losses = terms.cls + terms.box
             total += losses.sum().item()
             count += losses.numel()

@@ -18,24 +18,21 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from ohem.config import SamplerConfig
 from ohem.mining.pooling import readonly_pool
-from ohem.mining.rois import LabelledRoIs, foreground_probability, per_roi_loss_terms
+from ohem.mining.rois import LabelledRoIs, foreground_probability, unreduced_loss_terms
 
 
 @dataclass(frozen=True)
 class ReadOnlySettings:
+    """The pass's settings (a sampler's ``readonly``: ``ohem.mining.sampler.ReadOnlyPassSampler``)."""
+
     max_rois_per_chunk: int
     dropout: bool
     precision: str
 
-    @classmethod
-    def from_config(cls, cfg: SamplerConfig) -> ReadOnlySettings:
-        return cls(cfg.max_rois_per_chunk, cfg.readonly_dropout, cfg.readonly_precision)
-
 
 @dataclass
-class RoILosses:
+class PerRoILoss:
     """The read-only pass's result: per-RoI loss terms and foreground probabilities (all (R,)) and,
     when asked for, the pooled features of every RoI (chunks, in row order) for the trainable pass."""
 
@@ -50,7 +47,7 @@ class RoILosses:
 
 
 @torch.no_grad()
-def readonly_losses(
+def readonly_pass(
     heads: RoIHeads,
     features: dict,
     rois: LabelledRoIs,
@@ -58,7 +55,7 @@ def readonly_losses(
     settings: ReadOnlySettings,
     beta: float,
     keep_pooled: bool = False,
-) -> RoILosses:
+) -> PerRoILoss:
     """Every RoI's loss terms, ``settings.max_rois_per_chunk`` RoIs at a time, no graph kept."""
     cls, box, fg, pooled, step = [], [], [], [], settings.max_rois_per_chunk
     with readonly_mode(heads, settings.dropout), readonly_numerics(rois.boxes.device, settings.precision):
@@ -70,12 +67,12 @@ def readonly_losses(
             logits, deltas = heads.box_predictor(heads.box_head(features_of_rois))
             fg.append(foreground_probability(logits))
             labels, targets = rois.labels[start : start + step], rois.box_targets[start : start + step]
-            terms = per_roi_loss_terms(logits, deltas, labels, targets, beta)
+            terms = unreduced_loss_terms(logits, deltas, labels, targets, beta)
             cls.append(terms[0])
             box.append(terms[1])
     empty = rois.boxes.new_zeros(0)
     cls_all, box_all = (torch.cat(cls), torch.cat(box)) if cls else (empty, empty)
-    return RoILosses(cls_all, box_all, torch.cat(fg) if fg else empty, pooled if keep_pooled else None)
+    return PerRoILoss(cls_all, box_all, torch.cat(fg) if fg else empty, pooled if keep_pooled else None)
 
 
 def readonly_numerics(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

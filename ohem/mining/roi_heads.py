@@ -1,15 +1,19 @@
 """``SamplingRoIHeads``: torchvision's ``RoIHeads`` whose training pass is written out here, with the
 choice of RoIs left to a sampler (``ohem.mining.sampler``). One training forward:
 
-1. ``label_rois``: every proposal plus the gt boxes, labelled (no sampling); when the sampler has a
-   ``presample`` step, only the rows it returns go on (``ohem.mining.sampler.presampled``);
-2. ``readonly_losses``: when the sampler asks for losses (OHEM), the box head over all of them under
-   ``no_grad``, one loss per RoI;
-3. ``sampler.sample``: the rows to train on, and a weight per row;
+1. ``label_rois``: every proposal plus the gt boxes, labelled (no sampling); when the sampler's
+   ``presample`` returns rows, only those go on (``ohem.mining.contract.presampled``);
+2. ``readonly_pass``: when the sampler asks for losses (its ``readonly`` settings), the box head over
+   all of them under ``no_grad``, one loss per RoI (a ``PerRoILoss``);
+3. ``sampler.sample``: the rows to train on, and a weight per row, checked and sorted into image
+   order (``ohem.mining.contract``);
 4. the trainable pass: pool those rows (on the CPU the read-only pass's pooling is reused), box head,
-   box predictor, and the weighted loss with the head's own smooth-L1 ``box_loss_beta`` (or the
-   sampler's own ``roi_loss`` of that pass, when it has one: ``ohem.mining.sampler``); torchvision's
-   mask and keypoint losses on the sample's foreground.
+   box predictor, and the sampler's ``roi_loss`` of that pass (by default the weighted mean with the
+   head's own smooth-L1 ``box_loss_beta``); torchvision's mask and keypoint losses on the sample's
+   foreground.
+
+The loss dict holds losses only: the ``ohem_*`` statistics of a step with a read-only pass go to the
+open ``ohem.events.EventStorage`` (``put_statistics``) and to ``last_statistics``.
 
 Evaluation is ``RoIHeads``' own code path, untouched.
 """
@@ -22,23 +26,26 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss, maskrcnn_loss
 
 from ohem.events import EventStorage, clock, current_storage
+from ohem.mining.contract import checked_sample, presampled, trainable_pass_losses
 from ohem.mining.pooling import can_reuse_pooling, pooled_with_gradient, rows_of
-from ohem.mining.readonly import RoILosses, readonly_losses
+from ohem.mining.readonly import PerRoILoss, readonly_pass
 from ohem.mining.rois import LabelledRoIs, elementwise_iou, label_rois
-from ohem.mining.sampler import Sample, Sampler, TrainedRows, check_sample, presampled, roi_losses
+from ohem.mining.sampler import Sample, SamplerBase, TrainedRows
 from ohem.models.box_targets import BoxTargetNorm, raw_box_deltas
 
 
 class SamplingRoIHeads(RoIHeads):
     """``RoIHeads`` that trains on the RoIs ``sampler`` picks, with Fast R-CNN's box-loss settings:
     smooth-L1 ``box_loss_beta`` (torchvision hard-codes 1/9) and, after ``use_empirical_box_targets``,
-    normalised box targets. When the sampler ran a read-only pass, the loss dict gains detached
-    ``ohem_*`` statistics, and the open ``ohem.events.EventStorage`` (if any) receives the mined RoIs
-    (``roi_mining``) and the time of labelling, read-only pass and sampling (``time_mining``)."""
+    normalised box targets. When the sampler ran a read-only pass, its detached ``ohem_*`` statistics
+    are kept in ``last_statistics`` (the last training step's; for a loop of your own) and put in the
+    open ``ohem.events.EventStorage`` (if any), with the mined RoIs (``roi_mining``) and the time of
+    labelling, read-only pass and sampling (``time_mining``). The loss dict holds losses only."""
 
-    def __init__(self, *args, sampler: Sampler, box_loss_beta: float, **kwargs) -> None:
+    def __init__(self, *args, sampler: SamplerBase, box_loss_beta: float, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = sampler
+        self.last_statistics: dict[str, Tensor] = {}
         self.box_loss_beta = box_loss_beta
         self.box_target_norm: BoxTargetNorm | None = None
 
@@ -72,27 +79,28 @@ class SamplingRoIHeads(RoIHeads):
         storage, device, sampler = current_storage(), proposals[0].device, self.sampler
         tic = clock(device)
         rois = presampled(sampler, label_rois(self, proposals, targets, sampler.bg_iou_low))
-        reuse = sampler.readonly is not None and can_reuse_pooling(self, features)
-        scores = None
+        readonly = sampler.readonly
+        reuse = readonly is not None and can_reuse_pooling(self, features)
+        per_roi = None
         if rois.labels.numel() == 0:  # no gt and no proposal (or none a candidate): no RoI to rank or sample
-            scores = no_roi_scores(features) if sampler.readonly is not None else None
+            per_roi = empty_per_roi_loss(features) if readonly is not None else None
             sample = Sample(rois.labels.new_zeros(0))
         else:
-            if sampler.readonly is not None:
-                scores = readonly_losses(
-                    self, features, rois, image_shapes, sampler.readonly, self.box_loss_beta, reuse
-                )
-            sample = sampler.sample(rois, scores, storage.iteration if storage else None)
-            check_sample(sampler, sample, rois)
+            if readonly is not None:
+                per_roi = readonly_pass(self, features, rois, image_shapes, readonly, self.box_loss_beta, reuse)
+            chosen = sampler.sample(rois, per_roi, storage.iteration if storage else None)
+            sample = checked_sample(sampler, chosen, rois)
         seconds = clock(device) - tic
         if sample.rows.numel() == 0:  # a step with no RoI: the RPN trains, the RoI head's loss is a zero
             losses = self.no_roi_losses(features)
         else:
-            losses = self.trainable_pass(features, rois, sample, scores if reuse else None, image_shapes, targets)
-        if scores is not None:
-            stats = mining_stats(rois, scores, sample)
-            losses.update(stats)
-            report_mining(storage, rois, scores, sample, image_shapes, seconds, stats["ohem_all_roi_loss"])
+            losses = self.trainable_pass(features, rois, sample, per_roi if reuse else None, image_shapes, targets)
+        self.last_statistics = mining_statistics(rois, per_roi, sample) if per_roi is not None else {}
+        if per_roi is not None and storage is not None:
+            storage.put_statistics(self.last_statistics)
+            report_mining(
+                storage, rois, per_roi, sample, image_shapes, seconds, self.last_statistics["ohem_all_roi_loss"]
+            )
         return losses
 
     def trainable_pass(
@@ -100,7 +108,7 @@ class SamplingRoIHeads(RoIHeads):
         features: dict[str, Tensor],
         rois: LabelledRoIs,
         sample: Sample,
-        reused: RoILosses | None,
+        reused: PerRoILoss | None,
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
@@ -112,7 +120,7 @@ class SamplingRoIHeads(RoIHeads):
         else:
             pooled = self.box_roi_pool(features, boxes, image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled))
-        losses = roi_losses(self.sampler, TrainedRows(rois, sample, class_logits, box_regression, self))
+        losses = trainable_pass_losses(self.sampler, TrainedRows(rois, sample, class_logits, box_regression, self))
         losses.update(self.mask_and_keypoint_losses(features, boxes, matched_idxs, labels, image_shapes, targets))
         return losses
 
@@ -181,18 +189,18 @@ def connected_zero(like: Tensor, *modules: nn.Module | None) -> Tensor:
     return zero
 
 
-def no_roi_scores(features: dict[str, Tensor]) -> RoILosses:
+def empty_per_roi_loss(features: dict[str, Tensor]) -> PerRoILoss:
     """The read-only pass's result over no RoI."""
     empty = next(iter(features.values())).new_zeros(0, dtype=torch.float32)
-    return RoILosses(empty, empty, empty, None)
+    return PerRoILoss(empty, empty, empty, None)
 
 
-def mining_stats(rois: LabelledRoIs, scores: RoILosses, sample: Sample) -> dict[str, Tensor]:
-    """Detached statistics for the loss dict: mean (cls + box) loss over all RoIs and over the sampled
-    ones, fg shares, and the spread (std over all RoIs) of the foreground probability."""
-    losses, rows, zero = scores.cls + scores.box, sample.rows, scores.cls.new_zeros(())
+def mining_statistics(rois: LabelledRoIs, per_roi: PerRoILoss, sample: Sample) -> dict[str, Tensor]:
+    """Detached statistics of a step with a read-only pass: mean (cls + box) loss over all RoIs and over
+    the sampled ones, fg shares, and the spread (std over all RoIs) of the foreground probability."""
+    losses, rows, zero = per_roi.cls + per_roi.box, sample.rows, per_roi.cls.new_zeros(())
     return {
-        "ohem_score_spread": scores.fg_scores.std() if scores.fg_scores.numel() > 1 else zero,
+        "ohem_score_spread": per_roi.fg_scores.std() if per_roi.fg_scores.numel() > 1 else zero,
         "ohem_all_roi_loss": losses.mean() if losses.numel() else zero,
         "ohem_mined_loss": losses[rows].mean() if rows.numel() else zero,
         "ohem_mined_fg_fraction": (rois.labels[rows] > 0).float().mean() if rows.numel() else zero,
@@ -201,9 +209,9 @@ def mining_stats(rois: LabelledRoIs, scores: RoILosses, sample: Sample) -> dict[
 
 
 def report_mining(
-    storage: EventStorage | None,
+    storage: EventStorage,
     rois: LabelledRoIs,
-    scores: RoILosses,
+    per_roi: PerRoILoss,
     sample: Sample,
     image_shapes: list,
     seconds: float,
@@ -212,8 +220,6 @@ def report_mining(
     """The sampled RoIs of one forward and the mean loss over all RoIs, detached and left on their device
     (``MiningRecorder`` reads them on the host only when it writes a record; boxes in the resized
     ``image_shapes`` frames)."""
-    if storage is None:
-        return
     rows = sample.rows
     boxes = rois.boxes[rows].detach()
     storage.put_scalar("time_mining", seconds)
@@ -223,7 +229,7 @@ def report_mining(
             "image_ids": rois.image_ids[rows],
             "boxes": boxes,
             "labels": rois.labels[rows],
-            "losses": (scores.cls + scores.box)[rows],
+            "losses": (per_roi.cls + per_roi.box)[rows],
             "iou": elementwise_iou(boxes, rois.matched_gt[rows]),
             "image_shapes": list(image_shapes),
             "all_roi_loss": all_roi_loss,

@@ -44,7 +44,7 @@ class LabelledRoIs:
 
     def per_image(self, rows: Tensor) -> tuple[list[Tensor], ...]:
         """``rows`` (in image order) as per-image lists of (boxes, matched idxs, labels, targets)."""
-        # rows in image order: the head checks a sampler's rows first (ohem.mining.sampler.check_rows)
+        # rows in image order: the head sorts a sampler's rows first (ohem.mining.contract.image_order)
         parts = split_by_image(rows, self.image_ids[rows], self.num_images)
         fields = (self.boxes, self.matched_idxs, self.labels, self.box_targets)
         return tuple([field[p] for p in parts] for field in fields)
@@ -86,11 +86,15 @@ def label_rois(heads: RoIHeads, proposals: list[Tensor], targets: list[dict], bg
     box_targets = heads.box_coder.encode_single(matched_gt, boxes)
     if getattr(heads, "box_target_norm", None) is not None:
         box_targets = heads.box_target_norm.normalise(box_targets, labels)
+    # A gt-less image's RoIs (all background) are matched to a dummy empty box, whose encoding is infinite:
+    # their targets are 0 instead, so every target is finite (torch.full per image: no host-to-device copy).
+    has_gt = [torch.full((len(r),), g.numel() > 0, device=boxes.device) for r, g in zip(rois, gt_boxes)]
+    box_targets = torch.where(torch.cat(has_gt)[kept].unsqueeze(1), box_targets, 0.0)
     matched = torch.cat(matched_idxs)[kept]
     return LabelledRoIs(boxes, image_ids, matched, labels, box_targets, matched_gt, len(rois))
 
 
-def per_roi_loss_terms(
+def unreduced_loss_terms(
     class_logits: Tensor, box_regression: Tensor, labels: Tensor, box_targets: Tensor, beta: float
 ) -> tuple[Tensor, Tensor]:
     """Unreduced (cross-entropy, smooth-L1 with ``beta``) of each RoI, the box term 0 on background: the
@@ -98,7 +102,7 @@ def per_roi_loss_terms(
     cls_loss = F.cross_entropy(class_logits, labels, reduction="none")
     # Every RoI's deltas for its own class, the background's term masked to 0 rather than the
     # foreground picked out by index: no nonzero, so no host sync on CUDA. Background targets are
-    # masked first (a gt-less image's are infinite).
+    # masked first (a sampler's own targets need not be finite there).
     fg = labels > 0
     rows = torch.arange(labels.numel(), device=labels.device)
     own = box_regression.reshape(box_regression.shape[0], -1, 4)[rows, labels]
@@ -107,7 +111,7 @@ def per_roi_loss_terms(
     return cls_loss, torch.where(fg, box_loss, 0.0)
 
 
-def sampled_roi_loss(
+def weighted_roi_loss(
     class_logits: Tensor,
     box_regression: Tensor,
     labels: Tensor,
@@ -116,16 +120,16 @@ def sampled_roi_loss(
     weights: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """(classification, box) loss of the trainable pass: the ``weights``-weighted sum of the per-RoI
-    terms over the number of RoIs, the box term on foreground only. ``weights=None`` is weight 1 each,
-    summed in the order of torchvision's ``fastrcnn_loss`` (so unweighted samplers train bit for bit
-    as torchvision's sampler did)."""
+    terms divided by the number of RoIs (not by the sum of the weights), the box term on foreground
+    only. ``weights=None`` is weight 1 each, summed in the order of torchvision's ``fastrcnn_loss`` (so
+    unweighted samplers train bit for bit as torchvision's sampler did)."""
     count = max(labels.numel(), 1)
     if weights is None:
         fg = torch.where(labels > 0)[0]
         own = box_regression.reshape(box_regression.shape[0], -1, 4)[fg, labels[fg]]
         box = F.smooth_l1_loss(own, box_targets[fg], beta=beta, reduction="sum") / count
         return F.cross_entropy(class_logits, labels), box
-    cls_loss, box_loss = per_roi_loss_terms(class_logits, box_regression, labels, box_targets, beta)
+    cls_loss, box_loss = unreduced_loss_terms(class_logits, box_regression, labels, box_targets, beta)
     return (cls_loss * weights).sum() / count, (box_loss * weights).sum() / count
 
 

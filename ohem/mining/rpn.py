@@ -66,14 +66,16 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
 
     ``batch_size_per_image`` anchors per image (``fg_bg_sampler.batch_size_per_image``; its
     ``positive_fraction`` is unused: the fg/bg mix is whatever the losses give). ``nms_iou=None``
-    turns NMS off. The loss dict keeps torchvision's keys and gains detached ``rpn_ohem_*`` stats; the
-    open ``ohem.events.EventStorage`` (if any) receives the selection (``rpn_mining``) and the time of
-    ranking and selection (``time_mining``).
+    turns NMS off. The loss dict keeps torchvision's keys (losses only); the detached ``rpn_ohem_*``
+    statistics of the last training step are in ``last_statistics`` and go to the open
+    ``ohem.events.EventStorage`` (if any), with the selection (``rpn_mining``) and the time of ranking
+    and selection (``time_mining``).
     """
 
     def __init__(self, *args, nms_iou: float | None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.nms_iou = nms_iou
+        self.last_statistics: dict[str, Tensor] = {}
 
     @classmethod
     def from_rpn(
@@ -141,13 +143,14 @@ class OHEMRegionProposalNetwork(RegionProposalNetwork):
         loss_objectness, loss_rpn_box_reg = selected_anchor_loss(
             objectness, pred_bbox_deltas, labels, regression_targets, selected
         )
-        zero = losses.new_zeros(())
-        return boxes, {  # sizes known on the host: no value is read back
-            "loss_objectness": loss_objectness,
-            "loss_rpn_box_reg": loss_rpn_box_reg,
+        zero, detached = losses.new_zeros(()), losses.detach()
+        self.last_statistics = {  # sizes known on the host: no value is read back
             "rpn_ohem_fg_fraction": (all_labels[selected] > 0).float().mean() if selected.numel() else zero,
-            "rpn_ohem_all_loss": losses[candidates].mean() if candidates.numel() else zero,
+            "rpn_ohem_all_loss": detached[candidates].mean() if candidates.numel() else zero,
         }
+        if storage is not None:
+            storage.put_statistics(self.last_statistics)
+        return boxes, {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
 
     def select_anchors(self, losses: torch.Tensor, candidates: torch.Tensor, anchors: list[torch.Tensor]) -> Tensor:
         """Hard anchors among ``candidates`` (the non-ignored ones): indices into the concatenated anchors

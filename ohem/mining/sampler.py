@@ -1,129 +1,203 @@
-"""What a sampler is: given the labelled RoIs of a training step (and, when it asks for them, the
-read-only pass's per-RoI losses), the rows to train on and a weight per row.
+"""What a sampler is: ``SamplerBase``, the settings every sampler shares and every hook a sampler may
+override, and ``register_sampler``, which names it for configs (``sampler: {method: NAME, ...}``).
 
-A sampler is a small object with
+A sampler is a pydantic dataclass whose fields are its settings (checked when it is made, in code or
+from YAML: types, ranges, no unknown key). Per training step the RoI head (``SamplingRoIHeads``) calls:
 
-* ``bg_iou_low``: RoIs whose best IoU is below it are not candidates (``label_rois`` drops them);
-* ``readonly``: the read-only pass's settings when it needs per-RoI losses, else None (and then the
-  step pays for no read-only pass);
-* ``sample(rois, losses, iteration) -> Sample``;
-* optionally ``presample(rois) -> rows | None``: the rows (ascending) that the rest of the step is
-  restricted to, or None for all. The head calls it right after labelling, before the read-only
-  pass; it then goes on with ``rois.take(rows)`` as if those were all the RoIs: the read-only pass
-  runs on them only, ``sample`` gets them and their losses (its rows index them), and the
-  ``ohem_all_*`` statistics are over them. It exists so that a sampler can bound the read-only pass's
-  cost (``ohem-presample``); a sampler without it (heuristic, ohem) runs exactly as before it existed.
+1. ``presample(rois)``: rows the rest of the step is restricted to, or None for all (bounds the
+   read-only pass's cost: ``ohem-presample``);
+2. when ``readonly`` is not None, the read-only pass: one loss per RoI, under ``no_grad``;
+3. ``sample(rois, per_roi, iteration) -> Sample``: the rows to train on and a weight per row;
+4. ``roi_loss(trained)``: the trainable pass's loss (default: the weighted mean ``weighted_roi_loss``).
 
-and, optionally (``SamplingRoIHeads`` looks for them with ``getattr``; a sampler without them trains
-exactly as before they existed):
-
-* ``roi_loss(trained: TrainedRows) -> dict[str, Tensor]``: the loss of the trainable pass, computed by
-  the sampler from that pass's logits and deltas (with gradient), instead of ``sampled_roi_loss``
-  with ``Sample.weights``. It returns ``loss_classifier`` and ``loss_box_reg`` and may add terms of its
-  own (every ``loss_*`` key is summed into the training loss). For weights that depend on the trainable
-  pass's own outputs, or a loss with a gradient through them (PISA's ISR and CARL), which a weight fixed
-  in ``sample`` cannot express. ``roi_losses`` is the head's call.
-* ``initialise(heads) -> None``: called once by ``enable_sampler`` when the sampler is installed, to
-  change the RoI heads' initial weights (``ohem-prior``'s background prior). A checkpoint loaded later
-  (``--resume``, ``model.init_weights``) overwrites what it set.
-
-``SamplingRoIHeads`` calls ``sample`` once per training forward; ``ohem.mining.SAMPLERS`` names them.
+and once, when installed, ``initialise(heads)``. The head enforces the contract in one place
+(``ohem.mining.contract``). The contract (docs/SAMPLERS.md, "Write your own
+sampler"): rows may come in any order (the head groups them by image); a weight multiplies its row's
+loss terms and the sum is divided by the number of rows, not by the sum of weights; every random draw
+comes from torch's generator (so ``--resume`` and seeds are exact); a sampler that keeps state across
+steps returns it from ``state_dict`` (saved in checkpoints). ``stretched(factor)`` rescales settings
+counted in iterations, so ``ohem bench`` can stretch a schedule without knowing the sampler.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar, cast, dataclass_transform
 
 import torch
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
-from torchvision.models.detection.roi_heads import RoIHeads
 
-from ohem.config import SamplerConfig
 from ohem.mining.pooling import split_by_image
-from ohem.mining.readonly import ReadOnlySettings, RoILosses
-from ohem.mining.rois import LabelledRoIs, sampled_roi_loss
+from ohem.mining.readonly import PerRoILoss, ReadOnlySettings
+from ohem.mining.rois import LabelledRoIs, weighted_roi_loss
 from ohem.models.box_targets import raw_box_deltas
+
+if TYPE_CHECKING:
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+# Strict: 64.5 is not an int, 'false' not a bool; NaN and infinity are refused; an unknown key is an error.
+# Each field's docstring is its description (docs/CONFIG.md is generated from them). No validate_assignment:
+# a sampler with state keeps it in plain attributes (set in __post_init__), which that would refuse.
+SETTINGS = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=1, le=10**9)]
+T = TypeVar("T")
+
+
+@dataclass_transform(field_specifiers=(dataclasses.field, Field))
+def settings(cls: type[T]) -> type[T]:
+    """``cls`` as a pydantic dataclass with the samplers' ``SETTINGS`` (typed so that mypy keeps the class)."""
+    return cast("type[T]", pydantic_dataclass(config=SETTINGS)(cls))
 
 
 @dataclass
 class Sample:
-    """Rows of the ``LabelledRoIs`` to train on (image by image, each image's in any order) and a
-    weight per row; ``weights=None`` is weight 1 each."""
+    """Rows of the ``LabelledRoIs`` to train on (any order) and a weight per row; ``weights=None`` is
+    weight 1 each."""
 
     rows: Tensor
     weights: Tensor | None = None
 
 
-class Sampler(Protocol):
-    bg_iou_low: float
-    readonly: ReadOnlySettings | None
+@settings
+class SamplerBase:
+    """The keys every sampler has, and every hook as a no-op. Subclass it with fields of your own (each
+    with a default and a docstring) and ``sample``; register it with ``@register_sampler("name")``."""
 
-    def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
-        """``iteration``: the 0-based training step (from ``ohem.events``), None outside a trainer."""
-        ...
+    method: ClassVar[str] = ""  # set by register_sampler
+    batch_size_per_image: Annotated[int, Field(ge=1, le=100_000)] = 64
+    """B / N: RoIs trained on per image."""
+    fg_fraction: Fraction = 0.25
+    """The most foreground per image (samplers that draw a foreground quota; ohem before its start)."""
+    bg_iou_low: Fraction = 0.0
+    """RoIs whose best IoU is below this are not candidates (never sampled); below the head's
+    background threshold (0.5)."""
+
+    @property
+    def readonly(self) -> ReadOnlySettings | None:
+        """The read-only pass's settings when ``sample`` needs per-RoI losses; None: no such pass."""
+        return None
+
+    def presample(self, rois: LabelledRoIs) -> Tensor | None:
+        """Rows (in image order) the rest of the step is restricted to; None: every RoI."""
+        return None
+
+    @property
+    def mining_start(self) -> int:
+        """The first iteration whose sample is chosen by loss (the collapse watch starts there)."""
+        return 0
+
+    def sample(self, rois: LabelledRoIs, per_roi: PerRoILoss | None, iteration: int | None) -> Sample:
+        """``per_roi``: the read-only pass's result (None when ``readonly`` is None); ``iteration``: the
+        0-based training step (from ``ohem.events``), None outside a trainer."""
+        raise NotImplementedError(f"sampler {self.method or type(self).__name__}: no sample() method")
+
+    def roi_loss(self, trained: TrainedRows) -> dict[str, Tensor]:
+        """The trainable pass's ``loss_classifier`` and ``loss_box_reg`` (and any ``loss_*`` of its own)."""
+        logits, deltas, weights = trained.class_logits, trained.box_regression, trained.sample.weights
+        cls, box = weighted_roi_loss(logits, deltas, trained.labels, trained.box_targets, trained.beta, weights)
+        return {"loss_classifier": cls, "loss_box_reg": box}
+
+    def initialise(self, heads: RoIHeads) -> None:
+        """Called once when installed (``enable_sampler``), e.g. to set the classifier's initial bias."""
+
+    def stretched(self, factor: float) -> Self:
+        """This sampler for a schedule ``factor`` times as long (settings counted in iterations scaled)."""
+        return dataclasses.replace(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """State kept across steps (saved in checkpoints; tensors, numbers, strings, lists, dicts), held
+        in attributes set in ``__post_init__`` (a fresh copy then starts afresh); settings are not state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (``--resume``)."""
+        if state:
+            raise ValueError(f"sampler {self.method}: keeps no state, got a state with {', '.join(state)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML section: ``method`` and every setting."""
+        return {"method": self.method, **dataclasses.asdict(self)}
 
 
-def bg_iou_low_of(cfg: SamplerConfig, own: float) -> float:
-    """``sampler.bg_iou_low`` when the config sets it, else the sampler's ``own`` default."""
-    return own if cfg.bg_iou_low is None else cfg.bg_iou_low
+S = TypeVar("S", bound=SamplerBase)
+SAMPLERS: dict[str, type[SamplerBase]] = {}  # sampler.method -> class, filled by register_sampler
+BUILTIN_PACKAGE = "ohem.mining.samplers"  # every module in it is imported: one file per built-in sampler
 
 
-def presampled(sampler: Sampler, rois: LabelledRoIs) -> LabelledRoIs:
-    """``rois`` restricted to the sampler's ``presample`` rows, when it has that step and uses it."""
-    presample = getattr(sampler, "presample", None)  # optional: most samplers see every RoI
-    rows = presample(rois) if presample is not None else None
-    if rows is None:
-        return rois
-    check_rows(sampler, rows, rois, "presample")
-    return rois.take(rows)
+@dataclass_transform(field_specifiers=(dataclasses.field, Field))
+def register_sampler(name: str) -> Callable[[type[S]], type[S]]:
+    """Class decorator: ``sampler.method: name`` builds this class, made a pydantic dataclass of its
+    fields (the settings: strict, checked when made). A name registered twice is an error."""
+
+    def register(cls: type[S]) -> type[S]:
+        if not (isinstance(cls, type) and issubclass(cls, SamplerBase)):
+            raise TypeError(f"register_sampler({name!r}): {cls!r} is not a subclass of ohem.SamplerBase")
+        if "__pydantic_fields__" not in cls.__dict__:  # not yet a dataclass of its own fields
+            cls = settings(cls)
+        if name in SAMPLERS and SAMPLERS[name].__qualname__ != cls.__qualname__:
+            raise ValueError(
+                f"register_sampler: {name!r} is already {SAMPLERS[name].__module__}.{SAMPLERS[name].__qualname__}"
+            )
+        cls.method = name
+        inherit_descriptions(cls)
+        SAMPLERS[name] = cls
+        return cls
+
+    return register
 
 
-def sampler_name(sampler: object) -> str:
-    return type(sampler).__name__
+def inherit_descriptions(cls: type[SamplerBase]) -> None:
+    """Give an inherited field its base's docstring: pydantic reads attribute docstrings from the class
+    being defined only, so a subclass's copy of a base field has none."""
+    fields: dict[str, Any] = cls.__dict__["__pydantic_fields__"]
+    for name, info in fields.items():
+        if info.description is None:
+            for base in cls.__mro__[1:]:
+                inherited = getattr(base, "__pydantic_fields__", {}).get(name)
+                if inherited is not None and inherited.description:
+                    info.description = inherited.description
+                    break
 
 
-def check_rows(sampler: object, rows: object, rois: LabelledRoIs, what: str = "sample") -> None:
-    """A one-line ``ValueError`` naming the sampler unless ``rows`` are a 1-D integer tensor of rows of ``rois``
-    in image order. Values are checked on the CPU only (on a GPU the check would wait for the queue)."""
-    name = sampler_name(sampler)
-    if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype.is_floating_point or rows.dtype == torch.bool:
-        got = f"{rows.dtype} of shape {tuple(rows.shape)}" if isinstance(rows, Tensor) else type(rows).__name__
-        raise ValueError(f"sampler {name}: the {what}'s rows must be a 1-D tensor of integer row indices, got {got}")
-    count = rois.labels.numel()
-    if rows.device.type != "cpu" or rows.numel() == 0:
-        return
-    low, high = int(rows.min()), int(rows.max())
-    if low < 0 or high >= count:  # -1 would wrap to the last row
-        raise ValueError(
-            f"sampler {name}: the {what}'s rows must be in [0, {count}) (the RoIs' rows), got {low}..{high}"
-        )
-    if bool((rois.image_ids[rows].diff() < 0).any()):
-        raise ValueError(f"sampler {name}: the {what}'s rows must be grouped image by image, in image order")
+def load_builtin_samplers() -> None:
+    """Import every module of ``ohem.mining.samplers`` (each registers its sampler)."""
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{BUILTIN_PACKAGE}.{module.name}")
 
 
-def check_sample(sampler: object, sample: object, rois: LabelledRoIs) -> None:
-    """``sample`` as the head needs it (``check_rows``; weights one per row, finite, >= 0), else one line."""
-    name = sampler_name(sampler)
-    if not isinstance(sample, Sample):
-        raise ValueError(f"sampler {name}: sample() must return an ohem.mining.Sample, got {type(sample).__name__}")
-    check_rows(sampler, sample.rows, rois)
-    weights = sample.weights
-    if weights is None:
-        return
-    if not isinstance(weights, Tensor) or weights.shape != sample.rows.shape:
-        got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
-        raise ValueError(
-            f"sampler {name}: the sample's weights must be one per row, shape {tuple(sample.rows.shape)}, got {got}"
-        )
-    bad = ~(torch.isfinite(weights) & (weights >= 0)) if weights.device.type == "cpu" else None
-    if bad is not None and bool(bad.any()):  # NaN, infinite or negative: the loss would be too
-        first = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"sampler {name}: the sample's weights must be finite numbers >= 0, got {float(weights[first])} "
-            f"(row {first})"
-        )
+def sampler_class(method: object) -> type[SamplerBase]:
+    """The class ``sampler.method`` names (one-line error listing the names otherwise)."""
+    load_builtin_samplers()
+    if not isinstance(method, str) or method not in SAMPLERS:
+        raise ValueError(f"sampler.method: unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[method]
+
+
+@settings
+class ReadOnlyPassSampler(SamplerBase):
+    """A sampler that chooses by loss: the read-only pass's settings, and that pass on."""
+
+    max_rois_per_chunk: Count = 1024
+    """RoIs per forward of the read-only pass: bounds its memory."""
+    readonly_dropout: bool = True
+    """Dropout stays on in the read-only pass (the authors' code)."""
+    readonly_precision: Literal["fp32", "tf32", "bf16", "fp16"] = "tf32"
+    """The read-only pass's numerics: tf32 (float32 with TF32 matmuls/convolutions on CUDA; the CPU: fp32)
+    | fp32 | bf16 / fp16 (autocast). The trainable pass keeps train.amp's precision."""
+
+    @property
+    def readonly(self) -> ReadOnlySettings | None:
+        return ReadOnlySettings(self.max_rois_per_chunk, self.readonly_dropout, self.readonly_precision)
 
 
 @dataclass
@@ -159,22 +233,21 @@ class TrainedRows:
         return self.heads.box_coder.decode_single(own, self.rois.boxes[self.sample.rows])
 
 
-def roi_losses(sampler: Sampler, trained: TrainedRows) -> dict[str, Tensor]:
-    """The trainable pass's loss: the sampler's own ``roi_loss`` when it has one, else the ``Sample``'s
-    weighted loss (``sampled_roi_loss``)."""
-    own_loss = getattr(sampler, "roi_loss", None)
-    if own_loss is not None:
-        losses = own_loss(trained)
-        missing = {"loss_classifier", "loss_box_reg"} - set(losses if isinstance(losses, dict) else ())
-        if missing:  # a head's loss silently dropped from the training loss otherwise
-            raise ValueError(
-                f"sampler {sampler_name(sampler)}: roi_loss must return a dict with loss_classifier and "
-                f"loss_box_reg (and any loss_* terms of its own), missing {', '.join(sorted(missing))}"
-            )
-        return losses
-    logits, deltas, weights = trained.class_logits, trained.box_regression, trained.sample.weights
-    cls, box = sampled_roi_loss(logits, deltas, trained.labels, trained.box_targets, trained.beta, weights)
-    return {"loss_classifier": cls, "loss_box_reg": box}
+def rows_per_image(rois: LabelledRoIs) -> list[Tensor]:
+    """The rows of each image (ascending), one tensor per image."""
+    rows = torch.arange(rois.labels.numel(), device=rois.labels.device)
+    return split_by_image(rows, rois.image_ids, rois.num_images)
+
+
+def each_image(rois: LabelledRoIs, pick: Callable[[Tensor], Tensor]) -> Tensor:
+    """The rows ``pick`` returns for each image's rows (``rows_per_image``), concatenated."""
+    picked = [pick(rows) for rows in rows_per_image(rois)]
+    return torch.cat(picked) if picked else rois.labels.new_zeros(0)
+
+
+def random_subset(rows: Tensor, count: int) -> Tensor:
+    """``count`` of ``rows`` at random (all of them, shuffled, when there are fewer), from torch's RNG."""
+    return rows[torch.randperm(rows.numel(), device=rows.device)[:count]]
 
 
 def random_fg_bg(rois: LabelledRoIs, per_image: int, fg_fraction: float) -> Tensor:
@@ -187,14 +260,3 @@ def random_fg_bg(rois: LabelledRoIs, per_image: int, fg_fraction: float) -> Tens
         rows.append(torch.nonzero(pos | neg).squeeze(1) + offset)
         offset += image_labels.numel()
     return torch.cat(rows)
-
-
-def rows_per_image(rois: LabelledRoIs) -> list[Tensor]:
-    """The rows of each image (ascending), one tensor per image."""
-    rows = torch.arange(rois.labels.numel(), device=rois.labels.device)
-    return split_by_image(rows, rois.image_ids, rois.num_images)
-
-
-def random_subset(rows: Tensor, count: int) -> Tensor:
-    """``count`` of ``rows`` at random (all of them, shuffled, when there are fewer), from torch's RNG."""
-    return rows[torch.randperm(rows.numel(), device=rows.device)[:count]]

@@ -6,7 +6,7 @@ weights on 2000 proposals per image (docs/BENCHMARKS.md, "When OHEM pays"): the 
 of the foreground probability, averaged over 50 steps, fell below 0.001 by iteration 150-250 and
 stayed at 0.0000 (the 2 collapsed runs logged with it). Heads that detect: 0.013 and up. A 4096-wide
 head passed through 0.0027-0.01 for up to 250 steps and then learned (3 of 3 runs), hence the low
-threshold. A random-sampling start (``sampler.ohem_start``) or a wider head avoided the collapse.
+threshold. A random-sampling start (``sampler.start``) or a wider head avoided the collapse.
 Two windows below the threshold are enough: collapsed runs logged on the CPU (2026-12-04, OHEM and
 OHEM with a background prior, from scratch on dense proposals) had 50-step means 0.00017 then 0.00001
 by iteration 300 (OHEM) and 0.00024 then 0.00001 by 250 (the prior), against healthy heads' 0.0027 and
@@ -52,6 +52,6 @@ class StallWatch:
             f"iteration {iteration}: the box head scores every RoI alike (std of the foreground probability "
             f"over all RoIs {self.spread[-1]:.4f}, below {COLLAPSED} for {STALL_WINDOWS * self.window} "
             f"iterations; mean loss over all RoIs {self.all_roi[-1]:.3f}): it has collapsed (no such run of "
-            f"ours recovered). Start mining later (sampler.ohem_start, e.g. a third of the run) or widen the "
+            f"ours recovered). Start mining later (sampler.start, e.g. a third of the run) or widen the "
             f"box head; see docs/BENCHMARKS.md, 'When OHEM pays'"
         )

@@ -24,59 +24,50 @@ Where we chose (docs/SAMPLERS.md has the why):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, ClassVar, Self
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
-from ohem.config import SamplerConfig
-from ohem.mining.readonly import ReadOnlySettings, RoILosses
+from ohem.mining.readonly import PerRoILoss
 from ohem.mining.rois import LabelledRoIs, elementwise_iou
-from ohem.mining.sampler import Sample, bg_iou_low_of, random_subset, rows_per_image
+from ohem.mining.sampler import Fraction, Sample, SamplerBase, each_image, random_subset, register_sampler
 
 
-@dataclass
-class LibraSampler:
-    """The settings are ``SamplerConfig``'s (``libra_*``; defaults there)."""
+@register_sampler("libra")
+class LibraSampler(SamplerBase):
+    """IoU-balanced background, instance-balanced foreground."""
 
-    batch_size_per_image: int
-    fg_fraction: float
-    bins: int
-    floor_thr: float | None  # None: no floor (mmdetection's -1)
-    floor_fraction: float
-    bg_iou_low: float = 0.0  # mmdetection's assigner: background from IoU 0
-    bg_iou_high: float = 0.5  # the head's background ceiling (torchvision's and Fast R-CNN's)
-    readonly: ReadOnlySettings | None = None  # no read-only pass
+    bg_iou_high: ClassVar[float] = 0.5  # the head's background ceiling (torchvision's and Fast R-CNN's)
+    bins: Annotated[int, Field(ge=1, le=100)] = 3
+    """IoU bins the background is drawn equally from."""
+    floor_thr: Fraction | None = None
+    """Background below this IoU is drawn at random, not by bin (0: IoU 0 exactly); None: no such floor."""
+    floor_fraction: Fraction = 0.0
+    """The share of the background drawn from below floor_thr."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self) -> Self:
         if self.floor_thr is not None and self.floor_thr >= self.bg_iou_high:
             raise ValueError(
-                f"sampler.libra_floor_thr must be below {self.bg_iou_high} (the background's IoU ceiling), "
+                f"sampler.floor_thr must be below {self.bg_iou_high} (the background's IoU ceiling), "
                 f"got {self.floor_thr}"
             )
+        return self
 
-    @classmethod
-    def from_config(cls, cfg: SamplerConfig) -> LibraSampler:
-        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
-        return cls(
-            cfg.batch_size_per_image,
-            cfg.fg_fraction,
-            cfg.libra_bins,
-            cfg.libra_floor_thr,
-            cfg.libra_floor_fraction,
-            bg_iou_low,
-        )
-
-    def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
+    def sample(self, rois: LabelledRoIs, per_roi: PerRoILoss | None, iteration: int | None) -> Sample:
         iou = elementwise_iou(rois.boxes, rois.matched_gt)  # matched_gt is each RoI's best gt box
-        fg_quota, rows = int(self.batch_size_per_image * self.fg_fraction), []
-        for image in rows_per_image(rois):
+        fg_quota = int(self.batch_size_per_image * self.fg_fraction)
+
+        def pick(image: Tensor) -> Tensor:
             labels = rois.labels[image]
             fg, bg = image[labels > 0], image[labels == 0]
             fg = balanced_draw(fg, rois.matched_idxs[fg], fg_quota)
             bg = self.background(bg, iou[bg], self.batch_size_per_image - fg.numel())
-            rows.append(torch.cat([fg, bg]).sort().values)
-        return Sample(torch.cat(rows))
+            return torch.cat([fg, bg]).sort().values
+
+        return Sample(each_image(rois, pick))
 
     def background(self, rows: Tensor, iou: Tensor, count: int) -> Tensor:
         """``count`` of the background ``rows``: IoU-balanced, with the floor's share at random."""

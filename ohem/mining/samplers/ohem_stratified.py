@@ -12,42 +12,30 @@ in the head's training mode; ours follows ``sampler.readonly_dropout``. Every Ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from ohem.config import SamplerConfig
-from ohem.mining.readonly import ReadOnlySettings, RoILosses
+from ohem.mining.readonly import PerRoILoss
 from ohem.mining.rois import LabelledRoIs
-from ohem.mining.sampler import Sample, bg_iou_low_of, rows_per_image
+from ohem.mining.sampler import ReadOnlyPassSampler, Sample, each_image, register_sampler
 
 
-@dataclass
-class StratifiedOHEMSampler:
-    """The settings are ``SamplerConfig``'s (defaults there)."""
+@register_sampler("ohem-stratified")
+class StratifiedOHEMSampler(ReadOnlyPassSampler):
+    """The hardest foreground within a quota, then the hardest background, by classification loss."""
 
-    batch_size_per_image: int
-    fg_fraction: float
-    readonly: ReadOnlySettings | None
-    bg_iou_low: float = 0.0  # every RoI is a candidate
-
-    @classmethod
-    def from_config(cls, cfg: SamplerConfig) -> StratifiedOHEMSampler:
-        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
-        return cls(cfg.batch_size_per_image, cfg.fg_fraction, ReadOnlySettings.from_config(cfg), bg_iou_low)
-
-    def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
-        if losses is None:
+    def sample(self, rois: LabelledRoIs, per_roi: PerRoILoss | None, iteration: int | None) -> Sample:
+        if per_roi is None:
             raise ValueError("StratifiedOHEMSampler.sample needs the read-only pass's losses")
-        fg_quota = int(self.batch_size_per_image * self.fg_fraction)
-        rows = []
-        for image in rows_per_image(rois):
+        fg_quota, loss = int(self.batch_size_per_image * self.fg_fraction), per_roi.cls
+
+        def pick(image: Tensor) -> Tensor:
             labels = rois.labels[image]
-            fg = hardest(image[labels > 0], losses.cls, fg_quota)
-            bg = hardest(image[labels == 0], losses.cls, self.batch_size_per_image - fg.numel())
-            rows.append(torch.cat([fg, bg]))
-        return Sample(torch.cat(rows))
+            fg = hardest(image[labels > 0], loss, fg_quota)
+            bg = hardest(image[labels == 0], loss, self.batch_size_per_image - fg.numel())
+            return torch.cat([fg, bg])
+
+        return Sample(each_image(rois, pick))
 
 
 def hardest(rows: Tensor, loss: Tensor, count: int) -> Tensor:

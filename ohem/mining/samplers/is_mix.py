@@ -7,14 +7,14 @@ them by loss, per label with ``nms_per_label``) with read-only losses l_i (``min
 
     p_i = (1 - lambda) l_i / sum_j l_j + lambda / N
 
-(uniform when every loss is 0), and with ``is_weights: unbiased`` the weight 1 / (N p_i), so that one
+(uniform when every loss is 0), and with ``weights: unbiased`` the weight 1 / (N p_i), so that one
 draw's weighted loss has expectation sum_i p_i l_i / (N p_i) = the mean of l over the N RoIs; no weight
-exceeds 1 / lambda. ``is_weights: none`` trains on the drawn RoIs unweighted.
+exceeds 1 / lambda. ``weights: none`` trains on the drawn RoIs unweighted.
 
 lambda = 1 is uniform random sampling of all RoIs (weights 1, no foreground quota); lambda -> 0 with
-``none`` draws in proportion to the loss, a soft OHEM. ``is_lambda_schedule``: ``constant`` (lambda =
-``is_lambda``) | ``decay``: lambda falls linearly from 1 at iteration 0 to ``is_lambda`` at iteration
-``is_lambda_decay_iterations`` and stays there (random sampling first, as ``ohem-warm``, without a jump).
+``none`` draws in proportion to the loss, a soft OHEM. ``lambda_schedule``: ``constant`` (lambda =
+``lambda_uniform``) | ``decay``: lambda falls linearly from 1 at iteration 0 to ``lambda_uniform`` at iteration
+``lambda_decay_iterations`` and stays there (random sampling first, as ``ohem-warm``, without a jump).
 
 Where we chose: draws are with replacement, because then they are independent draws from p and the
 mean of B weighted losses is unbiased exactly; without replacement the second draw's distribution
@@ -28,55 +28,56 @@ hold equally many RoIs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+from typing import Literal, Self
 
 import torch
 from torch import Tensor
 
-from ohem.config import SamplerConfig
 from ohem.mining.pooling import split_by_image
-from ohem.mining.readonly import ReadOnlySettings, RoILosses
+from ohem.mining.readonly import PerRoILoss
 from ohem.mining.rois import LabelledRoIs
-from ohem.mining.sampler import Sample, bg_iou_low_of
+from ohem.mining.sampler import Count, Fraction, ReadOnlyPassSampler, Sample, register_sampler
 from ohem.mining.select import select_hard_examples
 
 
-@dataclass
-class ISMixSampler:
-    """The settings are ``SamplerConfig``'s (defaults there)."""
+@register_sampler("is-mix")
+class ISMixSampler(ReadOnlyPassSampler):
+    """Importance sampling by read-only loss mixed with uniform sampling, unbiased weights."""
 
-    batch_size_per_image: int
-    mix: float  # is_lambda
-    schedule: str  # constant | decay
-    decay_iterations: int
-    weights: str  # unbiased | none
-    nms_iou: float | None
-    nms_per_label: bool
-    mining_loss: str  # cls+box | cls
-    readonly: ReadOnlySettings | None
-    bg_iou_low: float = 0.0  # every RoI is a candidate
+    lambda_uniform: Fraction = 0.5
+    """Weight of the uniform part of p_i = (1 - lambda) loss_i / sum(loss) + lambda / N (1: random)."""
+    lambda_schedule: Literal["constant", "decay"] = "constant"
+    """constant | decay (lambda from 1 at iteration 0 linearly to lambda_uniform at lambda_decay_iterations)."""
+    lambda_decay_iterations: Count = 1000
+    """Where the decay schedule reaches lambda_uniform."""
+    weights: Literal["unbiased", "none"] = "unbiased"
+    """unbiased: 1 / (N p_i) per draw | none (weight 1)."""
+    nms_iou: Fraction | None = 0.7
+    """Candidates: each image's survivors of NMS by loss at this IoU; None: every RoI."""
+    nms_per_label: bool = False
+    """NMS only among RoIs of one label."""
+    mining_loss: Literal["cls+box", "cls"] = "cls+box"
+    """The loss RoIs are drawn by: cls+box | cls."""
 
-    @classmethod
-    def from_config(cls, cfg: SamplerConfig) -> ISMixSampler:
-        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
-        schedule = (cfg.is_lambda, cfg.is_lambda_schedule, cfg.is_lambda_decay_iterations, cfg.is_weights)
-        nms = (cfg.nms_iou, cfg.nms_per_label, cfg.mining_loss)
-        return cls(cfg.batch_size_per_image, *schedule, *nms, ReadOnlySettings.from_config(cfg), bg_iou_low)
+    def stretched(self, factor: float) -> Self:
+        # lambda reaches lambda_uniform at the same fraction of the run (round half up, at least 1)
+        decay = max(1, math.floor(self.lambda_decay_iterations * factor + 0.5))
+        return dataclasses.replace(self, lambda_decay_iterations=decay)
 
     def mixture(self, iteration: int | None) -> float:
         """lambda at ``iteration``."""
-        if self.schedule == "constant":
-            return self.mix
+        if self.lambda_schedule == "constant":
+            return self.lambda_uniform
         if iteration is None:
-            raise RuntimeError(
-                "sampler.is_lambda_schedule=decay needs the iteration: run inside ohem.events.EventStorage"
-            )
-        return 1.0 + (self.mix - 1.0) * min(iteration / self.decay_iterations, 1.0)
+            raise RuntimeError("sampler.lambda_schedule=decay needs the iteration: run inside ohem.events.EventStorage")
+        return 1.0 + (self.lambda_uniform - 1.0) * min(iteration / self.lambda_decay_iterations, 1.0)
 
-    def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
-        if losses is None:
+    def sample(self, rois: LabelledRoIs, per_roi: PerRoILoss | None, iteration: int | None) -> Sample:
+        if per_roi is None:
             raise ValueError("ISMixSampler.sample needs the read-only pass's losses")
-        mix, loss = self.mixture(iteration), losses.ranked_by(self.mining_loss).float()
+        mix, loss = self.mixture(iteration), per_roi.ranked_by(self.mining_loss).float()
         candidates = self.candidates(rois, loss)
         rows, weights, draws = [candidates[:0]], [loss[:0]], 0
         for members in split_by_image(candidates, rois.image_ids[candidates], rois.num_images):

@@ -32,60 +32,58 @@ sampler sees one image); here both parts are normalised over the batch. Ties ran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
-from ohem.config import SamplerConfig
-from ohem.mining.readonly import ReadOnlySettings, RoILosses
-from ohem.mining.rois import LabelledRoIs, elementwise_iou, per_roi_loss_terms
-from ohem.mining.sampler import Sample, TrainedRows, bg_iou_low_of, random_fg_bg
+from ohem.mining.readonly import PerRoILoss
+from ohem.mining.rois import LabelledRoIs, elementwise_iou, unreduced_loss_terms
+from ohem.mining.sampler import Fraction, Sample, SamplerBase, TrainedRows, random_fg_bg, register_sampler
+
+Exponent = Annotated[float, Field(ge=0, le=100)]
 
 
-@dataclass
-class PISASampler:
-    """The settings are ``SamplerConfig``'s (defaults there: mmdetection's PISA config)."""
+@register_sampler("pisa")
+class PISASampler(SamplerBase):
+    """tv-default's random sample, its classification loss weighted by importance (defaults:
+    mmdetection's PISA config)."""
 
-    batch_size_per_image: int
-    fg_fraction: float
-    isr_p: tuple[float, float]  # (k, bias) of positives
-    isr_n: tuple[float, float]  # (k, bias) of negatives
-    isr_n_nms_iou: float
-    isr_normalise: str  # loss | count
-    carl: tuple[float, float] | None  # (k, bias); None: no CARL
-    bg_iou_low: float = 0.0  # tv-default's
-    readonly: ReadOnlySettings | None = None  # ranks by the trainable pass's outputs
+    isr_p_k: Exponent = 2.0
+    """ISR-P: a positive's loss weight is ((1 - bias) u + bias) ** k, u its IoU-HLR rank in (0, 1]."""
+    isr_p_bias: Fraction = 0.0
+    """ISR-P's bias."""
+    isr_n_k: Exponent = 0.5
+    """ISR-N: a negative's loss weight ((1 - bias) u + bias) ** k, u its score-HLR rank in (0, 1]."""
+    isr_n_bias: Fraction = 0.0
+    """ISR-N's bias."""
+    isr_n_nms_iou: Fraction = 0.5
+    """The NMS IoU that groups negatives for their ranks."""
+    isr_normalise: Literal["loss", "count"] = "loss"
+    """loss (the paper: each part's weighted cls loss equals its unweighted one) | count (mean weight 1)."""
+    carl: bool = True
+    """Add CARL: the box loss of positives weighted by their class score (the paper)."""
+    carl_k: Exponent = 1.0
+    """CARL's weight ((1 - bias) score + bias) ** k."""
+    carl_bias: Fraction = 0.2
+    """CARL's bias."""
 
-    @classmethod
-    def from_config(cls, cfg: SamplerConfig) -> PISASampler:
-        bg_iou_low = bg_iou_low_of(cfg, cls.bg_iou_low)
-        isr_p, isr_n = (cfg.isr_p_k, cfg.isr_p_bias), (cfg.isr_n_k, cfg.isr_n_bias)
-        carl = (cfg.carl_k, cfg.carl_bias) if cfg.carl else None
-        return cls(
-            cfg.batch_size_per_image,
-            cfg.fg_fraction,
-            isr_p,
-            isr_n,
-            cfg.isr_n_nms_iou,
-            cfg.isr_normalise,
-            carl,
-            bg_iou_low,
-        )
-
-    def sample(self, rois: LabelledRoIs, losses: RoILosses | None, iteration: int | None) -> Sample:
+    def sample(self, rois: LabelledRoIs, per_roi: PerRoILoss | None, iteration: int | None) -> Sample:
         return Sample(random_fg_bg(rois, self.batch_size_per_image, self.fg_fraction))
 
     def roi_loss(self, trained: TrainedRows) -> dict[str, Tensor]:
         labels, count = trained.labels, max(trained.labels.numel(), 1)
-        cls_terms, box_terms = per_roi_loss_terms(
+        cls_terms, box_terms = unreduced_loss_terms(
             trained.class_logits, trained.box_regression, labels, trained.box_targets, trained.beta
         )
         weights = self.importance_weights(trained, cls_terms.detach())
         losses = {"loss_classifier": (cls_terms * weights).sum() / count, "loss_box_reg": box_terms.sum() / count}
-        if self.carl is not None:
-            losses["loss_carl"] = carl_loss(trained.class_logits, box_terms, labels, *self.carl) / count
+        if self.carl:
+            losses["loss_carl"] = (
+                carl_loss(trained.class_logits, box_terms, labels, self.carl_k, self.carl_bias) / count
+            )
         return losses
 
     @torch.no_grad()
@@ -100,10 +98,12 @@ class PISASampler:
         if bool(pos.any()):
             iou = elementwise_iou(boxes[pos], rois.matched_gt[rows][pos])
             gts = torch.stack([rois.image_ids[rows][pos], rois.matched_idxs[rows][pos]], 1)
-            weights[pos] = positive_weights(iou, gts, labels[pos], *self.isr_p)
+            weights[pos] = positive_weights(iou, gts, labels[pos], self.isr_p_k, self.isr_p_bias)
         if bool(neg.any()):
             image_ids = rois.image_ids[rows][neg]
-            weights[neg] = negative_weights(scores[neg], boxes[neg], image_ids, self.isr_n_nms_iou, *self.isr_n)
+            weights[neg] = negative_weights(
+                scores[neg], boxes[neg], image_ids, self.isr_n_nms_iou, self.isr_n_k, self.isr_n_bias
+            )
         return normalised(weights, cls_loss, [pos, neg], self.isr_normalise)
 
 
