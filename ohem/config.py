@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from ohem.config_files import ConfigError, cut, deep_update, parse_yaml, read_yaml, shown
+from ohem.config_files import ConfigError, cut, deep_update, parse_yaml, read_chain, shown
 from ohem.config_sections import (
     _JOINT_RULES,
     HEAD_BG_IOU,
@@ -84,7 +84,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                     f"config {cut(str(path))}: no such file, nor a recipe of that name (ohem recipe --list)"
                 )
             path = found
-        sources.add(read_yaml(Path(path)), f"config {path}")
+        for raw, file in read_chain(Path(path)):  # its base: files first, each named when it sets a bad key
+            sources.add(raw, f"config {file}")
     for item in overrides:
         sources.add(parse_override(item), f"override {shown(item)}")
     return sources.build()

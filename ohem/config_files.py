@@ -84,9 +84,20 @@ def parse_yaml(text: str) -> Any:
 MAX_BASES, MAX_BASE_DEPTH, MAX_BASE_READS = 16, 16, 64  # base: files per file, chain depth, files per config
 
 
-def read_yaml(path: Path, seen: tuple[Path, ...] = (), reads: list[Path] | None = None) -> dict[str, Any]:
-    """The sections of a config file, with its ``base:`` file's sections under them. ``reads``: the files read
-    so far for this config (at most ``MAX_BASE_READS``: a fan-out of bases repeats files exponentially)."""
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The sections of a config file, with its ``base:`` files' sections under them."""
+    merged: dict[str, Any] = {}
+    for raw, _ in read_chain(path):
+        merged = deep_update(merged, raw)
+    return merged
+
+
+def read_chain(
+    path: Path, seen: tuple[Path, ...] = (), reads: list[Path] | None = None
+) -> list[tuple[dict[str, Any], Path]]:
+    """A config file and its ``base:`` files as (sections, file) in the order they apply: the bases first
+    (later ones over earlier ones), the file last. ``reads``: the files read so far for this config (at most
+    ``MAX_BASE_READS``: a fan-out of bases repeats files exponentially)."""
     reads = [] if reads is None else reads
     where = f"config {cut(str(path))}"
     reads.append(path)
@@ -113,7 +124,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = (), reads: list[Path] | None 
         raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
     bases = raw.pop("base", None)
     if bases is None:
-        return raw
+        return [(raw, path)]
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -122,7 +133,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = (), reads: list[Path] | None 
         raise ConfigError(f"{where}: 'base' lists {len(bases):,} files, at most {MAX_BASES}")
     if len(seen) + 1 >= MAX_BASE_DEPTH:
         raise ConfigError(f"{where}: 'base' chain more than {MAX_BASE_DEPTH} files deep (from {seen[0]})")
-    merged: dict[str, Any] = {}
+    chain: list[tuple[dict[str, Any], Path]] = []
     for base in bases:  # later bases override earlier ones; the file itself overrides them all
         try:
             base_path = (path.parent / base).resolve()
@@ -130,8 +141,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = (), reads: list[Path] | None 
             raise ConfigError(f"{where}: 'base' {shown(base)}: cannot resolve ({one_line(str(e))})") from None
         if base_path in seen or base_path == path.resolve():
             raise ConfigError(f"{where}: 'base' chain loops back to {base_path}")
-        merged = deep_update(merged, read_yaml(base_path, (*seen, path.resolve()), reads))
-    return deep_update(merged, raw)
+        chain += read_chain(base_path, (*seen, path.resolve()), reads)
+    return [*chain, (raw, path)]
 
 
 def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 STRICT = ConfigDict(
     extra="forbid", strict=True, allow_inf_nan=False, validate_assignment=True, use_attribute_docstrings=True
 )
-RESUMABLE = {"resume": True}  # ``ohem train --resume`` may give another value (ohem.engine.run_folder)
+RESUMABLE: dict[str, Any] = {"resume": True}  # ``ohem train --resume`` may give another value (ohem.engine.run_folder)
 
 
 def between(low: float, high: float, resumable: bool = False) -> Any:
@@ -196,10 +196,12 @@ class ModelConfig:
     box_target_norm: Literal["fixed", "empirical"] = "fixed"
     """fixed (the box coder's weights 10, 10, 5, 5) | empirical (Fast R-CNN: per-class mean/std of the
     training set's fg RoI targets, measured at the start of a run; proposal-file models)"""
-    image_mean: Annotated[list[float], Field(min_length=3, max_length=3)] | None = None
+    image_mean: Annotated[list[Annotated[float, between(-65535, 65535)]], Field(min_length=3, max_length=3)] | None = (
+        None
+    )
     """input pixels: x * pixel_scale, channels in channel_order, then (x - image_mean) / image_std (R, G, B);
     null: the model's own (torchvision's ImageNet RGB for VGG)"""
-    image_std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)] | None = None
+    image_std: Annotated[list[Annotated[float, Field(gt=0, le=65535)]], Field(min_length=3, max_length=3)] | None = None
     """as image_mean"""
     pixel_scale: Annotated[float, Field(gt=0, le=65535)] = 1.0
     """1: pixels in [0, 1]; 255: Caffe's 0-255"""

@@ -44,6 +44,18 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
+def _samplers():
+    # A test that registers a sampler of its own (or imports a module that does) leaves the registry as it was.
+    from ohem.mining.sampler import SAMPLERS, load_builtin_samplers
+
+    load_builtin_samplers()
+    before = dict(SAMPLERS)
+    yield
+    SAMPLERS.clear()
+    SAMPLERS.update(before)
+
+
+@pytest.fixture(autouse=True)
 def _threads():
     # A run with train.num_threads sets torch's thread count for the process; later tests (e.g. one
     # comparing a subprocess's run with an in-process one) must see the count they started with.

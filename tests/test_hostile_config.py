@@ -89,7 +89,7 @@ CASES = [
          r"a finite number in \[0, 10\], got 9+"),
     Case("sampler.method of 100000 characters", _train("sampler.method=" + "x" * 100_000), 1,
          TRAIN + r"override 'sampler\.method=x+\.\.\. \(100,017 characters\): sampler\.method must be one of "
-         r"ohem, .*, got 'x+\.\.\. \(100,002 characters\)$"),
+         r"heuristic, .*, got 'x+\.\.\. \(100,002 characters\)$"),
     Case("a config with a 5000-digit number", _train_file("solver:\n  lr: " + "9" * 5000 + "\n"), 1,
          TRAIN + r"config .*c\.yaml: not valid YAML: Exceeds the limit \(4300 digits\)"),
     # --- dense proposals: counts beyond the readers' limit, refused before allocating

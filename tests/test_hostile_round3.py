@@ -7,7 +7,6 @@ The next bad input is one ``Case(...)`` line in ``CASES``."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import struct
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from ohem import enable_ohem
-from ohem.config import Config, ConfigError, _is_union
+from ohem.config import Config, ConfigError
 from ohem.events import EventStorage
 from ohem.mining import SAMPLERS, Sample, SamplerBase, enable_sampler, register_sampler
 from tests.test_hostile import Case, check_case, image_file, text_file
