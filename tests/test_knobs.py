@@ -16,7 +16,7 @@ from ohem.mining import (
     SamplingRoIHeads,
     build_detector,
     enable_ohem,
-    readonly_losses,
+    readonly_pass,
 )
 from ohem.mining.rpn import OHEMRegionProposalNetwork
 from ohem.models import SmallBackbone
@@ -37,7 +37,7 @@ def _build(*overrides):
         (["sampler.batch_size_per_image=32"], "batch_size_per_image", 32),  # B / N
         (["sampler.bg_iou_low=0.1"], "bg_iou_low", 0.1),
         ([], "bg_iou_low", 0.0),  # the paper's OHEM default
-        (["sampler.ohem_start=7"], "start", 7),
+        (["sampler.start=7"], "start", 7),
         (["sampler.nms_iou=null"], "nms_iou", None),  # NMS off
         (["sampler.nms_iou=0.5"], "nms_iou", 0.5),
         (["sampler.mining_loss=cls"], "mining_loss", "cls"),
@@ -70,12 +70,12 @@ def test_a_retired_or_unknown_sampler_key_is_a_one_line_error():
 
 
 def test_rpn_ohem_key():
-    model = _build("sampler.rpn_ohem=true", "sampler.rpn_nms_iou=0.5", "model.rpn_batch_size_per_image=128")
+    model = _build("model.rpn_ohem=true", "model.rpn_nms_iou=0.5", "model.rpn_batch_size_per_image=128")
     assert isinstance(model.rpn, OHEMRegionProposalNetwork)
     assert model.rpn.nms_iou == 0.5 and model.rpn.num_per_image == 128
     assert type(_build().rpn).__name__ == "RegionProposalNetwork"
     with pytest.raises(ValueError, match="fast_rcnn_small has no RPN"):
-        _build("model.name=fast_rcnn_small", "sampler.rpn_ohem=true")
+        _build("model.name=fast_rcnn_small", "model.rpn_ohem=true")
 
 
 def test_test_time_keys():
@@ -128,7 +128,7 @@ def test_readonly_dropout_on_or_off(readonly_dropout):
     rois = LabelledRoIs(boxes, zeros, zeros, torch.tensor([1, 0, 2]), torch.zeros(3, 4), torch.zeros(3, 4), 1)
 
     def losses():
-        scores = readonly_losses(heads, features, rois, [(128, 128)], heads.sampler.readonly, heads.box_loss_beta)
+        scores = readonly_pass(heads, features, rois, [(128, 128)], heads.sampler.readonly, heads.box_loss_beta)
         return scores.cls + scores.box
 
     first, second = losses(), losses()

@@ -41,7 +41,7 @@ LAYERS = [
 
 # The one import up the layers: the config's sampler section is the sampler itself, so reading a config
 # looks its class up among the registered samplers (inside the functions that do, never at import).
-UPWARD = {("ohem.config", "ohem.mining.sampler")}
+UPWARD = {("ohem.config", "ohem.mining.sampler"), ("ohem.config_sections", "ohem.mining.sampler")}
 
 
 def layer_of(module: str) -> int:

@@ -14,7 +14,7 @@ import yaml
 
 from ohem.checkpoint import load_checkpoint
 from ohem.cli import main
-from ohem.config import SamplerConfig, load_config
+from ohem.config import load_config
 from ohem.data import SyntheticShapes, build_dataset
 from ohem.data.export import export_synthetic
 from ohem.data.loader import eval_batches
@@ -22,7 +22,7 @@ from ohem.data.proposals import write_proposals
 from ohem.engine import trainer as training
 from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
-from ohem.mining import OHEMSampler, ReadOnlySettings, build_detector, build_sampler, label_rois, readonly_losses
+from ohem.mining import OHEMSampler, build_detector, label_rois, readonly_pass
 from ohem.recipes import PAPER_DIR
 
 ROOT = Path(__file__).parent.parent
@@ -182,16 +182,16 @@ def test_paper_config_has_the_papers_settings(path):
     # Fast R-CNN on VGG16 (or VGG_CNN_M_1024 from converted weights); no RPN, so no RPN mining
     assert m.name == ("fast_rcnn_vgg_cnn_m_1024" if "vgg_cnn_m_1024" in name else "fast_rcnn_vgg16")
     assert m.backbone_weights == ("weights/vgg_cnn_m_1024.pt" if "vgg_cnn_m_1024" in name else "imagenet")
-    assert not s.rpn_ohem
+    assert not m.rpn_ohem
     # the sampler: OHEM mines B/N = 64 per image from every RoI (bg_lo = 0), loss cls + box, NMS 0.7;
     # the heuristic samples 64 per image, 25 % fg, bg from IoU [0.1, 0.5)
     assert s.method == ("ohem" if ohem else "heuristic") and s.batch_size_per_image == 64
     if ohem:
-        bg_iou_low = build_sampler(s).bg_iou_low
-        assert (bg_iou_low, s.nms_iou, s.mining_loss, s.readonly_dropout) == (0.0, 0.7, "cls+box", True)
+        assert isinstance(s, OHEMSampler)
+        assert (s.bg_iou_low, s.nms_iou, s.mining_loss, s.readonly_dropout) == (0.0, 0.7, "cls+box", True)
         assert s.nms_per_label  # NMS per image and per label
     else:
-        assert (build_sampler(s).bg_iou_low, s.fg_fraction) == (0.1, 0.25)
+        assert (s.bg_iou_low, s.fg_fraction) == (0.1, 0.25)
     # N = 2 images per SGD step (1 x 2 passes in the authors' code); SGD 0.001, momentum 0.9, wd 5e-4
     assert (o.images_per_batch, o.accumulate_steps) == ((1, 2) if "accum2" in name else (2, 1))
     assert (o.lr, o.momentum, o.weight_decay, o.gamma, o.warmup_iterations) == (0.001, 0.9, 5e-4, 0.1, 0)
@@ -336,12 +336,12 @@ def test_eval_writes_results_that_rescore_to_the_same_metrics(trees, tmp_path, c
 
 
 def test_mean_roi_loss_reads_the_proposal_file_for_fast_rcnn(trees, tmp_path):
-    from ohem.evaluation import mean_roi_loss
+    from ohem.evaluation import all_roi_mean_loss
 
     cfg = load_config(None, _small_fast_rcnn_overrides(trees, tmp_path))
     train_set = build_dataset(cfg.data, "train")
     model = build_detector(cfg.model, cfg.sampler, 5)
-    loss = mean_roi_loss(model, train_set, [0], torch.device("cpu"))
+    loss = all_roi_mean_loss(model, train_set, [0], torch.device("cpu"))
     # by hand: every proposal of the file plus the gt boxes, labelled with bg from IoU 0, mean loss
     model.eval()
     heads = model.roi_heads
@@ -349,9 +349,9 @@ def test_mean_roi_loss_reads_the_proposal_file_for_fast_rcnn(trees, tmp_path):
     with torch.no_grad():
         features = {"0": model.backbone(model.transform(images)[0].tensors)}
         rois = label_rois(heads, [targets[0]["proposals"]], targets, bg_iou_low=0.0)
-        terms = readonly_losses(
-            heads, features, rois, [(128, 128)], ReadOnlySettings.from_config(SamplerConfig()), heads.box_loss_beta
-        )
+        readonly = OHEMSampler().readonly
+        assert readonly is not None
+        terms = readonly_pass(heads, features, rois, [(128, 128)], readonly, heads.box_loss_beta)
     by_hand = terms.cls + terms.box
     assert len(rois.boxes) == len(targets[0]["proposals"]) + len(targets[0]["boxes"])
     assert math.isfinite(loss) and loss == pytest.approx(by_hand.mean().item(), rel=1e-5)
