@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from ohem.config import Config, ConfigError, apply_overrides, cut
+from ohem.config_values import value_override
 from ohem.structures import DetectionDataset
 from ohem.util import one_line
 
@@ -63,7 +64,8 @@ def data_config(cfg: Config, args: argparse.Namespace) -> Config:
         kind, _, root = args.data.partition(":")
         if kind not in ("synthetic", "voc", "coco") or (kind != "synthetic" and not root):
             raise ValueError(f"--data: expected synthetic, voc:ROOT or coco:ROOT, got {args.data!r}")
-        overrides += [f"data.dataset={kind}", f"data.root={root}" if root else "data.root=null"]
+        # typed values: a root such as '/d/my data #2', '2007' or 'yes' is a path, not YAML to parse
+        overrides += [value_override("data.dataset", kind), value_override("data.root", root or None)]
         if kind != cfg.data.dataset:  # the checkpoint's split names mean nothing to another dataset
             overrides += [
                 "data.train_split=null",

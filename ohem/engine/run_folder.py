@@ -52,7 +52,9 @@ def _may_change_on_resume() -> tuple[str, ...]:
     )
 
 
-RESUME_MAY_CHANGE = _may_change_on_resume()  # config keys a --resume may change
+# config keys a --resume may change; model.init_weights too: a resumed run takes its weights from the
+# checkpoint, never from there, and the path moves with a moved bench folder (OUT/pretrain)
+RESUME_MAY_CHANGE = (*_may_change_on_resume(), "model.init_weights")
 
 
 # Descriptors of the locks this process holds. A forked child (a DataLoader worker) closes its
