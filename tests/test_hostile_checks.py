@@ -6,13 +6,16 @@ The next bad input is one ``Case(...)`` line in ``CASES``."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 import typing
 from pathlib import Path
 
 import pytest
 
-from ohem.cli import main
+from ohem.cli import main, terminate_as_exit
 from tests.test_hostile import SETS, Case, check_case, copy_run, trained
 
 __all__ = ["trained"]  # the trained-run fixture of tests/test_hostile.py, shared
@@ -91,3 +94,34 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_no_output_is_an_input(case: Case, trained: Path, tmp_path: Path, capsys) -> None:
     check_case(case, trained, tmp_path, capsys)
+
+
+# ------------------------------------------------------------------------------------- single bugs
+def test_resume_removes_the_temporary_files_a_killed_run_left(trained: Path, tmp_path: Path) -> None:
+    out = copy_run(trained, tmp_path)
+    stale = out / ".checkpoint_last.pt.ab12cd_9.tmp"  # as atomic_open names it; kill -9 mid-write leaves it
+    stale.write_bytes(b"half a checkpoint")
+    mine = [out / ".notes.tmp", out / "keep.tmp", out / "sub" / ".x.pt.abcdefgh.tmp"]  # not ours: kept
+    for path in mine:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("the user's own\n")
+    (out / ".link.pt.abcdefgh.tmp").symlink_to(tmp_path / "elsewhere")
+    longer = [*SETS, "--set", "solver.iterations=5"]
+    assert main(["train", "--config", "demo", "--out", str(out), "--resume", *longer]) == 0
+    assert not stale.exists() and all(path.read_text() == "the user's own\n" for path in mine)
+    assert (out / ".link.pt.abcdefgh.tmp").is_symlink()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") and p.name.startswith(".checkpoint")]
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
+def test_sighup_ends_a_command_like_sigterm(number: int) -> None:
+    before = signal.getsignal(number)
+    cleaned = []
+    with pytest.raises(SystemExit) as stopped, terminate_as_exit():
+        try:
+            os.kill(os.getpid(), number)
+            time.sleep(5)  # the handler raises before this ends
+        finally:
+            cleaned.append(True)  # finally blocks run: the loader's pymp-* folder and the lock file go
+    assert stopped.value.code == 128 + number and cleaned == [True]
+    assert signal.getsignal(number) == before  # restored

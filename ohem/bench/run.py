@@ -66,7 +66,14 @@ from ohem.bench.summary import plot_curves, summary_markdown
 from ohem.config import Config, load_config
 from ohem.config_values import value_override
 from ohem.evaluation.errors import KINDS
-from ohem.util import atomic_open, check_output_folder, has_module, install_hint, output_folder
+from ohem.util import (
+    atomic_open,
+    check_output_folder,
+    has_module,
+    install_hint,
+    output_folder,
+    remove_stale_temporaries,
+)
 
 
 def run_bench(b: Bench) -> int:
@@ -97,6 +104,7 @@ def prepare(b: Bench) -> Config:
 
 def open_folder(b: Bench, base: Config) -> dict[str, Any]:
     """``OUT``'s settings checked against this call's and saved, its CSVs readable; the settings."""
+    remove_stale_temporaries(b.out)  # a killed call's half-written CSV or bench.json (the caller holds the lock)
     settings = check_settings(b, base)
     for name in SCHEMAS:  # a hand-edited or broken row is an error now, not a traceback in a later phase
         read_csv(b.out / name)
