@@ -125,3 +125,18 @@ def test_sighup_ends_a_command_like_sigterm(number: int) -> None:
             cleaned.append(True)  # finally blocks run: the loader's pymp-* folder and the lock file go
     assert stopped.value.code == 128 + number and cleaned == [True]
     assert signal.getsignal(number) == before  # restored
+
+
+@pytest.mark.parametrize("method", ["libra", "pisa"])
+def test_report_on_a_run_without_mining_records_says_what_it_draws(method: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / method
+    assert main(["train", "--config", "demo", "--out", str(out), *SETS, "--set", f"sampler.method={method}"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ohem report: note: {out}: no mining.jsonl (sampler.method {method} records no mined RoIs); drawing "
+        "losses.png and map.png (mined_fg_fraction.png, mined_iou.png, mined_classes.png, hardest_rois.png need "
+        "mining records)"
+    )
+    assert sorted(p.name for p in (out / "report").iterdir()) == ["losses.png", "map.png"]
