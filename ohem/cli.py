@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def terminate_as_exit() -> typing.Iterator[None]:
-    """SIGTERM (``kill``, a bench stopping its runs or dying, a job scheduler) ends the command with
-    exit code 143 the way an exception would: ``finally`` blocks and exit handlers run (a run folder's
+    """SIGTERM (``kill``, a bench stopping its runs or dying, a job scheduler) and SIGHUP end the command
+    with exit code 143 (129) the way an exception would: ``finally`` blocks and exit handlers run (a run folder's
     lock file, the loader's temporary folder are removed). Only in the main thread; restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -43,11 +43,15 @@ def terminate_as_exit() -> typing.Iterator[None]:
     def stop(signal_number: int, frame: object) -> None:
         raise SystemExit(128 + signal_number)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # SIGHUP (the terminal closed, an ssh session dropped) likewise: its default ends the process at once,
+    # leaving the loader's pymp-* folder and the lock file behind
+    hangups = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, *hangups)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:

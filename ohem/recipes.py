@@ -26,9 +26,12 @@ def recipe_paths() -> dict[str, Path]:
 
 
 def looks_like_a_path(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names a file rather than a recipe. A folder of that name is not a config: it is
+    e.g. the ``--out bench`` of an earlier ``--config bench``, which must not shadow the recipe."""
     text = os.fspath(spec)
     seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
-    return Path(text).exists() or any(s in text for s in seps) or text.endswith((".yaml", ".yml"))
+    exists = Path(text).exists() and not Path(text).is_dir()
+    return exists or any(s in text for s in seps) or text.endswith((".yaml", ".yml"))
 
 
 def find_recipe(spec: str | os.PathLike[str]) -> Path | None:
@@ -36,6 +39,13 @@ def find_recipe(spec: str | os.PathLike[str]) -> Path | None:
     if looks_like_a_path(spec):
         return None
     return recipe_paths().get(os.fspath(spec))
+
+
+def resolved_config(spec: str) -> str:
+    """``spec`` with a recipe's name replaced by its file, once, when a command starts: what it hands on
+    (a bench's runs, a rerun) then reads the same file whatever the folder holds by then."""
+    found = find_recipe(spec)
+    return str(found) if found is not None else spec
 
 
 def recipe_name(path: str | os.PathLike[str]) -> str | None:

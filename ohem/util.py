@@ -110,6 +110,24 @@ def atomic_open(path: str | os.PathLike, binary: bool = False, make_parents: boo
         raise
 
 
+# atomic_open's temporary siblings: ``.NAME.`` + mkstemp's 8 random characters + ``.tmp``
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files ``atomic_open`` left in ``folder`` when its process was killed (``kill -9``
+    mid-write: e.g. a half-written ``.checkpoint_last.pt.ab12cd34.tmp``); only regular files of exactly
+    that name pattern, not in subfolders. Call with the folder's lock held (no writer of ours is live)."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(os.fspath(folder)):
+            if TEMPORARY.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
 class _AppendFile(io.TextIOWrapper):
     """A text file opened to append whose failed writes (a full disk) name the file."""
 
@@ -370,3 +388,14 @@ def die_with_parent(parent: int | None = None, signal_number: int = signal.SIGKI
     _PRCTL(PR_SET_PDEATHSIG, int(signal_number), 0, 0, 0)
     if parent is not None and os.getppid() != parent:
         os._exit(1)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read a MiB at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

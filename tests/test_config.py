@@ -290,6 +290,7 @@ def test_resume_may_change_exactly_the_fields_marked_so():
         "train.timing_every",
         "data.workers",
         "test.images_per_batch",
+        "model.init_weights",  # not read on resume (run_folder, not a field's mark)
     }
     short = ["solver.warmup_iterations=0", "solver.iterations=10"]  # the warm-up fits in the run
     before = load_config(None, short)

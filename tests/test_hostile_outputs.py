@@ -141,6 +141,24 @@ def _export_with_manifest(manifest: object) -> object:
     return setup
 
 
+def _forged_manifest(tmp: Path, trained: Path) -> list[str]:
+    """A manifest that lists the user's own files in OUT as an earlier export's (one with a made-up
+    digest, one without): exporting that split again must not remove them."""
+    for rel in ("thesis.tex", ".git/config"):
+        (tmp / "out" / rel).parent.mkdir(parents=True, exist_ok=True)
+        text_file(tmp / "out" / rel, "the user's own\n")
+    files = {"voc:train": {"thesis.tex": "0" * 64, ".git/config": None}}
+    text_file(tmp / "out" / MANIFEST, json.dumps({"format": "ohem-export-2", "files": files}))
+    return export_argv(tmp)
+
+
+def _check_users_files_kept(tmp: Path) -> None:
+    for rel in ("thesis.tex", ".git/config"):
+        assert (tmp / "out" / rel).read_text() == "the user's own\n"
+    listed = json.loads((tmp / "out" / MANIFEST).read_text())["files"]["voc:train"]
+    assert "thesis.tex" not in listed and all(len(digest) == 64 for digest in listed.values())
+
+
 def _export_planned_file_is_a_folder(tmp: Path, trained: Path) -> list[str]:
     (tmp / "out" / "JPEGImages" / "synthetic-train-000001.png").mkdir(parents=True)
     return export_argv(tmp)
@@ -175,6 +193,10 @@ CASES = [
          ERR_EXPORT + r"export manifest .*\.ohem-export\.json: files\.voc:train\[0\]: path '\.\./victim\.txt' leaves"),
     Case("export, a manifest ohem did not write", _export_with_manifest([1, 2]), 1,
          ERR_EXPORT + r"export manifest .*\.ohem-export\.json: not a manifest ohem export wrote"),
+    Case("export, a forged manifest listing the user's files", _forged_manifest, 0,
+         r"^ohem export: warning: left in place 2 file\(s\) .*\.ohem-export\.json lists but ohem export did not "
+         r"write as they are \(their sha256 differs from the one recorded, or none is\): .*out/\.git/config, "
+         r".*out/thesis\.tex$", check=_check_users_files_kept),
     Case("export, an image's name is a folder", _export_planned_file_is_a_folder, 1,
          ERR_EXPORT + r".*out/JPEGImages/synthetic-train-000001\.png: exists and is not a regular file"),
 ]

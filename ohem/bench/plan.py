@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from ohem.bench.jobs import Job, claim
+from ohem.bench.pretrain import check_pretrained
 from ohem.bench.run import (
     accuracy_jobs,
     measured_cost,
     open_folder,
     prepare,
     pretrain_job,
-    pretrain_phase,
+    pretrained_phase,
     record_run,
     run_threads,
+    save_settings,
     write_summary,
 )
 from ohem.bench.spec import Bench, run_key, run_name, run_overrides, schedule_name
@@ -51,7 +53,7 @@ def plan_bench(b: Bench) -> int:
         settings = open_folder(b, base)
         cost: dict[str, dict[str, Any]] = {}
         if b.budget == "seconds":  # iteration counts need this machine's s/iter, which needs the source weights
-            pretrain_phase(b)
+            pretrained_phase(b, settings)
             cost, _ = measured_cost(b, base, settings)
         jobs, skipped = accuracy_jobs(b, cost, run_threads(b))
         output_folder(b.out / "logs", "log folder")  # where the commands write their output
@@ -75,7 +77,9 @@ def collect_bench(b: Bench) -> int:
     had finished, 1 when some had not (listed)."""
     base = prepare(b)
     with claim(b.out):
-        open_folder(b, base)
+        settings = open_folder(b, base)
+        if check_pretrained(b, settings):  # the pretraining the plan ran: its hash, for the next call
+            save_settings(b, settings)
         cost = {r["arm"]: r for r in read_csv(b.out / "cost.csv")}
         rows = read_csv(b.out / "accuracy.csv")
         done = {run_key(r) for r in rows}
@@ -90,7 +94,7 @@ def collect_bench(b: Bench) -> int:
                 unfinished.append(str(run_dir))
                 continue
             iterations, overrides = run_overrides(b, arm, seed, run_threads(b), s_per_iter, k)
-            check_trained_as_planned(run_dir, b.config, overrides)
+            check_trained_as_planned(run_dir, b.config_file, overrides, pretrained=bool(b.pretrain))
             record_run(b, run_dir, key, iterations, s_per_iter, rows)
         for path in write_summary(b, cost):
             print(f"wrote {path}")
@@ -99,11 +103,12 @@ def collect_bench(b: Bench) -> int:
     return 1 if unfinished else 0
 
 
-def check_trained_as_planned(run_dir: Path, config: str, overrides: list[str]) -> None:
-    """The run's saved config is the plan's (but for ``EXECUTION_KEYS``); else a one-line error."""
+def check_trained_as_planned(run_dir: Path, config: str, overrides: list[str], pretrained: bool = False) -> None:
+    """The run's saved config is the plan's (but for ``EXECUTION_KEYS`` and, with ``pretrained``, the
+    path of ``OUT/pretrain``'s weights, which moves with the folder); else a one-line error."""
     planned = load_config(config, overrides).to_dict()
     trained = load_config(str(run_dir / "config.yaml")).to_dict()
-    for key in EXECUTION_KEYS:
+    for key in (*EXECUTION_KEYS, "model.init_weights") if pretrained else EXECUTION_KEYS:
         section, name = key.split(".")
         planned[section].pop(name, None)
         trained[section].pop(name, None)

@@ -35,6 +35,14 @@ from typing import Any
 
 from ohem.bench.cost import COUNTED_STEPS
 from ohem.bench.jobs import Job, claim, run_jobs
+from ohem.bench.pretrain import (
+    check_pretrain_settings,
+    check_pretrained,
+    current_pretrain,
+    filled,
+    recorded_values,
+    stored_values,
+)
 from ohem.bench.schedules import plot_schedules, schedule_markdown
 from ohem.bench.spec import (
     Bench,
@@ -55,9 +63,17 @@ from ohem.bench.state import (
     write_csv,
 )
 from ohem.bench.summary import plot_curves, summary_markdown
-from ohem.config import Config, ConfigError, config_from_dict, load_config
+from ohem.config import Config, load_config
+from ohem.config_values import value_override
 from ohem.evaluation.errors import KINDS
-from ohem.util import atomic_open, check_output_folder, has_module, install_hint, output_folder
+from ohem.util import (
+    atomic_open,
+    check_output_folder,
+    has_module,
+    install_hint,
+    output_folder,
+    remove_stale_temporaries,
+)
 
 
 def run_bench(b: Bench) -> int:
@@ -71,15 +87,15 @@ def prepare(b: Bench) -> Config:
     """Everything checked before anything runs or is written but ``OUT`` and its run and log folders:
     the options, the config with every arm's overrides, the folders. Returns the config."""
     b.check()
-    if b.pretrain:  # every run starts from the pretrained weights (a path inside OUT: the same on every rerun)
-        load_config(b.pretrain)  # a bad pretrain config fails here, before anything runs
-        start = f"model.init_weights={b.pretrained}"
+    if b.pretrain:  # every run starts from the pretrained weights, inside OUT
+        load_config(b.pretrain_file)  # a bad pretrain config fails here, before anything runs
+        start = value_override("model.init_weights", str(b.pretrained))  # a path: '--out b #1' stays whole
         b.overrides = [*b.overrides, start] if start not in b.overrides else b.overrides
-    base = load_config(b.config, b.overrides)  # a bad config or --set fails here, before anything runs
+    base = load_config(b.config_file, b.overrides)  # a bad config or --set fails here, before anything runs
     if base.model.init_weights_skip and not base.model.init_weights:
         raise ValueError(f"{b.config}: model.init_weights_skip without weights to start from; give --pretrain CONFIG")
     for arm in b.arms:
-        load_config(b.config, b.arm_overrides(arm))
+        load_config(b.config_file, b.arm_overrides(arm))
     output_folder(b.out)
     for sub in ("runs", "logs"):  # the folders the runs write into: no symlink to elsewhere, writable
         check_output_folder(b.out / sub, f"{sub} folder", inside=b.out)
@@ -88,6 +104,7 @@ def prepare(b: Bench) -> Config:
 
 def open_folder(b: Bench, base: Config) -> dict[str, Any]:
     """``OUT``'s settings checked against this call's and saved, its CSVs readable; the settings."""
+    remove_stale_temporaries(b.out)  # a killed call's half-written CSV or bench.json (the caller holds the lock)
     settings = check_settings(b, base)
     for name in SCHEMAS:  # a hand-edited or broken row is an error now, not a traceback in a later phase
         read_csv(b.out / name)
@@ -116,7 +133,7 @@ def measured_cost(b: Bench, base: Config, settings: dict[str, Any]) -> tuple[dic
 
 def _run_claimed(b: Bench, base: Config) -> int:
     settings = open_folder(b, base)
-    pretrain_phase(b)
+    pretrained_phase(b, settings)
     cores, threads = available_cores(), run_threads(b)
     print(
         f"ohem bench: {len(b.arms)} arm(s) x {len(b.seeds)} seed(s), budget: {b.budget}; cost phase on {cores} "
@@ -149,9 +166,9 @@ def pretrain_job(b: Bench, threads: int) -> Job | None:
     """``--pretrain``'s training of its config into ``OUT/pretrain``; None when there is none to do
     (no ``--pretrain``, or it finished: its weights are kept)."""
     run_dir = b.pretrained.parent
-    if not b.pretrain or (run_dir / "metrics.json").is_file():
+    if not b.pretrain_file or (run_dir / "metrics.json").is_file():
         return None
-    argv = [*train_command(b.pretrain, run_dir), "--set", f"train.num_threads={threads}"]
+    argv = [*train_command(b.pretrain_file, run_dir), "--set", f"train.num_threads={threads}"]
     return Job("pretrain", argv, b.out / "logs" / "pretrain.log", threads, lambda wall: f"done ({wall:.0f} s)", run_dir)
 
 
@@ -165,24 +182,26 @@ def pretrain_phase(b: Bench) -> None:
         raise ValueError(f"--pretrain {b.pretrain}: {failed[0]}")
 
 
+def pretrained_phase(b: Bench, settings: dict[str, Any]) -> None:
+    """``--pretrain``'s weights checked against the hash ``bench.json`` records, trained if not yet, and
+    their hash recorded once trained."""
+    check_pretrained(b, settings)  # before training anything: a replaced checkpoint is refused at once
+    pretrain_phase(b)
+    if check_pretrained(b, settings):
+        save_settings(b, settings)
+
+
 def check_settings(b: Bench, base: Config) -> dict[str, Any]:
     """What ``OUT`` measures; an ``OUT`` that measured something else is refused (its rows would mix)."""
-    current = {"config": b.config, "budget": b.budget, "values": json.loads(json.dumps(base.to_dict()))}
-    if b.pretrain:  # what the runs start from belongs to what is measured
-        current["pretrain"] = json.loads(json.dumps(load_config(b.pretrain).to_dict()))
+    current = {"config": b.config, "budget": b.budget, "values": recorded_values(b, base), **current_pretrain(b)}
     path = b.out / "bench.json"
     if not path.exists():
         return current
     stored = read_settings(path)
     if stored.get("budget") != b.budget:
         raise ValueError(f"{path}: this folder holds a --budget {stored.get('budget')} benchmark; use another --out")
-    # a key added to the config since the folder was made had its default then (that is how keys are added);
-    # a folder of 0.1 recorded the flat sampler section, translated here
-    try:
-        recorded = json.loads(json.dumps(config_from_dict(stored.get("values", {}), str(path)).to_dict()))
-    except ConfigError as e:
-        raise ValueError(f"{e} (this folder's config; use another --out)") from None
-    key = first_difference(recorded, current["values"])
+    check_pretrain_settings(b, stored, current)  # what the runs start from belongs to what is measured
+    key = first_difference(filled(stored_values(stored), str(path)), current["values"])
     if key:
         raise ValueError(f"{path}: this folder benchmarks another config ({key} differs); use another --out")
     if b.seconds is None:
@@ -249,7 +268,7 @@ def cost_row(arm: str, repeats: list[dict[str, Any]], iterations: int, cores: in
 
 
 def cost_job(b: Bench, arm: str, repeat: int, cores: int, repeats: list[dict[str, Any]], path: Path) -> Job:
-    cfg = load_config(b.config, b.arm_overrides(arm))
+    cfg = load_config(b.config_file, b.arm_overrides(arm))
     # the timer stops at the start of the step after the last; then the steps counted in operations
     steps = b.cost_warmup + b.cost_iters + 1 + COUNTED_STEPS
     overrides = [*b.arm_overrides(arm), f"train.seed={b.seeds[0]}", f"train.num_threads={cores}"]
@@ -257,10 +276,10 @@ def cost_job(b: Bench, arm: str, repeat: int, cores: int, repeats: list[dict[str
         overrides += schedule_overrides(cfg, steps)
     overrides += ["train.eval_every=0", "train.checkpoint_every=0"]  # nothing but training is timed
     if b.cost_init:  # a trained model's RPN passes its steady-state number of RoIs
-        overrides.append(f"model.init_weights={b.cost_init}")
+        overrides.append(value_override("model.init_weights", b.cost_init))
     result = b.out / "logs" / f"cost-{arm}-{repeat}.json"
     spec = {
-        "config": b.config,
+        "config": b.config_file,
         "overrides": overrides,
         "run_dir": str(b.out / "runs" / f"cost-{arm}"),
         "result": str(result),
@@ -328,7 +347,7 @@ def accuracy_job(
     run_dir = b.out / "runs" / name
     iterations, overrides = run_overrides(b, arm, seed, threads, s_per_iter, schedule)
     key = (arm, str(seed), schedule_name(schedule))
-    argv = [*train_command(b.config, run_dir), *[a for o in overrides for a in ("--set", o)]]
+    argv = [*train_command(b.config_file, run_dir), *[a for o in overrides for a in ("--set", o)]]
 
     def finish(wall: float) -> str:
         row = record_run(b, run_dir, key, iterations, s_per_iter, rows, wall_s=round(wall, 1), threads=threads)

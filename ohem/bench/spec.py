@@ -17,6 +17,7 @@ from ohem.bench.executors import Executor
 from ohem.bench.jobs import CHECKPOINT, read_jsonl
 from ohem.bench.state import MAX_SECONDS
 from ohem.config import Config, load_config
+from ohem.recipes import resolved_config
 
 COST_WARMUP = 10  # untimed steps first: allocator and thread pools settle
 ERROR_SCORE = 0.5  # the error phase's default score threshold
@@ -44,6 +45,14 @@ class Bench:
     executor: Executor = field(default_factory=Executor)  # where the training runs execute (not the cost phase)
     schedules: list[float] = field(default_factory=lambda: [1.0])  # multiples of the run length (iterations or seconds)
     arm_files: dict[str, Arm] = field(default_factory=dict)  # --arms given as files, by name (else built-in)
+    # --config and --pretrain as files, resolved once: a folder named like a recipe (``--out bench``)
+    # must not change what a later phase, a run or a rerun reads
+    config_file: str = field(init=False)
+    pretrain_file: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config_file = resolved_config(self.config)
+        self.pretrain_file = resolved_config(self.pretrain) if self.pretrain else None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Bench:
@@ -131,7 +140,7 @@ class Bench:
         arm = self.arm(name)
         overrides = [*self.overrides, *arm.overrides]
         if arm.start_fraction:
-            iterations = load_config(self.config, overrides).solver.iterations
+            iterations = load_config(self.config_file, overrides).solver.iterations
             overrides.append(f"sampler.start={math.floor(iterations * arm.start_fraction + 0.5)}")
         return overrides
 
@@ -197,7 +206,7 @@ def run_overrides(
     """One accuracy run's iterations and ``--set`` list: the user's, the arm's, seed and threads and,
     at a ``schedule`` other than 1 or with ``--budget seconds``, the run length and lr schedule
     stretched to ``schedule`` x the config's iterations or x ``--seconds`` at ``s_per_iter``."""
-    cfg = load_config(b.config, b.arm_overrides(arm))
+    cfg = load_config(b.config_file, b.arm_overrides(arm))
     overrides = [*b.arm_overrides(arm), f"train.seed={seed}", f"train.num_threads={threads}"]
     if b.budget != "seconds":
         if schedule == 1:

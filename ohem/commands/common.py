@@ -10,7 +10,8 @@ import os
 import typing
 from pathlib import Path
 
-from ohem.config import Config, ConfigError, apply_overrides, cut
+from ohem.config import Config, ConfigError, DataConfig, apply_overrides, cut
+from ohem.config_values import value_override
 from ohem.structures import DetectionDataset
 from ohem.util import one_line
 
@@ -63,7 +64,8 @@ def data_config(cfg: Config, args: argparse.Namespace) -> Config:
         kind, _, root = args.data.partition(":")
         if kind not in ("synthetic", "voc", "coco") or (kind != "synthetic" and not root):
             raise ValueError(f"--data: expected synthetic, voc:ROOT or coco:ROOT, got {args.data!r}")
-        overrides += [f"data.dataset={kind}", f"data.root={root}" if root else "data.root=null"]
+        # typed values: a root such as '/d/my data #2', '2007' or 'yes' is a path, not YAML to parse
+        overrides += [value_override("data.dataset", kind), value_override("data.root", root or None)]
         if kind != cfg.data.dataset:  # the checkpoint's split names mean nothing to another dataset
             overrides += [
                 "data.train_split=null",
@@ -90,3 +92,31 @@ def same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+Inputs = list[tuple[str, object]]  # (what names it: an option or config key, the path given); None: not given
+
+
+def data_inputs(data: DataConfig, dataset: object = None) -> Inputs:
+    """The files a data config (and the data set built from it) reads: proposals, splits, the COCO
+    annotation JSON, the VOC split files."""
+    found: Inputs = [(f"data.{key}", getattr(data, key)) for key in ("proposals", "test_proposals")]
+    found += [(f"data.{key}", getattr(data, key)) for key in ("train_split", "test_split")]
+    if getattr(dataset, "ann_file", None) is not None:
+        found.append(("the split's annotations", dataset.ann_file))  # type: ignore[attr-defined]
+    found += [("the split file", path) for path in getattr(dataset, "split_files", [])]
+    return found
+
+
+def check_outputs_not_inputs(flag: str, out: object, outputs: list[Path], inputs: Inputs, instead: str = "") -> None:
+    """No output of a command may be one of its inputs (written over, moved aside or half-written while it
+    is read): one line naming both, before any work. ``out``: what ``flag`` gave; ``outputs``: the files
+    the command may write under it (or ``out`` itself)."""
+    for path in outputs:
+        for what, given in inputs:
+            if given is None or given == "" or not same_file(path, Path(str(given))):
+                continue
+            written = "is" if Path(str(out)) == path else f"writes {path}, which is"
+            raise ValueError(
+                f"{flag} {out}: {written} this command's input ({what} {given}); give another {instead or flag}"
+            )

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ohem.commands.common import same_file
+from ohem.commands.common import check_outputs_not_inputs, same_file
 from ohem.config import Config, ConfigError
 from ohem.util import (
     atomic_open,
@@ -67,6 +67,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         proposals_for = proposal_source(args.proposals, model, cfg, args.images, stack)
         out = check_output_folder(args.out)  # before any work: not a link, not a file, writable
         pngs = output_names(args.images, out)
+        inputs = [("--checkpoint", args.checkpoint), ("--proposals", args.proposals)]
+        inputs += [("image", path) for path in args.images]
+        check_outputs_not_inputs("--out", args.out, [out / "detections.json", *pngs], inputs)
         output_folder(out)
         results: list[dict[str, typing.Any]] = []
         batch = cfg.test.images_per_batch

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ohem.commands.common import data_config, same_file
+from ohem.commands.common import check_outputs_not_inputs, data_config, data_inputs
 from ohem.config import load_config
 from ohem.structures import DetectionDataset
 from ohem.util import check_writable, one_line
@@ -20,10 +20,8 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: is a folder; give the .npz file to write")
     check_writable(Path(args.out).absolute().parent, "--out's folder")  # before any work
     data = data_config(load_config(), args).data
-    inputs = (("--import-mat", args.import_mat), ("data.proposals", data.proposals))
-    for what, given in ((w, p) for w, p in inputs if p):  # the output would replace the file it is made from
-        if same_file(Path(args.out), Path(given)):
-            raise ValueError(f"--out {args.out}: is this command's input ({what} {given}); give another file to write")
+    inputs = [("--import-mat", args.import_mat), *data_inputs(data)]  # the output would replace what it reads
+    check_outputs_not_inputs("--out", args.out, [Path(args.out)], inputs, "file to write")
     max_boxes = 2000 if args.max_boxes is None else args.max_boxes
     limit = data.max_proposal_boxes_per_image
     if mode != "import-mat" and limit is not None and max_boxes > limit:  # the readers would refuse the file
@@ -37,6 +35,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
 
         require_selective_search()
     dataset = build_dataset(data, "test", args.split)
+    check_outputs_not_inputs("--out", args.out, [Path(args.out)], data_inputs(data, dataset), "file to write")
     if mode == "dense":
         from ohem.data.dense_proposals import dense_proposals
 

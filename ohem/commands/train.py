@@ -7,8 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from ohem.commands.common import check_not_empty, data_config, naming_the_file, workers_override
-from ohem.config import load_config
+from ohem.commands.common import (
+    check_not_empty,
+    check_outputs_not_inputs,
+    data_config,
+    data_inputs,
+    naming_the_file,
+    workers_override,
+)
+from ohem.config import Config, load_config
 from ohem.util import atomic_open, check_output_folder, output_folder, regular_file, require, strict_json
 
 
@@ -18,6 +25,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides + workers_override(args))
     out = Path(args.out)
+    check_train_inputs(args, cfg, out)
     metrics = train(cfg, out, resume=args.resume, force=args.force)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
@@ -27,6 +35,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     written = [out / name for name in ("metrics.json", "detections.png", "checkpoint_last.pt", "checkpoint_best.pt")]
     print(f"wrote {', '.join(str(path) for path in written if path.exists())}")
     return 0
+
+
+def check_train_inputs(args: argparse.Namespace, cfg: Config, out: Path) -> None:
+    """No file the run writes into ``--out`` (or moves aside with ``--force``) is one it reads. Its own
+    ``config.yaml`` may be the config of a ``--resume``: it is rewritten with the run's config."""
+    from ohem.engine.run_folder import RUN_FILES
+
+    written = [out / name for name in RUN_FILES if not (args.resume and name == "config.yaml")]
+    inputs = [("--config", args.config), ("model.init_weights", cfg.model.init_weights), *data_inputs(cfg.data)]
+    check_outputs_not_inputs("--out", args.out, written, inputs)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -48,6 +66,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             cfg.data.classes = list(classes)
         dataset = build_dataset(cfg.data, "test", args.split)
         check_not_empty(dataset)
+        inputs = [("--checkpoint", args.checkpoint), *data_inputs(cfg.data, dataset)]
+        check_outputs_not_inputs("--out", args.out, [out / "results.json", out / "metrics.json"], inputs)
         if list(dataset.classes) != classes:
             raise ValueError(f"dataset classes {list(dataset.classes)} differ from the checkpoint's {classes}")
         test_time = TestTime.from_config(cfg.model)
@@ -59,8 +79,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_detections(out / "results.json", detections, dataset.image_ids, dataset.category_ids)
     else:
         regular_file(args.detections, "detections file")
-        dataset = build_dataset(data_config(load_config(), args).data, "test", args.split)
+        data = data_config(load_config(), args).data
+        dataset = build_dataset(data, "test", args.split)
         check_not_empty(dataset)
+        inputs = [("--detections", args.detections), *data_inputs(data, dataset)]
+        check_outputs_not_inputs("--out", args.out, [out / "metrics.json"], inputs)
         with naming_the_file(f"detections file {args.detections}"):
             detections = read_detections(args.detections, dataset.image_ids, dataset.category_ids)
         output_folder(out)

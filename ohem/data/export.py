@@ -8,14 +8,18 @@ COCO: OUT/annotations/instances_SPLIT.json, OUT/SPLIT/NAME.png
 export replaces only files the manifest lists: a file of the same name that it did not write (your
 own ``ImageSets/Main/train.txt``) stops it before anything is written, unless ``force``. Exporting a
 split again removes the files of its previous export that the new one does not write (a smaller
-split leaves no stale images behind); files the manifest does not list are never removed. The
-manifest is written before the files (listing old and new), so an interrupted export is still known.
+split leaves no stale images behind), and only those whose bytes still have the SHA-256 the manifest
+records: files it does not list, or lists with another digest (a hand-edited or forged manifest naming
+``thesis.tex``), are never removed (a warning names them). The manifest is written before the files
+(listing old and new), so an interrupted export is still known.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,10 +29,10 @@ from tqdm import tqdm
 
 from ohem.data.files import check_inside, entry_path, load_json
 from ohem.data.synthetic import SyntheticShapes
-from ohem.util import atomic_open, check_output_folder, output_folder, refuse_symlink, strict_json
+from ohem.util import atomic_open, check_output_folder, file_sha256, output_folder, refuse_symlink, strict_json
 
 MANIFEST = ".ohem-export.json"
-MANIFEST_FORMAT = "ohem-export-1"
+MANIFEST_FORMAT = "ohem-export-2"  # 1: lists of paths; 2: each path with its SHA-256
 
 
 def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, force: bool = False) -> list[Path]:
@@ -41,7 +45,7 @@ def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, for
     key = f"{layout}:{dataset.split}"
     manifest = read_manifest(out)
     check_outputs(out, planned, manifest, force)
-    previous = manifest.get(key, [])
+    previous = manifest.get(key, {})
     elsewhere = {rel for other, files in manifest.items() if other != key for rel in files}
     stale = sorted(set(previous) - set(planned) - elsewhere)
     for rel in stale:  # checked before anything is written: the manifest may have been edited
@@ -50,13 +54,29 @@ def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, for
     for sub in subfolders:  # checked before the manifest is written: a refused export leaves nothing behind
         check_output_folder(out / sub, "export folder", inside=out)
     output_folder(out)
-    write_manifest(out, {**manifest, key: sorted(set(previous) | set(planned))})
+    # first the old files and the new (not hashed yet: written next), so an interrupted export is still its own
+    write_manifest(out, {**manifest, key: {**dict.fromkeys(planned), **previous}})
     index = _export_voc(dataset, out) if layout == "voc" else _export_coco(dataset, out)
-    for rel in stale:
-        if (out / rel).is_file() and not (out / rel).is_symlink():
-            (out / rel).unlink()
-    write_manifest(out, {**manifest, key: sorted(planned)})
+    kept = [rel for rel in stale if not _remove_if_ours(out / rel, previous[rel])]
+    if kept:  # a hand-edited (or forged) manifest: what ohem did not write as it is now stays
+        shown = ", ".join(str(out / rel) for rel in kept[:3]) + (", ..." if len(kept) > 3 else "")
+        print(
+            f"ohem export: warning: left in place {len(kept)} file(s) {out / MANIFEST} lists but ohem export did "
+            f"not write as they are (their sha256 differs from the one recorded, or none is): {shown}",
+            file=sys.stderr,
+        )
+    write_manifest(out, {**manifest, key: {rel: file_sha256(out / rel) for rel in planned}})
     return [index]
+
+
+def _remove_if_ours(path: Path, recorded: str | None) -> bool:
+    """Remove ``path`` if it holds the bytes an earlier export recorded; True if removed (or gone)."""
+    if not os.path.lexists(path):
+        return True
+    if recorded is None or path.is_symlink() or not path.is_file() or file_sha256(path) != recorded:
+        return False
+    path.unlink()
+    return True
 
 
 def planned_files(dataset: SyntheticShapes, layout: str) -> list[str]:
@@ -68,27 +88,35 @@ def planned_files(dataset: SyntheticShapes, layout: str) -> list[str]:
     return [f"annotations/instances_{dataset.split}.json", *(f"{dataset.split}/{name}.png" for name in names)]
 
 
-def read_manifest(out: Path) -> dict[str, list[str]]:
-    """The files each earlier export into ``out`` wrote (``{"voc:train": [paths relative to out]}``);
-    empty when there is no manifest. A manifest ohem did not write is a one-line error."""
+def read_manifest(out: Path) -> dict[str, dict[str, str | None]]:
+    """The files each earlier export into ``out`` wrote, with their SHA-256 (``{"voc:train": {path
+    relative to out: hex digest, or None: not recorded}}``); empty when there is no manifest. A manifest
+    ohem did not write is a one-line error. Format 1 (lists of paths, no digests) is read too."""
     path = out / MANIFEST
     if not os.path.lexists(path):
         return {}
     refuse_symlink(path)
     where = f"export manifest {path}"
     data = load_json(path, "export manifest")
-    files = data.get("files") if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+    known = isinstance(data, dict) and data.get("format") in (MANIFEST_FORMAT, "ohem-export-1")
+    files = data.get("files") if known else None
     if not isinstance(files, dict):
         raise ValueError(f"{where}: not a manifest ohem export wrote (no format {MANIFEST_FORMAT!r}); move it away")
+    read: dict[str, dict[str, str | None]] = {}
     for key, listed in files.items():
-        if not isinstance(listed, list):
-            raise ValueError(f"{where}: files.{key}: expected a list of paths, got {type(listed).__name__}")
-        for k, rel in enumerate(listed):
-            entry_path(out, rel, f"{where}: files.{key}[{k}]", "path")  # relative, inside out: safe to remove
-    return files
+        if isinstance(listed, list):  # format 1: no digests
+            listed = dict.fromkeys(listed)
+        if not isinstance(listed, dict):
+            raise ValueError(f"{where}: files.{key}: expected an object of paths, got {type(listed).__name__}")
+        for k, (rel, digest) in enumerate(listed.items()):
+            entry_path(out, rel, f"{where}: files.{key}[{k}]", "path")  # relative, inside out
+            if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+                raise ValueError(f"{where}: files.{key}[{k}]: sha256 must be 64 hex digits or null, got {digest!r}")
+        read[key] = listed
+    return read
 
 
-def check_outputs(out: Path, planned: list[str], manifest: dict[str, list[str]], force: bool) -> None:
+def check_outputs(out: Path, planned: list[str], manifest: dict[str, dict[str, str | None]], force: bool) -> None:
     """Raise, before anything is written, if an output is a link or not a regular file, or (unless
     ``force``) a file that no earlier export into ``out`` wrote."""
     ours = {rel for files in manifest.values() for rel in files}
@@ -104,7 +132,7 @@ def check_outputs(out: Path, planned: list[str], manifest: dict[str, list[str]],
             )
 
 
-def write_manifest(out: Path, files: dict[str, list[str]]) -> None:
+def write_manifest(out: Path, files: dict[str, dict[str, str | None]]) -> None:
     _write_text(out / MANIFEST, strict_json({"format": MANIFEST_FORMAT, "files": files}))
 
 

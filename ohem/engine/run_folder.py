@@ -39,7 +39,9 @@ RUN_FILES = (*RUN_MARKERS, "checkpoint_best.pt", "summary.txt", "metrics.json", 
 PERIODIC = "checkpoint_iter*.pt"  # train.keep_checkpoints > 1: the kept periodic checkpoints (moved aside too)
 
 
-RESUME_MAY_CHANGE = resumable_keys()  # config keys a --resume may change
+# config keys a --resume may change; model.init_weights too: a resumed run takes its weights from the
+# checkpoint, never from there, and the path moves with a moved bench folder (OUT/pretrain)
+RESUME_MAY_CHANGE = (*resumable_keys(), "model.init_weights")
 
 
 # Descriptors of the locks this process holds. A forked child (a DataLoader worker) closes its

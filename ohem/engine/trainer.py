@@ -37,7 +37,16 @@ from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
 from ohem.mining import build_detector, installed_sampler
 from ohem.structures import DetectionDataset
-from ohem.util import atomic_open, is_int, is_number, one_line, output_folder, require, strict_json
+from ohem.util import (
+    atomic_open,
+    is_int,
+    is_number,
+    one_line,
+    output_folder,
+    remove_stale_temporaries,
+    require,
+    strict_json,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -216,6 +225,7 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
     The caller holds the folder's lock and has checked the config (``check_run_config``)."""
     if d.main:
         run_folder.check_folder(out, resume, force)
+        remove_stale_temporaries(out)  # a killed run's half-written checkpoint, if any (we hold the lock)
     state = None
     if resume:  # the checkpoint is the truth: its config must be this one (bar the RESUMABLE keys)
         state = load_checkpoint(out / run_folder.CHECKPOINT)

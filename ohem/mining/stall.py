@@ -30,7 +30,7 @@ class StallWatch:
     after ``start`` all had a spread below ``COLLAPSED``."""
 
     window: int
-    start: int = 0  # steps before this (lr warm-up, random sampling before ohem_start) are not watched
+    start: int = 0  # steps before this (lr warm-up, random sampling before sampler.start) are not watched
     spread: list[float] = field(default_factory=list)  # per-window means
     all_roi: list[float] = field(default_factory=list)
     _sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
