@@ -17,14 +17,12 @@ from typing import Annotated
 
 import torch
 from pydantic import Field
-from pydantic.dataclasses import dataclass
 
 import ohem
-from ohem.mining.sampler import SETTINGS, ReadOnlyPassSampler, each_image, random_subset
+from ohem.mining import ReadOnlyPassSampler, each_image, random_subset
 
 
 @ohem.register_sampler("my-half-hard")
-@dataclass(config=SETTINGS)
 class HalfHard(ReadOnlyPassSampler):
     hard_share: Annotated[float, Field(ge=0, le=1)] = 0.5
     """the share of each image's batch that is the hardest RoIs"""
