@@ -43,16 +43,28 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _samplers():
-    # A test that registers a sampler of its own (or imports a module that does) leaves the registry as it was.
-    from ohem.mining.sampler import SAMPLERS, load_builtin_samplers
+def builtin_methods() -> list[str]:
+    """The built-in samplers' names (the registry may also hold a test module's own, registered at import)."""
+    from ohem.mining.sampler import BUILTIN_PACKAGE, SAMPLERS, load_builtin_samplers
 
     load_builtin_samplers()
-    before = dict(SAMPLERS)
+    return sorted(name for name, cls in SAMPLERS.items() if cls.__module__.startswith(BUILTIN_PACKAGE + "."))
+
+
+@pytest.fixture(autouse=True)
+def _samplers(request):
+    # Each test sees the built-in samplers and those its own module registers, not another test module's;
+    # what it registers itself (or a module it imports does) is gone after it.
+    from ohem.mining.sampler import BUILTIN_PACKAGE, SAMPLERS, load_builtin_samplers
+
+    load_builtin_samplers()
+    saved = dict(SAMPLERS)
+    for name, cls in saved.items():
+        if not cls.__module__.startswith(BUILTIN_PACKAGE + ".") and cls.__module__ != request.module.__name__:
+            del SAMPLERS[name]
     yield
     SAMPLERS.clear()
-    SAMPLERS.update(before)
+    SAMPLERS.update(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -363,9 +363,9 @@ def test_list_arms_shows_each_arm_and_what_it_sets(capsys):
 @pytest.mark.parametrize(
     "arm, expected",
     [
-        ("heuristic", ("heuristic", 64, 0.1, 2, 0.7)),
-        ("heuristic-bg0", ("heuristic", 64, 0.0, 2, 0.7)),
-        ("tv-default", ("heuristic", 512, 0.0, 2, 0.7)),
+        ("heuristic", ("heuristic", 64, 0.1, 2, None)),
+        ("heuristic-bg0", ("heuristic", 64, 0.0, 2, None)),
+        ("tv-default", ("heuristic", 512, 0.0, 2, None)),
         ("ohem-no-nms", ("ohem", 64, 0.0, 2, None)),
         ("ohem-1img", ("ohem", 128, 0.0, 1, 0.7)),
         ("ohem-512", ("ohem", 512, 0.0, 2, 0.7)),

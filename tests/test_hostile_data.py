@@ -729,13 +729,14 @@ CASES = [
         "synthetic-num-test-0",
         lambda t: build(t, "data.num_test=0"),
         ConfigError,
-        r"^override 'data\.num_test=0': data\.num_test must be >= 1, got 0$",
+        r"^override 'data\.num_test=0': data\.num_test must be an integer in \[1, 1000000000000000\], got 0$",
     ),
     Case(
         "max-image-pixels-0",
         lambda t: build(t, "data.max_image_pixels=0"),
         ConfigError,
-        r"^override 'data\.max_image_pixels=0': data\.max_image_pixels must be >= 1, got 0$",
+        r"^override 'data\.max_image_pixels=0': data\.max_image_pixels must be an integer in \[1, 1000000000000\] "
+        r"or null, got 0$",
     ),
     # ---- coco_evaluate on hand-made ground truth and results
     Case(

@@ -14,6 +14,7 @@ LAYERS = [
         "ohem.config",
         "ohem.config_files",
         "ohem.config_sections",
+        "ohem.config_values",
         "ohem.events",
         "ohem.structures",
         "ohem.distributed",

@@ -123,7 +123,7 @@ def test_flipped_training_with_workers_resumes_exactly_like_an_in_process_run(ti
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.workers=-1", "data.workers must be an integer in [0, 64], got -1"),
+        ("data.workers=-1", "data.workers must be an integer in [0, 64] or null, got -1"),
         ("test.images_per_batch=0", "test.images_per_batch must be an integer in [1, 4096], got 0"),
         ("train.timing_every=0", "train.timing_every must be an integer in [1, 1000000000], got 0"),
         ("sampler.start=-1", "sampler.start must be an integer in [0, 1000000000], got -1"),

@@ -32,13 +32,14 @@ from ohem.mining import (
     sampler_class,
 )
 from ohem.mining.rois import unreduced_loss_terms, weighted_roi_loss
+from tests.conftest import builtin_methods
 from tests.test_roi_heads import batch, heads_inputs, small_model
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "SAMPLERS.md"
 STATS = {"ohem_score_spread", "ohem_all_roi_loss", "ohem_mined_loss", "ohem_mined_fg_fraction", "ohem_all_fg_fraction"}
 
 
-@pytest.mark.parametrize("method", sorted(SAMPLERS))
+@pytest.mark.parametrize("method", builtin_methods())
 def test_every_built_in_sampler_is_one_file_named_after_it_with_described_settings(method):
     cls = SAMPLERS[method]
     assert cls.__module__ == f"ohem.mining.samplers.{method.replace('-', '_')}" and cls.method == method
@@ -178,7 +179,7 @@ def test_rows_out_of_image_order_train_as_the_rows_sorted(weighted):
         assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-5) for k in want)
 
 
-@pytest.mark.parametrize("method", sorted(SAMPLERS))
+@pytest.mark.parametrize("method", builtin_methods())
 def test_every_sampler_draws_from_torchs_rng(method):
     def step() -> dict[str, Tensor]:
         model = enable_sampler(small_model(), SAMPLERS[method](batch_size_per_image=8))

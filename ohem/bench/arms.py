@@ -50,7 +50,7 @@ def read_arm(path: Path, name: str | None = None) -> Arm:
 
 def builtin_arms() -> dict[str, Arm]:
     """The shipped arms by name."""
-    return {path.stem: read_arm(path) for path in sorted(ARMS_DIR.glob("*.yaml"))}
+    return {path.stem: read_arm(path) for path in sorted(ARMS_DIR.glob("*.yaml"), key=lambda p: p.stem)}
 
 
 def parse_arms(text: str) -> list[Arm]:
