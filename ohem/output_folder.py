@@ -33,7 +33,12 @@ def _open_folder(name: str | Path, dir_fd: int | None, shown: Path) -> int:
     """A descriptor of the folder ``name`` (in ``dir_fd``), never through a symbolic link."""
     try:
         return os.open(name, FOLDER_FLAGS, dir_fd=dir_fd)
-    except OSError as e:  # ELOOP: a link; ENOTDIR: a file (made there since it was checked)
+    except OSError as e:  # a link or a file, put there since it was checked
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise FolderReplaced(
+                    f"{shown}: is a symbolic link; ohem does not write through links it did not make"
+                ) from None
         raise FolderReplaced(f"{shown}: cannot be opened as a folder: {e.strerror or e}") from None
 
 

@@ -144,3 +144,14 @@ def test_an_output_folder_checks_and_writes_where_it_was_opened(tmp_path: Path) 
         with pytest.raises(FolderReplaced, match=r"\(now missing\)"):
             folder.check()
     assert sorted(p.name for p in (tmp_path / "moved").rglob("*")) == ["a.txt", "sub"]  # no temporaries left
+
+
+def test_a_link_where_a_subfolder_is_made_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "JPEGImages").symlink_to(tmp_path / "elsewhere")  # put there after the checks
+    with OutputFolder(tmp_path / "out") as folder, pytest.raises(FolderReplaced) as e:
+        folder.open(tmp_path / "out" / "JPEGImages" / "a.png").__enter__()
+    shown = tmp_path / "out" / "JPEGImages"
+    assert str(e.value) == f"{shown}: is a symbolic link; ohem does not write through links it did not make"
+    assert not list((tmp_path / "elsewhere").iterdir())

@@ -14,6 +14,7 @@ LAYERS = [
         "ohem.recipes",
         "ohem.config",
         "ohem.config_files",
+        "ohem.config_values",
         "ohem.config_sections",
         "ohem.events",
         "ohem.structures",
