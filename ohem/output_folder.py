@@ -12,6 +12,7 @@ Subfolders (``OUT/JPEGImages``, ``RUN/tb``) are held and checked the same way, e
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -117,11 +118,10 @@ class OutputFolder:
         """(descriptor of the folder to write in, file name, path to name) of ``path``, a file inside the
         folder (``OUT/NAME``, ``OUT/SUB/NAME``). Checks the folder first."""
         rel = Path(path).relative_to(self.path)  # ValueError: not inside (a bug of the caller)
-        parent = str(rel.parent)
-        if parent == ".":
+        if str(rel.parent) == ".":
             self.check()
-        fd = self.fd if parent == "." else self.subfolder(parent)
-        return fd, rel.name, self.path / rel
+            return self.fd, rel.name, self.path / rel
+        return self.subfolder(str(rel.parent)), rel.name, self.path / rel
 
     @contextlib.contextmanager
     def open(self, path: str | os.PathLike, binary: bool = False) -> Iterator[IO[Any]]:
@@ -151,7 +151,7 @@ def atomic_open_at(dir_fd: int, name: str, shown: Path, binary: bool = False) ->
                 f"(remove the link or write elsewhere)"
             )
         if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(21, "is a folder, not a file", str(shown))
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(shown))
         mode = stat.S_IMODE(info.st_mode)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     while True:

@@ -241,7 +241,9 @@ def setup(
     The caller holds the folder's lock and has checked the config (``check_run_config``); ``folder``:
     ``out`` held open, where the main process writes (required there)."""
     if d.main:
+        assert folder is not None, "the main process writes the run folder through an OutputFolder"
         run_folder.check_folder(out, resume, force)
+        folder.check()  # the removals and moves below go by path: only in the folder checked
         remove_stale_temporaries(out)  # a killed run's half-written checkpoint, if any (we hold the lock)
     state = None
     if resume:  # the checkpoint is the truth: its config must be this one (bar the RESUMABLE keys)
@@ -249,7 +251,8 @@ def setup(
         run_folder.check_resume_config(cfg, state, out / run_folder.CHECKPOINT)
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     check_splits(cfg, train_set, test_set)
-    if force and d.main:
+    if force and folder is not None:  # the main process
+        folder.check()
         moved = run_folder.move_aside(out)
         if moved:
             print(f"ohem train: moved the earlier run in {out} to {moved}", file=sys.stderr)
@@ -272,8 +275,7 @@ def setup(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     start = restore(state, out / run_folder.CHECKPOINT, model, optimizer, scheduler, scaler, d) if state else 0
-    if d.main:
-        assert folder is not None, "the main process writes the run folder through an OutputFolder"
+    if folder is not None:  # the main process
         with folder.open(out / "config.yaml") as f:
             f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     core = model
