@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ohem.config import Config
+from ohem.output_folder import OutputFolder
 from ohem.util import atomic_open, one_line, regular_file
 
 CHECKPOINT_FORMAT = "ohem-checkpoint-1"
@@ -53,12 +54,14 @@ def save_checkpoint(
     rng_per_rank: list[torch.Tensor] | None = None,
     best: dict[str, Any] | None = None,
     sampler_state: dict[str, Any] | None = None,
+    folder: OutputFolder | None = None,
 ) -> None:
     """Atomically write a checkpoint. ``training_state``: the optimizer's, scheduler's and scaler's
     ``state_dict()``; ``rng_per_rank``: every process's RNG state under torchrun; ``best``: the run's
     best evaluation so far (``{"iteration", "metric", "mAP"}``), kept across ``--resume``. The sampler's
     own state ``sampler_state`` (``SamplerBase.state_dict``: empty for the built-in ones) is saved too, so
-    ``--resume`` is exact."""
+    ``--resume`` is exact. ``folder``: the output folder held open that ``path`` is in (written there, or
+    refused if it was swapped: ``ohem.output_folder``)."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
@@ -70,7 +73,7 @@ def save_checkpoint(
         "best": best,
         "sampler": sampler_state or {},
     }
-    with atomic_open(path, binary=True) as f:
+    with folder.open(path, binary=True) if folder else atomic_open(path, binary=True) as f:
         torch.save(state, f)
 
 

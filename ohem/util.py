@@ -146,13 +146,15 @@ class _AppendFile(io.TextIOWrapper):
             super().close()
 
 
-def open_append(path: str | os.PathLike) -> IO[str]:
+def open_append(path: str | os.PathLike, dir_fd: int | None = None, name: str | None = None) -> IO[str]:
     """``open(path, "a")`` that refuses a symbolic link (``O_NOFOLLOW``) and keeps the umask; a write that
-    fails for a full or read-only disk is a one-line error naming ``path``."""
-    refuse_symlink(path)
+    fails for a full or read-only disk is a one-line error naming ``path``. With ``dir_fd``: the file
+    ``name`` in that folder (``ohem.output_folder``), ``path`` only named in errors."""
+    if dir_fd is None:
+        refuse_symlink(path)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     with naming_disk_errors(path):
-        raw = os.fdopen(os.open(path, flags, 0o666), "ab")
+        raw = os.fdopen(os.open(name or path, flags, 0o666, dir_fd=dir_fd), "ab")
     f = _AppendFile(raw, encoding="utf-8")
     f.path = str(path)
     return f

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from ohem.output_folder import OutputFolder
+
 
 def class_colour(label: int) -> tuple[float, float, float]:
     """The colour of class ``label`` (1..num_classes): matplotlib's ``tab10``, cycled."""
@@ -57,12 +59,13 @@ def image_grid(count: int, cell_size: tuple[float, float]) -> tuple[Figure, np.n
     return fig, axes
 
 
-def save_figure(fig: Figure, path: str | Path) -> None:
+def save_figure(fig: Figure, path: str | Path, folder: OutputFolder | None = None) -> None:
     """Lay ``fig`` out (its own layout engine, else tightly) and write it as a 100 dpi PNG (Agg canvas;
-    nothing global touched), atomically: a symbolic link at ``path`` is refused, never written through."""
+    nothing global touched), atomically: a symbolic link at ``path`` is refused, never written through.
+    ``folder``: the output folder held open that ``path`` is in (written there, or refused if swapped)."""
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    with atomic_open(path, binary=True) as f:
+    with folder.open(path, binary=True) if folder else atomic_open(path, binary=True) as f:
         fig.savefig(f, format="png", dpi=100)
 
 
@@ -133,10 +136,11 @@ def draw_detections(
     score_thresh: float = 0.5,
     titles: list[str] | None = None,
     ground_truth: list[torch.Tensor] | None = None,
+    folder: OutputFolder | None = None,
 ) -> None:
-    """``detections_figure`` saved as a PNG at ``path``."""
+    """``detections_figure`` saved as a PNG at ``path`` (in ``folder``, where given: ``save_figure``)."""
     fig = detections_figure(images, detections, class_names, score_thresh, titles, ground_truth)
-    save_figure(fig, path)
+    save_figure(fig, path, folder)
     fig.clear()  # a figure is a reference cycle: free its copy of the pixels now, not at the next collection
 
 

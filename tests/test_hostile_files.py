@@ -245,7 +245,8 @@ class FullDisk(io.RawIOBase):
 
 
 class OsWithFullDisk:
-    """``os`` as ``ohem.util`` sees it, with every file it opens on a full disk (``room`` bytes left)."""
+    """``os`` as ``ohem.util`` (and ``ohem.output_folder``) sees it, with every file it opens on a full disk
+    (``room`` bytes left)."""
 
     def __init__(self, room: int, error: int = errno.ENOSPC) -> None:
         self.room, self.error = room, error
@@ -269,9 +270,12 @@ class OsWithoutWriteAccess:
 
 
 def full_disk(monkeypatch, room: int = 0, error: int = errno.ENOSPC) -> None:
+    """Every file ohem's writers open (``ohem.util``'s, and ``ohem.output_folder``'s in a folder held open)."""
+    import ohem.output_folder
     import ohem.util
 
     monkeypatch.setattr(ohem.util, "os", OsWithFullDisk(room, error))
+    monkeypatch.setattr(ohem.output_folder, "os", OsWithFullDisk(room, error))
 
 
 def test_a_checkpoint_on_a_full_disk_is_one_line_and_the_earlier_one_is_kept(tmp_path: Path, monkeypatch) -> None:

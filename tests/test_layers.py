@@ -6,13 +6,15 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ohem"
 LAYERS = [
-    # foundation: settings and the shipped recipes, files, the event storage, shared structures, process groups,
-    # weight files
+    # foundation: settings and the shipped recipes, files and output folders, the event storage, shared structures,
+    # process groups, weight files
     (
         "ohem.util",
+        "ohem.output_folder",
         "ohem.recipes",
         "ohem.config",
         "ohem.config_files",
+        "ohem.config_values",
         "ohem.config_sections",
         "ohem.config_values",
         "ohem.events",

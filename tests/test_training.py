@@ -81,10 +81,10 @@ def test_resume_after_a_crash_drops_log_lines_past_the_checkpoint(tiny_cfg, tmp_
     training.train(cfg, tmp_path / "straight")
     save = hooks.save_checkpoint
 
-    def crash_at_third(path, model, cfg_, classes, iteration, *args):
+    def crash_at_third(path, model, cfg_, classes, iteration, *args, **kwargs):
         if iteration == 3:
             raise KeyboardInterrupt  # killed after logging iteration 3, before its checkpoint
-        save(path, model, cfg_, classes, iteration, *args)
+        save(path, model, cfg_, classes, iteration, *args, **kwargs)
 
     monkeypatch.setattr(hooks, "save_checkpoint", crash_at_third)
     with pytest.raises(KeyboardInterrupt):

@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from ohem.commands.common import check_outputs_not_inputs, same_file
 from ohem.config import Config, ConfigError
+from ohem.output_folder import OutputFolder
 from ohem.util import (
-    atomic_open,
     check_output_folder,
     output_folder,
     progress_bar,
@@ -71,6 +71,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         inputs += [("image", path) for path in args.images]
         check_outputs_not_inputs("--out", args.out, [out / "detections.json", *pngs], inputs)
         output_folder(out)
+        folder = stack.enter_context(OutputFolder(out))  # every drawing goes into it, or stops (a swapped folder)
         results: list[dict[str, typing.Any]] = []
         batch = cfg.test.images_per_batch
         with progress_bar(len(args.images), "detect", unit="img") as bar:
@@ -78,11 +79,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 # one batch of images decoded at a time: a dozen 7000x7000 photos would take 14 GB at once
                 paths, drawings = args.images[start : start + batch], pngs[start : start + batch]
                 results += _detect_batch(
-                    model, paths, drawings, device, test_time, classes, args.score_thresh, proposals_for
+                    model, paths, drawings, device, test_time, classes, args.score_thresh, proposals_for, folder
                 )
                 bar.update(len(paths))
-    with atomic_open(out / "detections.json") as f:
-        f.write(strict_json(results))
+        with folder.open(out / "detections.json") as f:
+            f.write(strict_json(results))
     return 0
 
 
@@ -154,8 +155,10 @@ def _detect_batch(
     classes: list[str],
     score_thresh: float,
     proposals_for: ProposalsFor | None = None,
+    folder: OutputFolder | None = None,
 ) -> list[dict[str, typing.Any]]:
-    """Decode ``paths`` (turned upright by their EXIF orientation), detect, draw each into its PNG;
+    """Decode ``paths`` (turned upright by their EXIF orientation), detect, draw each into its PNG (in
+    ``folder``, the output folder held open);
     their ``detections.json`` records. The decoded images are dropped when this returns."""
     from ohem.data.common import read_image
     from ohem.inference import predict
@@ -166,7 +169,7 @@ def _detect_batch(
     detections = predict(model, list(zip(images, targets)), device, len(images), test_time=test_time)
     records = []
     for path, image, png, det, target in zip(paths, images, pngs, detections, targets):
-        draw_detections([image], [det], classes, png, score_thresh, titles=[Path(path).name])
+        draw_detections([image], [det], classes, png, score_thresh, titles=[Path(path).name], folder=folder)
         records.append(_detection_record(path, png, image, det, classes, score_thresh))
         said = detected(det, classes, score_thresh, getattr(model.roi_heads, "score_thresh", None))
         if "proposals" in target and not len(target["proposals"]):  # not the model's doing

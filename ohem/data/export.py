@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from ohem.data.files import check_inside, entry_path, load_json
 from ohem.data.synthetic import SyntheticShapes
-from ohem.util import atomic_open, check_output_folder, file_sha256, output_folder, refuse_symlink, strict_json
+from ohem.output_folder import OutputFolder
+from ohem.util import check_output_folder, file_sha256, output_folder, refuse_symlink, strict_json
 
 MANIFEST = ".ohem-export.json"
 MANIFEST_FORMAT = "ohem-export-2"  # 1: lists of paths; 2: each path with its SHA-256
@@ -54,10 +55,13 @@ def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, for
     for sub in subfolders:  # checked before the manifest is written: a refused export leaves nothing behind
         check_output_folder(out / sub, "export folder", inside=out)
     output_folder(out)
-    # first the old files and the new (not hashed yet: written next), so an interrupted export is still its own
-    write_manifest(out, {**manifest, key: {**dict.fromkeys(planned), **previous}})
-    index = _export_voc(dataset, out) if layout == "voc" else _export_coco(dataset, out)
-    kept = [rel for rel in stale if not _remove_if_ours(out / rel, previous[rel])]
+    with OutputFolder(out) as folder:  # every write below goes into this folder, or stops (a swapped folder)
+        # first the old files and the new (not hashed yet: written next), so an interrupted export is still its own
+        write_manifest(folder, {**manifest, key: {**dict.fromkeys(planned), **previous}})
+        index = _export_voc(dataset, folder) if layout == "voc" else _export_coco(dataset, folder)
+        folder.check()  # before removing: through a swapped folder, they would be another folder's files
+        kept = [rel for rel in stale if not _remove_if_ours(out / rel, previous[rel])]
+        write_manifest(folder, {**manifest, key: {rel: file_sha256(out / rel) for rel in planned}})
     if kept:  # a hand-edited (or forged) manifest: what ohem did not write as it is now stays
         shown = ", ".join(str(out / rel) for rel in kept[:3]) + (", ..." if len(kept) > 3 else "")
         print(
@@ -65,7 +69,6 @@ def export_synthetic(dataset: SyntheticShapes, out: str | Path, layout: str, for
             f"not write as they are (their sha256 differs from the one recorded, or none is): {shown}",
             file=sys.stderr,
         )
-    write_manifest(out, {**manifest, key: {rel: file_sha256(out / rel) for rel in planned}})
     return [index]
 
 
@@ -132,8 +135,8 @@ def check_outputs(out: Path, planned: list[str], manifest: dict[str, dict[str, s
             )
 
 
-def write_manifest(out: Path, files: dict[str, dict[str, str | None]]) -> None:
-    _write_text(out / MANIFEST, strict_json({"format": MANIFEST_FORMAT, "files": files}))
+def write_manifest(folder: OutputFolder, files: dict[str, dict[str, str | None]]) -> None:
+    _write_text(folder, folder.path / MANIFEST, strict_json({"format": MANIFEST_FORMAT, "files": files}))
 
 
 def _pixels(dataset: SyntheticShapes, index: int) -> tuple[Image.Image, dict]:
@@ -142,22 +145,23 @@ def _pixels(dataset: SyntheticShapes, index: int) -> tuple[Image.Image, dict]:
     return Image.fromarray(array), target
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    with atomic_open(path, binary=True) as f:  # never through a symlink; a full disk: one line naming the file
+def _save_png(folder: OutputFolder, image: Image.Image, path: Path) -> None:
+    with folder.open(path, binary=True) as f:  # never through a symlink; a full disk: one line naming the file
         image.save(f, format="PNG")
 
 
-def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
+def _export_voc(dataset: SyntheticShapes, folder: OutputFolder) -> Path:
+    out = folder.path
     subfolders = ("Annotations", "JPEGImages", "ImageSets/Main")
     for sub in subfolders:  # all checked before any is made: a refused export leaves nothing behind
         check_output_folder(out / sub, "export folder", inside=out)
     for sub in subfolders:
-        output_folder(out / sub, "export folder", inside=out)
+        folder.subfolder(sub)  # made (not through a link) and held from now on
     names = []
     for i in tqdm(range(len(dataset)), desc=f"export voc {dataset.split}", dynamic_ncols=True):
         image, target = _pixels(dataset, i)
         name = dataset.image_name(i)
-        _save_png(image, out / "JPEGImages" / f"{name}.png")
+        _save_png(folder, image, out / "JPEGImages" / f"{name}.png")
         root = ET.Element("annotation")
         ET.SubElement(root, "filename").text = f"{name}.png"
         size = ET.SubElement(root, "size")
@@ -171,25 +175,26 @@ def _export_voc(dataset: SyntheticShapes, out: Path) -> Path:
             # continuous x1 (0-based edge) -> the devkit's 1-based first pixel
             for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), (box[0] + 1, box[1] + 1, box[2], box[3])):
                 ET.SubElement(bndbox, tag).text = f"{value:g}"
-        with atomic_open(out / "Annotations" / f"{name}.xml", binary=True) as f:
+        with folder.open(out / "Annotations" / f"{name}.xml", binary=True) as f:
             ET.ElementTree(root).write(f)
         names.append(name)
     split_file = out / "ImageSets" / "Main" / f"{dataset.split}.txt"
-    _write_text(split_file, "".join(f"{n}\n" for n in names))
+    _write_text(folder, split_file, "".join(f"{n}\n" for n in names))
     return split_file
 
 
-def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
+def _export_coco(dataset: SyntheticShapes, folder: OutputFolder) -> Path:
+    out = folder.path
     for sub in ("annotations", dataset.split):
         check_output_folder(out / sub, "export folder", inside=out)
     for sub in ("annotations", dataset.split):
-        output_folder(out / sub, "export folder", inside=out)
+        folder.subfolder(sub)  # made (not through a link) and held from now on
     images: list[dict] = []
     annotations: list[dict] = []
     for i in tqdm(range(len(dataset)), desc=f"export coco {dataset.split}", dynamic_ncols=True):
         image, target = _pixels(dataset, i)
         file_name = f"{dataset.image_name(i)}.png"
-        _save_png(image, out / dataset.split / file_name)
+        _save_png(folder, image, out / dataset.split / file_name)
         images.append({"id": i + 1, "file_name": file_name, "width": image.width, "height": image.height})
         xywh = box_convert(target["boxes"].double(), "xyxy", "xywh")
         for (x, y, w, h), label in zip(xywh.tolist(), target["labels"].tolist()):
@@ -205,10 +210,10 @@ def _export_coco(dataset: SyntheticShapes, out: Path) -> Path:
             )
     categories = [{"id": k, "name": name} for k, name in enumerate(dataset.classes, start=1)]
     ann_file = out / "annotations" / f"instances_{dataset.split}.json"
-    _write_text(ann_file, json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    _write_text(folder, ann_file, json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return ann_file
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_open(path) as f:
+def _write_text(folder: OutputFolder, path: Path, text: str) -> None:
+    with folder.open(path) as f:
         f.write(text)

@@ -24,7 +24,8 @@ from ohem.events import EventStorage
 from ohem.inference import TestTime, predict
 from ohem.mining.enable import installed_sampler
 from ohem.mining.stall import StallWatch
-from ohem.util import atomic_open, has_module, progress_bar, refuse_symlink
+from ohem.output_folder import OutputFolder
+from ohem.util import has_module, progress_bar, refuse_symlink
 
 if TYPE_CHECKING:
     from ohem.engine.trainer import Run
@@ -159,7 +160,7 @@ class CheckpointHook(Hook):
         if is_last(run, storage) or every(run.cfg.train.checkpoint_every, storage):
             save(run, record["iteration"])
             if run.d.main and run.cfg.train.keep_checkpoints > 1:
-                keep_recent(run.out, run.checkpoint_path, record["iteration"], run.cfg.train.keep_checkpoints - 1)
+                keep_recent(run.files, run.checkpoint_path, record["iteration"], run.cfg.train.keep_checkpoints - 1)
 
 
 def keep_best(run: Run, iteration: int, metrics: dict[str, Any]) -> None:
@@ -174,18 +175,21 @@ def keep_best(run: Run, iteration: int, metrics: dict[str, Any]) -> None:
     save(run, iteration, run.out / BEST_CHECKPOINT)
 
 
-def keep_recent(out: Path, last: Path, iteration: int, keep: int) -> None:
-    """``last`` also as ``checkpoint_iterNNNNNN.pt`` (a hard link where the file system has them:
-    the atomic rewrite of ``last`` replaces its name, not the linked file); then delete all but the
-    ``keep`` most recent such files."""
+def keep_recent(folder: OutputFolder, last: Path, iteration: int, keep: int) -> None:
+    """``last`` (in ``folder``, the run folder held open) also as ``checkpoint_iterNNNNNN.pt`` (a hard link
+    where the file system has them: the atomic rewrite of ``last`` replaces its name, not the linked file);
+    then delete all but the ``keep`` most recent such files."""
+    out = folder.path
     path = out / f"checkpoint_iter{iteration:06d}.pt"
     refuse_symlink(path)
+    folder.check()  # the links and removals below go by path: only into the folder checked
     path.unlink(missing_ok=True)  # a resumed run redoing this iteration
     try:
-        os.link(last, path)
+        os.link(last.name, path.name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
     except OSError:  # no hard links here: a copy, written atomically
-        with atomic_open(path, binary=True) as f, open(last, "rb") as src:
+        with folder.open(path, binary=True) as f, open(last, "rb") as src:
             shutil.copyfileobj(src, f)
+    folder.check()
     for old in periodic_checkpoints(out)[:-keep]:
         old.unlink(missing_ok=True)
 
@@ -216,6 +220,7 @@ def save(run: Run, iteration: int, path: Path | None = None) -> None:
             rng if run.d.active else None,
             run.best,
             sampler.state_dict() if (sampler := installed_sampler(run.core)) is not None else None,
+            folder=run.files,
         )
     distributed.barrier(run.d)
 
@@ -270,4 +275,6 @@ def draw_test_images(run: Run) -> None:
     images, boxes = [image for image, _ in subset], [target["boxes"] for _, target in subset]
     titles = [image_title(run.test_set, i) for i in range(len(subset))]  # file names, not COCO ids
     path = run.out / "detections.png"
-    draw_detections(images, detections, run.classes, path, t.vis_score_thresh, titles=titles, ground_truth=boxes)
+    draw_detections(
+        images, detections, run.classes, path, t.vis_score_thresh, titles=titles, ground_truth=boxes, folder=run.files
+    )

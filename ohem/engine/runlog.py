@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ohem.mining.record import MiningRecorder
-from ohem.util import atomic_open, has_module, install_hint, one_line, open_append, output_folder, strict_json
+from ohem.output_folder import OutputFolder
+from ohem.util import atomic_open, has_module, install_hint, one_line, output_folder, strict_json
 
 LOG_FILES = ("log.jsonl", "mining.jsonl")
 
@@ -32,12 +33,19 @@ def skipped_outputs(draws: bool) -> str | None:
 
 
 class RunLog:
-    def __init__(self, out: Path, resume_from: int | None, enabled: bool, num_classes: int) -> None:
+    def __init__(
+        self, out: Path, resume_from: int | None, enabled: bool, num_classes: int, folder: OutputFolder | None = None
+    ) -> None:
         """``resume_from``: the checkpoint's iteration (later records are dropped), None for a new run
-        (earlier logs are removed). ``mining.jsonl`` is written only by runs that report what they mine."""
+        (earlier logs are removed). ``mining.jsonl`` is written only by runs that report what they mine.
+        ``folder``: ``out`` held open (``enabled``: required), checked before every record and flush: a run
+        folder (or ``tb/``) swapped mid-run stops the run (``FolderReplaced``)."""
         self.enabled = enabled
         if not enabled:
             return
+        assert folder is not None, "the main process writes its logs through an OutputFolder"
+        self.folder = folder
+        folder.check()
         for name in LOG_FILES:
             if resume_from is None:
                 (out / name).unlink(missing_ok=True)
@@ -49,8 +57,9 @@ class RunLog:
 
             purge_step = None if resume_from is None else resume_from + 1
             tb = output_folder(out / "tb", "TensorBoard folder", inside=out)
+            folder.subfolder("tb")  # held: TensorBoard writes there by path, so it is checked with the folder
             self.writer = SummaryWriter(str(tb), purge_step=purge_step)
-        self.log = open_append(out / "log.jsonl")
+        self.log = folder.append(out / "log.jsonl")
         self.recorder = MiningRecorder(num_classes)
         self.mining_path = out / "mining.jsonl"
         self.mining_file: Any = None  # opened at the first record
@@ -58,6 +67,7 @@ class RunLog:
     def step(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        self.folder.check()  # every iteration: the folder (and tb/) still the one written into
         self.log.write(strict_json(record, indent=None))  # NaN or infinity: null
         for key, value in record.items():
             if key != "iteration":
@@ -74,7 +84,8 @@ class RunLog:
         if not self.enabled or self.recorder.steps == 0:
             return
         if self.mining_file is None:
-            self.mining_file = open_append(self.mining_path)
+            self.mining_file = self.folder.append(self.mining_path)
+        self.folder.check()
         record = self.recorder.flush(iteration)
         self.mining_file.write(strict_json(record, indent=None))
         self.mining_file.flush()
@@ -85,6 +96,7 @@ class RunLog:
         """``{"iteration", "eval": metrics, ["train_roi_loss"]}``."""
         if not self.enabled:
             return
+        self.folder.check()
         self.log.write(strict_json(entry, indent=None))  # a NaN mAP (nothing measured): null
         if entry["eval"]["mAP"] is not None and math.isfinite(entry["eval"]["mAP"]):
             self._scalar("eval/mAP", entry["eval"]["mAP"], entry["iteration"])
@@ -97,6 +109,7 @@ class RunLog:
 
     def flush(self) -> None:
         if self.enabled:
+            self.folder.check()
             self.log.flush()
 
     def close(self) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ohem.data.build import DEFAULT_SPLITS
-from ohem.util import atomic_open
 
 if TYPE_CHECKING:
     from ohem.engine.trainer import Run
@@ -77,5 +76,5 @@ def write_summary(run: Run) -> None:
         return
     lines = run_summary(run)
     print("ohem train: " + "\n  ".join(lines), flush=True)
-    with atomic_open(run.out / SUMMARY) as f:
+    with run.files.open(run.out / SUMMARY) as f:
         f.write("\n".join(lines) + "\n")

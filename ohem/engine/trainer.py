@@ -36,9 +36,9 @@ from ohem.engine.summary import write_summary
 from ohem.events import EventStorage
 from ohem.inference import load_weights_into, state_dict_problems
 from ohem.mining import build_detector, installed_sampler
+from ohem.output_folder import FolderReplaced, OutputFolder
 from ohem.structures import DetectionDataset
 from ohem.util import (
-    atomic_open,
     is_int,
     is_number,
     one_line,
@@ -75,6 +75,13 @@ class Run:
     groups: tuple[int, ...] | None  # orientation of each training image, when batches are grouped
     workers: int  # loader processes
     best: dict[str, Any] | None = None  # the best evaluation so far: {"iteration", "metric", "mAP"}
+    folder: OutputFolder | None = None  # ``out`` held open (main process): see ``files``
+
+    @property
+    def files(self) -> OutputFolder:
+        """The run folder, held open: the main process writes there (the others write nothing)."""
+        assert self.folder is not None, "only the main process writes the run folder"
+        return self.folder
 
     @property
     def images_per_step(self) -> int:  # this process's images per SGD step
@@ -104,11 +111,12 @@ def train(
             print(f"ohem train: note: {skipped}", file=sys.stderr)
         output_folder(out)
     try:
-        with run_folder.claim(out, enabled=d.main):
-            run = setup(cfg, out, resume, d, device, force)
+        # the main process writes into the folder it checked, held open; a folder swapped mid-run stops it
+        with run_folder.claim(out, enabled=d.main), OutputFolder(out) if d.main else contextlib.nullcontext() as folder:
+            run = setup(cfg, out, resume, d, device, force, folder)
             return _train(run, list(hooks))
-    except BaseException:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
+    except BaseException as e:
+        if created and not isinstance(e, FolderReplaced):  # a failed run leaves no empty folder (of its own) behind
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
@@ -122,7 +130,7 @@ def _train(run: Run, extra_hooks: list[Hook]) -> dict[str, Any]:
     evaluated = next((h.metrics for h in hooks if isinstance(h, EvalHook)), None)
     metrics = evaluated or test_metrics(run)  # none when a finished run was resumed
     if run.d.main:
-        with atomic_open(run.out / "metrics.json") as f:
+        with run.files.open(run.out / "metrics.json") as f:
             f.write(strict_json({**metrics, "best": run.best} if run.best else metrics))
         draw_test_images(run)
     return metrics
@@ -220,11 +228,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: torch.device, force: bool = False) -> Run:
+def setup(
+    cfg: Config,
+    out: Path,
+    resume: bool,
+    d: distributed.Dist,
+    device: torch.device,
+    force: bool = False,
+    folder: OutputFolder | None = None,
+) -> Run:
     """Data, model, solver and logs of a run, restored from ``out``'s checkpoint with ``resume``.
-    The caller holds the folder's lock and has checked the config (``check_run_config``)."""
+    The caller holds the folder's lock and has checked the config (``check_run_config``); ``folder``:
+    ``out`` held open, where the main process writes (required there)."""
     if d.main:
+        assert folder is not None, "the main process writes the run folder through an OutputFolder"
         run_folder.check_folder(out, resume, force)
+        folder.check()  # the removals and moves below go by path: only in the folder checked
         remove_stale_temporaries(out)  # a killed run's half-written checkpoint, if any (we hold the lock)
     state = None
     if resume:  # the checkpoint is the truth: its config must be this one (bar the RESUMABLE keys)
@@ -232,7 +251,8 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
         run_folder.check_resume_config(cfg, state, out / run_folder.CHECKPOINT)
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     check_splits(cfg, train_set, test_set)
-    if force and d.main:
+    if force and folder is not None:  # the main process
+        folder.check()
         moved = run_folder.move_aside(out)
         if moved:
             print(f"ohem train: moved the earlier run in {out} to {moved}", file=sys.stderr)
@@ -255,13 +275,13 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     start = restore(state, out / run_folder.CHECKPOINT, model, optimizer, scheduler, scaler, d) if state else 0
-    if d.main:
-        with atomic_open(out / "config.yaml") as f:
+    if folder is not None:  # the main process
+        with folder.open(out / "config.yaml") as f:
             f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     core = model
     if d.active:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log = RunLog(out, start if resume else None, d.main, len(classes))
+    log = RunLog(out, start if resume else None, d.main, len(classes), folder)
     groups = tuple(aspect_groups(train_set)) if cfg.data.aspect_grouping else None
     workers = loader_workers(cfg.data.workers)
     run = Run(
@@ -282,6 +302,7 @@ def setup(cfg: Config, out: Path, resume: bool, d: distributed.Dist, device: tor
         log,
         groups,
         workers,
+        folder=folder,
     )
     run.best = saved_best(state, out / run_folder.CHECKPOINT) if state else None
     return run
