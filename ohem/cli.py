@@ -294,6 +294,14 @@ def _add_bench_command(add_parser: typing.Callable[..., argparse.ArgumentParser]
         action="store_true",
         help="read the finished runs into the CSVs, summary.md and plots; list the unfinished; train nothing",
     )
+    _add_executor_options(p)
+    p.add_argument("--out", help="benchmark folder; rerun into it to resume")
+    p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
+    p.set_defaults(func=cmd_bench)
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    """``ohem bench``'s options of where its training runs execute."""
     p.add_argument(
         "--executor",
         default="local",
@@ -308,9 +316,6 @@ def _add_bench_command(add_parser: typing.Callable[..., argparse.ArgumentParser]
     p.add_argument(
         "--cpus-per-run", type=int, help="submitit, ray: CPUs each run asks for and its threads (default cores/jobs)"
     )
-    p.add_argument("--out", help="benchmark folder; rerun into it to resume")
-    p.add_argument("--list-arms", action="store_true", help="print the arms and what each sets, then exit")
-    p.set_defaults(func=cmd_bench)
 
 
 def run_command(args: argparse.Namespace) -> int:
