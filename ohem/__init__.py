@@ -12,7 +12,7 @@ from ohem.mining import (
     select_hard_examples,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "SAMPLERS",
     "Sample",

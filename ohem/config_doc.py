@@ -36,6 +36,15 @@ has them too. `imports: [my_module, ...]` (top level) imports those modules, fro
 Python path, before anything is read, so that a sampler registered in your own file
 (`@ohem.register_sampler("name")`, docs/SAMPLERS.md, "Write your own sampler") can be named.
 
+The sections are pydantic dataclasses (strict: `64.5` is not an integer, `'false'` not a boolean; NaN and
+infinity refused; unknown keys refused). Four guarantees are ohem's own, because pydantic checks values, not
+files: the YAML reader refuses anchors, aliases (a few hundred bytes can expand to gigabytes) and repeated keys
+(YAML keeps the last silently), and reads `1e-4` as the number it is (YAML 1.1 reads it as a string); `base:`
+chains are bounded (16 files per list, 16 deep, 64 reads); a file and its overrides are merged before pydantic
+sees them, so that an error names the file or `--set` that gave the value (pydantic knows only the merged
+result); and `sampler.method` picks the class the rest of the section is checked against from the registry
+(including samplers registered by `imports:`), the discriminated union pydantic would build from a fixed list.
+
 Keys marked *resume* may differ on `ohem train --resume` (how long the run goes on, what it evaluates, logs and
 where it runs); every other key must match the checkpoint's.
 """
