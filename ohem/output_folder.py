@@ -12,15 +12,13 @@ Subfolders (``OUT/JPEGImages``, ``RUN/tb``) are held and checked the same way, e
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ohem.util import current_umask, naming_disk_errors, open_append
+from ohem.util import atomic_open_at, naming_disk_errors, open_append
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -134,43 +132,3 @@ class OutputFolder:
         """``open_append`` of ``path`` (a file inside the folder), relative to the held folder."""
         fd, name, shown = self._place(path)
         return open_append(shown, dir_fd=fd, name=name)
-
-
-@contextlib.contextmanager
-def atomic_open_at(dir_fd: int, name: str, shown: Path, binary: bool = False) -> Iterator[IO[Any]]:
-    """``ohem.util.atomic_open`` of ``name`` in the folder ``dir_fd`` (errors name ``shown``): a temporary
-    ``.NAME.XXXXXXXX.tmp`` made with ``O_EXCL | O_NOFOLLOW``, renamed over ``name`` when the block succeeds."""
-    try:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        mode = 0o666 & ~current_umask()
-    else:
-        if stat.S_ISLNK(info.st_mode):
-            raise ValueError(
-                f"{shown}: is a symbolic link; ohem does not write through links it did not make "
-                f"(remove the link or write elsewhere)"
-            )
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(shown))
-        mode = stat.S_IMODE(info.st_mode)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = f".{name}.{secrets.token_hex(4)}.tmp"  # as util.TEMPORARY names them: removed if left behind
-        try:
-            with naming_disk_errors(shown):
-                fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with naming_disk_errors(shown):  # a full disk: the temporary file goes, ``name`` stays as it was
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise

@@ -10,10 +10,10 @@ import json
 import math
 import os
 import re
+import secrets
 import signal
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -80,37 +80,60 @@ def naming_disk_errors(path: str | os.PathLike) -> Iterator[None]:
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, binary: bool = False, make_parents: bool = False) -> Iterator[IO[Any]]:
     """A file object on a temporary sibling of ``path``, renamed over ``path`` only when the block
-    succeeds: an interrupted or failed write never leaves a truncated or half-written ``path``.
-
-    The file gets the permissions of the file it replaces, else ``0o666`` less the umask (as ``open``
-    would give; ``mkstemp`` alone makes 0600). ``path`` must not be a symbolic link or a folder."""
+    succeeds: an interrupted or failed write never leaves a truncated or half-written ``path``
+    (``atomic_open_at`` in ``path``'s folder). ``path`` must not be a symbolic link or a folder."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    refuse_symlink(path)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    with naming_disk_errors(path):
+        dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        with atomic_open_at(dir_fd, path.name, path, binary) as f:
+            yield f
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_open_at(dir_fd: int, name: str, shown: Path, binary: bool = False) -> Iterator[IO[Any]]:
+    """``atomic_open`` of ``name`` in the folder ``dir_fd`` (errors name ``shown``): a temporary
+    ``.NAME.XXXXXXXX.tmp`` made with ``O_EXCL | O_NOFOLLOW``, renamed over ``name`` when the block succeeds.
+    The file gets the permissions of the file it replaces, else ``0o666`` less the umask (as ``open``
+    would give)."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         mode = 0o666 & ~current_umask()
-    with naming_disk_errors(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    else:
+        if stat.S_ISLNK(info.st_mode):
+            refuse_symlink(shown)  # raises: the message of every writer
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(shown))
+        mode = stat.S_IMODE(info.st_mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"  # TEMPORARY below: removed if left behind
+        try:
+            with naming_disk_errors(shown):
+                fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
     try:
-        with naming_disk_errors(path):  # a full disk: the temporary file goes, ``path`` stays as it was
+        with naming_disk_errors(shown):  # a full disk: the temporary file goes, ``name`` stays as it was
             os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
 
 
-# atomic_open's temporary siblings: ``.NAME.`` + mkstemp's 8 random characters + ``.tmp``
+# atomic_open's temporary siblings: ``.NAME.`` + 8 random hex characters + ``.tmp``
 TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 

@@ -324,10 +324,16 @@ def test_text_writes_on_a_full_or_read_only_disk_name_the_file(tmp_path: Path, m
 def test_a_read_only_folder_refuses_the_temporary_file_in_one_line(tmp_path: Path, monkeypatch) -> None:
     import ohem.util
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    class ReadOnlyFolder:  # ``os`` as ``ohem.util`` sees it, where no file can be made
+        def __getattr__(self, name: str):
+            return getattr(os, name)
 
-    monkeypatch.setattr(ohem.util.tempfile, "mkstemp", read_only)
+        def open(self, path, flags, *args, **kwargs):
+            if flags & os.O_CREAT:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return os.open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(ohem.util, "os", ReadOnlyFolder())
     with pytest.raises(OSError) as e, atomic_open(tmp_path / "a.txt") as f:
         f.write("x")
     assert error_message(e.value).startswith(f"{tmp_path / 'a.txt'}: read-only file system (not written")
