@@ -14,6 +14,7 @@ the arm means the same under any schedule or budget).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ def read_arm(path: Path, name: str | None = None) -> Arm:
     return Arm(name or path.stem, describe(path) or f"(from {path})", fragment, float(start))
 
 
+@functools.cache  # shipped files: read once per process (callers only read the dict)
 def builtin_arms() -> dict[str, Arm]:
     """The shipped arms by name."""
     return {path.stem: read_arm(path) for path in sorted(ARMS_DIR.glob("*.yaml"), key=lambda p: p.stem)}

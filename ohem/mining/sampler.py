@@ -22,6 +22,7 @@ counted in iterations, so ``ohem bench`` can stretch a schedule without knowing 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -168,6 +169,7 @@ def inherit_descriptions(cls: type[SamplerBase]) -> None:
                     break
 
 
+@functools.cache  # the package's files do not change while ohem runs: scanned once
 def load_builtin_samplers() -> None:
     """Import every module of ``ohem.mining.samplers`` (each registers its sampler)."""
     package = importlib.import_module(BUILTIN_PACKAGE)
