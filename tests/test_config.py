@@ -23,6 +23,7 @@ from ohem.config import (
 from ohem.config_sections import RENAMED
 from ohem.engine.run_folder import RESUME_MAY_CHANGE, RunFolderError, check_resume_config
 from ohem.recipes import CONFIGS_DIR, recipe_paths
+from tests.conftest import builtin_methods
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -117,12 +118,12 @@ def test_importing_the_package_and_cli_loads_no_plotting_or_tensorboard():
 
 
 def numeric_fields() -> list[tuple[str, type, str]]:
-    """(section name, class, field) of every numeric field of every section and every registered sampler."""
-    from ohem.mining.sampler import SAMPLERS, load_builtin_samplers
+    """(section name, class, field) of every numeric field of every section and every built-in sampler (not
+    those another test module registered when it was collected)."""
+    from ohem.mining.sampler import SAMPLERS
 
-    load_builtin_samplers()
     classes = [(name, cls) for name, cls in SECTIONS.items() if cls is not None]
-    classes += [("sampler", cls) for cls in SAMPLERS.values()]
+    classes += [("sampler", SAMPLERS[method]) for method in builtin_methods()]
     found = []
     for name, cls in classes:
         for f in dataclasses.fields(cls):
